@@ -1,0 +1,227 @@
+//! The one task that owns a [`Swim`] core: it feeds it datagrams from a UDP
+//! socket, fires its timers, carries out its effects, and publishes the
+//! member view (a `watch`) and membership events (a `broadcast`) that the
+//! rest of the node reads. Protocol decisions stay in `core.rs`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Effect, MemberInfo, MembershipEvent, Swim, SwimStats, SwimTimer};
+
+/// What readers see: the member list and counters, as of the last event.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub members: Vec<MemberInfo>,
+    pub stats: SwimStats,
+}
+
+enum Command {
+    Announce(SocketAddr),
+    Leave(oneshot::Sender<()>),
+}
+
+/// The driver is gone (the node is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("membership task has stopped")]
+pub struct Stopped;
+
+/// Cheap to clone; how every other layer talks to membership.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<View>,
+    events: broadcast::Sender<MembershipEvent>,
+}
+
+impl MembershipHandle {
+    /// The member list as of now.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that wakes whenever the view changes.
+    pub fn watch(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Membership events from now on (up, dead, left). A slow subscriber
+    /// that falls behind gets `Lagged` and should re-read [`Self::view`].
+    pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.events.subscribe()
+    }
+
+    /// Send one announce to `introducer`; see `join` for the waiting.
+    pub async fn announce(&self, introducer: SocketAddr) -> Result<(), Stopped> {
+        self.commands.send(Command::Announce(introducer)).await.map_err(|_| Stopped)
+    }
+
+    /// Join the group through `introducer`: announce every 300 ms until
+    /// another live member shows up, or give up after `deadline`.
+    pub async fn join(&self, introducer: SocketAddr, deadline: std::time::Duration) -> Result<bool, Stopped> {
+        let give_up = Instant::now() + deadline;
+        let mut view = self.watch();
+        loop {
+            if view.borrow().members.iter().any(|m| !m.is_self && m.state.is_up()) {
+                return Ok(true);
+            }
+            if Instant::now() >= give_up {
+                return Ok(false);
+            }
+            self.announce(introducer).await?;
+            let wait = std::time::Duration::from_millis(300).min(give_up - Instant::now());
+            let _ = tokio::time::timeout(wait, view.changed()).await;
+        }
+    }
+
+    /// Leave gracefully; returns once the notices are on the wire.
+    pub async fn leave(&self) -> Result<(), Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Leave(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+}
+
+/// Knobs of the driver itself (protocol timing lives in `SwimConfig`).
+#[derive(Clone, Debug, Default)]
+pub struct DriverOptions {
+    /// Drop this fraction of outgoing datagrams: packet-loss injection for
+    /// benchmarks and tests. 0 in production.
+    pub loss: f64,
+    pub seed: u64,
+}
+
+/// Start the driver on a bound socket. It runs until `shutdown` fires.
+pub fn spawn(
+    socket: UdpSocket,
+    swim: Swim,
+    options: DriverOptions,
+    shutdown: CancellationToken,
+) -> (MembershipHandle, tokio::task::JoinHandle<()>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (view_tx, view_rx) = watch::channel(View { members: swim.members(), stats: swim.stats() });
+    let (events_tx, _) = broadcast::channel(1024);
+    let handle = MembershipHandle { commands: cmd_tx, view: view_rx, events: events_tx.clone() };
+    let driver = Driver {
+        socket: Arc::new(socket),
+        swim,
+        timers: BinaryHeap::new(),
+        timer_payloads: HashMap::new(),
+        next_timer: 0,
+        rng: SmallRng::seed_from_u64(options.seed ^ 0x5eed),
+        options,
+        view: view_tx,
+        events: events_tx,
+    };
+    let task = tokio::spawn(driver.run(cmd_rx, shutdown));
+    (handle, task)
+}
+
+struct Driver {
+    socket: Arc<UdpSocket>,
+    swim: Swim,
+    /// Due times of pending foca timers, earliest first; the payload sits in
+    /// `timer_payloads` under the same sequence number.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_payloads: HashMap<u64, SwimTimer>,
+    next_timer: u64,
+    /// Only for loss injection.
+    rng: SmallRng,
+    options: DriverOptions,
+    view: watch::Sender<View>,
+    events: broadcast::Sender<MembershipEvent>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let next_due = self.timers.peek().map(|Reverse((t, _))| *t);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        if let Err(e) = self.swim.handle_datagram(&buf[..n]) {
+                            tracing::debug!(%from, error = %e, "datagram refused");
+                        }
+                    }
+                    // ICMP errors from a peer that went away surface here.
+                    Err(e) => tracing::trace!(error = %e, "udp recv"),
+                },
+                _ = sleep_until_opt(next_due) => {
+                    let now = Instant::now();
+                    while let Some(Reverse((due, seq))) = self.timers.peek().copied() {
+                        if due > now {
+                            break;
+                        }
+                        self.timers.pop();
+                        if let Some(t) = self.timer_payloads.remove(&seq) {
+                            self.swim.handle_timer(t);
+                        }
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Announce(addr)) => self.swim.announce(addr),
+                    Some(Command::Leave(reply)) => {
+                        self.swim.leave();
+                        self.apply_effects().await;
+                        let _ = reply.send(());
+                    }
+                    None => break,
+                },
+            }
+            self.apply_effects().await;
+        }
+    }
+
+    async fn apply_effects(&mut self) {
+        for effect in self.swim.drain_effects() {
+            match effect {
+                Effect::Send { to, data } => {
+                    if self.options.loss > 0.0 && self.rng.random::<f64>() < self.options.loss {
+                        continue;
+                    }
+                    if let Err(e) = self.socket.send_to(&data, to).await {
+                        tracing::debug!(%to, error = %e, "udp send");
+                    }
+                }
+                Effect::Schedule { after, timer } => {
+                    let seq = self.next_timer;
+                    self.next_timer += 1;
+                    self.timers.push(Reverse((Instant::now() + after, seq)));
+                    self.timer_payloads.insert(seq, timer);
+                }
+                Effect::Event(ev) => {
+                    // No subscriber is fine: nobody cares yet.
+                    let _ = self.events.send(ev);
+                }
+            }
+        }
+        let members = self.swim.members();
+        let stats = self.swim.stats();
+        self.view.send_if_modified(|v| {
+            if v.members != members || v.stats != stats {
+                v.members = members;
+                v.stats = stats;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+async fn sleep_until_opt(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
