@@ -1,0 +1,292 @@
+//! `idunno up` and `idunno down`: a local cluster of node processes on
+//! loopback, recorded in `DIR/cluster.json` so that clients, `down` and
+//! tests can find it.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use idunno_rpc::v1;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+use crate::output::{Output, table};
+use crate::target;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: u16,
+    /// Folder for the cluster file and every node's data and log.
+    #[arg(long, default_value = ".idunno")]
+    dir: PathBuf,
+    /// Node i listens on BASE+2(i-1) (RPC and SWIM) and the port after it (HTTP).
+    #[arg(long, default_value_t = 8088)]
+    base_port: u16,
+    /// A node config file (TOML) passed to every node.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long to wait for every node to see every other one.
+    #[arg(long, default_value_t = 30)]
+    wait_secs: u64,
+}
+
+/// `DIR/cluster.json`: the contract of SPEC §10.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub dir: String,
+    pub nodes: Vec<ClusterNode>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub id: u64,
+    pub rpc: String,
+    pub http: String,
+    pub pid: u32,
+}
+
+impl ClusterFile {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("cluster.json")
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, CliError> {
+        let path = Self::path(dir);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CliError::failed(format!("no cluster in {}: {e}", dir.display())))?;
+        serde_json::from_str(&text).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), CliError> {
+        let path = Self::path(dir);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| CliError::failed(e.to_string()))?;
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Whether `pid` is a live (not zombie) idunno process. Guards against
+/// signalling a pid the system has since given to someone else.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("idunno"))
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+fn port_free(port: u16, udp_too: bool) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpListener::bind(addr).is_ok() && (!udp_too || UdpSocket::bind(addr).is_ok())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
+struct Spawned {
+    node: ClusterNode,
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn_node(exe: &Path, args: &UpArgs, dir: &Path, i: u16) -> Result<Spawned, CliError> {
+    let rpc = args.base_port + 2 * (i - 1);
+    let http = rpc + 1;
+    let node_dir = dir.join(format!("n{i}"));
+    std::fs::create_dir_all(&node_dir).map_err(|e| CliError::failed(format!("{}: {e}", node_dir.display())))?;
+    let log = node_dir.join("node.log");
+    let out = File::create(&log).map_err(|e| CliError::failed(format!("{}: {e}", log.display())))?;
+    let err = out.try_clone().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .args(["--id", &i.to_string()])
+        .args(["--addr", &format!("127.0.0.1:{rpc}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(&node_dir);
+    if i > 1 {
+        cmd.args(["--join", &format!("127.0.0.1:{}", args.base_port)]);
+    }
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    // Its own process group: a Ctrl-C meant for `up` must not kill the cluster.
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start {}: {e}", exe.display())))?;
+    let node = ClusterNode {
+        id: i as u64,
+        rpc: format!("127.0.0.1:{rpc}"),
+        http: format!("127.0.0.1:{http}"),
+        pid: child.id(),
+    };
+    Ok(Spawned { node, child, log })
+}
+
+/// Wait until `check` holds for the node, failing early if it exits.
+async fn wait_node(s: &mut Spawned, deadline: Instant, want_alive: u32) -> Result<(), CliError> {
+    loop {
+        if let Ok(Some(status)) = s.child.try_wait() {
+            return Err(CliError::failed(format!(
+                "node {} exited ({status}): {} (log: {})",
+                s.node.id,
+                log_tail(&s.log),
+                s.log.display()
+            )));
+        }
+        if let Ok(mut c) = target::connect_quick(&s.node.rpc).await {
+            if let Ok(r) = c.status(v1::StatusRequest {}).await {
+                if r.into_inner().members_alive >= want_alive {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::failed(format!(
+                "node {} did not see {want_alive} members alive in time (log: {})",
+                s.node.id,
+                s.log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
+    if args.nodes == 0 || args.nodes > 64 {
+        return Err(CliError::bad_input(format!("--nodes {}: must be between 1 and 64", args.nodes)));
+    }
+    let last_port = args.base_port as u32 + 2 * args.nodes as u32 - 1;
+    if args.base_port == 0 || last_port > 65535 {
+        return Err(CliError::bad_input(format!(
+            "--base-port {}: {} nodes need ports up to {last_port}",
+            args.base_port, args.nodes
+        )));
+    }
+    if let Some(c) = &args.config {
+        idunno_node::NodeOptions::from_file(c).map_err(|e| CliError::bad_input(e.to_string()))?;
+    }
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+    if let Ok(existing) = ClusterFile::load(dir) {
+        let live: Vec<String> =
+            existing.nodes.iter().filter(|n| is_running(n.pid)).map(|n| n.pid.to_string()).collect();
+        if !live.is_empty() {
+            return Err(CliError::failed(format!(
+                "a cluster is already running in {} (pids {}); stop it with `idunno down --dir {}`",
+                dir.display(),
+                live.join(", "),
+                dir.display()
+            )));
+        }
+    }
+    for i in 0..args.nodes {
+        let rpc = args.base_port + 2 * i;
+        for (port, udp) in [(rpc, true), (rpc + 1, false)] {
+            if !port_free(port, udp) {
+                return Err(CliError::failed(format!("port {port} is in use; pick another --base-port")));
+            }
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+
+    let mut spawned = vec![spawn_node(&exe, &args, dir, 1)?];
+    let result = async {
+        wait_node(&mut spawned[0], deadline, 1).await?;
+        for i in 2..=args.nodes {
+            spawned.push(spawn_node(&exe, &args, dir, i)?);
+        }
+        let file = ClusterFile {
+            dir: dir.display().to_string(),
+            nodes: spawned.iter().map(|s| s.node.clone()).collect(),
+        };
+        file.save(dir)?;
+        for s in spawned.iter_mut() {
+            wait_node(s, deadline, args.nodes as u32).await?;
+        }
+        Ok::<ClusterFile, CliError>(file)
+    }
+    .await;
+    let file = match result {
+        Ok(f) => f,
+        Err(e) => {
+            for s in spawned.iter_mut() {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+            }
+            let _ = std::fs::remove_file(ClusterFile::path(dir));
+            return Err(e);
+        }
+    };
+    if out.json {
+        return out.json(&file);
+    }
+    let mut t = table(&["ID", "RPC", "HTTP", "PID"]);
+    for n in &file.nodes {
+        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("http://{}/", n.http), n.pid.to_string()]);
+    }
+    println!("{t}");
+    println!("{} nodes up, every one sees all {}; state and logs in {}", file.nodes.len(), file.nodes.len(), dir.display());
+    println!("try `idunno member list`; stop with `idunno down`");
+    Ok(())
+}
+
+pub async fn down(dir: &Path, out: Output) -> Result<(), CliError> {
+    let file = match ClusterFile::load(dir) {
+        Ok(f) => f,
+        Err(_) => {
+            if out.json {
+                return out.json(&serde_json::json!({ "stopped": [], "killed": [] }));
+            }
+            eprintln!("no cluster running in {}", dir.display());
+            return Ok(());
+        }
+    };
+    let live: Vec<&ClusterNode> = file.nodes.iter().filter(|n| is_running(n.pid)).collect();
+    for n in &live {
+        signal(n.pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && live.iter().any(|n| is_running(n.pid)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut killed = Vec::new();
+    for n in &live {
+        if is_running(n.pid) {
+            signal(n.pid, libc::SIGKILL);
+            killed.push(n.id);
+        }
+    }
+    let stopped: Vec<u64> = live.iter().map(|n| n.id).filter(|id| !killed.contains(id)).collect();
+    let _ = std::fs::remove_file(ClusterFile::path(dir));
+    if out.json {
+        return out.json(&serde_json::json!({ "stopped": stopped, "killed": killed }));
+    }
+    println!(
+        "stopped {} node(s){}",
+        stopped.len(),
+        if killed.is_empty() { String::new() } else { format!(", killed {} that did not stop in 10 s", killed.len()) }
+    );
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `idunno`: `idunno node` runs a node; every other subcommand is a client
+//! of a running node. This file parses flags and maps errors to exit codes
+//! (2: bad usage or input, 1: anything else); the commands live beside it.
+
+mod cluster;
+mod error;
+mod member;
+mod node;
+mod output;
+mod status;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+#[derive(Parser)]
+#[command(name = "idunno", version, about = "A distributed learning cluster")]
+struct Cli {
+    /// Node to talk to (HOST:PORT). Default: a live node of ./.idunno/cluster.json, else 127.0.0.1:8088.
+    #[arg(long, global = true, env = "IDUNNO_NODE")]
+    node: Option<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground.
+    Node(node::NodeArgs),
+    /// Start a local cluster of N node processes on loopback.
+    Up(cluster::UpArgs),
+    /// Stop the local cluster started by `up`.
+    Down {
+        /// The cluster's folder.
+        #[arg(long, default_value = ".idunno")]
+        dir: PathBuf,
+    },
+    /// Group membership.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// The answering node's view of the cluster.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let is_node = matches!(cli.command, Command::Node(_));
+    init_logging(is_node);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let out = output::Output { json: cli.json };
+    match cli.command {
+        Command::Node(args) => node::run(args).await,
+        Command::Up(args) => cluster::up(args, out).await,
+        Command::Down { dir } => cluster::down(&dir, out).await,
+        Command::Member(cmd) => member::run(cmd, cli.node, out).await,
+        Command::Status => status::run(cli.node, out).await,
+    }
+}
+
+/// Nodes log at info (RUST_LOG overrides); clients only say what went wrong.
+fn init_logging(is_node: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if is_node { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

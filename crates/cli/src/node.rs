@@ -1,0 +1,57 @@
+//! `idunno node`: run a node in the foreground.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use idunno_node::{Node, NodeConfig, NodeOptions};
+
+use crate::error::CliError;
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// TOML config file; flags override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stable node id (default: kept in the data folder, random at first start).
+    #[arg(long)]
+    id: Option<u64>,
+    /// RPC (TCP) and SWIM (UDP) address [default: 127.0.0.1:8088].
+    #[arg(long)]
+    addr: Option<String>,
+    /// HTTP address for the dashboard and JSON API [default: RPC port + 1000].
+    #[arg(long)]
+    http: Option<String>,
+    /// Where the node keeps its state [default: .idunno/node-PORT].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Join the group through this member (HOST:PORT).
+    #[arg(long)]
+    join: Option<String>,
+    /// Give up joining after this many milliseconds [default: 5000].
+    #[arg(long)]
+    join_timeout_ms: Option<u64>,
+    /// Drop this fraction of outgoing SWIM datagrams (loss injection for tests and benchmarks).
+    #[arg(long, hide = true)]
+    udp_loss: Option<f64>,
+}
+
+pub async fn run(args: NodeArgs) -> Result<(), CliError> {
+    let file = match &args.config {
+        Some(p) => NodeOptions::from_file(p).map_err(|e| CliError::bad_input(e.to_string()))?,
+        None => NodeOptions::default(),
+    };
+    let flags = NodeOptions {
+        id: args.id,
+        addr: args.addr,
+        http: args.http,
+        data_dir: args.data_dir,
+        join: args.join,
+        join_timeout_ms: args.join_timeout_ms,
+        udp_loss: args.udp_loss,
+        swim: None,
+    };
+    let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
+    let node = Node::start(config).await?;
+    node.run().await?;
+    Ok(())
+}

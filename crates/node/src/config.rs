@@ -1,0 +1,186 @@
+//! A node's configuration: an optional TOML file, overridden field by field
+//! by command-line flags, resolved into one checked [`NodeConfig`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idunno_membership::{NodeId, SwimConfig};
+use serde::Deserialize;
+
+/// The default RPC address: what clients try when told nothing.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8088";
+
+/// Everything a node can be told, all optional. The same struct is read
+/// from the TOML file and filled from flags; flags win.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOptions {
+    /// Stable node id; generated and kept in the data folder if absent.
+    pub id: Option<u64>,
+    /// RPC (TCP) and SWIM (UDP) address.
+    pub addr: Option<String>,
+    /// HTTP dashboard and JSON API address. Default: RPC port + 1000.
+    pub http: Option<String>,
+    /// Where the node keeps its state.
+    pub data_dir: Option<PathBuf>,
+    /// A member of the group to join through.
+    pub join: Option<String>,
+    /// How long to try joining before giving up, in milliseconds.
+    pub join_timeout_ms: Option<u64>,
+    /// Fraction of outgoing SWIM datagrams to drop (loss injection for
+    /// benchmarks and tests; 0 in production).
+    pub udp_loss: Option<f64>,
+    pub swim: Option<SwimConfig>,
+}
+
+impl NodeOptions {
+    /// Read a TOML config file. Unknown keys are errors, not silently
+    /// ignored: a typo must not quietly change nothing.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError::Invalid(format!("config file {}{at}: {msg}", path.display()))
+        })
+    }
+
+    /// `self` with every field set in `flags` replaced.
+    pub fn overridden_by(self, flags: NodeOptions) -> NodeOptions {
+        NodeOptions {
+            id: flags.id.or(self.id),
+            addr: flags.addr.or(self.addr),
+            http: flags.http.or(self.http),
+            data_dir: flags.data_dir.or(self.data_dir),
+            join: flags.join.or(self.join),
+            join_timeout_ms: flags.join_timeout_ms.or(self.join_timeout_ms),
+            udp_loss: flags.udp_loss.or(self.udp_loss),
+            swim: flags.swim.or(self.swim),
+        }
+    }
+}
+
+/// A configuration that cannot be used; nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: Option<NodeId>,
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Kept as text: it is resolved when joining, so a name that resolves
+    /// later still works.
+    pub join: Option<String>,
+    pub join_timeout: Duration,
+    pub udp_loss: f64,
+    pub swim: SwimConfig,
+}
+
+/// Parse `host:port`, resolving a host name.
+pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| ConfigError::Invalid(format!("{what}: {s:?} is not a HOST:PORT address")))
+}
+
+impl NodeConfig {
+    pub fn resolve(opts: NodeOptions) -> Result<Self, ConfigError> {
+        let addr = parse_addr("addr", opts.addr.as_deref().unwrap_or(DEFAULT_ADDR))?;
+        if addr.port() == 0 {
+            return Err(ConfigError::Invalid("addr: port 0 is not allowed; members must know each other's port".into()));
+        }
+        let http = match opts.http.as_deref() {
+            Some(h) => parse_addr("http", h)?,
+            None => {
+                let port = addr.port().checked_add(1000).ok_or_else(|| {
+                    ConfigError::Invalid(format!("http: no default for RPC port {}; pass --http", addr.port()))
+                })?;
+                SocketAddr::new(addr.ip(), port)
+            }
+        };
+        if http == addr {
+            return Err(ConfigError::Invalid(format!("http: {http} is the RPC address too")));
+        }
+        let data_dir = opts
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!(".idunno/node-{}", addr.port())));
+        if let Some(j) = &opts.join {
+            parse_addr("join", j)?;
+        }
+        let udp_loss = opts.udp_loss.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&udp_loss) {
+            return Err(ConfigError::Invalid(format!("udp_loss: {udp_loss} is not in [0, 1)")));
+        }
+        let swim = opts.swim.unwrap_or_default();
+        swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(NodeConfig {
+            id: opts.id.map(NodeId),
+            addr,
+            http,
+            data_dir,
+            join: opts.join,
+            join_timeout: Duration::from_millis(opts.join_timeout_ms.unwrap_or(5_000)),
+            udp_loss,
+            swim,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let (_d, p) = write("addr = \"127.0.0.1:9000\"\nid = 4\n[swim]\nprobe_period_ms = 500\n");
+        let file = NodeOptions::from_file(&p).unwrap();
+        let flags = NodeOptions { id: Some(7), ..Default::default() };
+        let c = NodeConfig::resolve(file.overridden_by(flags)).unwrap();
+        assert_eq!(c.addr.port(), 9000);
+        assert_eq!(c.http.port(), 10000);
+        assert_eq!(c.id, Some(NodeId(7)));
+        assert_eq!(c.swim.probe_period_ms, 500);
+        assert_eq!(c.swim.probe_rtt_ms, SwimConfig::default().probe_rtt_ms);
+    }
+
+    #[test]
+    fn malformed_and_unknown_keys_are_errors_with_a_line() {
+        let (_d, p) = write("addr = \"127.0.0.1:9000\"\nprobe = 3\n");
+        let e = NodeOptions::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("probe"), "{e}");
+        let (_d2, p2) = write("addr = [\n");
+        let e = NodeOptions::from_file(&p2).unwrap_err().to_string();
+        assert!(e.contains("node.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = NodeConfig::resolve(NodeOptions { addr: Some("nowhere".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("addr") && e.contains("nowhere"), "{e}");
+        let e = NodeConfig::resolve(NodeOptions { udp_loss: Some(1.5), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("udp_loss"), "{e}");
+    }
+}

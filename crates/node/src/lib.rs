@@ -1,0 +1,227 @@
+//! One idunno node: every node is a member, (later) a storage server and a
+//! worker. This crate composes the layers; it holds no protocol logic.
+//!
+//! Start-up is linear and logged (data folder, identity, sockets,
+//! membership, servers, join); shutdown runs in reverse. `main` only parses
+//! flags and calls [`Node::start`] then [`Node::run`].
+
+pub mod config;
+mod http;
+mod service;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use idunno_membership::{DriverOptions, MembershipHandle, NodeId, NodeIdentity, Swim};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::{ConfigError, NodeConfig, NodeOptions};
+use crate::service::{NodeService, Shared};
+
+/// Why a node could not start or run. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data folder {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("data folder {path} belongs to node {stored}, not node {given}")]
+    IdMismatch { path: PathBuf, stored: u64, given: u64 },
+    #[error("{what} address {addr} is already in use")]
+    AddrInUse { what: &'static str, addr: SocketAddr },
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: io::Error },
+    #[error("could not join through {introducer}: no member answered within {} ms (is a node running there?)", timeout.as_millis())]
+    JoinFailed { introducer: String, timeout: Duration },
+    #[error("membership: {0}")]
+    Membership(String),
+}
+
+impl NodeError {
+    /// The operator's input was wrong (as opposed to the environment).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, NodeError::Config(_) | NodeError::IdMismatch { .. })
+    }
+}
+
+/// A running node and a handle to each of its layers.
+pub struct Node {
+    pub config: NodeConfig,
+    pub identity: NodeIdentity,
+    /// Membership: the member view, events, join and leave.
+    pub membership: MembershipHandle,
+    /// Cancelled to stop every task of the node.
+    shutdown: CancellationToken,
+    /// Cancelled when the node was asked to leave over RPC.
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Node {
+    /// Bring the node up. On error everything started so far is stopped.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        let id = node_id(dir, config.id)?;
+        let generation = next_generation(dir)?;
+        let identity = NodeIdentity { id, addr: config.addr, generation };
+        tracing::info!(?identity, data_dir = %dir.display(), "starting node");
+
+        let udp = bind_udp(config.addr).await?;
+        let rpc = bind_tcp("rpc", config.addr).await?;
+        let http = bind_tcp("http", config.http).await?;
+        tracing::info!(rpc = %config.addr, http = %config.http, "listening");
+
+        let shutdown = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let swim = Swim::new(identity.clone(), &config.swim, generation ^ id.0.rotate_left(32))
+            .map_err(|e| NodeError::Membership(e.to_string()))?;
+        let options = DriverOptions { loss: config.udp_loss, seed: generation };
+        if config.udp_loss > 0.0 {
+            tracing::warn!(loss = config.udp_loss, "dropping outgoing SWIM datagrams on purpose");
+        }
+        let (membership, swim_task) = idunno_membership::spawn(udp, swim, options, shutdown.child_token());
+        let mut tasks = vec![("membership", swim_task)];
+
+        let shared = Shared { identity: identity.clone(), http: config.http, membership: membership.clone(), stop: stop.clone() };
+        let grpc = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(rpc),
+                shutdown.child_token().cancelled_owned(),
+            );
+        tasks.push((
+            "rpc",
+            tokio::spawn(async move {
+                if let Err(e) = grpc.await {
+                    tracing::error!(error = %e, "rpc server");
+                }
+            }),
+        ));
+        tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
+
+        let node = Node { config, identity, membership, shutdown, stop, tasks };
+        if let Some(introducer) = node.config.join.clone() {
+            if let Err(e) = node.join(&introducer).await {
+                node.stop_tasks().await;
+                return Err(e);
+            }
+        }
+        Ok(node)
+    }
+
+    async fn join(&self, introducer: &str) -> Result<(), NodeError> {
+        let timeout = self.config.join_timeout;
+        let addr = config::parse_addr("join", introducer)?;
+        tracing::info!(%addr, "joining");
+        let joined = self
+            .membership
+            .join(addr, timeout)
+            .await
+            .map_err(|e| NodeError::Membership(e.to_string()))?;
+        if !joined {
+            return Err(NodeError::JoinFailed { introducer: introducer.to_string(), timeout });
+        }
+        tracing::info!(%addr, "joined");
+        Ok(())
+    }
+
+    /// Serve until SIGTERM, Ctrl-C, or a client's `member leave`; then
+    /// leave the group gracefully and stop.
+    pub async fn run(self) -> Result<(), NodeError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| NodeError::Membership(format!("cannot watch SIGTERM: {e}")))?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: leaving the group"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: leaving the group"),
+            _ = self.stop.cancelled() => {}
+        }
+        // A no-op if a client's leave already did it.
+        let _ = self.membership.leave().await;
+        // Let the leave notices go out before the socket closes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stop_tasks().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    async fn stop_tasks(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.tasks.into_iter().rev() {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!(task = name, "did not stop within 5 s");
+            }
+        }
+    }
+}
+
+async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NodeError> {
+    UdpSocket::bind(addr).await.map_err(|source| bind_error("swim (udp)", addr, source))
+}
+
+async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| bind_error(what, addr, source))
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr, source: io::Error) -> NodeError {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        NodeError::AddrInUse { what, addr }
+    } else {
+        NodeError::Bind { what, addr, source }
+    }
+}
+
+/// The node's id: the one given, checked against the data folder, or the
+/// one the folder remembers, or a new random one that it will remember.
+fn node_id(dir: &Path, given: Option<NodeId>) -> Result<NodeId, NodeError> {
+    let path = dir.join("node_id");
+    let stored = read_u64(&path)?;
+    let id = match (stored, given) {
+        (Some(s), Some(g)) if s != g.0 => {
+            return Err(NodeError::IdMismatch { path: dir.to_path_buf(), stored: s, given: g.0 });
+        }
+        (_, Some(g)) => g,
+        (Some(s), None) => NodeId(s),
+        // Small enough to be exact in JSON and JavaScript.
+        (None, None) => NodeId(rand::random::<u32>() as u64 + 1),
+    };
+    if stored.is_none() {
+        write_atomic(&path, &id.0.to_string())?;
+    }
+    Ok(id)
+}
+
+/// A generation larger than any this data folder has used: the wall clock
+/// in milliseconds, or one more than the last if the clock went back.
+fn next_generation(dir: &Path) -> Result<u64, NodeError> {
+    let path = dir.join("generation");
+    let last = read_u64(&path)?.unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let generation = now.max(last + 1);
+    write_atomic(&path, &generation.to_string())?;
+    Ok(generation)
+}
+
+fn read_u64(path: &Path) -> Result<Option<u64>, NodeError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().map(Some).map_err(|_| NodeError::DataDir {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "not a number"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NodeError::DataDir { path: path.to_path_buf(), source }),
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), NodeError> {
+    let tmp = path.with_extension("tmp");
+    let err = |source| NodeError::DataDir { path: path.to_path_buf(), source };
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}

@@ -1,0 +1,116 @@
+//! The node's answers to RPC and HTTP requests. Both front ends call the
+//! same [`Shared`] methods, so `idunno member list --json` and
+//! `GET /api/members` show the same thing.
+
+use std::net::SocketAddr;
+
+use idunno_membership::{MemberState, MembershipHandle, NodeIdentity};
+use idunno_rpc::v1;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// What request handlers may read or ask for. Cheap to clone.
+#[derive(Clone)]
+pub struct Shared {
+    pub identity: NodeIdentity,
+    pub http: SocketAddr,
+    pub membership: MembershipHandle,
+    /// Cancelled when a client asks this node to leave: `Node::run` then
+    /// shuts the node down.
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    pub fn members(&self) -> Vec<v1::Member> {
+        self.membership
+            .view()
+            .members
+            .into_iter()
+            .map(|m| v1::Member {
+                id: m.identity.id.0,
+                addr: m.identity.addr.to_string(),
+                state: match m.state {
+                    MemberState::Alive => v1::MemberState::Alive,
+                    MemberState::Suspect => v1::MemberState::Suspect,
+                    MemberState::Dead => v1::MemberState::Dead,
+                    MemberState::Left => v1::MemberState::Left,
+                } as i32,
+                incarnation: m.identity.generation,
+                swim_incarnation: u32::from(m.swim_incarnation),
+                // Until the coordinator group exists every node is a worker.
+                role: v1::Role::Worker as i32,
+                is_self: m.is_self,
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> v1::StatusReply {
+        let view = self.membership.view();
+        let alive = view.members.iter().filter(|m| m.state.is_up()).count();
+        v1::StatusReply {
+            node: self.identity.id.0,
+            addr: self.identity.addr.to_string(),
+            http: self.http.to_string(),
+            leader: None,
+            term: None,
+            voters: Vec::new(),
+            members_alive: alive as u32,
+            jobs_running: 0,
+            generation: self.identity.generation,
+            swim: Some(v1::SwimStats {
+                datagrams_in: view.stats.datagrams_in,
+                datagrams_rejected: view.stats.datagrams_rejected,
+                dead_events: view.stats.dead_events,
+                self_renewals: view.stats.self_renewals,
+            }),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The gRPC front end.
+pub struct NodeService(pub Shared);
+
+#[tonic::async_trait]
+impl idunno_rpc::Node for NodeService {
+    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
+        Ok(Response::new(self.0.status()))
+    }
+
+    async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersReply>, Status> {
+        Ok(Response::new(v1::MembersReply { members: self.0.members() }))
+    }
+
+    async fn join(&self, req: Request<v1::JoinRequest>) -> Result<Response<v1::JoinReply>, Status> {
+        let text = req.into_inner().introducer;
+        let introducer = tokio::net::lookup_host(text.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| Status::invalid_argument(format!("introducer {text:?} is not a HOST:PORT address")))?;
+        if introducer == self.0.identity.addr {
+            return Err(Status::invalid_argument(format!("{introducer} is this node itself")));
+        }
+        let joined = self
+            .0
+            .membership
+            .join(introducer, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !joined {
+            return Err(Status::unavailable(format!(
+                "no member answered at {introducer} within 5 s (is a node running there?)"
+            )));
+        }
+        let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
+        Ok(Response::new(v1::JoinReply { members_alive: alive as u32 }))
+    }
+
+    async fn leave(&self, _: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveReply>, Status> {
+        self.0.membership.leave().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!("left the group at a client's request; stopping");
+        self.0.stop.cancel();
+        Ok(Response::new(v1::LeaveReply {}))
+    }
+}

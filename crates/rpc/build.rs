@@ -1,0 +1,14 @@
+//! Generates the protocol code. protoc comes from the protoc-bin-vendored
+//! crate so that building needs no system package.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["proto/idunno/v1/node.proto"],
+        &["proto"],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The JSON documents of the scripting contract (SPEC §10), built from the
+//! protocol messages. The CLI's `--json` and the HTTP API under `/api/`
+//! both print these, so the two never disagree.
+
+use serde::Serialize;
+
+use crate::v1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberJson {
+    pub id: u64,
+    pub addr: String,
+    /// "alive" | "suspect" | "dead" | "left"
+    pub state: &'static str,
+    /// The member's generation: larger after every restart or rejoin.
+    pub incarnation: u64,
+    /// "leader" | "standby" | "worker"
+    pub role: &'static str,
+    pub swim_incarnation: u32,
+    pub is_self: bool,
+}
+
+impl From<&v1::Member> for MemberJson {
+    fn from(m: &v1::Member) -> Self {
+        MemberJson {
+            id: m.id,
+            addr: m.addr.clone(),
+            state: state_name(m.state()),
+            incarnation: m.incarnation,
+            role: role_name(m.role()),
+            swim_incarnation: m.swim_incarnation,
+            is_self: m.is_self,
+        }
+    }
+}
+
+pub fn state_name(s: v1::MemberState) -> &'static str {
+    match s {
+        v1::MemberState::Alive => "alive",
+        v1::MemberState::Suspect => "suspect",
+        v1::MemberState::Dead => "dead",
+        v1::MemberState::Left => "left",
+        v1::MemberState::Unspecified => "unknown",
+    }
+}
+
+pub fn role_name(r: v1::Role) -> &'static str {
+    match r {
+        v1::Role::Leader => "leader",
+        v1::Role::Standby => "standby",
+        v1::Role::Worker => "worker",
+        v1::Role::Unspecified => "unknown",
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusJson {
+    pub node: u64,
+    pub leader: Option<u64>,
+    pub term: Option<u64>,
+    pub voters: Vec<u64>,
+    pub members_alive: u32,
+    pub jobs_running: u32,
+    pub addr: String,
+    pub http: String,
+    pub generation: u64,
+    pub version: String,
+    pub pid: u32,
+    pub swim: SwimStatsJson,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SwimStatsJson {
+    pub datagrams_in: u64,
+    pub datagrams_rejected: u64,
+    pub dead_events: u64,
+    pub self_renewals: u64,
+}
+
+impl From<&v1::StatusReply> for StatusJson {
+    fn from(s: &v1::StatusReply) -> Self {
+        let swim = s.swim.as_ref().map(|w| SwimStatsJson {
+            datagrams_in: w.datagrams_in,
+            datagrams_rejected: w.datagrams_rejected,
+            dead_events: w.dead_events,
+            self_renewals: w.self_renewals,
+        });
+        StatusJson {
+            node: s.node,
+            leader: s.leader,
+            term: s.term,
+            voters: s.voters.clone(),
+            members_alive: s.members_alive,
+            jobs_running: s.jobs_running,
+            addr: s.addr.clone(),
+            http: s.http.clone(),
+            generation: s.generation,
+            version: s.version.clone(),
+            pid: s.pid,
+            swim: swim.unwrap_or_default(),
+        }
+    }
+}
