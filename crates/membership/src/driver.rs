@@ -183,6 +183,7 @@ impl Driver {
     }
 
     async fn apply_effects(&mut self) {
+        let mut events = Vec::new();
         for effect in self.swim.drain_effects() {
             match effect {
                 Effect::Send { to, data } => {
@@ -199,12 +200,11 @@ impl Driver {
                     self.timers.push(Reverse((Instant::now() + after, seq)));
                     self.timer_payloads.insert(seq, timer);
                 }
-                Effect::Event(ev) => {
-                    // No subscriber is fine: nobody cares yet.
-                    let _ = self.events.send(ev);
-                }
+                Effect::Event(ev) => events.push(ev),
             }
         }
+        // The view first: a subscriber woken by an event must find the view
+        // already showing it.
         let members = self.swim.members();
         let stats = self.swim.stats();
         self.view.send_if_modified(|v| {
@@ -216,6 +216,10 @@ impl Driver {
                 false
             }
         });
+        for ev in events {
+            // No subscriber is fine: nobody cares yet.
+            let _ = self.events.send(ev);
+        }
     }
 }
 
