@@ -108,8 +108,31 @@ fn garbage_on_the_ports_changes_nothing() {
     if let Ok(mut s) = std::net::TcpStream::connect(&c.node(2).http) {
         let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, b'\n', b'\n']);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let counted = wait_for(Duration::from_secs(5), || {
+        common::json(&["status", "--json", "--node", &target])["swim"]["datagrams_rejected"].as_u64().unwrap_or(0) >= 3
+    });
+    assert!(counted.is_some(), "junk datagrams were not counted as refused");
     let s = common::json(&["status", "--json", "--node", &target]);
     assert_eq!(s["members_alive"], 3, "{s}");
-    assert!(s["swim"]["datagrams_rejected"].as_u64().unwrap() >= 3, "{s}");
+}
+
+#[test]
+fn a_paused_node_is_declared_dead_then_rejoins_under_a_new_incarnation() {
+    let c = Cluster::up(3);
+    let pid = c.node(3).pid;
+    let before = c.state_of(1, 3).expect("listed").1;
+    // SIGSTOP: the process is alive but silent, as after a long GC pause or
+    // a partition; the group must declare it dead...
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let dead = wait_for(Duration::from_secs(15), || c.state_of(1, 3).map(|s| s.0) == Some("dead".into()));
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    assert!(dead.is_some(), "a silent node was not declared dead");
+    // ...and once it runs again it learns so and rejoins with a higher one.
+    let back = wait_for(Duration::from_secs(15), || {
+        (1..=3).all(|o| matches!(c.state_of(o, 3), Some((s, inc)) if s == "alive" && inc > before))
+    });
+    assert!(back.is_some(), "the resumed node did not rejoin: {:?}", c.state_of(1, 3));
+    let s = common::json(&["status", "--json", "--node", &c.node(3).rpc]);
+    assert_eq!(s["swim"]["self_renewals"], 1, "{s}");
+    assert!(s["generation"].as_u64().unwrap() > before);
 }

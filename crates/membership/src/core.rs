@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{BroadcastHandler, Foca, Invalidates, Notification, PostcardCodec, Runtime, State};
+use foca::{BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -156,6 +156,9 @@ impl BroadcastHandler<NodeIdentity> for LeaveNotices {
 struct Collect<'a> {
     effects: &'a mut Vec<Effect>,
     notifications: &'a mut Vec<foca::OwnedNotification<NodeIdentity>>,
+    /// "You are dead" messages sent during this call: (index in
+    /// `effects`, addressee). See [`Swim::with_runtime`] for why.
+    turn_undead: Vec<(usize, NodeIdentity)>,
 }
 
 impl Runtime<NodeIdentity> for Collect<'_> {
@@ -164,6 +167,10 @@ impl Runtime<NodeIdentity> for Collect<'_> {
     }
 
     fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+        let header = <PostcardCodec as Codec<NodeIdentity>>::decode_header(&mut PostcardCodec, data);
+        if matches!(header, Ok(foca::Header { message: foca::Message::TurnUndead, .. })) {
+            self.turn_undead.push((self.effects.len(), to.clone()));
+        }
         self.effects.push(Effect::Send { to: to.addr, data: Bytes::copy_from_slice(data) });
     }
 
@@ -338,8 +345,24 @@ impl Swim {
         ) -> R,
     ) -> R {
         let left_before = self.lock_left().clone();
-        let mut rt = Collect { effects: &mut self.effects, notifications: &mut self.notifications };
+        let mut rt =
+            Collect { effects: &mut self.effects, notifications: &mut self.notifications, turn_undead: Vec::new() };
         let r = f(&mut self.foca, &mut rt);
+        // foca 2.0 sends "you are dead" when a suspicion timer fires even if
+        // the suspect refuted in time (its check fails, the courtesy message
+        // goes out anyway), and the addressee then throws its identity away
+        // and rejoins. Such a message to a member we still count as alive is
+        // dropped; the genuine ones, to members we declared dead, are kept.
+        let mut bogus: Vec<usize> = rt
+            .turn_undead
+            .iter()
+            .filter(|(_, to)| self.foca.iter_members().any(|m| m.id() == to))
+            .map(|(i, _)| *i)
+            .collect();
+        bogus.sort_unstable_by(|a, b| b.cmp(a));
+        for i in bogus {
+            self.effects.remove(i);
+        }
         let notifications = std::mem::take(&mut self.notifications);
         for n in notifications {
             self.on_notification(n);

@@ -56,7 +56,13 @@ impl Shared {
             voters: Vec::new(),
             members_alive: alive as u32,
             jobs_running: 0,
-            generation: self.identity.generation,
+            // The current generation: larger than at start-up if this node
+            // was declared dead and rejoined.
+            generation: view
+                .members
+                .iter()
+                .find(|m| m.is_self)
+                .map_or(self.identity.generation, |m| m.identity.generation),
             swim: Some(v1::SwimStats {
                 datagrams_in: view.stats.datagrams_in,
                 datagrams_rejected: view.stats.datagrams_rejected,
@@ -68,6 +74,9 @@ impl Shared {
         }
     }
 }
+
+/// How long a `Join` request waits for the group to answer.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The gRPC front end.
 pub struct NodeService(pub Shared);
@@ -92,15 +101,17 @@ impl idunno_rpc::Node for NodeService {
         if introducer == self.0.identity.addr {
             return Err(Status::invalid_argument(format!("{introducer} is this node itself")));
         }
+        // Shorter than a client's call deadline, so the client hears why.
         let joined = self
             .0
             .membership
-            .join(introducer, std::time::Duration::from_secs(5))
+            .join(introducer, JOIN_WAIT)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if !joined {
             return Err(Status::unavailable(format!(
-                "no member answered at {introducer} within 5 s (is a node running there?)"
+                "no member answered at {introducer} within {} s (is a node running there?)",
+                JOIN_WAIT.as_secs()
             )));
         }
         let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
