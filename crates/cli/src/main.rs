@@ -61,7 +61,10 @@ fn main() -> ExitCode {
     };
     let is_node = matches!(cli.command, Command::Node(_));
     init_logging(is_node);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -14,10 +14,13 @@ pub fn resolve(node: Option<String>) -> String {
     if let Some(n) = node {
         return n;
     }
-    if let Ok(file) = ClusterFile::load(Path::new(".idunno")) {
-        if let Some(n) = file.nodes.iter().find(|n| crate::cluster::is_running(n.pid)) {
-            return n.rpc.clone();
-        }
+    if let Ok(file) = ClusterFile::load(Path::new(".idunno"))
+        && let Some(n) = file
+            .nodes
+            .iter()
+            .find(|n| crate::cluster::is_running(n.pid))
+    {
+        return n.rpc.clone();
     }
     idunno_node::config::DEFAULT_ADDR.to_string()
 }

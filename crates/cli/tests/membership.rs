@@ -5,13 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, http_get, kill9, wait_for};
+use common::{http_get, kill9, members, state_of, up, wait_for};
 
 #[test]
 fn five_nodes_each_list_five_alive() {
-    let c = Cluster::up(5);
+    let c = up(5);
     for n in &c.nodes {
-        let members = c.members(n.id);
+        let members = members(&c, n.id);
         assert_eq!(members.len(), 5, "node {} lists {members:?}", n.id);
         for m in &members {
             assert_eq!(m["state"], "alive", "node {} sees {m}", n.id);
@@ -33,14 +33,21 @@ fn five_nodes_each_list_five_alive() {
     let (code, body) = http_get(&c.node(2).http, "/api/members");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count(), 5);
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive")
+            .count(),
+        5
+    );
     let (code, _) = http_get(&c.node(2).http, "/api/nope");
     assert_eq!(code, 404);
 }
 
 #[test]
 fn two_simultaneous_kills_are_seen_by_every_survivor() {
-    let c = Cluster::up(5);
+    let c = up(5);
     let (a, b) = (c.node(4).pid, c.node(5).pid);
     let start = Instant::now();
     kill9(a);
@@ -48,11 +55,14 @@ fn two_simultaneous_kills_are_seen_by_every_survivor() {
     let mut times = Vec::new();
     for observer in 1..=3 {
         let seen = wait_for(Duration::from_secs(15), || {
-            c.state_of(observer, 4).map(|s| s.0) == Some("dead".into())
-                && c.state_of(observer, 5).map(|s| s.0) == Some("dead".into())
+            state_of(&c, observer, 4).map(|s| s.0) == Some("dead".into())
+                && state_of(&c, observer, 5).map(|s| s.0) == Some("dead".into())
         });
         let at = start.elapsed();
-        assert!(seen.is_some(), "node {observer} did not mark 4 and 5 dead within 15 s");
+        assert!(
+            seen.is_some(),
+            "node {observer} did not mark 4 and 5 dead within 15 s"
+        );
         times.push(at);
     }
     // Measured, not asserted tightly: the benchmark owns the targets.
@@ -63,43 +73,70 @@ fn two_simultaneous_kills_are_seen_by_every_survivor() {
     // The survivors still see each other alive.
     for observer in 1..=3 {
         for subject in 1..=3 {
-            assert_eq!(c.state_of(observer, subject).unwrap().0, "alive");
+            assert_eq!(state_of(&c, observer, subject).unwrap().0, "alive");
         }
     }
 }
 
 #[test]
 fn leave_shows_left_and_a_restarted_node_rejoins_with_a_higher_incarnation() {
-    let mut c = Cluster::up(5);
+    let mut c = up(5);
     let leaver = c.node(5).clone();
-    let out = common::run(&["member", "leave", "--node", &leaver.rpc], Duration::from_secs(10));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::run(
+        &["member", "leave", "--node", &leaver.rpc],
+        Duration::from_secs(10),
+    );
     assert!(
-        wait_for(Duration::from_secs(10), || (1..=4).all(|o| c.state_of(o, 5).map(|s| s.0) == Some("left".into())))
-            .is_some(),
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || (1..=4).all(|o| state_of(
+            &c, o, 5
+        )
+        .map(|s| s.0)
+            == Some("left".into())))
+        .is_some(),
         "every other node shows node 5 as left"
     );
-    assert!(wait_for(Duration::from_secs(10), || !common::alive(leaver.pid)).is_some(), "the leaver stopped");
+    assert!(
+        wait_for(Duration::from_secs(10), || !common::alive(leaver.pid)).is_some(),
+        "the leaver stopped"
+    );
 
-    let old = c.state_of(1, 4).expect("node 4 listed").1;
+    let old = state_of(&c, 1, 4).expect("node 4 listed").1;
     kill9(c.node(4).pid);
-    assert!(wait_for(Duration::from_secs(15), || c.state_of(1, 4).map(|s| s.0) == Some("dead".into())).is_some());
-    c.restart(4);
+    assert!(
+        wait_for(Duration::from_secs(15), || state_of(&c, 1, 4).map(|s| s.0)
+            == Some("dead".into()))
+        .is_some()
+    );
+    let via = c.node(1).rpc.clone();
+    c.restart(4, &via);
     let back = wait_for(Duration::from_secs(15), || {
-        (1..=4).all(|o| matches!(c.state_of(o, 4), Some((s, inc)) if s == "alive" && inc > old))
+        (1..=4).all(|o| matches!(state_of(&c, o, 4), Some((s, inc)) if s == "alive" && inc > old))
     });
-    assert!(back.is_some(), "restarted node 4 seen alive with an incarnation above {old} by all");
+    assert!(
+        back.is_some(),
+        "restarted node 4 seen alive with an incarnation above {old} by all"
+    );
     // Node 5 is still shown as having left, not dead.
-    assert_eq!(c.state_of(1, 5).unwrap().0, "left");
+    assert_eq!(state_of(&c, 1, 5).unwrap().0, "left");
 }
 
 #[test]
 fn garbage_on_the_ports_changes_nothing() {
     use std::io::Write;
-    let c = Cluster::up(3);
+    let c = up(3);
     let target = c.node(2).rpc.clone();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for junk in [&b"hello"[..], &[0u8; 1][..], &[0xffu8; 1400][..], &[7u8; 9000][..]] {
+    for junk in [
+        &b"hello"[..],
+        &[0u8; 1][..],
+        &[0xffu8; 1400][..],
+        &[7u8; 9000][..],
+    ] {
         udp.send_to(junk, &target).unwrap();
     }
     if let Ok(mut s) = std::net::TcpStream::connect(&target) {
@@ -109,29 +146,42 @@ fn garbage_on_the_ports_changes_nothing() {
         let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, b'\n', b'\n']);
     }
     let counted = wait_for(Duration::from_secs(5), || {
-        common::json(&["status", "--json", "--node", &target])["swim"]["datagrams_rejected"].as_u64().unwrap_or(0) >= 3
+        common::json(&["status", "--json", "--node", &target])["swim"]["datagrams_rejected"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
     });
-    assert!(counted.is_some(), "junk datagrams were not counted as refused");
+    assert!(
+        counted.is_some(),
+        "junk datagrams were not counted as refused"
+    );
     let s = common::json(&["status", "--json", "--node", &target]);
     assert_eq!(s["members_alive"], 3, "{s}");
 }
 
 #[test]
 fn a_paused_node_is_declared_dead_then_rejoins_under_a_new_incarnation() {
-    let c = Cluster::up(3);
+    let c = up(3);
     let pid = c.node(3).pid;
-    let before = c.state_of(1, 3).expect("listed").1;
+    let before = state_of(&c, 1, 3).expect("listed").1;
     // SIGSTOP: the process is alive but silent, as after a long GC pause or
     // a partition; the group must declare it dead...
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-    let dead = wait_for(Duration::from_secs(15), || c.state_of(1, 3).map(|s| s.0) == Some("dead".into()));
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    common::signal(pid, libc::SIGSTOP);
+    let dead = wait_for(Duration::from_secs(15), || {
+        state_of(&c, 1, 3).map(|s| s.0) == Some("dead".into())
+    });
+    common::signal(pid, libc::SIGCONT);
     assert!(dead.is_some(), "a silent node was not declared dead");
     // ...and once it runs again it learns so and rejoins with a higher one.
     let back = wait_for(Duration::from_secs(15), || {
-        (1..=3).all(|o| matches!(c.state_of(o, 3), Some((s, inc)) if s == "alive" && inc > before))
+        (1..=3)
+            .all(|o| matches!(state_of(&c, o, 3), Some((s, inc)) if s == "alive" && inc > before))
     });
-    assert!(back.is_some(), "the resumed node did not rejoin: {:?}", c.state_of(1, 3));
+    assert!(
+        back.is_some(),
+        "the resumed node did not rejoin: {:?}",
+        state_of(&c, 1, 3)
+    );
     let s = common::json(&["status", "--json", "--node", &c.node(3).rpc]);
     assert_eq!(s["swim"]["self_renewals"], 1, "{s}");
     assert!(s["generation"].as_u64().unwrap() > before);

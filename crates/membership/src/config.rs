@@ -49,13 +49,19 @@ impl SwimConfig {
     /// Checks the relations foca relies on (rtt < period, nothing zero).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.probe_period_ms == 0 || self.probe_rtt_ms == 0 || self.suspect_to_down_ms == 0 {
-            return Err(ConfigError::Invalid("probe_period_ms, probe_rtt_ms and suspect_to_down_ms must be > 0"));
+            return Err(ConfigError::Invalid(
+                "probe_period_ms, probe_rtt_ms and suspect_to_down_ms must be > 0",
+            ));
         }
         if self.probe_rtt_ms >= self.probe_period_ms {
-            return Err(ConfigError::Invalid("probe_rtt_ms must be smaller than probe_period_ms"));
+            return Err(ConfigError::Invalid(
+                "probe_rtt_ms must be smaller than probe_period_ms",
+            ));
         }
         if self.indirect_probes == 0 || self.max_transmissions == 0 || self.gossip_period_ms == 0 {
-            return Err(ConfigError::Invalid("indirect_probes, max_transmissions and gossip_period_ms must be > 0"));
+            return Err(ConfigError::Invalid(
+                "indirect_probes, max_transmissions and gossip_period_ms must be > 0",
+            ));
         }
         Ok(())
     }
@@ -68,7 +74,8 @@ impl SwimConfig {
         c.probe_period = Duration::from_millis(self.probe_period_ms);
         c.probe_rtt = Duration::from_millis(self.probe_rtt_ms);
         c.num_indirect_probes = nz(self.indirect_probes)?;
-        c.max_transmissions = NonZeroU8::new(self.max_transmissions).ok_or(ConfigError::Invalid("zero"))?;
+        c.max_transmissions =
+            NonZeroU8::new(self.max_transmissions).ok_or(ConfigError::Invalid("zero"))?;
         c.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
         // Dead identities are remembered for a day: a restarted node comes
         // back under a new generation, so it never needs the old one freed.

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State};
+use foca::{
+    BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State,
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -167,11 +169,21 @@ impl Runtime<NodeIdentity> for Collect<'_> {
     }
 
     fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
-        let header = <PostcardCodec as Codec<NodeIdentity>>::decode_header(&mut PostcardCodec, data);
-        if matches!(header, Ok(foca::Header { message: foca::Message::TurnUndead, .. })) {
+        let header =
+            <PostcardCodec as Codec<NodeIdentity>>::decode_header(&mut PostcardCodec, data);
+        if matches!(
+            header,
+            Ok(foca::Header {
+                message: foca::Message::TurnUndead,
+                ..
+            })
+        ) {
             self.turn_undead.push((self.effects.len(), to.clone()));
         }
-        self.effects.push(Effect::Send { to: to.addr, data: Bytes::copy_from_slice(data) });
+        self.effects.push(Effect::Send {
+            to: to.addr,
+            data: Bytes::copy_from_slice(data),
+        });
     }
 
     fn submit_after(&mut self, timer: SwimTimer, after: Duration) {
@@ -237,7 +249,11 @@ impl Swim {
         if self.leaving {
             return;
         }
-        let dst = NodeIdentity { id: NodeId(0), addr: introducer, generation: 0 };
+        let dst = NodeIdentity {
+            id: NodeId(0),
+            addr: introducer,
+            generation: 0,
+        };
         let r = self.with_runtime(|foca, rt| foca.announce(dst, rt));
         if let Err(e) = r {
             tracing::warn!(%introducer, error = %e, "announce failed");
@@ -317,7 +333,11 @@ impl Swim {
         rows.insert(
             (me.id, me.addr),
             MemberInfo {
-                state: if self.leaving { MemberState::Left } else { MemberState::Alive },
+                state: if self.leaving {
+                    MemberState::Left
+                } else {
+                    MemberState::Alive
+                },
                 identity: me,
                 swim_incarnation: 0,
                 is_self: true,
@@ -345,8 +365,11 @@ impl Swim {
         ) -> R,
     ) -> R {
         let left_before = self.lock_left().clone();
-        let mut rt =
-            Collect { effects: &mut self.effects, notifications: &mut self.notifications, turn_undead: Vec::new() };
+        let mut rt = Collect {
+            effects: &mut self.effects,
+            notifications: &mut self.notifications,
+            turn_undead: Vec::new(),
+        };
         let r = f(&mut self.foca, &mut rt);
         // foca 2.0 sends "you are dead" when a suspicion timer fires even if
         // the suspect refuted in time (its check fails, the courtesy message

@@ -44,7 +44,7 @@ impl NodeOptions {
             let msg = e.message().to_string();
             let at = e
                 .span()
-                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
+                .map(|s| format!(" at line {}", text[..s.start].matches('\n').count() + 1))
                 .unwrap_or_default();
             ConfigError::Invalid(format!("config file {}{at}: {msg}", path.display()))
         })
@@ -99,19 +99,26 @@ impl NodeConfig {
     pub fn resolve(opts: NodeOptions) -> Result<Self, ConfigError> {
         let addr = parse_addr("addr", opts.addr.as_deref().unwrap_or(DEFAULT_ADDR))?;
         if addr.port() == 0 {
-            return Err(ConfigError::Invalid("addr: port 0 is not allowed; members must know each other's port".into()));
+            return Err(ConfigError::Invalid(
+                "addr: port 0 is not allowed; members must know each other's port".into(),
+            ));
         }
         let http = match opts.http.as_deref() {
             Some(h) => parse_addr("http", h)?,
             None => {
                 let port = addr.port().checked_add(1000).ok_or_else(|| {
-                    ConfigError::Invalid(format!("http: no default for RPC port {}; pass --http", addr.port()))
+                    ConfigError::Invalid(format!(
+                        "http: no default for RPC port {}; pass --http",
+                        addr.port()
+                    ))
                 })?;
                 SocketAddr::new(addr.ip(), port)
             }
         };
         if http == addr {
-            return Err(ConfigError::Invalid(format!("http: {http} is the RPC address too")));
+            return Err(ConfigError::Invalid(format!(
+                "http: {http} is the RPC address too"
+            )));
         }
         let data_dir = opts
             .data_dir
@@ -121,10 +128,13 @@ impl NodeConfig {
         }
         let udp_loss = opts.udp_loss.unwrap_or(0.0);
         if !(0.0..1.0).contains(&udp_loss) {
-            return Err(ConfigError::Invalid(format!("udp_loss: {udp_loss} is not in [0, 1)")));
+            return Err(ConfigError::Invalid(format!(
+                "udp_loss: {udp_loss} is not in [0, 1)"
+            )));
         }
         let swim = opts.swim.unwrap_or_default();
-        swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        swim.validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(NodeConfig {
             id: opts.id.map(NodeId),
             addr,
@@ -153,7 +163,10 @@ mod tests {
     fn file_then_flags() {
         let (_d, p) = write("addr = \"127.0.0.1:9000\"\nid = 4\n[swim]\nprobe_period_ms = 500\n");
         let file = NodeOptions::from_file(&p).unwrap();
-        let flags = NodeOptions { id: Some(7), ..Default::default() };
+        let flags = NodeOptions {
+            id: Some(7),
+            ..Default::default()
+        };
         let c = NodeConfig::resolve(file.overridden_by(flags)).unwrap();
         assert_eq!(c.addr.port(), 9000);
         assert_eq!(c.http.port(), 10000);
@@ -174,13 +187,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = NodeConfig::resolve(NodeOptions { addr: Some("nowhere".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = NodeConfig::resolve(NodeOptions {
+            addr: Some("nowhere".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("addr") && e.contains("nowhere"), "{e}");
-        let e = NodeConfig::resolve(NodeOptions { udp_loss: Some(1.5), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = NodeConfig::resolve(NodeOptions {
+            udp_loss: Some(1.5),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("udp_loss"), "{e}");
     }
 }

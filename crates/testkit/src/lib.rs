@@ -1,0 +1,281 @@
+//! Real local clusters for end-to-end tests and benchmarks: the `idunno`
+//! binary started as separate processes with `idunno up` on random free
+//! loopback ports, killed with real signals, restarted on the same data,
+//! and always cleaned up on drop, even when a test fails.
+//!
+//! This crate drives the binary from outside; it depends on no idunno crate.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run `bin args…`, killing it if it runs past `limit` (then panicking:
+/// a command that hangs is a failure of its own).
+pub fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{} {args:?} hung for more than {limit:?}; stderr: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn port_free(port: u16) -> bool {
+    let a = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok()
+}
+
+/// A random base port with `count` free TCP+UDP ports from it on.
+pub fn free_ports(count: u16) -> u16 {
+    loop {
+        let base = 20_000 + (random_u32() % 20_000) as u16 * 2;
+        if (base..base + count).all(port_free) {
+            return base;
+        }
+    }
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per process: enough to spread tests.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+pub fn kill9(pid: u32) {
+    signal(pid, libc::SIGKILL);
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Whether `pid` runs (a zombie does not count: an exited node whose
+/// parent has not reaped it yet is dead).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z') | Some('X') | None
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Poll `f` every 50 ms until it holds or `limit` passes; how long it took.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read http");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub id: u64,
+    pub rpc: String,
+    pub http: String,
+    pub pid: u32,
+}
+
+/// A cluster started with `idunno up` in a temporary folder.
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<ClusterNode>,
+    pub base_port: u16,
+    /// The node config file every node was started with, if any.
+    config: Option<PathBuf>,
+    /// Nodes restarted by hand (children of this process).
+    restarted: Vec<Child>,
+}
+
+impl Cluster {
+    /// `idunno up --nodes n`, optionally with a node config (TOML text).
+    /// Retries on other ports if another process took one meanwhile.
+    pub fn up(bin: &Path, n: u16, config: Option<&str>) -> Cluster {
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let base = free_ports(2 * n);
+            let d = dir.path().to_str().expect("utf-8 path").to_string();
+            let mut args = vec![
+                "up".to_string(),
+                "--nodes".into(),
+                n.to_string(),
+                "--dir".into(),
+                d,
+                "--base-port".into(),
+                base.to_string(),
+                "--json".into(),
+            ];
+            let config_path = config.map(|text| {
+                let p = dir.path().join("node.toml");
+                std::fs::write(&p, text).expect("write node config");
+                p
+            });
+            if let Some(p) = &config_path {
+                args.extend(["--config".to_string(), p.display().to_string()]);
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run(bin, &argv, Duration::from_secs(60));
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            if !out.status.success() {
+                if stderr.contains("in use") {
+                    continue;
+                }
+                panic!("idunno up failed: {stderr}");
+            }
+            let doc: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("up --json prints JSON");
+            let file: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join("cluster.json")).expect("cluster.json"),
+            )
+            .expect("cluster.json is JSON");
+            assert_eq!(doc, file, "up --json and cluster.json agree");
+            let nodes = doc["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .map(|n| ClusterNode {
+                    id: n["id"].as_u64().expect("id"),
+                    rpc: n["rpc"].as_str().expect("rpc").to_string(),
+                    http: n["http"].as_str().expect("http").to_string(),
+                    pid: n["pid"].as_u64().expect("pid") as u32,
+                })
+                .collect();
+            return Cluster {
+                bin: bin.to_path_buf(),
+                dir,
+                nodes,
+                base_port: base,
+                config: config_path,
+                restarted: Vec::new(),
+            };
+        }
+        panic!("could not find free ports for a cluster");
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn node(&self, id: u64) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("no such node id")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.path().join(format!("n{id}"))
+    }
+
+    /// Start node `id` again on its addresses and data folder, joining the
+    /// group through `via`. Returns the new pid.
+    pub fn restart(&mut self, id: u64, via: &str) -> u32 {
+        let n = self.node(id).clone();
+        let data = self.data_dir(id);
+        let log = std::fs::File::create(data.join("restart.log")).expect("log");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "node",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &n.rpc,
+            "--http",
+            &n.http,
+            "--join",
+            via,
+        ])
+        .arg("--data-dir")
+        .arg(&data);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart node");
+        let pid = child.id();
+        self.restarted.push(child);
+        if let Some(slot) = self.nodes.iter_mut().find(|n| n.id == id) {
+            slot.pid = pid;
+        }
+        pid
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin)
+            .args(["down", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for n in &self.nodes {
+            if alive(n.pid) {
+                kill9(n.pid);
+            }
+        }
+        for c in &mut self.restarted {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
