@@ -81,3 +81,10 @@ pub fn median(xs: &[f64]) -> f64 {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     }
 }
+
+/// Resident memory of a process in MiB (from /proc), if it runs.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,6 +1,8 @@
 //! bench/membership: failure-detection time and false positives of SWIM on
 //! a real 5-node local cluster (real processes, real UDP on loopback).
 //!
+//! 0. Idle memory: resident set of every node of a fresh cluster
+//!    (target ≤ 50 MB).
 //! 1. Detection: kill -9 one node (then two, then three at once), and time
 //!    until every survivor lists each victim as dead; restart the victims
 //!    and repeat. Targets: median ≤ 2 s, worst ≤ 4 s.
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use idunno_bench::{Cluster, cluster, kill9, median, states, status, summary};
+use idunno_bench::{Cluster, cluster, kill9, median, rss_mib, states, status, summary};
 
 #[derive(Parser)]
 struct Args {
@@ -128,6 +130,13 @@ async fn restart_and_settle(c: &mut Cluster, victims: &[u64]) {
 async fn detection(args: &Args) {
     let mut c = cluster(NODES, None);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss: Vec<f64> = c.nodes.iter().filter_map(|n| rss_mib(n.pid)).collect();
+    let worst = rss.iter().copied().fold(0.0, f64::max);
+    println!(
+        "idle node memory (RSS, MiB): {} -> worst {worst:.1} MiB; target <= 50 MB: {}",
+        rss.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>().join(", "),
+        if worst <= 50.0 { "MET" } else { "MISSED" }
+    );
     let mut all_survivors = Vec::new();
     let mut each_observer = Vec::new();
     for k in 0..args.kills {
