@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/idunno/v1/node.proto"],
+        &["proto/idunno/v1/node.proto", "proto/idunno/v1/coordinator.proto"],
         &["proto"],
     )?;
     Ok(())

@@ -17,7 +17,11 @@ pub mod v1 {
 pub mod json;
 
 pub use v1::node_client::NodeClient;
+pub use v1::coordinator_client::CoordinatorClient;
+pub use v1::coordinator_server::{Coordinator, CoordinatorServer};
 pub use v1::node_server::{Node, NodeServer};
+pub use v1::raft_client::RaftClient;
+pub use v1::raft_server::{Raft, RaftServer};
 
 /// How long a client waits for a connection and for each call unless told
 /// otherwise. Every call has a deadline: a hung peer never hangs a caller.

@@ -1,0 +1,330 @@
+//! The coordinator group: the cluster state every node agrees on, kept by
+//! a Raft group (openraft) over the members. Its leader is the
+//! coordinator; the other voters are hot standbys with the same state.
+//!
+//! - `state`: the replicated state machine (sans-IO, data-driven tests).
+//! - `group`: who should be a voter (sans-IO repair policy).
+//! - `store`: durable log (redb) and snapshots (files).
+//! - `network`: Raft messages over gRPC.
+//! - `service`: the gRPC front end for clients and forwarding nodes.
+//! - this file: [`Coordinator`], the handle the node holds, with writes and
+//!   fresh reads that go to the leader wherever they are called, and the
+//!   repair loop that keeps the group whole as members die and return.
+//!
+//! This crate knows membership only through `MembershipHandle`'s view.
+
+pub mod group;
+pub mod network;
+pub mod raft;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idunno_membership::{MemberState, MembershipHandle};
+use idunno_rpc::{CoordinatorClient, v1};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::group::{GroupAction, GroupView, Liveness};
+pub use crate::raft::{NodeId, Raft, RaftTiming};
+use crate::state::{Applied, Command};
+use crate::store::{LogStore, SmData, StateMachineStore};
+
+/// How long a write or a fresh read keeps trying to reach a leader (one
+/// may be being elected) before giving up.
+pub const LEADER_WAIT: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// No leader could be reached in time; nothing is known to have
+    /// changed. Retry later.
+    #[error("no coordinator leader answered within {} s", LEADER_WAIT.as_secs())]
+    NoLeader,
+    /// This node is not the leader (answer to a forwarded request).
+    #[error("node {node} is not the coordinator leader")]
+    NotLeader { node: NodeId },
+    #[error("bad command: {0}")]
+    BadCommand(String),
+    /// Raft stopped on this node; it must restart.
+    #[error("coordinator stopped: {0}")]
+    Stopped(String),
+    #[error("coordinator storage at {path}: {reason}")]
+    Storage { path: String, reason: String },
+}
+
+/// A write that went through the log.
+#[derive(Clone, Debug)]
+pub struct ApplyOutcome {
+    pub applied: Applied,
+    pub log_index: u64,
+    pub leader: NodeId,
+}
+
+/// The group as this node sees it now.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub applied_index: Option<u64>,
+}
+
+pub struct Coordinator {
+    id: NodeId,
+    raft: Raft,
+    state: watch::Receiver<Arc<SmData>>,
+}
+
+impl Coordinator {
+    /// Open the group's storage in `dir` and start Raft. A node whose
+    /// storage is empty and that is told to `bootstrap` founds a new group
+    /// with itself as the only voter; others wait to be added by a leader.
+    pub async fn start(
+        id: NodeId,
+        addr: SocketAddr,
+        dir: &Path,
+        bootstrap: bool,
+        timing: &RaftTiming,
+    ) -> Result<Coordinator, CoordError> {
+        let storage = |e: std::io::Error| CoordError::Storage { path: dir.display().to_string(), reason: e.to_string() };
+        let log = LogStore::open(dir).map_err(storage)?;
+        let empty = log.is_empty().map_err(storage)?;
+        let sm = StateMachineStore::open(dir).map_err(storage)?;
+        let state = sm.watch();
+        let config = raft::openraft_config(timing).map_err(|e| CoordError::Stopped(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), network::Network, log, sm)
+            .await
+            .map_err(|e| CoordError::Stopped(e.to_string()))?;
+        if bootstrap && empty {
+            tracing::info!(id, "founding a new coordinator group");
+            let members = BTreeMap::from([(id, BasicNode { addr: addr.to_string() })]);
+            raft.initialize(members).await.map_err(|e| CoordError::Stopped(e.to_string()))?;
+        }
+        Ok(Coordinator { id, raft, state })
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        GroupStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            applied_index: m.last_applied.map(|l| l.index),
+        }
+    }
+
+    /// The state as this node has applied it (may lag the leader).
+    pub fn local_state(&self) -> Arc<SmData> {
+        self.state.borrow().clone()
+    }
+
+    fn leader_addr(&self, leader: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Apply `cmd` here if this node leads; `NotLeader` otherwise.
+    pub async fn apply_local(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(ApplyOutcome { applied: r.data, log_index: r.log_id.index, leader: self.id }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(CoordError::NotLeader { node: self.id }),
+            Err(RaftError::APIError(e)) => Err(CoordError::BadCommand(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(CoordError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Apply `cmd` through the leader, wherever it is, waiting out an
+    /// election. A reply means the command is committed (or was refused
+    /// and changed nothing).
+    ///
+    /// A retry after a leader died mid-write may apply the command twice;
+    /// commands that must not repeat carry their own idempotency check.
+    pub async fn apply(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
+        let give_up = Instant::now() + LEADER_WAIT;
+        let json = serde_json::to_vec(&cmd).map_err(|e| CoordError::BadCommand(e.to_string()))?;
+        loop {
+            match self.status().leader {
+                Some(l) if l == self.id => match self.apply_local(cmd.clone()).await {
+                    Err(CoordError::NotLeader { .. }) => {}
+                    other => return other,
+                },
+                Some(l) => {
+                    if let Some(addr) = self.leader_addr(l) {
+                        match forward_apply(&addr, &json).await {
+                            Ok(out) => return Ok(out),
+                            Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a write"),
+                        }
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(CoordError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The state as of now at the leader: served here if this node leads
+    /// (after confirming it still does), else fetched from the leader.
+    pub async fn read_local(&self) -> Result<(Arc<SmData>, NodeId), CoordError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok((self.local_state(), self.id)),
+            Err(RaftError::Fatal(e)) => Err(CoordError::Stopped(e.to_string())),
+            Err(RaftError::APIError(_)) => Err(CoordError::NotLeader { node: self.id }),
+        }
+    }
+
+    pub async fn read(&self) -> Result<(Arc<SmData>, NodeId), CoordError> {
+        let give_up = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.status().leader {
+                Some(l) if l == self.id => match self.read_local().await {
+                    Err(CoordError::NotLeader { .. }) => {}
+                    other => return other,
+                },
+                Some(l) => {
+                    if let Some(addr) = self.leader_addr(l) {
+                        match forward_read(&addr).await {
+                            Ok(out) => return Ok(out),
+                            Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a read"),
+                        }
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(CoordError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Keep the group whole: while this node leads, follow `group`'s
+    /// policy one action at a time, re-checking after every membership
+    /// change and every second.
+    pub fn spawn_repair(
+        self: &Arc<Self>,
+        membership: MembershipHandle,
+        max_voters: usize,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut view = membership.watch();
+            loop {
+                if me.status().leader == Some(me.id) {
+                    let v = me.group_view(&membership, max_voters);
+                    if let Some(action) = group::next_action(&v) {
+                        match me.carry_out(action.clone()).await {
+                            Ok(()) => {
+                                tracing::info!(?action, "coordinator group changed");
+                                continue;
+                            }
+                            Err(e) => tracing::warn!(?action, error = %e, "coordinator group change failed"),
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = view.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    }
+
+    fn group_view(&self, membership: &MembershipHandle, max_voters: usize) -> GroupView {
+        let status = self.status();
+        let nodes = membership
+            .view()
+            .members
+            .into_iter()
+            .map(|m| {
+                let l = match m.state {
+                    MemberState::Alive | MemberState::Suspect => Liveness::Up,
+                    MemberState::Dead | MemberState::Left => Liveness::Gone,
+                };
+                (m.identity.id.0, (l, m.identity.addr.to_string()))
+            })
+            .collect();
+        GroupView {
+            voters: status.voters.into_iter().collect(),
+            learners: status.learners.into_iter().collect(),
+            nodes,
+            max_voters,
+        }
+    }
+
+    async fn carry_out(&self, action: GroupAction) -> Result<(), String> {
+        let r = match action {
+            GroupAction::AddLearner { id, addr } => {
+                // Non-blocking: the learner catches up in the background and
+                // is promoted once the policy sees it.
+                self.raft.add_learner(id, BasicNode { addr }, false).await.map(|_| ())
+            }
+            GroupAction::SetVoters(voters) => {
+                self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await.map(|_| ())
+            }
+            GroupAction::RemoveNodes(ids) => self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(ids.into_iter().collect::<BTreeSet<_>>()), true)
+                .await
+                .map(|_| ()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+async fn coordinator_client(addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(CoordinatorClient::new(channel))
+}
+
+async fn forward_apply(addr: &str, json: &[u8]) -> Result<ApplyOutcome, String> {
+    let mut c = coordinator_client(addr).await?;
+    let r = c
+        .apply(v1::ApplyRequest { command_json: json.to_vec(), forwarded: true })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let applied: Applied = serde_json::from_slice(&r.applied_json).map_err(|e| e.to_string())?;
+    Ok(ApplyOutcome { applied, log_index: r.log_index, leader: r.leader })
+}
+
+async fn forward_read(addr: &str) -> Result<(Arc<SmData>, NodeId), String> {
+    let mut c = coordinator_client(addr).await?;
+    let r = c
+        .read_state(v1::ReadStateRequest { forwarded: true })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let data: SmData = serde_json::from_slice(&r.state_json).map_err(|e| e.to_string())?;
+    Ok((Arc::new(data), r.leader))
+}

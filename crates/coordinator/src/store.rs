@@ -1,0 +1,335 @@
+//! Durable Raft storage for the coordinator group.
+//!
+//! - [`LogStore`]: the log, the vote and the committed index in one redb
+//!   file (`DATA/raft/log.redb`); every write is an fsync'd transaction.
+//! - [`StateMachineStore`]: the [`ClusterState`] in memory, snapshots as a
+//!   plain file (`DATA/raft/snapshot.json`, written atomically). On
+//!   restart the snapshot is loaded and Raft re-applies the committed log
+//!   after it.
+//!
+//! Readers outside Raft get the state through a `watch` channel published
+//! after every applied batch (STYLE.md §5: one owner, snapshots for
+//! readers).
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::raft::{NodeId, TypeConfig};
+use crate::state::{Applied, ClusterState};
+
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write(&e).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read(&e).into()
+}
+
+/// The Raft log on disk. Cheap to clone (the database is shared with the
+/// log reader Raft asks for).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> Result<Self, std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("log.redb")).map_err(std::io::Error::other)?;
+        // Create the tables so that readers never meet a missing one.
+        let tx = db.begin_write().map_err(std::io::Error::other)?;
+        tx.open_table(LOGS).map_err(std::io::Error::other)?;
+        tx.open_table(META).map_err(std::io::Error::other)?;
+        tx.commit().map_err(std::io::Error::other)?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// Whether nothing was ever stored: a node with an empty log and no
+    /// vote may bootstrap a new group.
+    pub fn is_empty(&self) -> Result<bool, std::io::Error> {
+        let tx = self.db.begin_read().map_err(std::io::Error::other)?;
+        let logs = tx.open_table(LOGS).map_err(std::io::Error::other)?;
+        let meta = tx.open_table(META).map_err(std::io::Error::other)?;
+        Ok(logs.is_empty().map_err(std::io::Error::other)?
+            && meta.get("vote").map_err(std::io::Error::other)?.is_none())
+    }
+
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> StoreResult<Option<T>> {
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(META).map_err(read_err)?;
+        match table.get(key).map_err(read_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(io_err)?;
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut table = tx.open_table(META).map_err(io_err)?;
+            table.insert(key, bytes.as_slice()).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(LOGS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range(range).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let table = tx.open_table(LOGS).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+        self.put_meta("vote", vote)
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
+        self.put_meta("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut table = tx.open_table(LOGS).map_err(io_err)?;
+            for e in entries {
+                let bytes = serde_json::to_vec(&e).map_err(io_err)?;
+                table.insert(e.log_id.index, bytes.as_slice()).map_err(io_err)?;
+            }
+        }
+        // redb's default durability fsyncs before commit returns.
+        let r = tx.commit().map_err(std::io::Error::other);
+        let failed = r.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(r);
+        match failed {
+            Some(e) => Err(io_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut table = tx.open_table(LOGS).map_err(io_err)?;
+            table.retain_in(log_id.index.., |_, _| false).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(&log_id).map_err(io_err)?;
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(io_err)?;
+            meta.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
+            let mut table = tx.open_table(LOGS).map_err(io_err)?;
+            table.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)
+    }
+}
+
+/// What a snapshot holds: the state plus where in the log it stands.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine. Owned by Raft; everyone else reads `watch()`.
+pub struct StateMachineStore {
+    data: SmData,
+    dir: PathBuf,
+    published: watch::Sender<Arc<SmData>>,
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    /// Open at `dir`, loading the last snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<Self, std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let data = match std::fs::read(dir.join("snapshot.json")) {
+            Ok(bytes) => {
+                let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+                serde_json::from_slice(&file.data).map_err(std::io::Error::other)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SmData::default(),
+            Err(e) => return Err(e),
+        };
+        let (published, _) = watch::channel(Arc::new(data.clone()));
+        Ok(StateMachineStore { data, dir: dir.to_path_buf(), published, snapshot_seq: 0 })
+    }
+
+    /// The applied state as of the last batch.
+    pub fn watch(&self) -> watch::Receiver<Arc<SmData>> {
+        self.published.subscribe()
+    }
+
+}
+
+/// Replace `dir/snapshot.json` atomically and durably.
+fn write_snapshot(dir: &Path, file: &SnapshotFile) -> StoreResult<()> {
+    let bytes = serde_json::to_vec(file).map_err(io_err)?;
+    let tmp = dir.join("snapshot.json.tmp");
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join("snapshot.json"))?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(io_err)
+}
+
+/// Builds a snapshot from a copy of the state taken when Raft asks.
+pub struct SnapshotBuilder {
+    data: SmData,
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let data = serde_json::to_vec(&self.data).map_err(io_err)?;
+        let last = self.data.last_applied;
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
+            None => format!("none-{}", self.seq),
+        };
+        let meta = SnapshotMeta { last_log_id: last, last_membership: self.data.membership.clone(), snapshot_id };
+        write_snapshot(&self.dir, &SnapshotFile { meta: meta.clone(), data: data.clone() })?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>)> {
+        Ok((self.data.last_applied, self.data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for e in entries {
+            self.data.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(Ok(crate::state::Reply::Done)),
+                EntryPayload::Normal(cmd) => out.push(self.data.state.apply(cmd)),
+                EntryPayload::Membership(m) => {
+                    self.data.membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(Ok(crate::state::Reply::Done));
+                }
+            }
+        }
+        self.published.send_replace(Arc::new(self.data.clone()));
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder { data: self.data.clone(), dir: self.dir.clone(), seq: self.snapshot_seq }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let bytes = snapshot.into_inner();
+        let data: SmData = serde_json::from_slice(&bytes).map_err(read_err)?;
+        write_snapshot(&self.dir, &SnapshotFile { meta: meta.clone(), data: bytes })?;
+        self.data = data;
+        self.data.last_applied = meta.last_log_id;
+        self.data.membership = meta.last_membership.clone();
+        self.published.send_replace(Arc::new(self.data.clone()));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        match std::fs::read(self.dir.join("snapshot.json")) {
+            Ok(bytes) => {
+                let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(read_err)?;
+                Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(file.data)) }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_err(e)),
+        }
+    }
+}
