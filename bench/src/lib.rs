@@ -24,22 +24,13 @@ pub fn cluster(n: u16, config: Option<&str>) -> Cluster {
 
 /// Member states as `observer` sees them: id → (state name, incarnation).
 pub async fn states(addr: &str) -> Option<Vec<(u64, &'static str, u64)>> {
-    let mut c = idunno_rpc::connect(addr, Duration::from_millis(500))
-        .await
-        .ok()?;
+    let mut c = idunno_rpc::connect(addr, Duration::from_millis(500)).await.ok()?;
     let r = c.members(v1::MembersRequest {}).await.ok()?.into_inner();
-    Some(
-        r.members
-            .iter()
-            .map(|m| (m.id, idunno_rpc::json::state_name(m.state()), m.incarnation))
-            .collect(),
-    )
+    Some(r.members.iter().map(|m| (m.id, idunno_rpc::json::state_name(m.state()), m.incarnation)).collect())
 }
 
 pub async fn status(addr: &str) -> Option<v1::StatusReply> {
-    let mut c = idunno_rpc::connect(addr, Duration::from_millis(1000))
-        .await
-        .ok()?;
+    let mut c = idunno_rpc::connect(addr, Duration::from_millis(1000)).await.ok()?;
     Some(c.status(v1::StatusRequest {}).await.ok()?.into_inner())
 }
 
@@ -53,11 +44,7 @@ pub fn summary(xs: &[f64]) -> String {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
     format!(
         "n={} median={:.2}s mean={:.2}s sd={:.2}s min={:.2}s worst={:.2}s",
         v.len(),
@@ -75,11 +62,7 @@ pub fn median(xs: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
+    if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
 }
 
 /// Resident memory of a process in MiB (from /proc), if it runs.

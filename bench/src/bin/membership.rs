@@ -39,10 +39,7 @@ const NODES: u16 = 5;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    println!(
-        "bench/membership: {NODES}-node local cluster, binary {}",
-        idunno_bench::idunno_bin().display()
-    );
+    println!("bench/membership: {NODES}-node local cluster, binary {}", idunno_bench::idunno_bin().display());
     detection(&args).await;
     if args.fp_minutes > 0.0 {
         false_positives(&args).await;
@@ -53,12 +50,7 @@ async fn main() {
 /// survivor listed it dead (the "every survivor" figure), and every
 /// individual survivor's time.
 async fn kill_and_time(c: &Cluster, victims: &[u64]) -> Option<(Vec<f64>, Vec<f64>)> {
-    let survivors: Vec<_> = c
-        .nodes
-        .iter()
-        .filter(|n| !victims.contains(&n.id))
-        .cloned()
-        .collect();
+    let survivors: Vec<_> = c.nodes.iter().filter(|n| !victims.contains(&n.id)).cloned().collect();
     let start = Instant::now();
     for v in victims {
         kill9(c.nodes.iter().find(|n| n.id == *v)?.pid);
@@ -84,23 +76,13 @@ async fn kill_and_time(c: &Cluster, victims: &[u64]) -> Option<(Vec<f64>, Vec<f6
     }
     let per_victim = victims
         .iter()
-        .map(|v| {
-            seen.iter()
-                .filter(|((_, id), _)| id == v)
-                .map(|(_, t)| *t)
-                .fold(0.0, f64::max)
-        })
+        .map(|v| seen.iter().filter(|((_, id), _)| id == v).map(|(_, t)| *t).fold(0.0, f64::max))
         .collect();
     Some((per_victim, seen.values().copied().collect()))
 }
 
 async fn restart_and_settle(c: &mut Cluster, victims: &[u64]) {
-    let via = c
-        .nodes
-        .iter()
-        .find(|n| !victims.contains(&n.id))
-        .map(|n| n.rpc.clone())
-        .expect("a survivor");
+    let via = c.nodes.iter().find(|n| !victims.contains(&n.id)).map(|n| n.rpc.clone()).expect("a survivor");
     for v in victims {
         c.restart(*v, &via);
     }
@@ -109,9 +91,7 @@ async fn restart_and_settle(c: &mut Cluster, victims: &[u64]) {
         let mut all = true;
         for n in &c.nodes {
             match states(&n.rpc).await {
-                Some(l) => {
-                    all &= l.iter().filter(|(_, s, _)| *s == "alive").count() == NODES as usize
-                }
+                Some(l) => all &= l.iter().filter(|(_, s, _)| *s == "alive").count() == NODES as usize,
                 None => all = false,
             }
         }
@@ -142,31 +122,19 @@ async fn detection(args: &Args) {
     for k in 0..args.kills {
         let victim = (k % NODES as usize) as u64 + 1;
         if let Some((per_victim, each)) = kill_and_time(&c, &[victim]).await {
-            println!(
-                "  kill {:>2}: node {victim} dead at every survivor after {:.2}s",
-                k + 1,
-                per_victim[0]
-            );
+            println!("  kill {:>2}: node {victim} dead at every survivor after {:.2}s", k + 1, per_victim[0]);
             all_survivors.extend(per_victim);
             each_observer.extend(each);
         }
         restart_and_settle(&mut c, &[victim]).await;
     }
-    println!(
-        "single kill, until EVERY survivor lists it dead: {}",
-        summary(&all_survivors)
-    );
-    println!(
-        "single kill, per survivor:                       {}",
-        summary(&each_observer)
-    );
+    println!("single kill, until EVERY survivor lists it dead: {}", summary(&all_survivors));
+    println!("single kill, per survivor:                       {}", summary(&each_observer));
 
     for (count, label) in [(2usize, "two"), (3, "three")] {
         let mut times = Vec::new();
         for r in 0..args.multi_rounds {
-            let victims: Vec<u64> = (0..count)
-                .map(|i| ((r + i) % NODES as usize) as u64 + 1)
-                .collect();
+            let victims: Vec<u64> = (0..count).map(|i| ((r + i) % NODES as usize) as u64 + 1).collect();
             if let Some((per_victim, _)) = kill_and_time(&c, &victims).await {
                 println!(
                     "  {label} at once {victims:?}: all dead at every survivor after {:.2}s",
@@ -176,16 +144,10 @@ async fn detection(args: &Args) {
             }
             restart_and_settle(&mut c, &victims).await;
         }
-        println!(
-            "{label} simultaneous kills, per victim until every survivor knows: {}",
-            summary(&times)
-        );
+        println!("{label} simultaneous kills, per victim until every survivor knows: {}", summary(&times));
     }
     let ok = median(&all_survivors) <= 2.0 && all_survivors.iter().all(|t| *t <= 4.0);
-    println!(
-        "detection target (median <= 2 s, worst <= 4 s): {}",
-        if ok { "MET" } else { "MISSED" }
-    );
+    println!("detection target (median <= 2 s, worst <= 4 s): {}", if ok { "MET" } else { "MISSED" });
 }
 
 async fn false_positives(args: &Args) {
@@ -229,10 +191,7 @@ async fn false_positives(args: &Args) {
         renewals += swim.self_renewals;
         datagrams += swim.datagrams_in;
         if s.generation != start_gen[&n.id] {
-            println!(
-                "  node {} changed generation (it was declared dead and rejoined)",
-                n.id
-            );
+            println!("  node {} changed generation (it was declared dead and rejoined)", n.id);
         }
     }
     println!(
@@ -241,8 +200,5 @@ async fn false_positives(args: &Args) {
     println!(
         "false positives (dead declarations of live members, summed over observers): {dead_events}; self-renewals: {renewals}"
     );
-    println!(
-        "false-positive target (0): {}",
-        if dead_events == 0 { "MET" } else { "MISSED" }
-    );
+    println!("false-positive target (0): {}", if dead_events == 0 { "MET" } else { "MISSED" });
 }

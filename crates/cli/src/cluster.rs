@@ -60,15 +60,13 @@ impl ClusterFile {
         let path = Self::path(dir);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| CliError::failed(format!("no cluster in {}: {e}", dir.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
     }
 
     fn save(&self, dir: &Path) -> Result<(), CliError> {
         let path = Self::path(dir);
         let tmp = path.with_extension("json.tmp");
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| CliError::failed(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| CliError::failed(e.to_string()))?;
         std::fs::write(&tmp, text + "\n")
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
@@ -82,9 +80,7 @@ pub fn is_running(pid: u32) -> bool {
         return false;
     };
     // The state follows the parenthesised command name.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
@@ -107,12 +103,7 @@ fn port_free(port: u16, udp_too: bool) -> bool {
 
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
 struct Spawned {
@@ -125,14 +116,10 @@ fn spawn_node(exe: &Path, args: &UpArgs, dir: &Path, i: u16) -> Result<Spawned, 
     let rpc = args.base_port + 2 * (i - 1);
     let http = rpc + 1;
     let node_dir = dir.join(format!("n{i}"));
-    std::fs::create_dir_all(&node_dir)
-        .map_err(|e| CliError::failed(format!("{}: {e}", node_dir.display())))?;
+    std::fs::create_dir_all(&node_dir).map_err(|e| CliError::failed(format!("{}: {e}", node_dir.display())))?;
     let log = node_dir.join("node.log");
-    let out =
-        File::create(&log).map_err(|e| CliError::failed(format!("{}: {e}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let out = File::create(&log).map_err(|e| CliError::failed(format!("{}: {e}", log.display())))?;
+    let err = out.try_clone().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--id", &i.to_string()])
@@ -147,13 +134,8 @@ fn spawn_node(exe: &Path, args: &UpArgs, dir: &Path, i: u16) -> Result<Spawned, 
         cmd.arg("--config").arg(c);
     }
     // Its own process group: a Ctrl-C meant for `up` must not kill the cluster.
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    let child = cmd
-        .spawn()
-        .map_err(|e| CliError::failed(format!("cannot start {}: {e}", exe.display())))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start {}: {e}", exe.display())))?;
     let node = ClusterNode {
         id: i as u64,
         rpc: format!("127.0.0.1:{rpc}"),
@@ -193,10 +175,7 @@ async fn wait_node(s: &mut Spawned, deadline: Instant, want_alive: u32) -> Resul
 
 pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
     if args.nodes == 0 || args.nodes > 64 {
-        return Err(CliError::bad_input(format!(
-            "--nodes {}: must be between 1 and 64",
-            args.nodes
-        )));
+        return Err(CliError::bad_input(format!("--nodes {}: must be between 1 and 64", args.nodes)));
     }
     let last_port = args.base_port as u32 + 2 * args.nodes as u32 - 1;
     if args.base_port == 0 || last_port > 65535 {
@@ -209,15 +188,10 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
         idunno_node::NodeOptions::from_file(c).map_err(|e| CliError::bad_input(e.to_string()))?;
     }
     let dir = &args.dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
     if let Ok(existing) = ClusterFile::load(dir) {
-        let live: Vec<String> = existing
-            .nodes
-            .iter()
-            .filter(|n| is_running(n.pid))
-            .map(|n| n.pid.to_string())
-            .collect();
+        let live: Vec<String> =
+            existing.nodes.iter().filter(|n| is_running(n.pid)).map(|n| n.pid.to_string()).collect();
         if !live.is_empty() {
             return Err(CliError::failed(format!(
                 "a cluster is already running in {} (pids {}); stop it with `idunno down --dir {}`",
@@ -231,14 +205,11 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
         let rpc = args.base_port + 2 * i;
         for (port, udp) in [(rpc, true), (rpc + 1, false)] {
             if !port_free(port, udp) {
-                return Err(CliError::failed(format!(
-                    "port {port} is in use; pick another --base-port"
-                )));
+                return Err(CliError::failed(format!("port {port} is in use; pick another --base-port")));
             }
         }
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
 
     let mut spawned = vec![spawn_node(&exe, &args, dir, 1)?];
@@ -247,10 +218,8 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
         for i in 2..=args.nodes {
             spawned.push(spawn_node(&exe, &args, dir, i)?);
         }
-        let file = ClusterFile {
-            dir: dir.display().to_string(),
-            nodes: spawned.iter().map(|s| s.node.clone()).collect(),
-        };
+        let file =
+            ClusterFile { dir: dir.display().to_string(), nodes: spawned.iter().map(|s| s.node.clone()).collect() };
         file.save(dir)?;
         for s in spawned.iter_mut() {
             wait_node(s, deadline, args.nodes as u32).await?;
@@ -274,12 +243,7 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
     }
     let mut t = table(&["ID", "RPC", "HTTP", "PID"]);
     for n in &file.nodes {
-        t.add_row(vec![
-            n.id.to_string(),
-            n.rpc.clone(),
-            format!("http://{}/", n.http),
-            n.pid.to_string(),
-        ]);
+        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("http://{}/", n.http), n.pid.to_string()]);
     }
     println!("{t}");
     println!(
@@ -318,11 +282,7 @@ pub async fn down(dir: &Path, out: Output) -> Result<(), CliError> {
             killed.push(n.id);
         }
     }
-    let stopped: Vec<u64> = live
-        .iter()
-        .map(|n| n.id)
-        .filter(|id| !killed.contains(id))
-        .collect();
+    let stopped: Vec<u64> = live.iter().map(|n| n.id).filter(|id| !killed.contains(id)).collect();
     let _ = std::fs::remove_file(ClusterFile::path(dir));
     if out.json {
         return out.json(&serde_json::json!({ "stopped": stopped, "killed": killed }));
@@ -330,11 +290,7 @@ pub async fn down(dir: &Path, out: Output) -> Result<(), CliError> {
     println!(
         "stopped {} node(s){}",
         stopped.len(),
-        if killed.is_empty() {
-            String::new()
-        } else {
-            format!(", killed {} that did not stop in 10 s", killed.len())
-        }
+        if killed.is_empty() { String::new() } else { format!(", killed {} that did not stop in 10 s", killed.len()) }
     );
     Ok(())
 }

@@ -12,36 +12,24 @@ pub struct CliError {
 
 impl CliError {
     pub fn bad_input(message: impl Into<String>) -> Self {
-        CliError {
-            code: 2,
-            message: message.into(),
-        }
+        CliError { code: 2, message: message.into() }
     }
 
     pub fn failed(message: impl Into<String>) -> Self {
-        CliError {
-            code: 1,
-            message: message.into(),
-        }
+        CliError { code: 1, message: message.into() }
     }
 }
 
 impl From<RpcError> for CliError {
     fn from(e: RpcError) -> Self {
         let code = if e.is_bad_input() { 2 } else { 1 };
-        CliError {
-            code,
-            message: e.to_string(),
-        }
+        CliError { code, message: e.to_string() }
     }
 }
 
 impl From<idunno_node::NodeError> for CliError {
     fn from(e: idunno_node::NodeError) -> Self {
         let code = if e.is_bad_input() { 2 } else { 1 };
-        CliError {
-            code,
-            message: e.to_string(),
-        }
+        CliError { code, message: e.to_string() }
     }
 }

@@ -27,55 +27,27 @@ pub async fn run(cmd: MemberCommand, node: Option<String>, out: Output) -> Resul
     let err = |s| RpcError::from_status(&addr, s);
     match cmd {
         MemberCommand::List => {
-            let reply = client
-                .members(v1::MembersRequest {})
-                .await
-                .map_err(err)?
-                .into_inner();
+            let reply = client.members(v1::MembersRequest {}).await.map_err(err)?.into_inner();
             let rows: Vec<MemberJson> = reply.members.iter().map(MemberJson::from).collect();
             if out.json {
                 return out.json(&rows);
             }
             let mut t = table(&["ID", "ADDRESS", "STATE", "INCARNATION", "ROLE"]);
             for r in &rows {
-                let id = if r.is_self {
-                    format!("{} *", r.id)
-                } else {
-                    r.id.to_string()
-                };
-                t.add_row(vec![
-                    id,
-                    r.addr.clone(),
-                    r.state.to_string(),
-                    r.incarnation.to_string(),
-                    r.role.to_string(),
-                ]);
+                let id = if r.is_self { format!("{} *", r.id) } else { r.id.to_string() };
+                t.add_row(vec![id, r.addr.clone(), r.state.to_string(), r.incarnation.to_string(), r.role.to_string()]);
             }
             println!("{t}");
-            let alive = rows
-                .iter()
-                .filter(|r| r.state == "alive" || r.state == "suspect")
-                .count();
-            println!(
-                "{alive} of {} members alive, as seen by {addr} (*)",
-                rows.len()
-            );
+            let alive = rows.iter().filter(|r| r.state == "alive" || r.state == "suspect").count();
+            println!("{alive} of {} members alive, as seen by {addr} (*)", rows.len());
         }
         MemberCommand::Join { introducer } => {
-            let reply = client
-                .join(v1::JoinRequest {
-                    introducer: introducer.clone(),
-                })
-                .await
-                .map_err(err)?
-                .into_inner();
+            let reply =
+                client.join(v1::JoinRequest { introducer: introducer.clone() }).await.map_err(err)?.into_inner();
             if out.json {
                 return out.json(&serde_json::json!({ "joined": introducer, "members_alive": reply.members_alive }));
             }
-            println!(
-                "{addr} joined the group of {introducer}: {} members alive",
-                reply.members_alive
-            );
+            println!("{addr} joined the group of {introducer}: {} members alive", reply.members_alive);
         }
         MemberCommand::Leave => {
             client.leave(v1::LeaveRequest {}).await.map_err(err)?;

@@ -50,8 +50,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         udp_loss: args.udp_loss,
         swim: None,
     };
-    let config = NodeConfig::resolve(file.overridden_by(flags))
-        .map_err(|e| CliError::bad_input(e.to_string()))?;
+    let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;
     node.run().await?;
     Ok(())

@@ -14,8 +14,7 @@ pub struct Output {
 impl Output {
     /// Print `doc` as JSON on stdout.
     pub fn json<T: Serialize>(&self, doc: &T) -> Result<(), CliError> {
-        let text = serde_json::to_string_pretty(doc)
-            .map_err(|e| CliError::failed(format!("json: {e}")))?;
+        let text = serde_json::to_string_pretty(doc).map_err(|e| CliError::failed(format!("json: {e}")))?;
         println!("{text}");
         Ok(())
     }
@@ -24,8 +23,6 @@ impl Output {
 /// A plain table with a header row.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header);
+    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     t
 }

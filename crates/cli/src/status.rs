@@ -9,41 +9,21 @@ use crate::target;
 
 pub async fn run(node: Option<String>, out: Output) -> Result<(), CliError> {
     let (addr, mut client) = target::connect(node).await?;
-    let reply = client
-        .status(v1::StatusRequest {})
-        .await
-        .map_err(|s| RpcError::from_status(&addr, s))?
-        .into_inner();
+    let reply = client.status(v1::StatusRequest {}).await.map_err(|s| RpcError::from_status(&addr, s))?.into_inner();
     let doc = StatusJson::from(&reply);
     if out.json {
         return out.json(&doc);
     }
     let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
     let mut t = table(&["FIELD", "VALUE"]);
-    t.add_row(vec![
-        "node".to_string(),
-        format!("{} ({})", doc.node, doc.addr),
-    ]);
+    t.add_row(vec!["node".to_string(), format!("{} ({})", doc.node, doc.addr)]);
     t.add_row(vec!["http".to_string(), format!("http://{}/", doc.http)]);
     t.add_row(vec!["leader".to_string(), opt(doc.leader)]);
     t.add_row(vec!["term".to_string(), opt(doc.term)]);
     let voters: Vec<String> = doc.voters.iter().map(u64::to_string).collect();
-    t.add_row(vec![
-        "voters".to_string(),
-        if voters.is_empty() {
-            "-".into()
-        } else {
-            voters.join(", ")
-        },
-    ]);
-    t.add_row(vec![
-        "members alive".to_string(),
-        doc.members_alive.to_string(),
-    ]);
-    t.add_row(vec![
-        "jobs running".to_string(),
-        doc.jobs_running.to_string(),
-    ]);
+    t.add_row(vec!["voters".to_string(), if voters.is_empty() { "-".into() } else { voters.join(", ") }]);
+    t.add_row(vec!["members alive".to_string(), doc.members_alive.to_string()]);
+    t.add_row(vec!["jobs running".to_string(), doc.jobs_running.to_string()]);
     t.add_row(vec!["version".to_string(), doc.version.clone()]);
     println!("{t}");
     Ok(())

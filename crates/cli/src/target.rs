@@ -15,10 +15,7 @@ pub fn resolve(node: Option<String>) -> String {
         return n;
     }
     if let Ok(file) = ClusterFile::load(Path::new(".idunno"))
-        && let Some(n) = file
-            .nodes
-            .iter()
-            .find(|n| crate::cluster::is_running(n.pid))
+        && let Some(n) = file.nodes.iter().find(|n| crate::cluster::is_running(n.pid))
     {
         return n.rpc.clone();
     }

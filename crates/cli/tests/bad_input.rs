@@ -50,52 +50,29 @@ fn port_in_use_is_named() {
     let _udp = UdpSocket::bind(("127.0.0.1", base)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = run(
-        &[
-            "node",
-            "--addr",
-            &format!("127.0.0.1:{base}"),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
+        &["node", "--addr", &format!("127.0.0.1:{base}"), "--data-dir", dir.path().to_str().unwrap()],
         Duration::from_secs(20),
     );
     assert_eq!(out.status.code(), Some(1));
     let line = last_line(&out);
-    assert!(
-        line.contains(&format!("127.0.0.1:{base} is already in use")),
-        "{line}"
-    );
+    assert!(line.contains(&format!("127.0.0.1:{base} is already in use")), "{line}");
 }
 
 #[test]
 fn malformed_config_is_refused_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        "addr = \"127.0.0.1:9\"\n[swim]\nprobe_period_ms = \"fast\"\n",
-    )
-    .unwrap();
-    let out = run(
-        &["node", "--config", cfg.to_str().unwrap()],
-        Duration::from_secs(20),
-    );
+    std::fs::write(&cfg, "addr = \"127.0.0.1:9\"\n[swim]\nprobe_period_ms = \"fast\"\n").unwrap();
+    let out = run(&["node", "--config", cfg.to_str().unwrap()], Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
 
     std::fs::write(&cfg, "[swim]\nprobe_period_ms = 100\nprobe_rtt_ms = 200\n").unwrap();
-    let out = run(
-        &["node", "--config", cfg.to_str().unwrap()],
-        Duration::from_secs(20),
-    );
+    let out = run(&["node", "--config", cfg.to_str().unwrap()], Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("probe_rtt_ms must be smaller"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("probe_rtt_ms must be smaller"), "{}", stderr(&out));
 }
 
 #[test]
@@ -104,23 +81,11 @@ fn a_data_folder_belongs_to_one_node_id() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("node_id"), "3\n").unwrap();
     let out = run(
-        &[
-            "node",
-            "--id",
-            "4",
-            "--addr",
-            &format!("127.0.0.1:{base}"),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
+        &["node", "--id", "4", "--addr", &format!("127.0.0.1:{base}"), "--data-dir", dir.path().to_str().unwrap()],
         Duration::from_secs(20),
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        last_line(&out).contains("belongs to node 3, not node 4"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(last_line(&out).contains("belongs to node 3, not node 4"), "{}", stderr(&out));
 }
 
 #[test]
@@ -129,22 +94,10 @@ fn clients_get_one_line_errors() {
     let dead = format!("127.0.0.1:{base}");
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["status", "--node", &dead], 1, "cannot reach node at"),
-        (
-            vec!["member", "list", "--json", "--node", &dead],
-            1,
-            "cannot reach node at",
-        ),
-        (
-            vec!["status", "--node", "not-an-address"],
-            2,
-            "bad node address",
-        ),
+        (vec!["member", "list", "--json", "--node", &dead], 1, "cannot reach node at"),
+        (vec!["status", "--node", "not-an-address"], 2, "bad node address"),
         (vec!["up", "--nodes", "0"], 2, "--nodes 0"),
-        (
-            vec!["up", "--nodes", "3", "--base-port", "65534"],
-            2,
-            "--base-port",
-        ),
+        (vec!["up", "--nodes", "3", "--base-port", "65534"], 2, "--base-port"),
         (vec!["member", "frobnicate"], 2, "frobnicate"),
     ];
     for (args, code, needle) in cases {
@@ -163,37 +116,16 @@ fn clients_get_one_line_errors() {
 fn a_bad_join_request_changes_nothing() {
     let c = common::up(1);
     let addr = c.node(1).rpc.clone();
-    let out = run(
-        &[
-            "member",
-            "join",
-            "--introducer",
-            "nonsense",
-            "--node",
-            &addr,
-        ],
-        Duration::from_secs(20),
-    );
+    let out = run(&["member", "join", "--introducer", "nonsense", "--node", &addr], Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("nonsense"));
     let free = free_ports(1);
     let out = run(
-        &[
-            "member",
-            "join",
-            "--introducer",
-            &format!("127.0.0.1:{free}"),
-            "--node",
-            &addr,
-        ],
+        &["member", "join", "--introducer", &format!("127.0.0.1:{free}"), "--node", &addr],
         Duration::from_secs(20),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no member answered"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no member answered"), "{}", stderr(&out));
     let members = common::members(&c, 1);
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["state"], "alive");
@@ -204,18 +136,7 @@ fn up_refuses_a_second_cluster_in_the_same_folder() {
     let c = common::up(1);
     let d = c.path().to_str().unwrap().to_string();
     let base = free_ports(2);
-    let out = run(
-        &[
-            "up",
-            "--nodes",
-            "1",
-            "--dir",
-            &d,
-            "--base-port",
-            &base.to_string(),
-        ],
-        Duration::from_secs(20),
-    );
+    let out = run(&["up", "--nodes", "1", "--dir", &d, "--base-port", &base.to_string()], Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
     // The first cluster is untouched.

@@ -28,50 +28,23 @@ impl Drop for Down<'_> {
 fn clients_find_the_cluster_through_dot_idunno() {
     let cwd = tempfile::tempdir().unwrap();
     let base = free_ports(4);
-    let up = idunno_in(
-        cwd.path(),
-        None,
-        &[
-            "up",
-            "--nodes",
-            "2",
-            "--base-port",
-            &base.to_string(),
-            "--json",
-        ],
-    );
+    let up = idunno_in(cwd.path(), None, &["up", "--nodes", "2", "--base-port", &base.to_string(), "--json"]);
     let _down = Down(cwd.path());
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     assert!(cwd.path().join(".idunno/cluster.json").exists());
 
     let status = |env: Option<&str>, extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["status", "--json"];
         args.extend_from_slice(extra);
         let out = idunno_in(cwd.path(), env, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let second = format!("127.0.0.1:{}", base + 2);
-    assert_eq!(
-        status(None, &[])["node"],
-        1,
-        "cluster.json's first live node"
-    );
+    assert_eq!(status(None, &[])["node"], 1, "cluster.json's first live node");
     assert_eq!(status(Some(&second), &[])["node"], 2, "IDUNNO_NODE wins");
     let nowhere = format!("127.0.0.1:{}", free_ports(1));
-    assert_eq!(
-        status(Some(&nowhere), &["--node", &format!("127.0.0.1:{base}")])["node"],
-        1,
-        "--node wins"
-    );
+    assert_eq!(status(Some(&nowhere), &["--node", &format!("127.0.0.1:{base}")])["node"], 1, "--node wins");
 
     let down = idunno_in(cwd.path(), None, &["down", "--json"]);
     assert!(down.status.success());

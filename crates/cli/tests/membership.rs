@@ -33,14 +33,7 @@ fn five_nodes_each_list_five_alive() {
     let (code, body) = http_get(&c.node(2).http, "/api/members");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["state"] == "alive")
-            .count(),
-        5
-    );
+    assert_eq!(v.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count(), 5);
     let (code, _) = http_get(&c.node(2).http, "/api/nope");
     assert_eq!(code, 404);
 }
@@ -59,10 +52,7 @@ fn two_simultaneous_kills_are_seen_by_every_survivor() {
                 && state_of(&c, observer, 5).map(|s| s.0) == Some("dead".into())
         });
         let at = start.elapsed();
-        assert!(
-            seen.is_some(),
-            "node {observer} did not mark 4 and 5 dead within 15 s"
-        );
+        assert!(seen.is_some(), "node {observer} did not mark 4 and 5 dead within 15 s");
         times.push(at);
     }
     // Measured, not asserted tightly: the benchmark owns the targets.
@@ -82,45 +72,24 @@ fn two_simultaneous_kills_are_seen_by_every_survivor() {
 fn leave_shows_left_and_a_restarted_node_rejoins_with_a_higher_incarnation() {
     let mut c = up(5);
     let leaver = c.node(5).clone();
-    let out = common::run(
-        &["member", "leave", "--node", &leaver.rpc],
-        Duration::from_secs(10),
-    );
+    let out = common::run(&["member", "leave", "--node", &leaver.rpc], Duration::from_secs(10));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || (1..=4).all(|o| state_of(
-            &c, o, 5
-        )
-        .map(|s| s.0)
-            == Some("left".into())))
-        .is_some(),
+        wait_for(Duration::from_secs(10), || (1..=4).all(|o| state_of(&c, o, 5).map(|s| s.0) == Some("left".into())))
+            .is_some(),
         "every other node shows node 5 as left"
     );
-    assert!(
-        wait_for(Duration::from_secs(10), || !common::alive(leaver.pid)).is_some(),
-        "the leaver stopped"
-    );
+    assert!(wait_for(Duration::from_secs(10), || !common::alive(leaver.pid)).is_some(), "the leaver stopped");
 
     let old = state_of(&c, 1, 4).expect("node 4 listed").1;
     kill9(c.node(4).pid);
-    assert!(
-        wait_for(Duration::from_secs(15), || state_of(&c, 1, 4).map(|s| s.0)
-            == Some("dead".into()))
-        .is_some()
-    );
+    assert!(wait_for(Duration::from_secs(15), || state_of(&c, 1, 4).map(|s| s.0) == Some("dead".into())).is_some());
     let via = c.node(1).rpc.clone();
     c.restart(4, &via);
     let back = wait_for(Duration::from_secs(15), || {
         (1..=4).all(|o| matches!(state_of(&c, o, 4), Some((s, inc)) if s == "alive" && inc > old))
     });
-    assert!(
-        back.is_some(),
-        "restarted node 4 seen alive with an incarnation above {old} by all"
-    );
+    assert!(back.is_some(), "restarted node 4 seen alive with an incarnation above {old} by all");
     // Node 5 is still shown as having left, not dead.
     assert_eq!(state_of(&c, 1, 5).unwrap().0, "left");
 }
@@ -131,12 +100,7 @@ fn garbage_on_the_ports_changes_nothing() {
     let c = up(3);
     let target = c.node(2).rpc.clone();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for junk in [
-        &b"hello"[..],
-        &[0u8; 1][..],
-        &[0xffu8; 1400][..],
-        &[7u8; 9000][..],
-    ] {
+    for junk in [&b"hello"[..], &[0u8; 1][..], &[0xffu8; 1400][..], &[7u8; 9000][..]] {
         udp.send_to(junk, &target).unwrap();
     }
     if let Ok(mut s) = std::net::TcpStream::connect(&target) {
@@ -146,15 +110,9 @@ fn garbage_on_the_ports_changes_nothing() {
         let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, b'\n', b'\n']);
     }
     let counted = wait_for(Duration::from_secs(5), || {
-        common::json(&["status", "--json", "--node", &target])["swim"]["datagrams_rejected"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 3
+        common::json(&["status", "--json", "--node", &target])["swim"]["datagrams_rejected"].as_u64().unwrap_or(0) >= 3
     });
-    assert!(
-        counted.is_some(),
-        "junk datagrams were not counted as refused"
-    );
+    assert!(counted.is_some(), "junk datagrams were not counted as refused");
     let s = common::json(&["status", "--json", "--node", &target]);
     assert_eq!(s["members_alive"], 3, "{s}");
 }
@@ -167,21 +125,14 @@ fn a_paused_node_is_declared_dead_then_rejoins_under_a_new_incarnation() {
     // SIGSTOP: the process is alive but silent, as after a long GC pause or
     // a partition; the group must declare it dead...
     common::signal(pid, libc::SIGSTOP);
-    let dead = wait_for(Duration::from_secs(15), || {
-        state_of(&c, 1, 3).map(|s| s.0) == Some("dead".into())
-    });
+    let dead = wait_for(Duration::from_secs(15), || state_of(&c, 1, 3).map(|s| s.0) == Some("dead".into()));
     common::signal(pid, libc::SIGCONT);
     assert!(dead.is_some(), "a silent node was not declared dead");
     // ...and once it runs again it learns so and rejoins with a higher one.
     let back = wait_for(Duration::from_secs(15), || {
-        (1..=3)
-            .all(|o| matches!(state_of(&c, o, 3), Some((s, inc)) if s == "alive" && inc > before))
+        (1..=3).all(|o| matches!(state_of(&c, o, 3), Some((s, inc)) if s == "alive" && inc > before))
     });
-    assert!(
-        back.is_some(),
-        "the resumed node did not rejoin: {:?}",
-        state_of(&c, 1, 3)
-    );
+    assert!(back.is_some(), "the resumed node did not rejoin: {:?}", state_of(&c, 1, 3));
     let s = common::json(&["status", "--json", "--node", &c.node(3).rpc]);
     assert_eq!(s["swim"]["self_renewals"], 1, "{s}");
     assert!(s["generation"].as_u64().unwrap() > before);

@@ -76,10 +76,8 @@ pub fn next_action(v: &GroupView) -> Option<GroupAction> {
         }
     }
 
-    let outsider = v
-        .nodes
-        .iter()
-        .find(|(id, (l, _))| *l == Liveness::Up && !v.voters.contains(id) && !v.learners.contains(id));
+    let outsider =
+        v.nodes.iter().find(|(id, (l, _))| *l == Liveness::Up && !v.voters.contains(id) && !v.learners.contains(id));
     if let Some((id, (_, addr))) = outsider {
         return Some(GroupAction::AddLearner { id: *id, addr: addr.clone() });
     }

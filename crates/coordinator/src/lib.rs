@@ -96,7 +96,8 @@ impl Coordinator {
         bootstrap: bool,
         timing: &RaftTiming,
     ) -> Result<Coordinator, CoordError> {
-        let storage = |e: std::io::Error| CoordError::Storage { path: dir.display().to_string(), reason: e.to_string() };
+        let storage =
+            |e: std::io::Error| CoordError::Storage { path: dir.display().to_string(), reason: e.to_string() };
         let log = LogStore::open(dir).map_err(storage)?;
         let empty = log.is_empty().map_err(storage)?;
         let sm = StateMachineStore::open(dir).map_err(storage)?;
@@ -143,7 +144,9 @@ impl Coordinator {
     pub async fn apply_local(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(ApplyOutcome { applied: r.data, log_index: r.log_id.index, leader: self.id }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(CoordError::NotLeader { node: self.id }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(CoordError::NotLeader { node: self.id })
+            }
             Err(RaftError::APIError(e)) => Err(CoordError::BadCommand(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(CoordError::Stopped(e.to_string())),
         }
@@ -320,11 +323,8 @@ async fn forward_apply(addr: &str, json: &[u8]) -> Result<ApplyOutcome, String> 
 
 async fn forward_read(addr: &str) -> Result<(Arc<SmData>, NodeId), String> {
     let mut c = coordinator_client(addr).await?;
-    let r = c
-        .read_state(v1::ReadStateRequest { forwarded: true })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
+    let r =
+        c.read_state(v1::ReadStateRequest { forwarded: true }).await.map_err(|s| s.message().to_string())?.into_inner();
     let data: SmData = serde_json::from_slice(&r.state_json).map_err(|e| e.to_string())?;
     Ok((Arc::new(data), r.leader))
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use idunno_rpc::v1::RaftPayload;
 use idunno_rpc::{RaftClient, v1};
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -72,8 +72,8 @@ impl Peer {
             Method::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|s| RPCError::Unreachable(Unreachable::new(&StatusError(s))))?;
-        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.into_inner().json)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.into_inner().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -127,7 +127,8 @@ impl RaftNetwork<TypeConfig> for Peer {
 pub struct RaftService(pub Raft);
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().json).map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {

@@ -33,8 +33,8 @@ impl idunno_rpc::Coordinator for CoordinatorService {
 
     async fn read_state(&self, req: Request<v1::ReadStateRequest>) -> Result<Response<v1::ReadStateReply>, Status> {
         let req = req.into_inner();
-        let (data, leader) = if req.forwarded { self.0.read_local().await } else { self.0.read().await }
-            .map_err(status_of)?;
+        let (data, leader) =
+            if req.forwarded { self.0.read_local().await } else { self.0.read().await }.map_err(status_of)?;
         let state_json = serde_json::to_vec(&*data).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(v1::ReadStateReply {
             state_json,

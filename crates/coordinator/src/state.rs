@@ -95,17 +95,39 @@ pub enum Command {
         now_ms: u64,
     },
     /// Forget every version of `name`.
-    DeleteFile { name: String },
+    DeleteFile {
+        name: String,
+    },
     /// Record where the replicas of one version now live (after repair).
-    SetReplicas { name: String, version: u64, replicas: Vec<u64> },
-    AddJob { spec: JobSpec },
-    SetJobState { job: String, state: JobState },
-    SetBatchSize { job: String, batch_size: u32 },
-    RemoveJob { job: String },
+    SetReplicas {
+        name: String,
+        version: u64,
+        replicas: Vec<u64>,
+    },
+    AddJob {
+        spec: JobSpec,
+    },
+    SetJobState {
+        job: String,
+        state: JobState,
+    },
+    SetBatchSize {
+        job: String,
+        batch_size: u32,
+    },
+    RemoveJob {
+        job: String,
+    },
     /// Replace the whole assignment table.
-    SetAssignments { assignments: BTreeMap<String, Vec<u64>> },
+    SetAssignments {
+        assignments: BTreeMap<String, Vec<u64>>,
+    },
     /// Count finished work of a job.
-    RecordProgress { job: String, queries: u64, inputs: u64 },
+    RecordProgress {
+        job: String,
+        queries: u64,
+        inputs: u64,
+    },
 }
 
 /// What an applied command produced.
@@ -114,9 +136,14 @@ pub enum Command {
 pub enum Reply {
     Done,
     /// The version a commit got, and the versions it pushed out.
-    Committed { version: u64, dropped: Vec<u64> },
+    Committed {
+        version: u64,
+        dropped: Vec<u64>,
+    },
     /// The versions a delete removed.
-    Deleted { versions: Vec<u64> },
+    Deleted {
+        versions: Vec<u64>,
+    },
 }
 
 /// Why a command was refused. Nothing changed, on any replica.
@@ -295,7 +322,13 @@ fn allowed(from: JobState, to: JobState) -> bool {
     use JobState::*;
     matches!(
         (from, to),
-        (Added, Running) | (Running, Stopped) | (Running, Done) | (Running, Failed) | (Stopped, Running)
-            | (Done, Running) | (Failed, Running) | (Added, Stopped)
+        (Added, Running)
+            | (Running, Stopped)
+            | (Running, Done)
+            | (Running, Failed)
+            | (Stopped, Running)
+            | (Done, Running)
+            | (Failed, Running)
+            | (Added, Stopped)
     )
 }

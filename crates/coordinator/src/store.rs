@@ -231,7 +231,6 @@ impl StateMachineStore {
     pub fn watch(&self) -> watch::Receiver<Arc<SmData>> {
         self.published.subscribe()
     }
-
 }
 
 /// Replace `dir/snapshot.json` atomically and durably.

@@ -17,7 +17,13 @@ fn put(name: &str, replicas: &[u64]) -> Command {
 
 fn job(name: &str, batch: u32) -> Command {
     Command::AddJob {
-        spec: JobSpec { name: name.into(), model: "m.onnx".into(), inputs: "x.npy".into(), labels: None, batch_size: batch },
+        spec: JobSpec {
+            name: name.into(),
+            model: "m.onnx".into(),
+            inputs: "x.npy".into(),
+            labels: None,
+            batch_size: batch,
+        },
     }
 }
 
@@ -76,7 +82,14 @@ fn file_commands_refuse_bad_input() {
         (put("a", &[]), Err(Refusal::Empty { what: "replica list".into() })),
         (put("a", &[1, 1]), Err(Refusal::DuplicateReplica { replicas: vec![1, 1] })),
         (
-            Command::CommitFileVersion { name: "a".into(), size: 1, blake3: "x".into(), replicas: vec![1], keep: 0, now_ms: 0 },
+            Command::CommitFileVersion {
+                name: "a".into(),
+                size: 1,
+                blake3: "x".into(),
+                replicas: vec![1],
+                keep: 0,
+                now_ms: 0,
+            },
             Err(Refusal::KeepZero),
         ),
         (
@@ -98,7 +111,10 @@ fn job_life_cycle() {
         (job("j", 8), Ok(Reply::Done)),
         (job("j", 8), Err(Refusal::JobExists { job: "j".into() })),
         (job("k", 0), Err(Refusal::BatchSizeZero)),
-        (state("j", JobState::Done), Err(Refusal::BadTransition { job: "j".into(), from: JobState::Added, to: JobState::Done })),
+        (
+            state("j", JobState::Done),
+            Err(Refusal::BadTransition { job: "j".into(), from: JobState::Added, to: JobState::Done }),
+        ),
         (state("j", JobState::Running), Ok(Reply::Done)),
         (Command::RemoveJob { job: "j".into() }, Err(Refusal::JobRunning { job: "j".into() })),
         (Command::SetBatchSize { job: "j".into(), batch_size: 16 }, Ok(Reply::Done)),
@@ -136,8 +152,10 @@ fn assignments_name_existing_jobs_and_go_with_them() {
 #[test]
 fn commands_and_replies_round_trip_as_json() {
     // The wire (and the hidden `coord apply` CLI) carry commands as JSON.
-    let c: Command = serde_json::from_str(r#"{"op":"add_job","spec":{"name":"j","model":"m","inputs":"i","labels":null,"batch_size":2}}"#)
-        .unwrap();
+    let c: Command = serde_json::from_str(
+        r#"{"op":"add_job","spec":{"name":"j","model":"m","inputs":"i","labels":null,"batch_size":2}}"#,
+    )
+    .unwrap();
     let want = JobSpec { name: "j".into(), model: "m".into(), inputs: "i".into(), labels: None, batch_size: 2 };
     assert_eq!(c, Command::AddJob { spec: want });
     let r: Result<Reply, Refusal> = Err(Refusal::NoSuchJob { job: "x".into() });

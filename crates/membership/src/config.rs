@@ -49,19 +49,13 @@ impl SwimConfig {
     /// Checks the relations foca relies on (rtt < period, nothing zero).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.probe_period_ms == 0 || self.probe_rtt_ms == 0 || self.suspect_to_down_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "probe_period_ms, probe_rtt_ms and suspect_to_down_ms must be > 0",
-            ));
+            return Err(ConfigError::Invalid("probe_period_ms, probe_rtt_ms and suspect_to_down_ms must be > 0"));
         }
         if self.probe_rtt_ms >= self.probe_period_ms {
-            return Err(ConfigError::Invalid(
-                "probe_rtt_ms must be smaller than probe_period_ms",
-            ));
+            return Err(ConfigError::Invalid("probe_rtt_ms must be smaller than probe_period_ms"));
         }
         if self.indirect_probes == 0 || self.max_transmissions == 0 || self.gossip_period_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "indirect_probes, max_transmissions and gossip_period_ms must be > 0",
-            ));
+            return Err(ConfigError::Invalid("indirect_probes, max_transmissions and gossip_period_ms must be > 0"));
         }
         Ok(())
     }
@@ -74,8 +68,7 @@ impl SwimConfig {
         c.probe_period = Duration::from_millis(self.probe_period_ms);
         c.probe_rtt = Duration::from_millis(self.probe_rtt_ms);
         c.num_indirect_probes = nz(self.indirect_probes)?;
-        c.max_transmissions =
-            NonZeroU8::new(self.max_transmissions).ok_or(ConfigError::Invalid("zero"))?;
+        c.max_transmissions = NonZeroU8::new(self.max_transmissions).ok_or(ConfigError::Invalid("zero"))?;
         c.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
         // Dead identities are remembered for a day: a restarted node comes
         // back under a new generation, so it never needs the old one freed.
@@ -83,19 +76,12 @@ impl SwimConfig {
         c.max_packet_size = nz(1400)?;
         // A member wrongly declared dead learns it and rejoins at once.
         c.notify_down_members = true;
-        c.periodic_announce = Some(foca::PeriodicParams {
-            frequency: Duration::from_secs(5),
-            num_members: nz(1)?,
-        });
+        c.periodic_announce = Some(foca::PeriodicParams { frequency: Duration::from_secs(5), num_members: nz(1)? });
         // Heals partitions: dead members are told they are dead, and rejoin.
-        c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-            frequency: Duration::from_secs(3),
-            num_members: nz(1)?,
-        });
-        c.periodic_gossip = Some(foca::PeriodicParams {
-            frequency: Duration::from_millis(self.gossip_period_ms),
-            num_members: nz(3)?,
-        });
+        c.periodic_announce_to_down_members =
+            Some(foca::PeriodicParams { frequency: Duration::from_secs(3), num_members: nz(1)? });
+        c.periodic_gossip =
+            Some(foca::PeriodicParams { frequency: Duration::from_millis(self.gossip_period_ms), num_members: nz(3)? });
         Ok(c)
     }
 }

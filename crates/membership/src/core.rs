@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{
-    BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State,
-};
+use foca::{BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -146,11 +144,7 @@ impl BroadcastHandler<NodeIdentity> for LeaveNotices {
     ) -> Result<Option<LeaveKey>, postcard::Error> {
         let notice: LeaveNotice = postcard::from_bytes(data)?;
         let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
-        if left.insert(notice.identity.clone()) {
-            Ok(Some(LeaveKey(notice.identity)))
-        } else {
-            Ok(None)
-        }
+        if left.insert(notice.identity.clone()) { Ok(Some(LeaveKey(notice.identity))) } else { Ok(None) }
     }
 }
 
@@ -169,21 +163,11 @@ impl Runtime<NodeIdentity> for Collect<'_> {
     }
 
     fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
-        let header =
-            <PostcardCodec as Codec<NodeIdentity>>::decode_header(&mut PostcardCodec, data);
-        if matches!(
-            header,
-            Ok(foca::Header {
-                message: foca::Message::TurnUndead,
-                ..
-            })
-        ) {
+        let header = <PostcardCodec as Codec<NodeIdentity>>::decode_header(&mut PostcardCodec, data);
+        if matches!(header, Ok(foca::Header { message: foca::Message::TurnUndead, .. })) {
             self.turn_undead.push((self.effects.len(), to.clone()));
         }
-        self.effects.push(Effect::Send {
-            to: to.addr,
-            data: Bytes::copy_from_slice(data),
-        });
+        self.effects.push(Effect::Send { to: to.addr, data: Bytes::copy_from_slice(data) });
     }
 
     fn submit_after(&mut self, timer: SwimTimer, after: Duration) {
@@ -249,11 +233,7 @@ impl Swim {
         if self.leaving {
             return;
         }
-        let dst = NodeIdentity {
-            id: NodeId(0),
-            addr: introducer,
-            generation: 0,
-        };
+        let dst = NodeIdentity { id: NodeId(0), addr: introducer, generation: 0 };
         let r = self.with_runtime(|foca, rt| foca.announce(dst, rt));
         if let Err(e) = r {
             tracing::warn!(%introducer, error = %e, "announce failed");
@@ -321,23 +301,14 @@ impl Swim {
                 State::Down if left.contains(id) => MemberState::Left,
                 State::Down => MemberState::Dead,
             };
-            let row = MemberInfo {
-                identity: id.clone(),
-                state,
-                swim_incarnation: m.incarnation(),
-                is_self: false,
-            };
+            let row = MemberInfo { identity: id.clone(), state, swim_incarnation: m.incarnation(), is_self: false };
             rows.insert((id.id, id.addr), row);
         }
         let me = self.identity().clone();
         rows.insert(
             (me.id, me.addr),
             MemberInfo {
-                state: if self.leaving {
-                    MemberState::Left
-                } else {
-                    MemberState::Alive
-                },
+                state: if self.leaving { MemberState::Left } else { MemberState::Alive },
                 identity: me,
                 swim_incarnation: 0,
                 is_self: true,
@@ -359,17 +330,11 @@ impl Swim {
     /// notifications into membership events.
     fn with_runtime<R>(
         &mut self,
-        f: impl FnOnce(
-            &mut Foca<NodeIdentity, PostcardCodec, SmallRng, LeaveNotices>,
-            &mut Collect<'_>,
-        ) -> R,
+        f: impl FnOnce(&mut Foca<NodeIdentity, PostcardCodec, SmallRng, LeaveNotices>, &mut Collect<'_>) -> R,
     ) -> R {
         let left_before = self.lock_left().clone();
-        let mut rt = Collect {
-            effects: &mut self.effects,
-            notifications: &mut self.notifications,
-            turn_undead: Vec::new(),
-        };
+        let mut rt =
+            Collect { effects: &mut self.effects, notifications: &mut self.notifications, turn_undead: Vec::new() };
         let r = f(&mut self.foca, &mut rt);
         // foca 2.0 sends "you are dead" when a suspicion timer fires even if
         // the suspect refuted in time (its check fails, the courtesy message
@@ -393,13 +358,9 @@ impl Swim {
         // A leave notice about a member we had already seen go down turns
         // its "dead" into "left"; one about a live member is followed by
         // foca's own down notification, handled above.
-        let newly_left: Vec<NodeIdentity> =
-            self.lock_left().difference(&left_before).cloned().collect();
+        let newly_left: Vec<NodeIdentity> = self.lock_left().difference(&left_before).cloned().collect();
         for id in newly_left {
-            let already_down = self
-                .foca
-                .iter_membership_state()
-                .any(|m| m.id() == &id && m.state() == State::Down);
+            let already_down = self.foca.iter_membership_state().any(|m| m.id() == &id && m.state() == State::Down);
             if already_down && id != *self.identity() {
                 self.report_left(id);
             }

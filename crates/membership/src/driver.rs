@@ -61,28 +61,16 @@ impl MembershipHandle {
 
     /// Send one announce to `introducer`; see `join` for the waiting.
     pub async fn announce(&self, introducer: SocketAddr) -> Result<(), Stopped> {
-        self.commands
-            .send(Command::Announce(introducer))
-            .await
-            .map_err(|_| Stopped)
+        self.commands.send(Command::Announce(introducer)).await.map_err(|_| Stopped)
     }
 
     /// Join the group through `introducer`: announce every 300 ms until
     /// another live member shows up, or give up after `deadline`.
-    pub async fn join(
-        &self,
-        introducer: SocketAddr,
-        deadline: std::time::Duration,
-    ) -> Result<bool, Stopped> {
+    pub async fn join(&self, introducer: SocketAddr, deadline: std::time::Duration) -> Result<bool, Stopped> {
         let give_up = Instant::now() + deadline;
         let mut view = self.watch();
         loop {
-            if view
-                .borrow()
-                .members
-                .iter()
-                .any(|m| !m.is_self && m.state.is_up())
-            {
+            if view.borrow().members.iter().any(|m| !m.is_self && m.state.is_up()) {
                 return Ok(true);
             }
             if Instant::now() >= give_up {
@@ -97,10 +85,7 @@ impl MembershipHandle {
     /// Leave gracefully; returns once the notices are on the wire.
     pub async fn leave(&self) -> Result<(), Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Leave(tx))
-            .await
-            .map_err(|_| Stopped)?;
+        self.commands.send(Command::Leave(tx)).await.map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
     }
 }
@@ -122,16 +107,9 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (MembershipHandle, tokio::task::JoinHandle<()>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let (view_tx, view_rx) = watch::channel(View {
-        members: swim.members(),
-        stats: swim.stats(),
-    });
+    let (view_tx, view_rx) = watch::channel(View { members: swim.members(), stats: swim.stats() });
     let (events_tx, _) = broadcast::channel(1024);
-    let handle = MembershipHandle {
-        commands: cmd_tx,
-        view: view_rx,
-        events: events_tx.clone(),
-    };
+    let handle = MembershipHandle { commands: cmd_tx, view: view_rx, events: events_tx.clone() };
     let driver = Driver {
         socket: Arc::new(socket),
         swim,

@@ -13,8 +13,6 @@ mod driver;
 mod identity;
 
 pub use crate::config::{ConfigError, SwimConfig};
-pub use crate::core::{
-    Effect, MemberInfo, MemberState, MembershipEvent, Swim, SwimError, SwimStats, SwimTimer,
-};
+pub use crate::core::{Effect, MemberInfo, MemberState, MembershipEvent, Swim, SwimError, SwimStats, SwimTimer};
 pub use crate::driver::{DriverOptions, MembershipHandle, Stopped, View, spawn};
 pub use crate::identity::{NodeId, NodeIdentity};

@@ -5,23 +5,17 @@
 use std::time::Duration;
 
 use idunno_membership::{
-    DriverOptions, MemberState, MembershipEvent, MembershipHandle, NodeId, NodeIdentity, Swim,
-    SwimConfig,
+    DriverOptions, MemberState, MembershipEvent, MembershipHandle, NodeId, NodeIdentity, Swim, SwimConfig,
 };
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 async fn start(id: u64) -> (MembershipHandle, CancellationToken, NodeIdentity) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let identity = NodeIdentity {
-        id: NodeId(id),
-        addr: socket.local_addr().unwrap(),
-        generation: 1,
-    };
+    let identity = NodeIdentity { id: NodeId(id), addr: socket.local_addr().unwrap(), generation: 1 };
     let swim = Swim::new(identity.clone(), &SwimConfig::default(), id).expect("swim");
     let token = CancellationToken::new();
-    let (handle, _task) =
-        idunno_membership::spawn(socket, swim, DriverOptions::default(), token.clone());
+    let (handle, _task) = idunno_membership::spawn(socket, swim, DriverOptions::default(), token.clone());
     (handle, token, identity)
 }
 
@@ -52,9 +46,7 @@ async fn events_report_up_dead_and_left() {
 
     let mut ups = Vec::new();
     while ups.len() < 2 {
-        if let MembershipEvent::Up(x) =
-            next_event(&mut events, |e| matches!(e, MembershipEvent::Up(_))).await
-        {
+        if let MembershipEvent::Up(x) = next_event(&mut events, |e| matches!(e, MembershipEvent::Up(_))).await {
             ups.push(x);
         }
     }
@@ -63,36 +55,14 @@ async fn events_report_up_dead_and_left() {
 
     // Silencing b's driver is a crash as far as the others can tell.
     tb.cancel();
-    next_event(
-        &mut events,
-        |e| matches!(e, MembershipEvent::Dead(x) if *x == ib),
-    )
-    .await;
+    next_event(&mut events, |e| matches!(e, MembershipEvent::Dead(x) if *x == ib)).await;
     let view = a.view();
-    let row = view
-        .members
-        .iter()
-        .find(|m| m.identity == ib)
-        .expect("b listed");
+    let row = view.members.iter().find(|m| m.identity == ib).expect("b listed");
     assert_eq!(row.state, MemberState::Dead);
 
     c.leave().await.unwrap();
-    next_event(
-        &mut events,
-        |e| matches!(e, MembershipEvent::Left(x) if *x == ic),
-    )
-    .await;
+    next_event(&mut events, |e| matches!(e, MembershipEvent::Left(x) if *x == ic)).await;
     let view = a.view();
-    assert_eq!(
-        view.members
-            .iter()
-            .find(|m| m.identity == ic)
-            .unwrap()
-            .state,
-        MemberState::Left
-    );
-    assert_eq!(
-        view.stats.dead_events, 1,
-        "the leave was not counted as a death"
-    );
+    assert_eq!(view.members.iter().find(|m| m.identity == ic).unwrap().state, MemberState::Left);
+    assert_eq!(view.stats.dead_events, 1, "the leave was not counted as a death");
 }

@@ -42,10 +42,8 @@ impl NodeOptions {
             .map_err(|e| ConfigError::Invalid(format!("config file {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
-            let at = e
-                .span()
-                .map(|s| format!(" at line {}", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
+            let at =
+                e.span().map(|s| format!(" at line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
             ConfigError::Invalid(format!("config file {}{at}: {msg}", path.display()))
         })
     }
@@ -107,34 +105,24 @@ impl NodeConfig {
             Some(h) => parse_addr("http", h)?,
             None => {
                 let port = addr.port().checked_add(1000).ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "http: no default for RPC port {}; pass --http",
-                        addr.port()
-                    ))
+                    ConfigError::Invalid(format!("http: no default for RPC port {}; pass --http", addr.port()))
                 })?;
                 SocketAddr::new(addr.ip(), port)
             }
         };
         if http == addr {
-            return Err(ConfigError::Invalid(format!(
-                "http: {http} is the RPC address too"
-            )));
+            return Err(ConfigError::Invalid(format!("http: {http} is the RPC address too")));
         }
-        let data_dir = opts
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!(".idunno/node-{}", addr.port())));
+        let data_dir = opts.data_dir.unwrap_or_else(|| PathBuf::from(format!(".idunno/node-{}", addr.port())));
         if let Some(j) = &opts.join {
             parse_addr("join", j)?;
         }
         let udp_loss = opts.udp_loss.unwrap_or(0.0);
         if !(0.0..1.0).contains(&udp_loss) {
-            return Err(ConfigError::Invalid(format!(
-                "udp_loss: {udp_loss} is not in [0, 1)"
-            )));
+            return Err(ConfigError::Invalid(format!("udp_loss: {udp_loss} is not in [0, 1)")));
         }
         let swim = opts.swim.unwrap_or_default();
-        swim.validate()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(NodeConfig {
             id: opts.id.map(NodeId),
             addr,
@@ -163,10 +151,7 @@ mod tests {
     fn file_then_flags() {
         let (_d, p) = write("addr = \"127.0.0.1:9000\"\nid = 4\n[swim]\nprobe_period_ms = 500\n");
         let file = NodeOptions::from_file(&p).unwrap();
-        let flags = NodeOptions {
-            id: Some(7),
-            ..Default::default()
-        };
+        let flags = NodeOptions { id: Some(7), ..Default::default() };
         let c = NodeConfig::resolve(file.overridden_by(flags)).unwrap();
         assert_eq!(c.addr.port(), 9000);
         assert_eq!(c.http.port(), 10000);
@@ -187,19 +172,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = NodeConfig::resolve(NodeOptions {
-            addr: Some("nowhere".into()),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = NodeConfig::resolve(NodeOptions { addr: Some("nowhere".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("addr") && e.contains("nowhere"), "{e}");
-        let e = NodeConfig::resolve(NodeOptions {
-            udp_loss: Some(1.5),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = NodeConfig::resolve(NodeOptions { udp_loss: Some(1.5), ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("udp_loss"), "{e}");
     }
 }

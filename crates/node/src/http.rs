@@ -34,10 +34,7 @@ async fn members(State(s): State<Shared>) -> Json<Vec<MemberJson>> {
 /// Serve until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
     let app = router(shared);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!(error = %e, "http server");
     }
 }

@@ -30,27 +30,13 @@ pub enum NodeError {
     #[error("data folder {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
     #[error("data folder {path} belongs to node {stored}, not node {given}")]
-    IdMismatch {
-        path: PathBuf,
-        stored: u64,
-        given: u64,
-    },
+    IdMismatch { path: PathBuf, stored: u64, given: u64 },
     #[error("{what} address {addr} is already in use")]
-    AddrInUse {
-        what: &'static str,
-        addr: SocketAddr,
-    },
+    AddrInUse { what: &'static str, addr: SocketAddr },
     #[error("cannot listen on {what} address {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("could not join through {introducer}: no member answered within {} ms (is a node running there?)", timeout.as_millis())]
-    JoinFailed {
-        introducer: String,
-        timeout: Duration,
-    },
+    JoinFailed { introducer: String, timeout: Duration },
     #[error("membership: {0}")]
     Membership(String),
 }
@@ -79,17 +65,10 @@ impl Node {
     /// Bring the node up. On error everything started so far is stopped.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         let id = node_id(dir, config.id)?;
         let generation = next_generation(dir)?;
-        let identity = NodeIdentity {
-            id,
-            addr: config.addr,
-            generation,
-        };
+        let identity = NodeIdentity { id, addr: config.addr, generation };
         tracing::info!(?identity, data_dir = %dir.display(), "starting node");
 
         let udp = bind_udp(config.addr).await?;
@@ -99,24 +78,13 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let stop = CancellationToken::new();
-        let swim = Swim::new(
-            identity.clone(),
-            &config.swim,
-            generation ^ id.0.rotate_left(32),
-        )
-        .map_err(|e| NodeError::Membership(e.to_string()))?;
-        let options = DriverOptions {
-            loss: config.udp_loss,
-            seed: generation,
-        };
+        let swim = Swim::new(identity.clone(), &config.swim, generation ^ id.0.rotate_left(32))
+            .map_err(|e| NodeError::Membership(e.to_string()))?;
+        let options = DriverOptions { loss: config.udp_loss, seed: generation };
         if config.udp_loss > 0.0 {
-            tracing::warn!(
-                loss = config.udp_loss,
-                "dropping outgoing SWIM datagrams on purpose"
-            );
+            tracing::warn!(loss = config.udp_loss, "dropping outgoing SWIM datagrams on purpose");
         }
-        let (membership, swim_task) =
-            idunno_membership::spawn(udp, swim, options, shutdown.child_token());
+        let (membership, swim_task) = idunno_membership::spawn(udp, swim, options, shutdown.child_token());
         let mut tasks = vec![("membership", swim_task)];
 
         let shared = Shared {
@@ -140,19 +108,9 @@ impl Node {
                 }
             }),
         ));
-        tasks.push((
-            "http",
-            tokio::spawn(http::serve(http, shared, shutdown.child_token())),
-        ));
+        tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
 
-        let node = Node {
-            config,
-            identity,
-            membership,
-            shutdown,
-            stop,
-            tasks,
-        };
+        let node = Node { config, identity, membership, shutdown, stop, tasks };
         if let Some(introducer) = node.config.join.clone()
             && let Err(e) = node.join(&introducer).await
         {
@@ -166,16 +124,9 @@ impl Node {
         let timeout = self.config.join_timeout;
         let addr = config::parse_addr("join", introducer)?;
         tracing::info!(%addr, "joining");
-        let joined = self
-            .membership
-            .join(addr, timeout)
-            .await
-            .map_err(|e| NodeError::Membership(e.to_string()))?;
+        let joined = self.membership.join(addr, timeout).await.map_err(|e| NodeError::Membership(e.to_string()))?;
         if !joined {
-            return Err(NodeError::JoinFailed {
-                introducer: introducer.to_string(),
-                timeout,
-            });
+            return Err(NodeError::JoinFailed { introducer: introducer.to_string(), timeout });
         }
         tracing::info!(%addr, "joined");
         Ok(())
@@ -203,10 +154,7 @@ impl Node {
     async fn stop_tasks(self) {
         self.shutdown.cancel();
         for (name, task) in self.tasks.into_iter().rev() {
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 tracing::warn!(task = name, "did not stop within 5 s");
             }
         }
@@ -214,15 +162,11 @@ impl Node {
 }
 
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NodeError> {
-    UdpSocket::bind(addr)
-        .await
-        .map_err(|source| bind_error("swim (udp)", addr, source))
+    UdpSocket::bind(addr).await.map_err(|source| bind_error("swim (udp)", addr, source))
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| bind_error(what, addr, source))
+    TcpListener::bind(addr).await.map_err(|source| bind_error(what, addr, source))
 }
 
 fn bind_error(what: &'static str, addr: SocketAddr, source: io::Error) -> NodeError {
@@ -240,11 +184,7 @@ fn node_id(dir: &Path, given: Option<NodeId>) -> Result<NodeId, NodeError> {
     let stored = read_u64(&path)?;
     let id = match (stored, given) {
         (Some(s), Some(g)) if s != g.0 => {
-            return Err(NodeError::IdMismatch {
-                path: dir.to_path_buf(),
-                stored: s,
-                given: g.0,
-            });
+            return Err(NodeError::IdMismatch { path: dir.to_path_buf(), stored: s, given: g.0 });
         }
         (_, Some(g)) => g,
         (Some(s), None) => NodeId(s),
@@ -262,10 +202,7 @@ fn node_id(dir: &Path, given: Option<NodeId>) -> Result<NodeId, NodeError> {
 fn next_generation(dir: &Path) -> Result<u64, NodeError> {
     let path = dir.join("generation");
     let last = read_u64(&path)?.unwrap_or(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let generation = now.max(last + 1);
     write_atomic(&path, &generation.to_string())?;
     Ok(generation)
@@ -278,22 +215,14 @@ fn read_u64(path: &Path) -> Result<Option<u64>, NodeError> {
             source: io::Error::new(io::ErrorKind::InvalidData, "not a number"),
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(NodeError::DataDir {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(NodeError::DataDir { path: path.to_path_buf(), source }),
     }
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
-    let err = |source| NodeError::DataDir {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| NodeError::DataDir { path: path.to_path_buf(), source };
     std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(err)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }

@@ -83,20 +83,12 @@ pub struct NodeService(pub Shared);
 
 #[tonic::async_trait]
 impl idunno_rpc::Node for NodeService {
-    async fn status(
-        &self,
-        _: Request<v1::StatusRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
+    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusReply>, Status> {
         Ok(Response::new(self.0.status()))
     }
 
-    async fn members(
-        &self,
-        _: Request<v1::MembersRequest>,
-    ) -> Result<Response<v1::MembersReply>, Status> {
-        Ok(Response::new(v1::MembersReply {
-            members: self.0.members(),
-        }))
+    async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersReply>, Status> {
+        Ok(Response::new(v1::MembersReply { members: self.0.members() }))
     }
 
     async fn join(&self, req: Request<v1::JoinRequest>) -> Result<Response<v1::JoinReply>, Status> {
@@ -105,49 +97,25 @@ impl idunno_rpc::Node for NodeService {
             .await
             .ok()
             .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("introducer {text:?} is not a HOST:PORT address"))
-            })?;
+            .ok_or_else(|| Status::invalid_argument(format!("introducer {text:?} is not a HOST:PORT address")))?;
         if introducer == self.0.identity.addr {
-            return Err(Status::invalid_argument(format!(
-                "{introducer} is this node itself"
-            )));
+            return Err(Status::invalid_argument(format!("{introducer} is this node itself")));
         }
         // Shorter than a client's call deadline, so the client hears why.
-        let joined = self
-            .0
-            .membership
-            .join(introducer, JOIN_WAIT)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let joined =
+            self.0.membership.join(introducer, JOIN_WAIT).await.map_err(|e| Status::unavailable(e.to_string()))?;
         if !joined {
             return Err(Status::unavailable(format!(
                 "no member answered at {introducer} within {} s (is a node running there?)",
                 JOIN_WAIT.as_secs()
             )));
         }
-        let alive = self
-            .0
-            .membership
-            .view()
-            .members
-            .iter()
-            .filter(|m| m.state.is_up())
-            .count();
-        Ok(Response::new(v1::JoinReply {
-            members_alive: alive as u32,
-        }))
+        let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
+        Ok(Response::new(v1::JoinReply { members_alive: alive as u32 }))
     }
 
-    async fn leave(
-        &self,
-        _: Request<v1::LeaveRequest>,
-    ) -> Result<Response<v1::LeaveReply>, Status> {
-        self.0
-            .membership
-            .leave()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+    async fn leave(&self, _: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveReply>, Status> {
+        self.0.membership.leave().await.map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!("left the group at a client's request; stopping");
         self.0.stop.cancel();
         Ok(Response::new(v1::LeaveReply {}))

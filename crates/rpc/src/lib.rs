@@ -16,9 +16,9 @@ pub mod v1 {
 
 pub mod json;
 
-pub use v1::node_client::NodeClient;
 pub use v1::coordinator_client::CoordinatorClient;
 pub use v1::coordinator_server::{Coordinator, CoordinatorServer};
+pub use v1::node_client::NodeClient;
 pub use v1::node_server::{Node, NodeServer};
 pub use v1::raft_client::RaftClient;
 pub use v1::raft_server::{Raft, RaftServer};
@@ -50,15 +50,9 @@ impl RpcError {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
                 if status.metadata().is_empty() =>
             {
-                RpcError::Unreachable {
-                    addr: addr.to_string(),
-                    reason: describe_status(&status),
-                }
+                RpcError::Unreachable { addr: addr.to_string(), reason: describe_status(&status) }
             }
-            code => RpcError::Remote {
-                code,
-                message: status.message().to_string(),
-            },
+            code => RpcError::Remote { code, message: status.message().to_string() },
         }
     }
 
@@ -80,16 +74,10 @@ impl RpcError {
 
 fn describe_status(status: &tonic::Status) -> String {
     match status.code() {
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            "no answer before the deadline".into()
-        }
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => "no answer before the deadline".into(),
         _ => {
             let msg = status.message();
-            if msg.is_empty() {
-                "unavailable".into()
-            } else {
-                msg.to_string()
-            }
+            if msg.is_empty() { "unavailable".into() } else { msg.to_string() }
         }
     }
 }
@@ -112,29 +100,18 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// Connect to the node at `addr` (`host:port`). Every later call on the
 /// returned client fails after `timeout` if the node does not answer.
 pub async fn connect(addr: &str, timeout: Duration) -> Result<NodeClient<Channel>, RpcError> {
-    if addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
-        return Err(RpcError::BadAddress {
-            addr: addr.to_string(),
-        });
+    if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(RpcError::BadAddress { addr: addr.to_string() });
     }
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| RpcError::BadAddress {
-            addr: addr.to_string(),
-        })?
+        .map_err(|_| RpcError::BadAddress { addr: addr.to_string() })?
         .connect_timeout(timeout)
         .timeout(timeout)
         .tcp_nodelay(true);
     let channel = match tokio_timeout(timeout, endpoint.connect()).await {
         Some(Ok(channel)) => channel,
         Some(Err(e)) => {
-            return Err(RpcError::Unreachable {
-                addr: addr.to_string(),
-                reason: root_cause(&e),
-            });
+            return Err(RpcError::Unreachable { addr: addr.to_string(), reason: root_cause(&e) });
         }
         None => {
             return Err(RpcError::Unreachable {

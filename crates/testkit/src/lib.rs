@@ -77,8 +77,7 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next()),
+            stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()),
             Some('Z') | Some('X') | None
         ),
         Err(_) => false,
@@ -101,24 +100,12 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("read http");
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -177,12 +164,10 @@ impl Cluster {
                 }
                 panic!("idunno up failed: {stderr}");
             }
-            let doc: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("up --json prints JSON");
-            let file: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.path().join("cluster.json")).expect("cluster.json"),
-            )
-            .expect("cluster.json is JSON");
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("up --json prints JSON");
+            let file: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster.json")).expect("cluster.json"))
+                    .expect("cluster.json is JSON");
             assert_eq!(doc, file, "up --json and cluster.json agree");
             let nodes = doc["nodes"]
                 .as_array()
@@ -212,10 +197,7 @@ impl Cluster {
     }
 
     pub fn node(&self, id: u64) -> &ClusterNode {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("no such node id")
+        self.nodes.iter().find(|n| n.id == id).expect("no such node id")
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -229,28 +211,14 @@ impl Cluster {
         let data = self.data_dir(id);
         let log = std::fs::File::create(data.join("restart.log")).expect("log");
         let mut cmd = Command::new(&self.bin);
-        cmd.args([
-            "node",
-            "--id",
-            &id.to_string(),
-            "--addr",
-            &n.rpc,
-            "--http",
-            &n.http,
-            "--join",
-            via,
-        ])
-        .arg("--data-dir")
-        .arg(&data);
+        cmd.args(["node", "--id", &id.to_string(), "--addr", &n.rpc, "--http", &n.http, "--join", via])
+            .arg("--data-dir")
+            .arg(&data);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("restart node");
+        let child =
+            cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("restart node");
         let pid = child.id();
         self.restarted.push(child);
         if let Some(slot) = self.nodes.iter_mut().find(|n| n.id == id) {

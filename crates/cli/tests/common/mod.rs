@@ -25,34 +25,20 @@ pub fn run(args: &[&str], limit: Duration) -> Output {
 /// Run a client command that must succeed and print JSON.
 pub fn json(args: &[&str]) -> Value {
     let out = run(args, Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "idunno {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "idunno {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    assert!(out.status.success(), "idunno {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("idunno {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `member list --json` as node `id` sees it.
 pub fn members(c: &Cluster, id: u64) -> Vec<Value> {
-    json(&["member", "list", "--json", "--node", &c.node(id).rpc])
-        .as_array()
-        .expect("array")
-        .clone()
+    json(&["member", "list", "--json", "--node", &c.node(id).rpc]).as_array().expect("array").clone()
 }
 
 /// (state, incarnation) that node `observer` gives `subject`, if it answers
 /// and lists it.
 pub fn state_of(c: &Cluster, observer: u64, subject: u64) -> Option<(String, u64)> {
-    let out = run(
-        &["member", "list", "--json", "--node", &c.node(observer).rpc],
-        Duration::from_secs(10),
-    );
+    let out = run(&["member", "list", "--json", "--node", &c.node(observer).rpc], Duration::from_secs(10));
     if !out.status.success() {
         return None;
     }
@@ -60,10 +46,5 @@ pub fn state_of(c: &Cluster, observer: u64, subject: u64) -> Option<(String, u64
     v.as_array()?
         .iter()
         .find(|m| m["id"].as_u64() == Some(subject))
-        .map(|m| {
-            (
-                m["state"].as_str().unwrap_or("").to_string(),
-                m["incarnation"].as_u64().unwrap_or(0),
-            )
-        })
+        .map(|m| (m["state"].as_str().unwrap_or("").to_string(), m["incarnation"].as_u64().unwrap_or(0)))
 }
