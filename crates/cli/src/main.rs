@@ -3,6 +3,7 @@
 //! (2: bad usage or input, 1: anything else); the commands live beside it.
 
 mod cluster;
+mod coord;
 mod error;
 mod member;
 mod node;
@@ -47,6 +48,9 @@ enum Command {
     Member(member::MemberCommand),
     /// The answering node's view of the cluster.
     Status,
+    /// The coordinator's replicated state (low level).
+    #[command(subcommand)]
+    Coord(coord::CoordCommand),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Down { dir } => cluster::down(&dir, out).await,
         Command::Member(cmd) => member::run(cmd, cli.node, out).await,
         Command::Status => status::run(cli.node, out).await,
+        Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
     }
 }
 

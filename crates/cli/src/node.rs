@@ -30,6 +30,9 @@ pub struct NodeArgs {
     /// Give up joining after this many milliseconds [default: 5000].
     #[arg(long)]
     join_timeout_ms: Option<u64>,
+    /// Target size of the coordinator group (Raft voters) [default: 7].
+    #[arg(long)]
+    voters: Option<usize>,
     /// Drop this fraction of outgoing SWIM datagrams (loss injection for tests and benchmarks).
     #[arg(long, hide = true)]
     udp_loss: Option<f64>,
@@ -48,6 +51,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         join: args.join,
         join_timeout_ms: args.join_timeout_ms,
         udp_loss: args.udp_loss,
+        voters: args.voters,
         swim: None,
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;

@@ -22,6 +22,11 @@ pub async fn run(node: Option<String>, out: Output) -> Result<(), CliError> {
     t.add_row(vec!["term".to_string(), opt(doc.term)]);
     let voters: Vec<String> = doc.voters.iter().map(u64::to_string).collect();
     t.add_row(vec!["voters".to_string(), if voters.is_empty() { "-".into() } else { voters.join(", ") }]);
+    let learners: Vec<String> = doc.learners.iter().map(u64::to_string).collect();
+    if !learners.is_empty() {
+        t.add_row(vec!["learners".to_string(), learners.join(", ")]);
+    }
+    t.add_row(vec!["applied index".to_string(), opt(doc.applied_index)]);
     t.add_row(vec!["members alive".to_string(), doc.members_alive.to_string()]);
     t.add_row(vec!["jobs running".to_string(), doc.jobs_running.to_string()]);
     t.add_row(vec!["version".to_string(), doc.version.clone()]);

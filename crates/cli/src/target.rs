@@ -22,6 +22,22 @@ pub fn resolve(node: Option<String>) -> String {
     idunno_node::config::DEFAULT_ADDR.to_string()
 }
 
+/// Every node worth trying, best first: the one named, else all live
+/// nodes of `./.idunno/cluster.json`, else the default address.
+pub fn candidates(node: Option<String>) -> Vec<String> {
+    if let Some(n) = node {
+        return vec![n];
+    }
+    if let Ok(file) = ClusterFile::load(Path::new(".idunno")) {
+        let live: Vec<String> =
+            file.nodes.iter().filter(|n| crate::cluster::is_running(n.pid)).map(|n| n.rpc.clone()).collect();
+        if !live.is_empty() {
+            return live;
+        }
+    }
+    vec![idunno_node::config::DEFAULT_ADDR.to_string()]
+}
+
 pub async fn connect(node: Option<String>) -> Result<(String, NodeClient<Channel>), CliError> {
     let addr = resolve(node);
     let client = idunno_rpc::connect(&addr, idunno_rpc::DEFAULT_TIMEOUT).await?;

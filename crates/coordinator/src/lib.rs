@@ -13,6 +13,9 @@
 //!
 //! This crate knows membership only through `MembershipHandle`'s view.
 
+// openraft's storage and config traits fix their (large) error types.
+#![allow(clippy::result_large_err)]
+
 pub mod group;
 pub mod network;
 pub mod raft;

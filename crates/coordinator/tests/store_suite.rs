@@ -18,8 +18,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(OnDisk)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(OnDisk) {
+        panic!("storage conformance: {e}");
+    }
 }
 
 #[tokio::test]

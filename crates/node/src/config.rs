@@ -31,6 +31,8 @@ pub struct NodeOptions {
     /// Fraction of outgoing SWIM datagrams to drop (loss injection for
     /// benchmarks and tests; 0 in production).
     pub udp_loss: Option<f64>,
+    /// Target size of the coordinator group (Raft voters). Default 7.
+    pub voters: Option<usize>,
     pub swim: Option<SwimConfig>,
 }
 
@@ -58,6 +60,7 @@ impl NodeOptions {
             join: flags.join.or(self.join),
             join_timeout_ms: flags.join_timeout_ms.or(self.join_timeout_ms),
             udp_loss: flags.udp_loss.or(self.udp_loss),
+            voters: flags.voters.or(self.voters),
             swim: flags.swim.or(self.swim),
         }
     }
@@ -82,6 +85,7 @@ pub struct NodeConfig {
     pub join: Option<String>,
     pub join_timeout: Duration,
     pub udp_loss: f64,
+    pub voters: usize,
     pub swim: SwimConfig,
 }
 
@@ -121,6 +125,10 @@ impl NodeConfig {
         if !(0.0..1.0).contains(&udp_loss) {
             return Err(ConfigError::Invalid(format!("udp_loss: {udp_loss} is not in [0, 1)")));
         }
+        let voters = opts.voters.unwrap_or(7);
+        if voters == 0 {
+            return Err(ConfigError::Invalid("voters: the coordinator group needs at least 1 voter".into()));
+        }
         let swim = opts.swim.unwrap_or_default();
         swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(NodeConfig {
@@ -131,6 +139,7 @@ impl NodeConfig {
             join: opts.join,
             join_timeout: Duration::from_millis(opts.join_timeout_ms.unwrap_or(5_000)),
             udp_loss,
+            voters,
             swim,
         })
     }

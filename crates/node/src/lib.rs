@@ -12,8 +12,10 @@ mod service;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use idunno_coordinator::Coordinator;
 use idunno_membership::{DriverOptions, MembershipHandle, NodeId, NodeIdentity, Swim};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
@@ -39,6 +41,8 @@ pub enum NodeError {
     JoinFailed { introducer: String, timeout: Duration },
     #[error("membership: {0}")]
     Membership(String),
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] idunno_coordinator::CoordError),
 }
 
 impl NodeError {
@@ -54,6 +58,8 @@ pub struct Node {
     pub identity: NodeIdentity,
     /// Membership: the member view, events, join and leave.
     pub membership: MembershipHandle,
+    /// The coordinator group member: replicated cluster state.
+    pub coordinator: Arc<Coordinator>,
     /// Cancelled to stop every task of the node.
     shutdown: CancellationToken,
     /// Cancelled when the node was asked to leave over RPC.
@@ -87,15 +93,38 @@ impl Node {
         let (membership, swim_task) = idunno_membership::spawn(udp, swim, options, shutdown.child_token());
         let mut tasks = vec![("membership", swim_task)];
 
+        // A node told to join nobody founds the group if it has no state;
+        // every other node waits for a leader to add it.
+        let bootstrap = config.join.is_none();
+        let coordinator =
+            match Coordinator::start(id.0, config.addr, &dir.join("raft"), bootstrap, &Default::default()).await {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(e.into());
+                }
+            };
+        tasks.push((
+            "group repair",
+            coordinator.spawn_repair(membership.clone(), config.voters, shutdown.child_token()),
+        ));
+
         let shared = Shared {
             identity: identity.clone(),
             http: config.http,
             membership: membership.clone(),
+            coordinator: coordinator.clone(),
             stop: stop.clone(),
         };
         let grpc = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
             .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())))
+            .add_service(idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService(
+                coordinator.raft().clone(),
+            )))
+            .add_service(idunno_rpc::CoordinatorServer::new(idunno_coordinator::service::CoordinatorService(
+                coordinator.clone(),
+            )))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(rpc),
                 shutdown.child_token().cancelled_owned(),
@@ -110,7 +139,7 @@ impl Node {
         ));
         tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
 
-        let node = Node { config, identity, membership, shutdown, stop, tasks };
+        let node = Node { config, identity, membership, coordinator, shutdown, stop, tasks };
         if let Some(introducer) = node.config.join.clone()
             && let Err(e) = node.join(&introducer).await
         {
@@ -152,6 +181,7 @@ impl Node {
     }
 
     async fn stop_tasks(self) {
+        self.coordinator.shutdown().await;
         self.shutdown.cancel();
         for (name, task) in self.tasks.into_iter().rev() {
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {

@@ -3,7 +3,9 @@
 //! `GET /api/members` show the same thing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use idunno_coordinator::Coordinator;
 use idunno_membership::{MemberState, MembershipHandle, NodeIdentity};
 use idunno_rpc::v1;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,7 @@ pub struct Shared {
     pub identity: NodeIdentity,
     pub http: SocketAddr,
     pub membership: MembershipHandle,
+    pub coordinator: Arc<Coordinator>,
     /// Cancelled when a client asks this node to leave: `Node::run` then
     /// shuts the node down.
     pub stop: CancellationToken,
@@ -22,6 +25,16 @@ pub struct Shared {
 
 impl Shared {
     pub fn members(&self) -> Vec<v1::Member> {
+        let group = self.coordinator.status();
+        let role = |id: u64| {
+            if group.leader == Some(id) {
+                v1::Role::Leader
+            } else if group.voters.contains(&id) {
+                v1::Role::Standby
+            } else {
+                v1::Role::Worker
+            }
+        };
         self.membership
             .view()
             .members
@@ -37,8 +50,7 @@ impl Shared {
                 } as i32,
                 incarnation: m.identity.generation,
                 swim_incarnation: u32::from(m.swim_incarnation),
-                // Until the coordinator group exists every node is a worker.
-                role: v1::Role::Worker as i32,
+                role: role(m.identity.id.0) as i32,
                 is_self: m.is_self,
             })
             .collect()
@@ -47,15 +59,26 @@ impl Shared {
     pub fn status(&self) -> v1::StatusReply {
         let view = self.membership.view();
         let alive = view.members.iter().filter(|m| m.state.is_up()).count();
+        let group = self.coordinator.status();
+        let jobs_running = self
+            .coordinator
+            .local_state()
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.state == idunno_coordinator::state::JobState::Running)
+            .count();
         v1::StatusReply {
             node: self.identity.id.0,
             addr: self.identity.addr.to_string(),
             http: self.http.to_string(),
-            leader: None,
-            term: None,
-            voters: Vec::new(),
+            leader: group.leader,
+            term: Some(group.term),
+            voters: group.voters,
+            learners: group.learners,
+            applied_index: group.applied_index,
             members_alive: alive as u32,
-            jobs_running: 0,
+            jobs_running: jobs_running as u32,
             // The current generation: larger than at start-up if this node
             // was declared dead and rejoined.
             generation: view

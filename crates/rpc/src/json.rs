@@ -66,6 +66,9 @@ pub struct StatusJson {
     pub generation: u64,
     pub version: String,
     pub pid: u32,
+    /// Last log index this node applied (coordinator group).
+    pub applied_index: Option<u64>,
+    pub learners: Vec<u64>,
     pub swim: SwimStatsJson,
 }
 
@@ -97,6 +100,8 @@ impl From<&v1::StatusReply> for StatusJson {
             generation: s.generation,
             version: s.version.clone(),
             pid: s.pid,
+            applied_index: s.applied_index,
+            learners: s.learners.clone(),
             swim: swim.unwrap_or_default(),
         }
     }

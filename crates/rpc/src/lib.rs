@@ -100,6 +100,11 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// Connect to the node at `addr` (`host:port`). Every later call on the
 /// returned client fails after `timeout` if the node does not answer.
 pub async fn connect(addr: &str, timeout: Duration) -> Result<NodeClient<Channel>, RpcError> {
+    Ok(NodeClient::new(connect_channel(addr, timeout).await?))
+}
+
+/// A connection to `addr` for any of the node's services.
+pub async fn connect_channel(addr: &str, timeout: Duration) -> Result<Channel, RpcError> {
     if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(RpcError::BadAddress { addr: addr.to_string() });
     }
@@ -120,7 +125,7 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<NodeClient<Channel
             });
         }
     };
-    Ok(NodeClient::new(channel))
+    Ok(channel)
 }
 
 async fn tokio_timeout<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {

@@ -192,6 +192,30 @@ impl Cluster {
         panic!("could not find free ports for a cluster");
     }
 
+    /// Stop every node gracefully (`idunno down`) and start the same
+    /// cluster again from its data folders, on the same ports.
+    pub fn restart_all(&mut self) {
+        let d = self.path().display().to_string();
+        let out = run(&self.bin, &["down", "--dir", &d], Duration::from_secs(30));
+        assert!(out.status.success(), "down failed: {}", String::from_utf8_lossy(&out.stderr));
+        let n = self.nodes.len().to_string();
+        let base = self.base_port.to_string();
+        let mut args = vec!["up", "--nodes", &n, "--dir", &d, "--base-port", &base, "--json"];
+        let config = self.config.as_ref().map(|c| c.display().to_string());
+        if let Some(c) = &config {
+            args.extend(["--config", c]);
+        }
+        let out = run(&self.bin, &args, Duration::from_secs(60));
+        assert!(out.status.success(), "up again failed: {}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("up --json prints JSON");
+        for n in doc["nodes"].as_array().expect("nodes") {
+            let id = n["id"].as_u64().expect("id");
+            if let Some(slot) = self.nodes.iter_mut().find(|x| x.id == id) {
+                slot.pid = n["pid"].as_u64().expect("pid") as u32;
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
