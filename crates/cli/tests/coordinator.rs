@@ -135,3 +135,53 @@ fn a_refused_or_malformed_command_changes_nothing() {
     let after = common::json(&["coord", "state", "--json", "--node", &c.node(3).rpc])["state"].clone();
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_dead_voter_is_replaced_and_comes_back_as_a_voter() {
+    let mut c = up(4);
+    wait_group(&c, 1, 4);
+    let lead = leader(&c, 1).unwrap();
+    let victim = (1..=4).find(|id| *id != lead).unwrap();
+    kill9(c.node(victim).pid);
+    wait_group(&c, lead, 3);
+    assert!(!voters(&c, lead).contains(&victim));
+    let via = c.node(lead).rpc.clone();
+    c.restart(victim, &via);
+    let back = wait_for(Duration::from_secs(20), || voters(&c, lead).contains(&victim));
+    assert!(back.is_some(), "restarted node {victim} not a voter again: {:?}", status(&c, lead));
+    // It caught up with the log: its own applied index reaches the leader's.
+    let caught_up = wait_for(Duration::from_secs(10), || {
+        let l = status(&c, lead).and_then(|s| s["applied_index"].as_u64());
+        let v = status(&c, victim).and_then(|s| s["applied_index"].as_u64());
+        l.is_some() && l == v
+    });
+    assert!(caught_up.is_some());
+}
+
+#[test]
+fn there_is_never_more_than_one_leader_per_term() {
+    let c = up(5);
+    wait_group(&c, 1, 5);
+    let mut seen: std::collections::BTreeMap<u64, u64> = Default::default();
+    let mut observe = |c: &Cluster, alive: &[u64]| {
+        for id in alive {
+            if let Some(s) = status(c, *id)
+                && let (Some(term), Some(l)) = (s["term"].as_u64(), s["leader"].as_u64())
+            {
+                let prev = seen.insert(term, l);
+                assert!(prev.is_none() || prev == Some(l), "term {term}: leaders {prev:?} and {l}");
+            }
+        }
+    };
+    let mut alive: Vec<u64> = (1..=5).collect();
+    for _ in 0..2 {
+        observe(&c, &alive);
+        let l = leader(&c, alive[0]).unwrap();
+        kill9(c.node(l).pid);
+        alive.retain(|id| *id != l);
+        let new = wait_for(Duration::from_secs(15), || matches!(leader(&c, alive[0]), Some(x) if x != l));
+        assert!(new.is_some());
+        observe(&c, &alive);
+    }
+    assert!(seen.len() >= 3, "three terms observed: {seen:?}");
+}
