@@ -86,6 +86,10 @@ pub struct Coordinator {
     id: NodeId,
     raft: Raft,
     state: watch::Receiver<Arc<SmData>>,
+    /// The connection forwarded requests use, kept while the leader's
+    /// address stays the same (a new TCP connection per request would
+    /// double a forwarded write's latency).
+    to_leader: std::sync::Mutex<Option<(String, CoordinatorClient<tonic::transport::Channel>)>>,
 }
 
 impl Coordinator {
@@ -114,7 +118,7 @@ impl Coordinator {
             let members = BTreeMap::from([(id, BasicNode { addr: addr.to_string() })]);
             raft.initialize(members).await.map_err(|e| CoordError::Stopped(e.to_string()))?;
         }
-        Ok(Coordinator { id, raft, state })
+        Ok(Coordinator { id, raft, state, to_leader: std::sync::Mutex::new(None) })
     }
 
     pub fn raft(&self) -> &Raft {
@@ -172,7 +176,7 @@ impl Coordinator {
                 },
                 Some(l) => {
                     if let Some(addr) = self.leader_addr(l) {
-                        match forward_apply(&addr, &json).await {
+                        match forward_apply(self.leader_client(&addr)?, &json).await {
                             Ok(out) => return Ok(out),
                             Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a write"),
                         }
@@ -207,7 +211,7 @@ impl Coordinator {
                 },
                 Some(l) => {
                     if let Some(addr) = self.leader_addr(l) {
-                        match forward_read(&addr).await {
+                        match forward_read(self.leader_client(&addr)?).await {
                             Ok(out) => return Ok(out),
                             Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a read"),
                         }
@@ -304,17 +308,31 @@ impl Coordinator {
     }
 }
 
-async fn coordinator_client(addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    Ok(CoordinatorClient::new(channel))
+impl Coordinator {
+    /// A client for the leader at `addr`, reusing the last one if the
+    /// leader has not moved. tonic reconnects a lazy channel by itself.
+    fn leader_client(&self, addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, CoordError> {
+        let mut slot = self.to_leader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, c)) = slot.as_ref()
+            && a == addr
+        {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CoordError::BadCommand(format!("leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let c = CoordinatorClient::new(endpoint.connect_lazy());
+        *slot = Some((addr.to_string(), c.clone()));
+        Ok(c)
+    }
 }
 
-async fn forward_apply(addr: &str, json: &[u8]) -> Result<ApplyOutcome, String> {
-    let mut c = coordinator_client(addr).await?;
+async fn forward_apply(
+    mut c: CoordinatorClient<tonic::transport::Channel>,
+    json: &[u8],
+) -> Result<ApplyOutcome, String> {
     let r = c
         .apply(v1::ApplyRequest { command_json: json.to_vec(), forwarded: true })
         .await
@@ -324,8 +342,7 @@ async fn forward_apply(addr: &str, json: &[u8]) -> Result<ApplyOutcome, String> 
     Ok(ApplyOutcome { applied, log_index: r.log_index, leader: r.leader })
 }
 
-async fn forward_read(addr: &str) -> Result<(Arc<SmData>, NodeId), String> {
-    let mut c = coordinator_client(addr).await?;
+async fn forward_read(mut c: CoordinatorClient<tonic::transport::Channel>) -> Result<(Arc<SmData>, NodeId), String> {
     let r =
         c.read_state(v1::ReadStateRequest { forwarded: true }).await.map_err(|s| s.message().to_string())?.into_inner();
     let data: SmData = serde_json::from_slice(&r.state_json).map_err(|e| e.to_string())?;

@@ -126,7 +126,13 @@ impl Node {
                 coordinator.clone(),
             )))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(rpc),
+                // Small request/response messages: Nagle's algorithm against
+                // delayed ACKs would add ~40 ms to many of them.
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(rpc), |conn| {
+                    conn.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                }),
                 shutdown.child_token().cancelled_owned(),
             );
         tasks.push((
