@@ -36,7 +36,7 @@ where
 {
     let mut last = None;
     for addr in target::candidates(node) {
-        let channel = match idunno_rpc::connect_channel(&addr, Duration::from_secs(2)).await {
+        let channel = match idunno_rpc::connect_channel_with(&addr, Duration::from_secs(2), CALL_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => {
                 last = Some(e);

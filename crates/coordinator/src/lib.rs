@@ -57,6 +57,10 @@ pub enum CoordError {
     NotLeader { node: NodeId },
     #[error("bad command: {0}")]
     BadCommand(String),
+    /// The leader could not commit in time: it may be cut off from the
+    /// majority. The command may still be applied if it later commits.
+    #[error("not committed within {} s (is a majority of the coordinator group reachable?); it may still be applied", LEADER_WAIT.as_secs())]
+    NotCommitted,
     /// Raft stopped on this node; it must restart.
     #[error("coordinator stopped: {0}")]
     Stopped(String),
@@ -149,7 +153,12 @@ impl Coordinator {
 
     /// Apply `cmd` here if this node leads; `NotLeader` otherwise.
     pub async fn apply_local(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
-        match self.raft.client_write(cmd).await {
+        // A leader cut off from its majority cannot commit, and openraft
+        // would wait for ever.
+        let Ok(written) = tokio::time::timeout(LEADER_WAIT, self.raft.client_write(cmd)).await else {
+            return Err(CoordError::NotCommitted);
+        };
+        match written {
             Ok(r) => Ok(ApplyOutcome { applied: r.data, log_index: r.log_id.index, leader: self.id }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(CoordError::NotLeader { node: self.id })

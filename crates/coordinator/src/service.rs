@@ -14,7 +14,9 @@ pub struct CoordinatorService(pub Arc<Coordinator>);
 fn status_of(e: CoordError) -> Status {
     match e {
         CoordError::BadCommand(m) => Status::invalid_argument(m),
-        e @ (CoordError::NoLeader | CoordError::NotLeader { .. }) => Status::unavailable(e.to_string()),
+        e @ (CoordError::NoLeader | CoordError::NotLeader { .. } | CoordError::NotCommitted) => {
+            Status::unavailable(e.to_string())
+        }
         e => Status::internal(e.to_string()),
     }
 }

@@ -103,15 +103,22 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<NodeClient<Channel
     Ok(NodeClient::new(connect_channel(addr, timeout).await?))
 }
 
-/// A connection to `addr` for any of the node's services.
+/// A connection to `addr` for any of the node's services; `timeout` bounds
+/// connecting and every call.
 pub async fn connect_channel(addr: &str, timeout: Duration) -> Result<Channel, RpcError> {
+    connect_channel_with(addr, timeout, timeout).await
+}
+
+/// Like [`connect_channel`], with separate bounds for connecting and for
+/// each call (calls that wait out an election need longer than a connect).
+pub async fn connect_channel_with(addr: &str, timeout: Duration, call_timeout: Duration) -> Result<Channel, RpcError> {
     if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(RpcError::BadAddress { addr: addr.to_string() });
     }
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| RpcError::BadAddress { addr: addr.to_string() })?
         .connect_timeout(timeout)
-        .timeout(timeout)
+        .timeout(call_timeout)
         .tcp_nodelay(true);
     let channel = match tokio_timeout(timeout, endpoint.connect()).await {
         Some(Ok(channel)) => channel,

@@ -5,6 +5,8 @@
 //!
 //! This crate drives the binary from outside; it depends on no idunno crate.
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
