@@ -21,7 +21,11 @@ pub enum CoordCommand {
     /// '{"op":"add_job","spec":{"name":"j","model":"m","inputs":"i","labels":null,"batch_size":8}}'
     Apply { command: String },
     /// The replicated state as the leader has it now.
-    State,
+    State {
+        /// This node's own applied copy instead (may lag the leader).
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 /// Long enough to wait out an election (the node itself retries for 8 s).
@@ -82,9 +86,9 @@ pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result
                 Err(refusal) => Err(CliError::bad_input(format!("refused: {refusal}"))),
             }
         }
-        CoordCommand::State => {
+        CoordCommand::State { local } => {
             let reply = on_any_node(node, |addr, mut c| async move {
-                let mut req = tonic::Request::new(v1::ReadStateRequest { forwarded: false });
+                let mut req = tonic::Request::new(v1::ReadStateRequest { forwarded: false, local });
                 req.set_timeout(CALL_TIMEOUT);
                 c.read_state(req).await.map(|r| r.into_inner()).map_err(|s| RpcError::from_status(&addr, s))
             })

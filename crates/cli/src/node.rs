@@ -53,6 +53,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         udp_loss: args.udp_loss,
         voters: args.voters,
         swim: None,
+        raft: None,
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

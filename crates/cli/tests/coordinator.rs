@@ -185,3 +185,37 @@ fn there_is_never_more_than_one_leader_per_term() {
     }
     assert!(seen.len() >= 3, "three terms observed: {seen:?}");
 }
+
+#[test]
+fn a_node_far_behind_catches_up_from_a_snapshot() {
+    // Snapshot every 20 entries and keep 5 before it, so the log a
+    // returning node needs is gone and the leader must send a snapshot.
+    let config = "[raft]\nsnapshot_every = 20\nkeep_logs = 5\n";
+    let mut c = Cluster::up(common::bin(), 3, Some(config));
+    wait_group(&c, 1, 3);
+    let lead = leader(&c, 1).unwrap();
+    let behind = (1..=3).find(|id| *id != lead).unwrap();
+    kill9(c.node(behind).pid);
+    wait_group(&c, lead, 2);
+    for i in 0..60 {
+        let out = add_job(&c, lead, &format!("s{i}"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let via = c.node(lead).rpc.clone();
+    c.restart(behind, &via);
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        let l = status(&c, lead).and_then(|s| s["applied_index"].as_u64());
+        let v = status(&c, behind).and_then(|s| s["applied_index"].as_u64());
+        voters(&c, lead).contains(&behind) && l.is_some() && l == v
+    });
+    assert!(caught_up.is_some(), "node {behind} never caught up: {:?}", status(&c, behind));
+    // Its own replica (not the leader's) holds every job, and it got there
+    // through an installed snapshot.
+    let local = common::json(&["coord", "state", "--local", "--json", "--node", &c.node(behind).rpc]);
+    let have = local["state"]["jobs"].as_object().unwrap();
+    assert_eq!((0..60).filter(|i| have.contains_key(&format!("s{i}"))).count(), 60);
+    let log = std::fs::read_to_string(c.data_dir(behind).join("restart.log")).unwrap();
+    // openraft logs this at info level when a follower installs one.
+    assert!(log.contains("install_full_snapshot"), "no snapshot was installed");
+    assert!(c.data_dir(behind).join("raft/snapshot.json").exists());
+}

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{GroupAction, GroupView, Liveness};
-pub use crate::raft::{NodeId, Raft, RaftTiming};
+pub use crate::raft::{NodeId, Raft, RaftSettings};
 use crate::state::{Applied, Command};
 use crate::store::{LogStore, SmData, StateMachineStore};
 
@@ -105,7 +105,7 @@ impl Coordinator {
         addr: SocketAddr,
         dir: &Path,
         bootstrap: bool,
-        timing: &RaftTiming,
+        settings: &RaftSettings,
     ) -> Result<Coordinator, CoordError> {
         let storage =
             |e: std::io::Error| CoordError::Storage { path: dir.display().to_string(), reason: e.to_string() };
@@ -113,7 +113,7 @@ impl Coordinator {
         let empty = log.is_empty().map_err(storage)?;
         let sm = StateMachineStore::open(dir).map_err(storage)?;
         let state = sm.watch();
-        let config = raft::openraft_config(timing).map_err(|e| CoordError::Stopped(e.to_string()))?;
+        let config = raft::openraft_config(settings).map_err(|e| CoordError::Stopped(e.to_string()))?;
         let raft = Raft::new(id, Arc::new(config), network::Network, log, sm)
             .await
             .map_err(|e| CoordError::Stopped(e.to_string()))?;
@@ -352,8 +352,11 @@ async fn forward_apply(
 }
 
 async fn forward_read(mut c: CoordinatorClient<tonic::transport::Channel>) -> Result<(Arc<SmData>, NodeId), String> {
-    let r =
-        c.read_state(v1::ReadStateRequest { forwarded: true }).await.map_err(|s| s.message().to_string())?.into_inner();
+    let r = c
+        .read_state(v1::ReadStateRequest { forwarded: true, local: false })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
     let data: SmData = serde_json::from_slice(&r.state_json).map_err(|e| e.to_string())?;
     Ok((Arc::new(data), r.leader))
 }

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use idunno_coordinator::RaftSettings;
 use idunno_membership::{NodeId, SwimConfig};
 use serde::Deserialize;
 
@@ -34,6 +35,7 @@ pub struct NodeOptions {
     /// Target size of the coordinator group (Raft voters). Default 7.
     pub voters: Option<usize>,
     pub swim: Option<SwimConfig>,
+    pub raft: Option<RaftSettings>,
 }
 
 impl NodeOptions {
@@ -62,6 +64,7 @@ impl NodeOptions {
             udp_loss: flags.udp_loss.or(self.udp_loss),
             voters: flags.voters.or(self.voters),
             swim: flags.swim.or(self.swim),
+            raft: flags.raft.or(self.raft),
         }
     }
 }
@@ -87,6 +90,7 @@ pub struct NodeConfig {
     pub udp_loss: f64,
     pub voters: usize,
     pub swim: SwimConfig,
+    pub raft: RaftSettings,
 }
 
 /// Parse `host:port`, resolving a host name.
@@ -129,6 +133,8 @@ impl NodeConfig {
         if voters == 0 {
             return Err(ConfigError::Invalid("voters: the coordinator group needs at least 1 voter".into()));
         }
+        let raft = opts.raft.unwrap_or_default();
+        idunno_coordinator::raft::openraft_config(&raft).map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;
         let swim = opts.swim.unwrap_or_default();
         swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(NodeConfig {
@@ -141,6 +147,7 @@ impl NodeConfig {
             udp_loss,
             voters,
             swim,
+            raft,
         })
     }
 }

@@ -96,14 +96,14 @@ impl Node {
         // A node told to join nobody founds the group if it has no state;
         // every other node waits for a leader to add it.
         let bootstrap = config.join.is_none();
-        let coordinator =
-            match Coordinator::start(id.0, config.addr, &dir.join("raft"), bootstrap, &Default::default()).await {
-                Ok(c) => Arc::new(c),
-                Err(e) => {
-                    shutdown.cancel();
-                    return Err(e.into());
-                }
-            };
+        let coordinator = match Coordinator::start(id.0, config.addr, &dir.join("raft"), bootstrap, &config.raft).await
+        {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
         tasks.push((
             "group repair",
             coordinator.spawn_repair(membership.clone(), config.voters, shutdown.child_token()),
