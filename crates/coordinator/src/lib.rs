@@ -175,19 +175,31 @@ impl Coordinator {
     /// A retry after a leader died mid-write may apply the command twice;
     /// commands that must not repeat carry their own idempotency check.
     pub async fn apply(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
-        let give_up = Instant::now() + LEADER_WAIT;
         let json = serde_json::to_vec(&cmd).map_err(|e| CoordError::BadCommand(e.to_string()))?;
+        self.at_leader("write", || self.apply_local(cmd.clone()), |c| forward_apply(c, &json)).await
+    }
+
+    /// Run `local` if this node leads, else `remote` against the leader,
+    /// retrying (an election may be under way) until [`LEADER_WAIT`].
+    async fn at_leader<T, L, LF, R, RF>(&self, what: &str, local: L, remote: R) -> Result<T, CoordError>
+    where
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<T, CoordError>>,
+        R: Fn(CoordinatorClient<tonic::transport::Channel>) -> RF,
+        RF: std::future::Future<Output = Result<T, String>>,
+    {
+        let give_up = Instant::now() + LEADER_WAIT;
         loop {
             match self.status().leader {
-                Some(l) if l == self.id => match self.apply_local(cmd.clone()).await {
+                Some(l) if l == self.id => match local().await {
                     Err(CoordError::NotLeader { .. }) => {}
                     other => return other,
                 },
                 Some(l) => {
                     if let Some(addr) = self.leader_addr(l) {
-                        match forward_apply(self.leader_client(&addr)?, &json).await {
+                        match remote(self.leader_client(&addr)?).await {
                             Ok(out) => return Ok(out),
-                            Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a write"),
+                            Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a {what}"),
                         }
                     }
                 }
@@ -211,28 +223,7 @@ impl Coordinator {
     }
 
     pub async fn read(&self) -> Result<(Arc<SmData>, NodeId), CoordError> {
-        let give_up = Instant::now() + LEADER_WAIT;
-        loop {
-            match self.status().leader {
-                Some(l) if l == self.id => match self.read_local().await {
-                    Err(CoordError::NotLeader { .. }) => {}
-                    other => return other,
-                },
-                Some(l) => {
-                    if let Some(addr) = self.leader_addr(l) {
-                        match forward_read(self.leader_client(&addr)?).await {
-                            Ok(out) => return Ok(out),
-                            Err(e) => tracing::debug!(leader = l, error = %e, "forwarding a read"),
-                        }
-                    }
-                }
-                None => {}
-            }
-            if Instant::now() >= give_up {
-                return Err(CoordError::NoLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.at_leader("read", || self.read_local(), forward_read).await
     }
 
     pub async fn shutdown(&self) {
