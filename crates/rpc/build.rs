@@ -5,9 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
+    // File bytes as `bytes::Bytes`: a chunk fanned out to four replicas is
+    // shared, not copied.
+    config.bytes([".idunno.v1.Chunk.data", ".idunno.v1.PutMessage.data", ".idunno.v1.GetMessage.data"]);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/idunno/v1/node.proto", "proto/idunno/v1/coordinator.proto"],
+        &["proto/idunno/v1/node.proto", "proto/idunno/v1/coordinator.proto", "proto/idunno/v1/sdfs.proto"],
         &["proto"],
     )?;
     Ok(())

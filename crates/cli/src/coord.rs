@@ -55,6 +55,17 @@ where
     Err(last.map(CliError::from).unwrap_or_else(|| CliError::failed("no node to talk to")))
 }
 
+/// The replicated state, fresh from the leader (through any node).
+pub async fn read_state(node: Option<String>) -> Result<SmData, CliError> {
+    let reply = on_any_node(node, |addr, mut c| async move {
+        let mut req = tonic::Request::new(v1::ReadStateRequest { forwarded: false, local: false });
+        req.set_timeout(CALL_TIMEOUT);
+        c.read_state(req).await.map(|r| r.into_inner()).map_err(|s| RpcError::from_status(&addr, s))
+    })
+    .await?;
+    serde_json::from_slice(&reply.state_json).map_err(|e| CliError::failed(format!("unreadable state: {e}")))
+}
+
 pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result<(), CliError> {
     match cmd {
         CoordCommand::Apply { command } => {

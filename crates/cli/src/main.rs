@@ -5,6 +5,7 @@
 mod cluster;
 mod coord;
 mod error;
+mod fs;
 mod member;
 mod node;
 mod output;
@@ -48,6 +49,9 @@ enum Command {
     Member(member::MemberCommand),
     /// The answering node's view of the cluster.
     Status,
+    /// SDFS, the cluster's replicated file system.
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
     /// The coordinator's replicated state (low level).
     #[command(subcommand)]
     Coord(coord::CoordCommand),
@@ -90,6 +94,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Member(cmd) => member::run(cmd, cli.node, out).await,
         Command::Status => status::run(cli.node, out).await,
         Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
+        Command::Fs(cmd) => fs::run(cmd, cli.node, out).await,
     }
 }
 

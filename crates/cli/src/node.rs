@@ -33,6 +33,9 @@ pub struct NodeArgs {
     /// Target size of the coordinator group (Raft voters) [default: 7].
     #[arg(long)]
     voters: Option<usize>,
+    /// Copies of every SDFS file [default: 4].
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Drop this fraction of outgoing SWIM datagrams (loss injection for tests and benchmarks).
     #[arg(long, hide = true)]
     udp_loss: Option<f64>,
@@ -52,6 +55,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         join_timeout_ms: args.join_timeout_ms,
         udp_loss: args.udp_loss,
         voters: args.voters,
+        replicas: args.replicas,
         swim: None,
         raft: None,
     };

@@ -34,6 +34,8 @@ pub struct NodeOptions {
     pub udp_loss: Option<f64>,
     /// Target size of the coordinator group (Raft voters). Default 7.
     pub voters: Option<usize>,
+    /// Copies of every SDFS file. Default 4.
+    pub replicas: Option<usize>,
     pub swim: Option<SwimConfig>,
     pub raft: Option<RaftSettings>,
 }
@@ -63,6 +65,7 @@ impl NodeOptions {
             join_timeout_ms: flags.join_timeout_ms.or(self.join_timeout_ms),
             udp_loss: flags.udp_loss.or(self.udp_loss),
             voters: flags.voters.or(self.voters),
+            replicas: flags.replicas.or(self.replicas),
             swim: flags.swim.or(self.swim),
             raft: flags.raft.or(self.raft),
         }
@@ -89,6 +92,7 @@ pub struct NodeConfig {
     pub join_timeout: Duration,
     pub udp_loss: f64,
     pub voters: usize,
+    pub replicas: usize,
     pub swim: SwimConfig,
     pub raft: RaftSettings,
 }
@@ -133,6 +137,10 @@ impl NodeConfig {
         if voters == 0 {
             return Err(ConfigError::Invalid("voters: the coordinator group needs at least 1 voter".into()));
         }
+        let replicas = opts.replicas.unwrap_or(4);
+        if replicas == 0 {
+            return Err(ConfigError::Invalid("replicas: every file needs at least 1 copy".into()));
+        }
         let raft = opts.raft.unwrap_or_default();
         idunno_coordinator::raft::openraft_config(&raft).map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;
         let swim = opts.swim.unwrap_or_default();
@@ -146,6 +154,7 @@ impl NodeConfig {
             join_timeout: Duration::from_millis(opts.join_timeout_ms.unwrap_or(5_000)),
             udp_loss,
             voters,
+            replicas,
             swim,
             raft,
         })

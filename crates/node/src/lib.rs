@@ -41,6 +41,8 @@ pub enum NodeError {
     JoinFailed { introducer: String, timeout: Duration },
     #[error("membership: {0}")]
     Membership(String),
+    #[error("sdfs: {0}")]
+    Sdfs(String),
     #[error("coordinator: {0}")]
     Coordinator(#[from] idunno_coordinator::CoordError),
 }
@@ -109,6 +111,16 @@ impl Node {
             coordinator.spawn_repair(membership.clone(), config.voters, shutdown.child_token()),
         ));
 
+        let store = match idunno_sdfs::BlobStore::open(&dir.join("sdfs")) {
+            Ok(s) => s,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(NodeError::Sdfs(e.to_string()));
+            }
+        };
+        let sdfs_config = idunno_sdfs::SdfsConfig { replicas: config.replicas, ..Default::default() };
+        let sdfs = Arc::new(idunno_sdfs::Sdfs::new(store, id.0, sdfs_config, coordinator.clone(), membership.clone()));
+
         let shared = Shared {
             identity: identity.clone(),
             http: config.http,
@@ -125,6 +137,7 @@ impl Node {
             .add_service(idunno_rpc::CoordinatorServer::new(idunno_coordinator::service::CoordinatorService(
                 coordinator.clone(),
             )))
+            .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)))
             .serve_with_incoming_shutdown(
                 // Small request/response messages: Nagle's algorithm against
                 // delayed ACKs would add ~40 ms to many of them.

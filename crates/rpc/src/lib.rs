@@ -22,6 +22,8 @@ pub use v1::node_client::NodeClient;
 pub use v1::node_server::{Node, NodeServer};
 pub use v1::raft_client::RaftClient;
 pub use v1::raft_server::{Raft, RaftServer};
+pub use v1::sdfs_client::SdfsClient;
+pub use v1::sdfs_server::{Sdfs, SdfsServer};
 
 /// How long a client waits for a connection and for each call unless told
 /// otherwise. Every call has a deadline: a hung peer never hangs a caller.

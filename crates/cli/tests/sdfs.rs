@@ -1,0 +1,219 @@
+//! SDFS end to end: real node processes, real files on real disks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Cluster, kill9, run, up, wait_for};
+use serde_json::Value;
+
+/// A file of `len` pseudo-random bytes (seeded), written in one go.
+fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    let p = dir.join(name);
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+fn hash(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string()
+}
+
+fn fs(c: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["fs"];
+    full.extend_from_slice(args);
+    full.extend(["--node", &c.node(via).rpc]);
+    run(&full, Duration::from_secs(120))
+}
+
+fn fs_json(c: &Cluster, via: u64, args: &[&str]) -> Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.push("--json");
+    let out = fs(c, via, &full);
+    assert!(out.status.success(), "fs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn round_trips_are_byte_identical() {
+    let c = up(5);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, len) in [0usize, 1, 3 * (1 << 20) + 1, 200 << 20].into_iter().enumerate() {
+        let src = make_file(tmp.path(), &format!("src{i}"), len, i as u64 + 7);
+        let name = format!("data/file{i}");
+        let put = fs_json(&c, 1 + i as u64, &["put", s(&src), &name]);
+        assert_eq!(put["size"], len as u64);
+        assert_eq!(put["version"], 1);
+        assert_eq!(put["replicas"].as_array().unwrap().len(), 4, "{put}");
+        let dst = tmp.path().join(format!("dst{i}"));
+        fs_json(&c, 5 - i as u64, &["get", &name, s(&dst)]);
+        assert_eq!(hash(&src), hash(&dst), "{len} bytes");
+        assert_eq!(put["blake3"], hash(&src));
+        let ls = fs_json(&c, 2, &["ls", &name]);
+        assert_eq!(ls["versions"][0]["size"], len as u64);
+        if len > (1 << 20) {
+            // Big transfers leave no partial files behind.
+            let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains("idunno-part"))
+                .collect();
+            assert!(leftovers.is_empty());
+        }
+    }
+    let list = fs_json(&c, 3, &["list", "data/"]);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn three_of_four_holders_killed_at_once_and_the_file_still_reads() {
+    // Seven nodes: the coordinator group (7 voters) survives 3 failures too.
+    let c = up(7);
+    let grown = wait_for(Duration::from_secs(30), || {
+        common::json(&["status", "--json", "--node", &c.node(1).rpc])["voters"].as_array().unwrap().len() == 7
+    });
+    assert!(grown.is_some(), "the coordinator group never reached 7 voters");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_file(tmp.path(), "src", 5 << 20, 99);
+    let put = fs_json(&c, 1, &["put", s(&src), "precious"]);
+    let holders: Vec<u64> = put["replicas"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let leader = common::json(&["status", "--json", "--node", &c.node(1).rpc])["leader"].as_u64().unwrap();
+    // Kill three holders, sparing the leader if it holds one (losing it too
+    // would be a fourth failure).
+    let victims: Vec<u64> = holders.iter().copied().filter(|h| *h != leader).take(3).collect();
+    assert_eq!(victims.len(), 3);
+    for v in &victims {
+        kill9(c.node(*v).pid);
+    }
+    let via = (1..=7).find(|id| !victims.contains(id)).unwrap();
+    let dst = tmp.path().join("dst");
+    let read = wait_for(Duration::from_secs(30), || {
+        fs(&c, via, &["get", "precious", s(&dst)]).status.success() && hash(&dst) == hash(&src)
+    });
+    assert!(read.is_some(), "the file could not be read after 3 of its 4 holders died");
+}
+
+#[test]
+fn only_the_newest_five_versions_are_kept_and_versions_concatenates_them() {
+    let c = up(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hashes = Vec::new();
+    for v in 1..=6u64 {
+        let src = make_file(tmp.path(), &format!("v{v}"), 1000 + v as usize, v);
+        let put = fs_json(&c, 1, &["put", s(&src), "notes"]);
+        assert_eq!(put["version"], v);
+        hashes.push(hash(&src));
+    }
+    let ls = fs_json(&c, 2, &["ls", "notes"]);
+    let versions: Vec<u64> =
+        ls["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![6, 5, 4, 3, 2], "newest first, five kept");
+    let out = fs(&c, 3, &["get", "notes", s(&tmp.path().join("x")), "--version", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no version 1"));
+    let old = tmp.path().join("v3.out");
+    fs_json(&c, 3, &["get", "notes", s(&old), "--version", "3"]);
+    assert_eq!(hash(&old), hashes[2]);
+
+    let all = tmp.path().join("last3");
+    fs_json(&c, 1, &["versions", "notes", "3", s(&all)]);
+    let text = std::fs::read(&all).unwrap();
+    let delims: Vec<String> = String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with("==> idunno: notes version "))
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(delims.len(), 3, "{delims:?}");
+    assert!(delims[0].contains("version 6 (1006 bytes") && delims[2].contains("version 4 (1004 bytes"), "{delims:?}");
+}
+
+#[test]
+fn concurrent_puts_are_totally_ordered_and_none_is_lost() {
+    let c = up(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_file(tmp.path(), "src", 200_000, 5);
+    let handles: Vec<_> = (0..2)
+        .map(|client| {
+            let (node, path) = (c.node(1 + client).rpc.clone(), src.clone());
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        let out = common::run(
+                            &["fs", "put", path.to_str().unwrap(), "shared", "--json", "--node", &node],
+                            Duration::from_secs(60),
+                        );
+                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                        serde_json::from_slice::<Value>(&out.stdout).unwrap()["version"].as_u64().unwrap()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut versions: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=8).collect::<Vec<u64>>(), "every put got its own version");
+}
+
+#[test]
+fn delete_and_bad_input() {
+    let c = up(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_file(tmp.path(), "src", 10_000, 3);
+    fs_json(&c, 1, &["put", s(&src), "doomed"]);
+    let del = fs_json(&c, 2, &["delete", "doomed"]);
+    assert_eq!(del["deleted_versions"], serde_json::json!([1]));
+    let dst = tmp.path().join("dst");
+    let out = fs(&c, 3, &["get", "doomed", s(&dst)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file: doomed"));
+    assert!(!dst.exists(), "a failed get leaves no file");
+    let out = fs(&c, 1, &["delete", "doomed"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = fs(&c, 1, &["put", s(&tmp.path().join("missing")), "ghost"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read local file"));
+    let out = fs(&c, 1, &["put", s(tmp.path()), "ghost"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = fs(&c, 1, &["put", s(&src), ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fs_json(&c, 2, &["list"]).as_array().unwrap().is_empty(), "nothing visible after refused puts");
+}
+
+#[test]
+fn a_flipped_byte_in_a_replica_is_caught_and_the_right_bytes_served() {
+    let c = up(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_file(tmp.path(), "src", 3 << 20, 11);
+    let put = fs_json(&c, 1, &["put", s(&src), "fragile"]);
+    let blob = put["blake3"].as_str().unwrap().to_string();
+    // Corrupt the copy on the node the get will ask (it reads its own first).
+    let via = put["replicas"][0].as_u64().unwrap();
+    let path = c.data_dir(via).join("sdfs/blobs").join(&blob);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(2 << 20) + 17] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let dst = tmp.path().join("dst");
+    fs_json(&c, via, &["get", "fragile", s(&dst)]);
+    assert_eq!(hash(&dst), hash(&src), "the corrupt chunk was served");
+    // The bad copy is gone from disk and from the namespace.
+    assert!(!path.exists(), "the corrupt replica is still on disk");
+    let gone = wait_for(Duration::from_secs(10), || {
+        let ls = fs_json(&c, 2, &["ls", "fragile"]);
+        !ls["versions"][0]["replicas"].as_array().unwrap().iter().any(|r| r.as_u64() == Some(via))
+    });
+    assert!(gone.is_some(), "the namespace still lists the corrupt holder");
+}
