@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// A node config file (TOML) passed to every node.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The cluster's name [default: the one this folder used before, else a
+    /// new random one, so that two local clusters never merge].
+    #[arg(long)]
+    cluster: Option<String>,
     /// How long to wait for every node to see every other one.
     #[arg(long, default_value_t = 30)]
     wait_secs: u64,
@@ -40,6 +44,9 @@ pub struct UpArgs {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterFile {
     pub dir: String,
+    /// The cluster's name (nodes pass `--cluster` with it).
+    #[serde(default)]
+    pub cluster: String,
     pub nodes: Vec<ClusterNode>,
 }
 
@@ -112,7 +119,7 @@ struct Spawned {
     log: PathBuf,
 }
 
-fn spawn_node(exe: &Path, args: &UpArgs, dir: &Path, i: u16) -> Result<Spawned, CliError> {
+fn spawn_node(exe: &Path, args: &UpArgs, cluster: &str, dir: &Path, i: u16) -> Result<Spawned, CliError> {
     let rpc = args.base_port + 2 * (i - 1);
     let http = rpc + 1;
     let node_dir = dir.join(format!("n{i}"));
@@ -122,6 +129,7 @@ fn spawn_node(exe: &Path, args: &UpArgs, dir: &Path, i: u16) -> Result<Spawned, 
     let err = out.try_clone().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
+        .args(["--cluster", cluster])
         .args(["--id", &i.to_string()])
         .args(["--addr", &format!("127.0.0.1:{rpc}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
@@ -173,6 +181,26 @@ async fn wait_node(s: &mut Spawned, deadline: Instant, want_alive: u32) -> Resul
     }
 }
 
+/// The name given, else the one kept in `dir/cluster.name`, else a new
+/// random one (kept there for the next `up`).
+fn cluster_name(dir: &Path, given: Option<&str>) -> Result<String, CliError> {
+    let path = dir.join("cluster.name");
+    let name = match given {
+        Some(n) => n.to_string(),
+        None => match std::fs::read_to_string(&path) {
+            Ok(n) if !n.trim().is_empty() => n.trim().to_string(),
+            _ => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                format!("local-{:08x}", h.finish() as u32)
+            }
+        },
+    };
+    std::fs::write(&path, format!("{name}\n")).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
+    Ok(name)
+}
+
 pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
     if args.nodes == 0 || args.nodes > 64 {
         return Err(CliError::bad_input(format!("--nodes {}: must be between 1 and 64", args.nodes)));
@@ -209,17 +237,21 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
             }
         }
     }
+    let cluster = cluster_name(dir, args.cluster.as_deref())?;
     let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
 
-    let mut spawned = vec![spawn_node(&exe, &args, dir, 1)?];
+    let mut spawned = vec![spawn_node(&exe, &args, &cluster, dir, 1)?];
     let result = async {
         wait_node(&mut spawned[0], deadline, 1).await?;
         for i in 2..=args.nodes {
-            spawned.push(spawn_node(&exe, &args, dir, i)?);
+            spawned.push(spawn_node(&exe, &args, &cluster, dir, i)?);
         }
-        let file =
-            ClusterFile { dir: dir.display().to_string(), nodes: spawned.iter().map(|s| s.node.clone()).collect() };
+        let file = ClusterFile {
+            dir: dir.display().to_string(),
+            cluster: cluster.clone(),
+            nodes: spawned.iter().map(|s| s.node.clone()).collect(),
+        };
         file.save(dir)?;
         for s in spawned.iter_mut() {
             wait_node(s, deadline, args.nodes as u32).await?;

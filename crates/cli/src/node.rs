@@ -12,6 +12,9 @@ pub struct NodeArgs {
     /// TOML config file; flags override its fields.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The cluster's name: nodes of other clusters are ignored [default: idunno].
+    #[arg(long)]
+    cluster: Option<String>,
     /// Stable node id (default: kept in the data folder, random at first start).
     #[arg(long)]
     id: Option<u64>,
@@ -47,6 +50,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         None => NodeOptions::default(),
     };
     let flags = NodeOptions {
+        cluster: args.cluster,
         id: args.id,
         addr: args.addr,
         http: args.http,

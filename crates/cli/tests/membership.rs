@@ -137,3 +137,22 @@ fn a_paused_node_is_declared_dead_then_rejoins_under_a_new_incarnation() {
     assert_eq!(s["swim"]["self_renewals"], 1, "{s}");
     assert!(s["generation"].as_u64().unwrap() > before);
 }
+
+#[test]
+fn clusters_with_different_names_never_merge() {
+    // Two local clusters get different names from `idunno up`; a node of
+    // one cannot join the other, and neither lists a foreign member.
+    let a = up(2);
+    let b = up(1);
+    assert_ne!(a.cluster, b.cluster);
+    let out = common::run(
+        &["member", "join", "--introducer", &a.node(1).rpc, "--node", &b.node(1).rpc],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no member answered"));
+    assert_eq!(members(&a, 1).len(), 2);
+    assert_eq!(members(&b, 1).len(), 1);
+    let s = common::json(&["status", "--json", "--node", &a.node(1).rpc]);
+    assert!(s["swim"]["datagrams_rejected"].as_u64().unwrap() > 0, "the foreign announces were dropped: {s}");
+}

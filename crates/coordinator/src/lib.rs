@@ -102,6 +102,7 @@ impl Coordinator {
     /// with itself as the only voter; others wait to be added by a leader.
     pub async fn start(
         id: NodeId,
+        cluster: &str,
         addr: SocketAddr,
         dir: &Path,
         bootstrap: bool,
@@ -114,7 +115,7 @@ impl Coordinator {
         let sm = StateMachineStore::open(dir).map_err(storage)?;
         let state = sm.watch();
         let config = raft::openraft_config(settings).map_err(|e| CoordError::Stopped(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), network::Network, log, sm)
+        let raft = Raft::new(id, Arc::new(config), network::Network { cluster: cluster.to_string() }, log, sm)
             .await
             .map_err(|e| CoordError::Stopped(e.to_string()))?;
         if bootstrap && empty {

@@ -20,15 +20,22 @@ use tonic::{Request, Response, Status};
 
 use crate::raft::{NodeId, Raft, TypeConfig};
 
+/// The metadata key every Raft message carries: the cluster's name, so a
+/// node never takes Raft messages from another cluster's leader (say, one
+/// that still knows this address from a node that used to live here).
+pub const CLUSTER_HEADER: &str = "idunno-cluster";
+
 /// Makes a [`Peer`] for each node Raft replicates to.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub cluster: String,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, addr: node.addr.clone(), client: None }
+        Peer { target, addr: node.addr.clone(), client: None, cluster: self.cluster.clone() }
     }
 }
 
@@ -38,6 +45,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    cluster: String,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -66,6 +74,9 @@ impl Peer {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let mut request = Request::new(RaftPayload { json });
         request.set_timeout(option.hard_ttl());
+        if let Ok(v) = self.cluster.parse() {
+            request.metadata_mut().insert(CLUSTER_HEADER, v);
+        }
         let reply = match method {
             Method::Append => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
@@ -123,8 +134,25 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The receiving side: hands each message to the local Raft.
-pub struct RaftService(pub Raft);
+/// The receiving side: hands each message of this cluster to the local
+/// Raft.
+pub struct RaftService {
+    pub raft: Raft,
+    pub cluster: String,
+}
+
+impl RaftService {
+    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+        let theirs = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if theirs != self.cluster {
+            return Err(Status::permission_denied(format!(
+                "raft message for cluster {theirs:?}; this node is in cluster {:?}",
+                self.cluster
+            )));
+        }
+        decode(req)
+    }
+}
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
     serde_json::from_slice(&req.into_inner().json)
@@ -139,17 +167,17 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl idunno_rpc::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        encode(&self.0.append_entries(rpc).await)
+        let rpc: AppendEntriesRequest<TypeConfig> = self.decode(req)?;
+        encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<NodeId> = decode(req)?;
-        encode(&self.0.vote(rpc).await)
+        let rpc: VoteRequest<NodeId> = self.decode(req)?;
+        encode(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
-        encode(&self.0.install_snapshot(rpc).await)
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.decode(req)?;
+        encode(&self.raft.install_snapshot(rpc).await)
     }
 }

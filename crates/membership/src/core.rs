@@ -250,6 +250,12 @@ impl Swim {
         })
     }
 
+    /// A datagram was refused before reaching the protocol (wrong cluster).
+    pub fn count_rejected(&mut self) {
+        self.stats.datagrams_in += 1;
+        self.stats.datagrams_rejected += 1;
+    }
+
     /// A timer scheduled through [`Effect::Schedule`] fired.
     pub fn handle_timer(&mut self, timer: SwimTimer) {
         let r = self.with_runtime(|foca, rt| foca.handle_timer(timer, rt));

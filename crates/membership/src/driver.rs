@@ -93,6 +93,11 @@ impl MembershipHandle {
 /// Knobs of the driver itself (protocol timing lives in `SwimConfig`).
 #[derive(Clone, Debug, Default)]
 pub struct DriverOptions {
+    /// Every datagram starts with this tag ([`cluster_tag`] of the cluster
+    /// name); datagrams with another tag are dropped, so two clusters on
+    /// one network (or a dead node's address reused by another cluster)
+    /// never merge.
+    pub cluster_tag: u64,
     /// Drop this fraction of outgoing datagrams: packet-loss injection for
     /// benchmarks and tests. 0 in production.
     pub loss: f64,
@@ -142,14 +147,18 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; 2048 + 8];
         loop {
             let next_due = self.timers.peek().map(|Reverse((t, _))| *t);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
-                        if let Err(e) = self.swim.handle_datagram(&buf[..n]) {
+                        let ours = n >= 8 && buf[..8] == self.options.cluster_tag.to_be_bytes();
+                        if !ours {
+                            tracing::debug!(%from, "datagram from another cluster dropped");
+                            self.swim.count_rejected();
+                        } else if let Err(e) = self.swim.handle_datagram(&buf[8..n]) {
                             tracing::debug!(%from, error = %e, "datagram refused");
                         }
                     }
@@ -190,7 +199,10 @@ impl Driver {
                     if self.options.loss > 0.0 && self.rng.random::<f64>() < self.options.loss {
                         continue;
                     }
-                    if let Err(e) = self.socket.send_to(&data, to).await {
+                    let mut framed = Vec::with_capacity(8 + data.len());
+                    framed.extend_from_slice(&self.options.cluster_tag.to_be_bytes());
+                    framed.extend_from_slice(&data);
+                    if let Err(e) = self.socket.send_to(&framed, to).await {
                         tracing::debug!(%to, error = %e, "udp send");
                     }
                 }
@@ -221,6 +233,12 @@ impl Driver {
             let _ = self.events.send(ev);
         }
     }
+}
+
+/// The datagram tag of a cluster name (64-bit FNV-1a: stable across
+/// versions and machines, which is all a tag needs).
+pub fn cluster_tag(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 async fn sleep_until_opt(due: Option<Instant>) {

@@ -17,6 +17,9 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8088";
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeOptions {
+    /// The cluster's name: nodes of different clusters ignore each other's
+    /// membership and Raft traffic. Default "idunno".
+    pub cluster: Option<String>,
     /// Stable node id; generated and kept in the data folder if absent.
     pub id: Option<u64>,
     /// RPC (TCP) and SWIM (UDP) address.
@@ -57,6 +60,7 @@ impl NodeOptions {
     /// `self` with every field set in `flags` replaced.
     pub fn overridden_by(self, flags: NodeOptions) -> NodeOptions {
         NodeOptions {
+            cluster: flags.cluster.or(self.cluster),
             id: flags.id.or(self.id),
             addr: flags.addr.or(self.addr),
             http: flags.http.or(self.http),
@@ -82,6 +86,7 @@ pub enum ConfigError {
 /// A checked configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    pub cluster: String,
     pub id: Option<NodeId>,
     pub addr: SocketAddr,
     pub http: SocketAddr,
@@ -145,7 +150,12 @@ impl NodeConfig {
         idunno_coordinator::raft::openraft_config(&raft).map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;
         let swim = opts.swim.unwrap_or_default();
         swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let cluster = opts.cluster.unwrap_or_else(|| "idunno".into());
+        if cluster.is_empty() || cluster.len() > 64 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid(format!("cluster: {cluster:?} must be 1 to 64 visible ASCII characters")));
+        }
         Ok(NodeConfig {
+            cluster,
             id: opts.id.map(NodeId),
             addr,
             http,

@@ -88,7 +88,11 @@ impl Node {
         let stop = CancellationToken::new();
         let swim = Swim::new(identity.clone(), &config.swim, generation ^ id.0.rotate_left(32))
             .map_err(|e| NodeError::Membership(e.to_string()))?;
-        let options = DriverOptions { loss: config.udp_loss, seed: generation };
+        let options = DriverOptions {
+            cluster_tag: idunno_membership::cluster_tag(&config.cluster),
+            loss: config.udp_loss,
+            seed: generation,
+        };
         if config.udp_loss > 0.0 {
             tracing::warn!(loss = config.udp_loss, "dropping outgoing SWIM datagrams on purpose");
         }
@@ -98,14 +102,16 @@ impl Node {
         // A node told to join nobody founds the group if it has no state;
         // every other node waits for a leader to add it.
         let bootstrap = config.join.is_none();
-        let coordinator = match Coordinator::start(id.0, config.addr, &dir.join("raft"), bootstrap, &config.raft).await
-        {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                shutdown.cancel();
-                return Err(e.into());
-            }
-        };
+        let coordinator =
+            match Coordinator::start(id.0, &config.cluster, config.addr, &dir.join("raft"), bootstrap, &config.raft)
+                .await
+            {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(e.into());
+                }
+            };
         tasks.push((
             "group repair",
             coordinator.spawn_repair(membership.clone(), config.voters, shutdown.child_token()),
@@ -131,9 +137,10 @@ impl Node {
         let grpc = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
             .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())))
-            .add_service(idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService(
-                coordinator.raft().clone(),
-            )))
+            .add_service(idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService {
+                raft: coordinator.raft().clone(),
+                cluster: config.cluster.clone(),
+            }))
             .add_service(idunno_rpc::CoordinatorServer::new(idunno_coordinator::service::CoordinatorService(
                 coordinator.clone(),
             )))

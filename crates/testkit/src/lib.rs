@@ -127,6 +127,8 @@ pub struct Cluster {
     pub base_port: u16,
     /// The node config file every node was started with, if any.
     config: Option<PathBuf>,
+    /// The cluster's name (`idunno up` chose it).
+    pub cluster: String,
     /// Nodes restarted by hand (children of this process).
     restarted: Vec<Child>,
 }
@@ -182,7 +184,9 @@ impl Cluster {
                     pid: n["pid"].as_u64().expect("pid") as u32,
                 })
                 .collect();
+            let cluster = doc["cluster"].as_str().expect("cluster name").to_string();
             return Cluster {
+                cluster,
                 bin: bin.to_path_buf(),
                 dir,
                 nodes,
@@ -237,7 +241,8 @@ impl Cluster {
         let data = self.data_dir(id);
         let log = std::fs::File::create(data.join("restart.log")).expect("log");
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["node", "--id", &id.to_string(), "--addr", &n.rpc, "--http", &n.http, "--join", via])
+        cmd.args(["node", "--cluster", &self.cluster, "--id", &id.to_string(), "--addr", &n.rpc, "--http", &n.http])
+            .args(["--join", via])
             .arg("--data-dir")
             .arg(&data);
         if let Some(c) = &self.config {
