@@ -126,6 +126,7 @@ impl Node {
         };
         let sdfs_config = idunno_sdfs::SdfsConfig { replicas: config.replicas, ..Default::default() };
         let sdfs = Arc::new(idunno_sdfs::Sdfs::new(store, id.0, sdfs_config, coordinator.clone(), membership.clone()));
+        tasks.push(("sdfs repair", sdfs.spawn_repair(shutdown.child_token())));
 
         let shared = Shared {
             identity: identity.clone(),

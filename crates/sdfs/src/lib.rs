@@ -5,6 +5,7 @@
 //!
 //! - `placement`: which nodes hold a file (sans-IO).
 //! - `blobs`: one node's replicas on disk, chunk-checksummed.
+//! - `repair`: which versions lost replicas and where copies go (sans-IO).
 //! - `service`: the gRPC service: clients' put/get/delete (any node
 //!   coordinates) and node-to-node blob transfer.
 //!
@@ -16,6 +17,7 @@
 
 pub mod blobs;
 pub mod placement;
+pub mod repair;
 pub mod service;
 
 use std::collections::HashMap;
@@ -23,8 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idunno_coordinator::Coordinator;
+use idunno_coordinator::state::Command;
 use idunno_membership::MembershipHandle;
 use idunno_rpc::SdfsClient;
+use idunno_rpc::v1;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use crate::blobs::{BlobError, BlobStore};
@@ -83,6 +88,61 @@ impl Sdfs {
     /// The address of node `id`, if membership knows it.
     pub fn addr_of(&self, id: u64) -> Option<String> {
         self.membership.view().members.into_iter().find(|m| m.identity.id.0 == id).map(|m| m.identity.addr.to_string())
+    }
+
+    /// While this node is the coordinator leader, restore the replication
+    /// factor of every version that lost holders: after each membership
+    /// change, and every second (which also picks up copies dropped as
+    /// corrupt).
+    pub fn spawn_repair(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut view = me.membership.watch();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = view.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if me.coordinator.status().leader != Some(me.me) {
+                    continue;
+                }
+                let data = me.coordinator.local_state();
+                let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
+                for task in repair::plan(&data.state.files, &live, me.config.replicas) {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    if let Err(e) = me.repair(&task).await {
+                        tracing::warn!(file = task.name, version = task.version, error = %e, "repair failed");
+                    }
+                }
+            }
+        })
+    }
+
+    async fn repair(&self, task: &repair::RepairTask) -> Result<(), String> {
+        let sources: Vec<String> = task.sources.iter().filter_map(|s| self.addr_of(*s)).collect();
+        let mut holders = task.sources.clone();
+        for node in &task.add {
+            let Some(addr) = self.addr_of(*node) else { continue };
+            let mut client = self.peer(&addr)?;
+            let mut req =
+                tonic::Request::new(v1::FetchBlobRequest { blake3: task.blake3.clone(), sources: sources.clone() });
+            req.set_timeout(Duration::from_secs(300));
+            match client.fetch_blob(req).await {
+                Ok(_) => holders.push(*node),
+                Err(e) => tracing::warn!(node, file = task.name, error = %e, "repair copy failed"),
+            }
+        }
+        let cmd = Command::SetReplicas { name: task.name.clone(), version: task.version, replicas: holders.clone() };
+        match self.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
+            Ok(_) => {
+                tracing::info!(file = task.name, version = task.version, ?holders, "replicas restored");
+                Ok(())
+            }
+            Err(refusal) => Err(refusal.to_string()),
+        }
     }
 
     fn peer(&self, addr: &str) -> Result<SdfsClient<Channel>, String> {

@@ -282,6 +282,41 @@ impl Sdfs {
         Ok(())
     }
 
+    /// Copy blob `hash` here from the first of `sources` that can send all
+    /// of it.
+    pub async fn fetch_blob(&self, hash: &str, sources: &[String]) -> Result<v1::WriteBlobReply, Status> {
+        if self.store.has(hash) {
+            let size = self.store.list().map_err(blob_status)?.into_iter().find(|(h, _)| h == hash).map_or(0, |b| b.1);
+            return Ok(v1::WriteBlobReply { blake3: hash.to_string(), size });
+        }
+        let mut last = Status::unavailable("no source given");
+        for addr in sources {
+            let copy = async {
+                let mut client = self.peer(addr).map_err(Status::unavailable)?;
+                let mut stream =
+                    client.read_blob(v1::ReadBlobRequest { blake3: hash.to_string(), offset: 0 }).await?.into_inner();
+                let mut w = self.store.writer().await.map_err(blob_status)?;
+                while let Some(chunk) = stream.message().await? {
+                    w.write(&chunk.data).await.map_err(blob_status)?;
+                }
+                let (got, size) = w.finish().await.map_err(blob_status)?;
+                if got != hash {
+                    let _ = self.store.remove(&got);
+                    return Err(Status::data_loss(format!("{addr} sent {got}, not {hash}")));
+                }
+                Ok(v1::WriteBlobReply { blake3: got, size })
+            };
+            match copy.await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::warn!(source = %addr, hash, error = %e, "repair copy failed; trying the next source");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// A corrupt local blob is removed so it is never served again.
     fn on_local_error(&self, hash: &str, e: BlobError) -> Status {
         if matches!(e, BlobError::Corrupt { .. }) {
@@ -347,6 +382,11 @@ impl idunno_rpc::Sdfs for SdfsService {
         }
         let (blake3, size) = w.finish().await.map_err(blob_status)?;
         Ok(Response::new(v1::WriteBlobReply { blake3, size }))
+    }
+
+    async fn fetch_blob(&self, req: Request<v1::FetchBlobRequest>) -> Result<Response<v1::WriteBlobReply>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.0.fetch_blob(&req.blake3, &req.sources).await?))
     }
 
     type ReadBlobStream = ChunkStream;

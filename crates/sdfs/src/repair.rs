@@ -1,0 +1,93 @@
+//! Self-repair: which file versions lost replicas and where new copies
+//! should go. The coordinator leader runs [`plan`] after every membership
+//! change and every second, and carries out each task (a new holder pulls
+//! the blob from a live one, then the namespace records the new holders).
+//!
+//! **Invariant:** [`plan`] is a pure function of the namespace and the
+//! live nodes.
+
+use std::collections::BTreeMap;
+
+use idunno_coordinator::state::FileEntry;
+
+use crate::placement::repair_targets;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairTask {
+    pub name: String,
+    pub version: u64,
+    pub blake3: String,
+    /// Live holders to copy from (and to keep).
+    pub sources: Vec<u64>,
+    /// Nodes that should get a copy.
+    pub add: Vec<u64>,
+}
+
+/// Every version held by fewer than `replicas` live nodes (or by fewer
+/// than all live nodes, when there are fewer of them) and still held by
+/// at least one, with the nodes to copy it to.
+pub fn plan(files: &BTreeMap<String, FileEntry>, live: &[u64], replicas: usize) -> Vec<RepairTask> {
+    let want = replicas.min(live.len());
+    let mut tasks = Vec::new();
+    for (name, entry) in files {
+        for v in &entry.versions {
+            let sources: Vec<u64> = v.replicas.iter().copied().filter(|r| live.contains(r)).collect();
+            let dead_listed = sources.len() < v.replicas.len();
+            if sources.is_empty() || (sources.len() >= want && !dead_listed) {
+                continue;
+            }
+            let add = repair_targets(name, live, &v.replicas, replicas);
+            let add: Vec<u64> = add.into_iter().take(want.saturating_sub(sources.len())).collect();
+            tasks.push(RepairTask { name: name.clone(), version: v.version, blake3: v.blake3.clone(), sources, add });
+        }
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use idunno_coordinator::state::FileVersion;
+
+    use super::*;
+
+    fn files(holders: &[&[u64]]) -> BTreeMap<String, FileEntry> {
+        let versions = holders
+            .iter()
+            .enumerate()
+            .map(|(i, h)| FileVersion {
+                version: i as u64 + 1,
+                size: 1,
+                blake3: format!("h{i}"),
+                replicas: h.to_vec(),
+                committed_at_ms: 0,
+            })
+            .collect();
+        BTreeMap::from([("f".to_string(), FileEntry { versions, next_version: holders.len() as u64 + 1 })])
+    }
+
+    #[test]
+    fn cases() {
+        let live: Vec<u64> = (1..=7).collect();
+        // Whole: nothing to do.
+        assert!(plan(&files(&[&[1, 2, 3, 4]]), &live, 4).is_empty());
+        // Three of four holders dead: copy from the survivor to three others.
+        let t = plan(&files(&[&[1, 8, 9, 10]]), &live, 4);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].sources, vec![1]);
+        assert_eq!(t[0].add.len(), 3);
+        assert!(t[0].add.iter().all(|n| live.contains(n) && *n != 1));
+        // Every holder dead: nothing can be done (and nothing is invented).
+        assert!(plan(&files(&[&[8, 9, 10, 11]]), &live, 4).is_empty());
+        // Fewer live nodes than replicas: as many as there are.
+        let t = plan(&files(&[&[1, 9]]), &[1, 2, 3], 4);
+        assert_eq!(t[0].add.len(), 2);
+        // A dead holder is dropped even when no new node can take its place.
+        let t = plan(&files(&[&[1, 2, 9]]), &[1, 2], 4);
+        assert_eq!((t[0].sources.clone(), t[0].add.clone()), (vec![1, 2], vec![]));
+        // Each version on its own.
+        let t = plan(&files(&[&[1, 2, 3, 4], &[1, 2, 3, 9]]), &live, 4);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].version, 2);
+        assert_eq!(t[0].add.len(), 1);
+    }
+}
