@@ -60,6 +60,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         udp_loss: args.udp_loss,
         voters: args.voters,
         replicas: args.replicas,
+        sdfs: None,
         swim: None,
         raft: None,
     };

@@ -242,3 +242,93 @@ fn a_flipped_byte_in_a_replica_is_caught_and_the_right_bytes_served() {
     let restored = std::fs::read(&path).map(|b| blake3::hash(&b).to_hex().to_string());
     assert_eq!(restored.ok(), Some(hash(&src)), "the bad node holds a good copy again");
 }
+
+#[test]
+fn garbage_is_collected_on_every_replica() {
+    let config = "[sdfs]\ngc_grace_ms = 500\ngc_every_ms = 300\n";
+    let c = Cluster::up(common::bin(), 3, Some(config));
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs_on = |id: u64| -> Vec<String> {
+        std::fs::read_dir(c.data_dir(id).join("sdfs/blobs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| !n.ends_with(".chunks"))
+            .collect()
+    };
+    let mut hashes = Vec::new();
+    for v in 0..6 {
+        let src = make_file(tmp.path(), &format!("v{v}"), 50_000 + v, v as u64 + 1);
+        hashes.push(fs_json(&c, 1, &["put", s(&src), "rolling"])["blake3"].as_str().unwrap().to_string());
+    }
+    let doomed = make_file(tmp.path(), "doomed", 70_000, 42);
+    let doomed_hash = fs_json(&c, 2, &["put", s(&doomed), "doomed"])["blake3"].as_str().unwrap().to_string();
+    fs_json(&c, 2, &["delete", "doomed"]);
+
+    // Uploads that stop half-way (the client goes away, or sends less than
+    // it announced) leave no version and, in the end, no bytes.
+    interrupted_uploads(&c.node(3).rpc);
+
+    let clean = wait_for(Duration::from_secs(20), || {
+        (1..=3).all(|id| {
+            let b = blobs_on(id);
+            let tmp_empty = std::fs::read_dir(c.data_dir(id).join("sdfs/tmp")).unwrap().next().is_none();
+            tmp_empty && !b.contains(&hashes[0]) && !b.contains(&doomed_hash) && b.len() == 5
+        })
+    });
+    assert!(
+        clean.is_some(),
+        "left on disk: {:?}; tmp {:?}; kept versions {:?}; doomed {doomed_hash}; list {}",
+        (1..=3).map(blobs_on).collect::<Vec<_>>(),
+        (1..=3)
+            .map(|id| std::fs::read_dir(c.data_dir(id).join("sdfs/tmp"))
+                .unwrap()
+                .flatten()
+                .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
+        &hashes[1..],
+        fs_json(&c, 1, &["list"])
+    );
+    for id in 1..=3 {
+        let b = blobs_on(id);
+        assert!(hashes[1..].iter().all(|h| b.contains(h)), "node {id} lost a kept version");
+    }
+    let list = fs_json(&c, 1, &["list"]);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["rolling"], "no version of the interrupted upload is visible");
+}
+
+/// Two broken uploads straight over gRPC: one whose client vanishes after
+/// 3 MiB of an announced 64 MiB, one that ends early.
+fn interrupted_uploads(addr: &str) {
+    use idunno_rpc::v1::{self, put_message};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let header = |name: &str| v1::PutMessage {
+            part: Some(put_message::Part::Header(v1::PutHeader { name: name.into(), size: 64 << 20 })),
+        };
+        let data = || v1::PutMessage { part: Some(put_message::Part::Data(bytes::Bytes::from(vec![7u8; 1 << 20]))) };
+
+        // The client vanishes: its connection is torn down mid-stream.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let channel = idunno_rpc::connect_channel(addr, Duration::from_secs(5)).await.unwrap();
+        let mut client = idunno_rpc::SdfsClient::new(channel);
+        let call = tokio::spawn(async move { client.put(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        tx.send(header("vanished")).await.unwrap();
+        for _ in 0..3 {
+            tx.send(data()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call.abort();
+        drop(tx);
+
+        // The client ends the stream before the announced size.
+        let channel = idunno_rpc::connect_channel(addr, Duration::from_secs(5)).await.unwrap();
+        let mut client = idunno_rpc::SdfsClient::new(channel);
+        let msgs = vec![header("short"), data(), data()];
+        let err = client.put(tokio_stream::iter(msgs)).await.expect_err("a short upload is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("nothing was stored"), "{err}");
+    });
+}

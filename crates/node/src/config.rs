@@ -37,8 +37,9 @@ pub struct NodeOptions {
     pub udp_loss: Option<f64>,
     /// Target size of the coordinator group (Raft voters). Default 7.
     pub voters: Option<usize>,
-    /// Copies of every SDFS file. Default 4.
+    /// Copies of every SDFS file (overrides `sdfs.replicas`).
     pub replicas: Option<usize>,
+    pub sdfs: Option<idunno_sdfs::SdfsConfig>,
     pub swim: Option<SwimConfig>,
     pub raft: Option<RaftSettings>,
 }
@@ -70,6 +71,7 @@ impl NodeOptions {
             udp_loss: flags.udp_loss.or(self.udp_loss),
             voters: flags.voters.or(self.voters),
             replicas: flags.replicas.or(self.replicas),
+            sdfs: flags.sdfs.or(self.sdfs),
             swim: flags.swim.or(self.swim),
             raft: flags.raft.or(self.raft),
         }
@@ -97,7 +99,7 @@ pub struct NodeConfig {
     pub join_timeout: Duration,
     pub udp_loss: f64,
     pub voters: usize,
-    pub replicas: usize,
+    pub sdfs: idunno_sdfs::SdfsConfig,
     pub swim: SwimConfig,
     pub raft: RaftSettings,
 }
@@ -142,10 +144,11 @@ impl NodeConfig {
         if voters == 0 {
             return Err(ConfigError::Invalid("voters: the coordinator group needs at least 1 voter".into()));
         }
-        let replicas = opts.replicas.unwrap_or(4);
-        if replicas == 0 {
-            return Err(ConfigError::Invalid("replicas: every file needs at least 1 copy".into()));
+        let mut sdfs = opts.sdfs.unwrap_or_default();
+        if let Some(r) = opts.replicas {
+            sdfs.replicas = r;
         }
+        sdfs.validate().map_err(ConfigError::Invalid)?;
         let raft = opts.raft.unwrap_or_default();
         idunno_coordinator::raft::openraft_config(&raft).map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;
         let swim = opts.swim.unwrap_or_default();
@@ -164,7 +167,7 @@ impl NodeConfig {
             join_timeout: Duration::from_millis(opts.join_timeout_ms.unwrap_or(5_000)),
             udp_loss,
             voters,
-            replicas,
+            sdfs,
             swim,
             raft,
         })

@@ -124,9 +124,10 @@ impl Node {
                 return Err(NodeError::Sdfs(e.to_string()));
             }
         };
-        let sdfs_config = idunno_sdfs::SdfsConfig { replicas: config.replicas, ..Default::default() };
-        let sdfs = Arc::new(idunno_sdfs::Sdfs::new(store, id.0, sdfs_config, coordinator.clone(), membership.clone()));
+        let sdfs =
+            Arc::new(idunno_sdfs::Sdfs::new(store, id.0, config.sdfs.clone(), coordinator.clone(), membership.clone()));
         tasks.push(("sdfs repair", sdfs.spawn_repair(shutdown.child_token())));
+        tasks.push(("sdfs gc", sdfs.spawn_gc(shutdown.child_token())));
 
         let shared = Shared {
             identity: identity.clone(),

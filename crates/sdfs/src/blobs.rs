@@ -128,6 +128,12 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// How long ago the blob was stored.
+    pub fn age(&self, hash: &str) -> Option<std::time::Duration> {
+        let modified = std::fs::metadata(self.blob_path(hash)).ok()?.modified().ok()?;
+        modified.elapsed().ok()
+    }
+
     pub fn remove(&self, hash: &str) -> Result<(), BlobError> {
         if !valid_hash(hash) {
             return Err(BlobError::Missing(hash.to_string()));

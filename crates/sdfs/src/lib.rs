@@ -34,18 +34,44 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use crate::blobs::{BlobError, BlobStore};
 
-/// Settings of the file system.
-#[derive(Clone, Debug)]
+/// Settings of the file system (the `[sdfs]` section of a node config).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SdfsConfig {
     /// Copies of every file (4: three simultaneous failures lose nothing).
     pub replicas: usize,
     /// Versions kept per file.
     pub keep_versions: u32,
+    /// A blob no version refers to is deleted once it is this old: old
+    /// enough that it cannot be a put whose commit is still on its way.
+    pub gc_grace_ms: u64,
+    /// How often each node looks for such blobs.
+    pub gc_every_ms: u64,
 }
 
 impl Default for SdfsConfig {
     fn default() -> Self {
-        SdfsConfig { replicas: 4, keep_versions: idunno_coordinator::state::DEFAULT_KEEP_VERSIONS }
+        SdfsConfig {
+            replicas: 4,
+            keep_versions: idunno_coordinator::state::DEFAULT_KEEP_VERSIONS,
+            gc_grace_ms: 10 * 60 * 1000,
+            gc_every_ms: 30 * 1000,
+        }
+    }
+}
+
+impl SdfsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 {
+            return Err("sdfs.replicas: every file needs at least 1 copy".into());
+        }
+        if self.keep_versions == 0 {
+            return Err("sdfs.keep_versions: at least the newest version must be kept".into());
+        }
+        if self.gc_every_ms == 0 {
+            return Err("sdfs.gc_every_ms must be > 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -119,6 +145,46 @@ impl Sdfs {
                 }
             }
         })
+    }
+
+    /// Delete, every `gc_every_ms`, the local blobs that no version in the
+    /// namespace refers to any more (deleted files, versions pushed out,
+    /// puts that never committed) once they are older than `gc_grace_ms`.
+    pub fn spawn_gc(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(me.config.gc_every_ms);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match me.collect_garbage() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(blobs = n, "unreferenced blobs deleted"),
+                    Err(e) => tracing::warn!(error = %e, "blob garbage collection"),
+                }
+            }
+        })
+    }
+
+    /// One pass of [`Self::spawn_gc`]; returns how many blobs went.
+    pub fn collect_garbage(&self) -> Result<usize, BlobError> {
+        let data = self.coordinator.local_state();
+        let referenced: std::collections::HashSet<&str> =
+            data.state.files.values().flat_map(|e| e.versions.iter().map(|v| v.blake3.as_str())).collect();
+        let grace = Duration::from_millis(self.config.gc_grace_ms);
+        let mut removed = 0;
+        for (hash, _) in self.store.list()? {
+            if referenced.contains(hash.as_str()) {
+                continue;
+            }
+            if self.store.age(&hash).is_some_and(|age| age >= grace) {
+                self.store.remove(&hash)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn repair(&self, task: &repair::RepairTask) -> Result<(), String> {

@@ -26,6 +26,9 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::Chunk, Status>> + Send>>
 /// from a put.
 const REPLICA_STALL: Duration = Duration::from_secs(10);
 
+/// How long a replica waits for the next chunk of a blob it is writing.
+const WRITE_IDLE: Duration = Duration::from_secs(60);
+
 fn coord_status(e: CoordError) -> Status {
     match e {
         CoordError::BadCommand(m) => Status::invalid_argument(m),
@@ -77,7 +80,9 @@ impl Sdfs {
     async fn fan_out(writes: &mut [ReplicaWrite], data: Bytes) {
         for w in writes.iter_mut() {
             let Some(tx) = &w.tx else { continue };
-            let sent = tokio::time::timeout(REPLICA_STALL, tx.send(v1::Chunk { data: data.clone() })).await;
+            let sent =
+                tokio::time::timeout(REPLICA_STALL, tx.send(v1::Chunk { data: data.clone(), ..Default::default() }))
+                    .await;
             if !matches!(sent, Ok(Ok(()))) {
                 tracing::warn!(node = w.node, "replica dropped from a put");
                 w.tx = None;
@@ -145,6 +150,18 @@ impl Sdfs {
             )));
         }
         let hash = hasher.finalize().to_hex().to_string();
+        // Only now do the replicas learn the upload is whole: a stream that
+        // ends any other way (this handler dropped because the client went
+        // away, an error above) makes them discard what they got.
+        for w in writes.iter_mut() {
+            if let Some(tx) = &w.tx {
+                let last = v1::Chunk { data: Bytes::new(), last: true, total: size };
+                if !matches!(tokio::time::timeout(REPLICA_STALL, tx.send(last)).await, Ok(Ok(()))) {
+                    w.tx = None;
+                    w.task.abort();
+                }
+            }
+        }
         let mut holders = Vec::new();
         for mut w in writes {
             w.tx = None; // end of stream: the replica finishes and fsyncs
@@ -377,8 +394,26 @@ impl idunno_rpc::Sdfs for SdfsService {
     async fn write_blob(&self, req: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::WriteBlobReply>, Status> {
         let mut incoming = req.into_inner();
         let mut w = self.0.store.writer().await.map_err(blob_status)?;
-        while let Some(chunk) = incoming.message().await? {
+        let mut written = 0u64;
+        loop {
+            // A sender that goes quiet is treated like one that went away.
+            let next = tokio::time::timeout(WRITE_IDLE, incoming.message())
+                .await
+                .map_err(|_| Status::deadline_exceeded("no data for 60 s; nothing stored"))??;
+            let Some(chunk) = next else {
+                return Err(Status::cancelled("the upload ended before its last chunk; nothing stored"));
+            };
             w.write(&chunk.data).await.map_err(blob_status)?;
+            written += chunk.data.len() as u64;
+            if chunk.last {
+                if chunk.total != written {
+                    return Err(Status::invalid_argument(format!(
+                        "{written} bytes arrived but the upload says {}; nothing stored",
+                        chunk.total
+                    )));
+                }
+                break;
+            }
         }
         let (blake3, size) = w.finish().await.map_err(blob_status)?;
         Ok(Response::new(v1::WriteBlobReply { blake3, size }))
@@ -400,7 +435,7 @@ impl idunno_rpc::Sdfs for SdfsService {
             loop {
                 match r.next().await {
                     Ok(Some(data)) => {
-                        if tx.send(Ok(v1::Chunk { data })).await.is_err() {
+                        if tx.send(Ok(v1::Chunk { data, ..Default::default() })).await.is_err() {
                             return;
                         }
                     }
