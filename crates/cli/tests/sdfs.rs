@@ -332,3 +332,62 @@ fn interrupted_uploads(addr: &str) {
         assert!(err.message().contains("nothing was stored"), "{err}");
     });
 }
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaks_nothing() {
+    // A node whose data folder is a 24 MiB tmpfs, mounted in a mount
+    // namespace of its own (root only; nothing outside it is touched).
+    if unsafe { libc::geteuid() } != 0 || std::process::Command::new("unshare").arg("--help").output().is_err() {
+        println!("SKIPPED: the full-disk test needs root and unshare(1) to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = common::free_ports(2);
+    let addr = format!("127.0.0.1:{port}");
+    let script = format!(
+        "mount -t tmpfs -o size=24m tmpfs {d} && exec {bin} node --cluster full-disk --id 1 --addr {addr} \
+         --http 127.0.0.1:{http} --data-dir {d} --replicas 1",
+        d = data.display(),
+        bin = common::bin().display(),
+        http = port + 1
+    );
+    let log = std::fs::File::create(tmp.path().join("node.log")).unwrap();
+    let mut node = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut node);
+    let up = wait_for(Duration::from_secs(15), || {
+        run(&["status", "--node", &addr], Duration::from_secs(5)).status.success()
+    });
+    assert!(up.is_some(), "{}", std::fs::read_to_string(tmp.path().join("node.log")).unwrap_or_default());
+
+    let too_big = make_file(tmp.path(), "big", 40 << 20, 1);
+    let out = run(&["fs", "put", s(&too_big), "big", "--node", &addr], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left") && err.contains("nothing was committed"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let list = run(&["fs", "list", "--json", "--node", &addr], Duration::from_secs(20));
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]", "nothing visible");
+
+    // Nothing leaked: a file that fits in the space left goes through.
+    let fits = make_file(tmp.path(), "fits", 14 << 20, 2);
+    let out = run(&["fs", "put", s(&fits), "fits", "--node", &addr], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = tmp.path().join("back");
+    let out = run(&["fs", "get", "fits", s(&back), "--node", &addr], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(hash(&back), hash(&fits));
+}

@@ -163,21 +163,29 @@ impl Sdfs {
             }
         }
         let mut holders = Vec::new();
+        let mut failures = Vec::new();
         for mut w in writes {
             w.tx = None; // end of stream: the replica finishes and fsyncs
             match w.task.await {
                 Ok(Ok(r)) if r.blake3 == hash && r.size == size => holders.push(w.node),
-                Ok(Ok(r)) => tracing::error!(node = w.node, got = r.blake3, want = hash, "replica stored other bytes"),
-                Ok(Err(e)) => tracing::warn!(node = w.node, error = %e, "replica write failed"),
-                Err(_) => {}
+                Ok(Ok(r)) => {
+                    tracing::error!(node = w.node, got = r.blake3, want = hash, "replica stored other bytes");
+                    failures.push(format!("node {} stored other bytes", w.node));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = w.node, error = %e, "replica write failed");
+                    failures.push(format!("node {}: {}", w.node, e.message()));
+                }
+                Err(_) => failures.push(format!("node {}: stopped answering", w.node)),
             }
         }
         if holders.len() < need {
             return Err(Status::unavailable(format!(
-                "only {} of {} replicas stored {} (need {need}); nothing was committed",
+                "only {} of {} replicas stored {} (need {need}); nothing was committed{}",
                 holders.len(),
                 targets.len(),
-                header.name
+                header.name,
+                if failures.is_empty() { String::new() } else { format!(" ({})", failures.join("; ")) }
             )));
         }
         let cmd = Command::CommitFileVersion {
