@@ -80,7 +80,12 @@ async fn main() {
     println!("bench/sdfs: 5-node local cluster, {mib:.0} MiB file, all on one disk");
 
     let copy = work.path().join("copy");
-    let t_cp = timed(Command::new("sh").arg("-c").arg(format!("cp {} {} && sync {}", src.display(), copy.display(), copy.display())));
+    let t_cp = timed(Command::new("sh").arg("-c").arg(format!(
+        "cp {} {} && sync {}",
+        src.display(),
+        copy.display(),
+        copy.display()
+    )));
     std::fs::remove_file(&copy).ok();
     let addr = c.node(1).rpc.clone();
     let t_put = timed(Command::new(idunno_bin()).args(["fs", "put", src.to_str().unwrap(), "big", "--node", &addr]));

@@ -57,6 +57,23 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Where a get's bytes go, and how far it got (so the next holder can go
+/// on from there).
+struct Relay {
+    offset: u64,
+    hasher: blake3::Hasher,
+    tx: mpsc::Sender<Result<v1::GetMessage, Status>>,
+}
+
+impl Relay {
+    /// Pass one chunk on; false once the client has gone away.
+    async fn forward(&mut self, chunk: Bytes) -> bool {
+        self.hasher.update(&chunk);
+        self.offset += chunk.len() as u64;
+        self.tx.send(Ok(v1::GetMessage { part: Some(get_message::Part::Data(chunk)) })).await.is_ok()
+    }
+}
+
 /// One replica being written during a put.
 struct ReplicaWrite {
     node: u64,
@@ -231,16 +248,14 @@ impl Sdfs {
         v: FileVersion,
         tx: mpsc::Sender<Result<v1::GetMessage, Status>>,
     ) {
-        let data = |d: Bytes| Ok(v1::GetMessage { part: Some(get_message::Part::Data(d)) });
         let mut holders = v.replicas.clone();
         holders.sort_by_key(|h| *h != self.me);
-        let mut offset = 0u64;
-        let mut hasher = blake3::Hasher::new();
+        let mut relay = Relay { offset: 0, hasher: blake3::Hasher::new(), tx };
         for h in holders {
             let r = if h == self.me {
-                self.relay_local(&v.blake3, &mut offset, &mut hasher, &tx, data).await
+                self.relay_local(&v.blake3, &mut relay).await
             } else {
-                self.relay_remote(h, &v.blake3, &mut offset, &mut hasher, &tx, data).await
+                self.relay_remote(h, &v.blake3, &mut relay).await
             };
             match r {
                 Ok(()) => break,
@@ -249,58 +264,35 @@ impl Sdfs {
                     if e.code() == tonic::Code::DataLoss {
                         self.forget_replica(&name, &v, h).await;
                     }
-                    if tx.is_closed() {
+                    if relay.tx.is_closed() {
                         return;
                     }
                 }
             }
         }
-        if offset != v.size || hasher.finalize().to_hex().as_str() != v.blake3 {
-            let _ = tx
-                .send(Err(Status::unavailable(format!(
-                    "no replica of {name} version {} could be read in full",
-                    v.version
-                ))))
-                .await;
+        if relay.offset != v.size || relay.hasher.finalize().to_hex().as_str() != v.blake3 {
+            let msg = format!("no replica of {name} version {} could be read in full", v.version);
+            let _ = relay.tx.send(Err(Status::unavailable(msg))).await;
         }
     }
 
-    async fn relay_local(
-        &self,
-        hash: &str,
-        offset: &mut u64,
-        hasher: &mut blake3::Hasher,
-        tx: &mpsc::Sender<Result<v1::GetMessage, Status>>,
-        data: impl Fn(Bytes) -> Result<v1::GetMessage, Status>,
-    ) -> Result<(), Status> {
-        let mut r = self.store.reader(hash, *offset).await.map_err(blob_status)?;
+    async fn relay_local(&self, hash: &str, relay: &mut Relay) -> Result<(), Status> {
+        let mut r = self.store.reader(hash, relay.offset).await.map_err(blob_status)?;
         while let Some(chunk) = r.next().await.map_err(|e| self.on_local_error(hash, e))? {
-            hasher.update(&chunk);
-            *offset += chunk.len() as u64;
-            if tx.send(data(chunk)).await.is_err() {
+            if !relay.forward(chunk).await {
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    async fn relay_remote(
-        &self,
-        node: u64,
-        hash: &str,
-        offset: &mut u64,
-        hasher: &mut blake3::Hasher,
-        tx: &mpsc::Sender<Result<v1::GetMessage, Status>>,
-        data: impl Fn(Bytes) -> Result<v1::GetMessage, Status>,
-    ) -> Result<(), Status> {
+    async fn relay_remote(&self, node: u64, hash: &str, relay: &mut Relay) -> Result<(), Status> {
         let addr = self.addr_of(node).ok_or_else(|| Status::unavailable(format!("node {node} has no address")))?;
         let mut client = self.peer(&addr).map_err(Status::unavailable)?;
-        let mut stream =
-            client.read_blob(v1::ReadBlobRequest { blake3: hash.to_string(), offset: *offset }).await?.into_inner();
+        let req = v1::ReadBlobRequest { blake3: hash.to_string(), offset: relay.offset };
+        let mut stream = client.read_blob(req).await?.into_inner();
         while let Some(chunk) = stream.message().await? {
-            hasher.update(&chunk.data);
-            *offset += chunk.data.len() as u64;
-            if tx.send(data(chunk.data)).await.is_err() {
+            if !relay.forward(chunk.data).await {
                 return Ok(());
             }
         }
