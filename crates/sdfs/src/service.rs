@@ -26,6 +26,9 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::Chunk, Status>> + Send>>
 /// from a put.
 const REPLICA_STALL: Duration = Duration::from_secs(10);
 
+/// How long a replica may take to confirm a complete blob (its fsync).
+const REPLICA_ANSWER: Duration = Duration::from_secs(60);
+
 /// How long a replica waits for the next chunk of a blob it is writing.
 const WRITE_IDLE: Duration = Duration::from_secs(60);
 
@@ -103,7 +106,6 @@ impl Sdfs {
             if !matches!(sent, Ok(Ok(()))) {
                 tracing::warn!(node = w.node, "replica dropped from a put");
                 w.tx = None;
-                w.task.abort();
             }
         }
     }
@@ -127,9 +129,13 @@ impl Sdfs {
                 Err(e) => tracing::warn!(node, error = %e, "replica not reachable for a put"),
             }
         }
+        // Ending a replica's stream without its last chunk makes it discard
+        // what it got. (Dropping the sender ends the stream cleanly;
+        // aborting the call task does not reliably reset it, and the
+        // replica would wait for its idle timeout.)
         let abort = |writes: &mut Vec<ReplicaWrite>| {
-            for w in writes.iter() {
-                w.task.abort();
+            for w in writes.iter_mut() {
+                w.tx = None;
             }
         };
         let mut hasher = blake3::Hasher::new();
@@ -175,7 +181,6 @@ impl Sdfs {
                 let last = v1::Chunk { data: Bytes::new(), last: true, total: size };
                 if !matches!(tokio::time::timeout(REPLICA_STALL, tx.send(last)).await, Ok(Ok(()))) {
                     w.tx = None;
-                    w.task.abort();
                 }
             }
         }
@@ -183,7 +188,13 @@ impl Sdfs {
         let mut failures = Vec::new();
         for mut w in writes {
             w.tx = None; // end of stream: the replica finishes and fsyncs
-            match w.task.await {
+            // A replica that accepted every chunk but never answers is given
+            // up on (and its call cancelled) rather than waited for.
+            let answer = tokio::time::timeout(REPLICA_ANSWER, &mut w.task).await;
+            if answer.is_err() {
+                w.task.abort();
+            }
+            match answer.unwrap_or_else(|_| Ok(Err(Status::deadline_exceeded("no answer")))) {
                 Ok(Ok(r)) if r.blake3 == hash && r.size == size => holders.push(w.node),
                 Ok(Ok(r)) => {
                     tracing::error!(node = w.node, got = r.blake3, want = hash, "replica stored other bytes");
