@@ -17,7 +17,42 @@ use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Content is cut into chunks of this size (the last may be shorter).
+/// A power of two times BLAKE3's own 1 KiB chunk, so every chunk is a whole
+/// subtree of the content's BLAKE3 tree.
 pub const CHUNK: usize = 1 << 20;
+
+/// The BLAKE3 chaining value of chunk `index`: what `.chunks` stores, and
+/// what the content's BLAKE3 is merged from. Computing it is the only hash
+/// pass over the bytes on a replica: the whole-content hash comes from
+/// merging these, not from hashing again.
+pub fn chunk_cv(index: u64, data: &[u8]) -> [u8; 32] {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(index * CHUNK as u64);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+/// The BLAKE3 of content of two or more chunks, from their chaining values,
+/// merged the way BLAKE3 builds its tree (left subtree: the largest power
+/// of two of chunks that leaves some for the right).
+pub fn root_from_cvs(cvs: &[[u8; 32]]) -> blake3::Hash {
+    use blake3::hazmat::{Mode, merge_subtrees_non_root, merge_subtrees_root};
+    fn subtree(cvs: &[[u8; 32]]) -> [u8; 32] {
+        if cvs.len() == 1 {
+            return cvs[0];
+        }
+        let k = split(cvs.len());
+        merge_subtrees_non_root(&subtree(&cvs[..k]), &subtree(&cvs[k..]), Mode::Hash)
+    }
+    fn split(n: usize) -> usize {
+        // The largest power of two strictly below n (n >= 2).
+        1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    }
+    assert!(cvs.len() >= 2, "content of one chunk hashes as a root directly");
+    let k = split(cvs.len());
+    merge_subtrees_root(&subtree(&cvs[..k]), &subtree(&cvs[k..]), Mode::Hash)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -43,6 +78,10 @@ pub struct BlobStore {
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BlobError + '_ {
     move |source| BlobError::Io { path: path.display().to_string(), source }
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn valid_hash(h: &str) -> bool {
@@ -84,7 +123,8 @@ impl BlobStore {
             store: self.clone(),
             file: Some(file),
             tmp,
-            hasher: blake3::Hasher::new(),
+            first: None,
+            cvs: Vec::new(),
             sums: Vec::new(),
             pending: Vec::with_capacity(CHUNK),
             size: 0,
@@ -154,7 +194,9 @@ pub struct BlobWriter {
     store: BlobStore,
     file: Option<File>,
     tmp: PathBuf,
-    hasher: blake3::Hasher,
+    /// The root hash of the first chunk, needed only if it is the only one.
+    first: Option<blake3::Hash>,
+    cvs: Vec<[u8; 32]>,
     sums: Vec<ChunkSum>,
     /// Bytes of the chunk being filled.
     pending: Vec<u8>,
@@ -180,11 +222,15 @@ impl BlobWriter {
         }
         let file = self.file.as_mut().ok_or_else(|| BlobError::Missing("writer closed".into()))?;
         file.write_all(&self.pending).await.map_err(io(&self.tmp))?;
-        self.hasher.update(&self.pending);
-        self.sums.push(ChunkSum {
-            len: self.pending.len() as u64,
-            blake3: blake3::hash(&self.pending).to_hex().to_string(),
-        });
+        let index = self.cvs.len() as u64;
+        let cv = chunk_cv(index, &self.pending);
+        if index == 0 && self.pending.len() <= CHUNK {
+            // Only used if no second chunk follows; a second hash of at
+            // most one chunk per blob.
+            self.first = Some(blake3::hash(&self.pending));
+        }
+        self.cvs.push(cv);
+        self.sums.push(ChunkSum { len: self.pending.len() as u64, blake3: hex32(&cv) });
         self.size += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -197,7 +243,13 @@ impl BlobWriter {
         file.flush().await.map_err(io(&self.tmp))?;
         file.sync_all().await.map_err(io(&self.tmp))?;
         drop(file);
-        let hash = self.hasher.finalize().to_hex().to_string();
+        let hash = match self.cvs.len() {
+            0 => blake3::hash(b""),
+            1 => self.first.unwrap_or_else(|| blake3::hash(b"")),
+            _ => root_from_cvs(&self.cvs),
+        }
+        .to_hex()
+        .to_string();
         let size = self.size;
         if self.store.has(&hash) {
             // Same content already stored: keep the one we have.
@@ -253,11 +305,67 @@ impl BlobReader {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(corrupt),
             Err(e) => return Err(io(&self.path)(e)),
         }
-        if blake3::hash(&buf).to_hex().as_str() != sum.blake3 {
+        if hex32(&chunk_cv(self.chunk as u64, &buf)) != sum.blake3 {
             return Err(corrupt);
         }
         self.chunk += 1;
         let skip = std::mem::take(&mut self.skip);
         Ok(Some(Bytes::from(buf).slice(skip..)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        let mut x = 0x2545f4914f6cdd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Merged chunk chaining values equal BLAKE3 of the whole content, for
+    /// every tree shape: 2..9 chunks (powers of two and not), last chunk
+    /// full, one byte, a BLAKE3 chunk and a bit.
+    #[test]
+    fn merged_cvs_are_the_content_hash() {
+        for n in 2..=9usize {
+            for last in [CHUNK, 1, 1024, 1025, CHUNK - 1] {
+                let len = (n - 1) * CHUNK + last;
+                let d = data(len);
+                let cvs: Vec<[u8; 32]> = d.chunks(CHUNK).enumerate().map(|(i, c)| chunk_cv(i as u64, c)).collect();
+                assert_eq!(root_from_cvs(&cvs), blake3::hash(&d), "{n} chunks, last {last} bytes");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_blobs_are_named_by_their_blake3_and_read_back_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        for len in [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let d = data(len);
+            let mut w = store.writer().await.unwrap();
+            for part in d.chunks(100_000) {
+                w.write(part).await.unwrap();
+            }
+            let (hash, size) = w.finish().await.unwrap();
+            assert_eq!((hash.clone(), size), (blake3::hash(&d).to_hex().to_string(), len as u64), "{len}");
+            for offset in [0, len / 3, len] {
+                let mut r = store.reader(&hash, offset as u64).await.unwrap();
+                let mut back = Vec::new();
+                while let Some(c) = r.next().await.unwrap() {
+                    back.extend_from_slice(&c);
+                }
+                assert_eq!(back, d[offset..], "{len} from {offset}");
+            }
+        }
+        assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
     }
 }
