@@ -138,6 +138,8 @@ impl Node {
         };
         let grpc = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
+            .initial_stream_window_size(Some(idunno_sdfs::WINDOW))
+            .initial_connection_window_size(Some(4 * idunno_sdfs::WINDOW))
             .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())))
             .add_service(idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService {
                 raft: coordinator.raft().clone(),

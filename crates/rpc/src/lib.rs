@@ -121,6 +121,9 @@ pub async fn connect_channel_with(addr: &str, timeout: Duration, call_timeout: D
         .map_err(|_| RpcError::BadAddress { addr: addr.to_string() })?
         .connect_timeout(timeout)
         .timeout(call_timeout)
+        // Room for several 1 MiB file chunks in flight (SDFS transfers).
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .tcp_nodelay(true);
     let channel = match tokio_timeout(timeout, endpoint.connect()).await {
         Some(Ok(channel)) => channel,

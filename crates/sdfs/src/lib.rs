@@ -34,6 +34,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use crate::blobs::{BlobError, BlobStore};
 
+/// HTTP/2 flow-control window for blob streams: several chunks in flight
+/// per stream, so a transfer is not paced by window updates.
+pub const WINDOW: u32 = 8 << 20;
+
 /// Settings of the file system (the `[sdfs]` section of a node config).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -219,7 +223,9 @@ impl Sdfs {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(WINDOW))
+            .initial_connection_window_size(Some(4 * WINDOW));
         let c = SdfsClient::new(endpoint.connect_lazy());
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
