@@ -1,13 +1,12 @@
-//! The ML layer of idunno. For now: the input and label formats jobs read
-//! from SDFS — NumPy `.npy` arrays and IDX files (MNIST's format) — parsed
-//! into [`Tensor`]s, with errors that name what is wrong. The runtimes
-//! (ONNX Runtime through `ort`, models trained with candle) come with the
-//! inference and training issues.
-//!
-//! Pure functions over bytes: no I/O, no network, no runtime.
+//! The ML layer of idunno: the input and label formats jobs read from SDFS
+//! — NumPy `.npy` arrays and IDX files (MNIST's format) — parsed into
+//! [`Tensor`]s with errors that name what is wrong (`npy`, `idx`: pure
+//! functions over bytes), and ONNX models run on ONNX Runtime (`onnx`).
+//! Models trained with candle join with the training issue.
 
 pub mod idx;
 pub mod npy;
+pub mod onnx;
 mod tensor;
 
 pub use tensor::{DType, Tensor};
