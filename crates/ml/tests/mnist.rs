@@ -1,0 +1,34 @@
+//! The real MNIST (converted by scripts/assets) through the IDX reader.
+
+use idunno_ml::onnx::assets_dir;
+use idunno_ml::{DType, read_array};
+
+fn load(name: &str) -> idunno_ml::Tensor {
+    let p = assets_dir().join("datasets/mnist").join(name);
+    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/assets)", p.display()));
+    read_array(&bytes).unwrap()
+}
+
+#[test]
+fn mnist_reads_as_the_well_known_data_set() {
+    let train = load("train-images-idx3-ubyte");
+    let train_labels = load("train-labels-idx1-ubyte");
+    let test = load("t10k-images-idx3-ubyte");
+    let test_labels = load("t10k-labels-idx1-ubyte");
+    assert_eq!((train.dtype, train.shape.clone()), (DType::U8, vec![60000, 28, 28]));
+    assert_eq!(test.shape, vec![10000, 28, 28]);
+    assert_eq!((train_labels.shape.clone(), test_labels.shape.clone()), (vec![60000], vec![10000]));
+    let y = train_labels.to_i64();
+    let t = test_labels.to_i64();
+    // Facts anyone who has used MNIST knows: the first training digit is a
+    // 5, the first test digit a 7; there are 6742 ones among the training
+    // digits and 1135 in the test set.
+    assert_eq!((y[0], t[0]), (5, 7));
+    assert_eq!(y.iter().filter(|v| **v == 1).count(), 6742);
+    assert_eq!(t.iter().filter(|v| **v == 1).count(), 1135);
+    assert!(y.iter().chain(&t).all(|v| (0..10).contains(v)));
+    // Pixels span the full byte range, the border is blank.
+    assert_eq!(train.data.iter().max(), Some(&255));
+    let first = train.rows(0, 1);
+    assert_eq!(first.data[..28].iter().map(|p| u32::from(*p)).sum::<u32>(), 0);
+}
