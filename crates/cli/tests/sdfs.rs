@@ -319,6 +319,8 @@ fn interrupted_uploads(addr: &str) {
         for _ in 0..3 {
             tx.send(data()).await.unwrap();
         }
+        // Give the chunks time to reach the replicas, so the abort lands
+        // mid-upload; the assertions that follow hold however far it got.
         tokio::time::sleep(Duration::from_millis(200)).await;
         call.abort();
         drop(tx);
