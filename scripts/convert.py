@@ -10,6 +10,10 @@ onnxruntime from pinned wheels); never run directly by users.
       centre crop 224, (x - 127) / 128, NCHW float32) into photos.npy, their
       labels (ImageNet class, -1 when unknown) into photos-labels.npy, and the
       check that the model gets the known ones right.
+  convert.py minilm-embed <minilm-int8.onnx> <out.onnx>
+      The int8 MiniLM with sentence-transformers' pooling appended (mean over
+      the tokens the attention mask keeps, then L2 normalisation), so its
+      output is one 384-vector per sentence: `sentence_embedding`.
   convert.py minilm <tokenizer.json> <out-dir>
       Tokenized sentences for all-MiniLM-L6-v2: input_ids, attention_mask,
       token_type_ids as int64 [n, 128] .npy files, plus the sentences.
@@ -329,12 +333,43 @@ def minilm(tokenizer_path, out_dir):
     write_atomic(os.path.join(out_dir, "sentences.txt"), "".join(s + "\n" for s in SENTENCES).encode())
 
 
+def minilm_embed(src, out_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(src)
+    g = m.graph
+    if [o.name for o in g.output] != ["last_hidden_state"]:
+        fail(f"{src}: expected one output last_hidden_state, found {[o.name for o in g.output]}")
+    g.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "pool.axis1"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array([2], dtype=np.int64), "pool.axis2"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "pool.eps"))
+    g.node.extend(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["pool.mask"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["pool.mask", "pool.axis2"], ["pool.mask3"]),
+            helper.make_node("Mul", ["last_hidden_state", "pool.mask3"], ["pool.masked"]),
+            helper.make_node("ReduceSum", ["pool.masked", "pool.axis1"], ["pool.sum"], keepdims=0),
+            helper.make_node("ReduceSum", ["pool.mask", "pool.axis1"], ["pool.count"], keepdims=1),
+            helper.make_node("Max", ["pool.count", "pool.eps"], ["pool.count_safe"]),
+            helper.make_node("Div", ["pool.sum", "pool.count_safe"], ["pool.mean"]),
+            helper.make_node("LpNormalization", ["pool.mean"], ["sentence_embedding"], axis=1, p=2),
+        ]
+    )
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", 384]))
+    onnx.checker.check_model(m)
+    write_atomic(out_path, m.SerializeToString())
+
+
 def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "efficientnet":
         efficientnet(*args)
     elif what == "photos":
         photos(args[0], args[1], args[2], args[3:])
+    elif what == "minilm-embed":
+        minilm_embed(*args)
     elif what == "minilm":
         minilm(*args)
     else:
