@@ -142,6 +142,22 @@ impl Coordinator {
         }
     }
 
+    /// Every newly applied state, as this node applies it.
+    pub fn watch_state(&self) -> watch::Receiver<Arc<SmData>> {
+        self.state.clone()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address of the current leader, if one is known.
+    pub fn leader_rpc_addr(&self) -> Option<(NodeId, String)> {
+        let leader = self.status().leader?;
+        Some((leader, self.leader_addr(leader)?))
+    }
+
     /// The state as this node has applied it (may lag the leader).
     pub fn local_state(&self) -> Arc<SmData> {
         self.state.borrow().clone()

@@ -45,16 +45,54 @@ pub struct FileVersion {
     pub committed_at_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub name: String,
     /// SDFS name of the model.
     pub model: String,
-    /// SDFS name of the input set.
+    /// The model version the job runs, pinned at `job add` (0: unpinned,
+    /// only in hand-written commands) so a later put cannot change a
+    /// running job under its workers.
+    #[serde(default)]
+    pub model_version: u64,
+    /// SDFS name of the input set (for a model with several inputs, the
+    /// files joined by commas, in the model's input order).
     pub inputs: String,
+    /// One file per model input, in the model's order, versions pinned.
+    #[serde(default)]
+    pub input_files: Vec<FileRef>,
     /// SDFS name of the labels, if any.
     pub labels: Option<String>,
+    #[serde(default)]
+    pub labels_version: u64,
     pub batch_size: u32,
+    /// Samples in the input set: a pass is done when all are.
+    #[serde(default)]
+    pub samples: u64,
+    /// Passes over the input set before the job is done; none: loop.
+    #[serde(default)]
+    pub passes: Option<u64>,
+    #[serde(default)]
+    pub output: OutputKind,
+}
+
+/// One SDFS file version a job reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub name: String,
+    pub version: u64,
+}
+
+/// What a result row holds per input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// The predicted class: the index of the largest value of the first
+    /// output (or the value itself when the model outputs one number).
+    #[default]
+    Class,
+    /// The first output's values for the input.
+    Vector,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,10 +112,172 @@ pub struct Job {
     pub progress: JobProgress,
 }
 
+/// How far a job got, changed only by committed query completions: the
+/// single source of truth for exactly-once accounting.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub queries_done: u64,
     pub inputs_done: u64,
+    /// The pass under way (0-based).
+    #[serde(default)]
+    pub pass: u64,
+    /// Input ranges `[start, end)` done in this pass: sorted, disjoint,
+    /// merged. A query overlapping them is a repeat and is not counted.
+    #[serde(default)]
+    pub done: Vec<(u64, u64)>,
+    /// Inputs with a known label, and how many of those were predicted
+    /// right (accuracy = correct / labeled).
+    #[serde(default)]
+    pub labeled: u64,
+    #[serde(default)]
+    pub correct: u64,
+    /// Query processing times.
+    #[serde(default)]
+    pub latency: Histogram,
+    /// Queries completed per 100 ms slot of the leader's clock, for the
+    /// last [`RATE_WINDOW_MS`]: the query rate.
+    #[serde(default)]
+    pub recent: BTreeMap<u64, u64>,
+    /// The leader's clock when the job last started (ms since epoch).
+    #[serde(default)]
+    pub started_at_ms: u64,
+}
+
+/// The window of the query rate (SPEC: queries/s over the last 10 s).
+pub const RATE_WINDOW_MS: u64 = 10_000;
+const RATE_SLOT_MS: u64 = 100;
+
+impl JobProgress {
+    /// Whether input range `[start, start + len)` overlaps what is done.
+    pub fn overlaps_done(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        self.done.iter().any(|&(s, e)| s < end && start < e)
+    }
+
+    fn mark_done(&mut self, start: u64, len: u64) {
+        self.done.push((start, start + len));
+        self.done.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.done.len());
+        for &(s, e) in &self.done {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.done = merged;
+    }
+
+    /// Queries per second over the last [`RATE_WINDOW_MS`] before `now_ms`
+    /// (or since the job started, if that is more recent).
+    pub fn query_rate(&self, now_ms: u64) -> f64 {
+        let from_slot = now_ms.saturating_sub(RATE_WINDOW_MS) / RATE_SLOT_MS;
+        let n: u64 = self.recent.range(from_slot + 1..).map(|(_, c)| c).sum();
+        let window = RATE_WINDOW_MS.min(now_ms.saturating_sub(self.started_at_ms)).max(1000);
+        n as f64 * 1000.0 / window as f64
+    }
+}
+
+/// A latency histogram in microseconds with ~1.6% relative precision
+/// (HDR-style: exact below 128 µs, then 64 sub-buckets per power of two),
+/// with exact count, sum and sum of squares for mean and deviation.
+/// Integer-only, so every replica computes the same bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: BTreeMap<u32, u64>,
+    pub count: u64,
+    pub sum_us: u64,
+    /// Sum of squares, in µs², as a decimal string (it outgrows u64 and
+    /// JSON numbers).
+    pub sum_sq_us: String,
+}
+
+/// The summary `job status` shows (C2).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub avg: f64,
+    pub std: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+impl Histogram {
+    fn bucket(us: u64) -> u32 {
+        if us < 128 {
+            return us as u32;
+        }
+        let e = 63 - us.leading_zeros() - 6;
+        (e << 6) + (us >> e) as u32
+    }
+
+    /// The middle of a bucket's range.
+    fn value(bucket: u32) -> u64 {
+        if bucket < 128 {
+            return bucket as u64;
+        }
+        let e = (bucket >> 6) - 1;
+        let m = (bucket & 63) as u64 + 64;
+        (m << e) + (1u64 << e) / 2
+    }
+
+    pub fn record(&mut self, us: u64) {
+        *self.buckets.entry(Self::bucket(us)).or_default() += 1;
+        self.count += 1;
+        self.sum_us += us;
+        let sq: u128 = self.sum_sq_us.parse().unwrap_or(0) + (us as u128) * (us as u128);
+        self.sum_sq_us = sq.to_string();
+    }
+
+    /// The value at quantile `q` (0..=1), in µs.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (&b, &c) in &self.buckets {
+            seen += c;
+            if seen >= rank {
+                return Self::value(b);
+            }
+        }
+        0
+    }
+
+    /// Average, deviation and percentiles in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        if self.count == 0 {
+            return LatencySummary::default();
+        }
+        let n = self.count as f64;
+        let mean = self.sum_us as f64 / n;
+        let sq: u128 = self.sum_sq_us.parse().unwrap_or(0);
+        let var = (sq as f64 / n - mean * mean).max(0.0);
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            avg: mean / 1000.0,
+            std: var.sqrt() / 1000.0,
+            median: ms(self.quantile(0.5)),
+            p90: ms(self.quantile(0.9)),
+            p95: ms(self.quantile(0.95)),
+            p99: ms(self.quantile(0.99)),
+        }
+    }
+}
+
+/// One finished query as the leader commits it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneQuery {
+    pub pass: u64,
+    /// First input and number of inputs.
+    pub start: u64,
+    pub len: u64,
+    /// Processing time on the worker.
+    pub latency_us: u64,
+    /// Inputs with a label, and how many were predicted right.
+    pub labeled: u64,
+    pub correct: u64,
 }
 
 /// A change to the state. Commands are validated when applied, so a
@@ -110,6 +310,9 @@ pub enum Command {
     SetJobState {
         job: String,
         state: JobState,
+        /// The leader's clock (starts the rate window).
+        #[serde(default)]
+        now_ms: u64,
     },
     SetBatchSize {
         job: String,
@@ -122,7 +325,17 @@ pub enum Command {
     SetAssignments {
         assignments: BTreeMap<String, Vec<u64>>,
     },
-    /// Count finished work of a job.
+    /// Count finished queries of a running job, all or none: refused if
+    /// the job's count is not `expect_done` (another leader got there
+    /// first) or if any query repeats finished work, so each query counts
+    /// once. Query numbers `expect_done + 1 …` go to `queries` in order.
+    CompleteQueries {
+        job: String,
+        expect_done: u64,
+        queries: Vec<DoneQuery>,
+        now_ms: u64,
+    },
+    /// Count finished work of a job (no exactly-once check; benchmarks).
     RecordProgress {
         job: String,
         queries: u64,
@@ -143,6 +356,12 @@ pub enum Reply {
     /// The versions a delete removed.
     Deleted {
         versions: Vec<u64>,
+    },
+    /// Query completions counted: numbers `first_query …`; `finished`
+    /// when that was the job's last pass.
+    Completed {
+        first_query: u64,
+        finished: bool,
     },
 }
 
@@ -170,6 +389,12 @@ pub enum Refusal {
     BadTransition { job: String, from: JobState, to: JobState },
     #[error("job {job} is running: stop it first")]
     JobRunning { job: String },
+    #[error("job {job} is not running")]
+    JobNotRunning { job: String },
+    #[error("job {job} has {actual} queries done, not {expected}: a newer count exists")]
+    StaleCount { job: String, expected: u64, actual: u64 },
+    #[error("job {job}: query at input {start} (+{len}) of pass {pass} repeats or exceeds the work of pass {current}")]
+    RepeatedQuery { job: String, pass: u64, start: u64, len: u64, current: u64 },
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a
@@ -244,10 +469,19 @@ impl ClusterState {
                 self.jobs.insert(name, Job { spec, state: JobState::Added, progress: JobProgress::default() });
                 Ok(Reply::Done)
             }
-            Command::SetJobState { job, state } => {
+            Command::SetJobState { job, state, now_ms } => {
                 let j = self.job_mut(&job)?;
                 if !allowed(j.state, state) {
                     return Err(Refusal::BadTransition { job, from: j.state, to: state });
+                }
+                if state == JobState::Running {
+                    // A finished job runs again from its first pass.
+                    if j.state == JobState::Done {
+                        j.progress.pass = 0;
+                        j.progress.done.clear();
+                    }
+                    j.progress.started_at_ms = now_ms;
+                    j.progress.recent.clear();
                 }
                 j.state = state;
                 Ok(Reply::Done)
@@ -276,6 +510,51 @@ impl ClusterState {
                 }
                 self.assignments = assignments;
                 Ok(Reply::Done)
+            }
+            Command::CompleteQueries { job, expect_done, queries, now_ms } => {
+                let j = self.job_mut(&job)?;
+                if j.state != JobState::Running {
+                    return Err(Refusal::JobNotRunning { job });
+                }
+                let p = &j.progress;
+                if p.queries_done != expect_done {
+                    return Err(Refusal::StaleCount { job, expected: expect_done, actual: p.queries_done });
+                }
+                // Check every query against the done set (and each other)
+                // before changing anything.
+                let mut check = p.clone();
+                for q in &queries {
+                    let beyond = q.len == 0 || q.start.saturating_add(q.len) > j.spec.samples.max(1);
+                    if q.pass != check.pass || beyond || check.overlaps_done(q.start, q.len) {
+                        let current = check.pass;
+                        return Err(Refusal::RepeatedQuery { job, pass: q.pass, start: q.start, len: q.len, current });
+                    }
+                    check.mark_done(q.start, q.len);
+                }
+                let samples = j.spec.samples;
+                let p = &mut j.progress;
+                for q in &queries {
+                    p.mark_done(q.start, q.len);
+                    p.queries_done += 1;
+                    p.inputs_done += q.len;
+                    p.labeled += q.labeled;
+                    p.correct += q.correct.min(q.labeled);
+                    p.latency.record(q.latency_us);
+                }
+                let slot = now_ms / RATE_SLOT_MS;
+                *p.recent.entry(slot).or_default() += queries.len() as u64;
+                let oldest = now_ms.saturating_sub(RATE_WINDOW_MS) / RATE_SLOT_MS;
+                p.recent.retain(|s, _| *s > oldest);
+                let mut finished = false;
+                if p.done == [(0, samples)] {
+                    p.pass += 1;
+                    p.done.clear();
+                    if j.spec.passes.is_some_and(|n| p.pass >= n) {
+                        j.state = JobState::Done;
+                        finished = true;
+                    }
+                }
+                Ok(Reply::Completed { first_query: expect_done + 1, finished })
             }
             Command::RecordProgress { job, queries, inputs } => {
                 let p = &mut self.job_mut(&job)?.progress;
@@ -307,6 +586,16 @@ impl ClusterState {
         for (name, j) in &self.jobs {
             if j.spec.batch_size == 0 {
                 return Err(format!("job {name}: batch size 0"));
+            }
+            let p = &j.progress;
+            if p.done.windows(2).any(|w| w[0].1 >= w[1].0) || p.done.iter().any(|&(s, e)| s >= e) {
+                return Err(format!("job {name}: done ranges not sorted, disjoint and merged: {:?}", p.done));
+            }
+            if p.done.last().is_some_and(|&(_, e)| e > j.spec.samples.max(1)) {
+                return Err(format!("job {name}: done ranges beyond the input set"));
+            }
+            if p.correct > p.labeled || p.latency.count > p.queries_done {
+                return Err(format!("job {name}: counts disagree"));
             }
         }
         if let Some(j) = self.assignments.keys().find(|j| !self.jobs.contains_key(*j)) {

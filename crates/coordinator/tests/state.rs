@@ -2,7 +2,7 @@
 //! with the invariants checked after every step and a refusal checked to
 //! leave the state exactly as it was.
 
-use idunno_coordinator::state::{ClusterState, Command, JobSpec, JobState, Refusal, Reply};
+use idunno_coordinator::state::{ClusterState, Command, DoneQuery, Histogram, JobSpec, JobState, Refusal, Reply};
 
 fn put(name: &str, replicas: &[u64]) -> Command {
     Command::CommitFileVersion {
@@ -23,12 +23,13 @@ fn job(name: &str, batch: u32) -> Command {
             inputs: "x.npy".into(),
             labels: None,
             batch_size: batch,
+            ..Default::default()
         },
     }
 }
 
 fn state(job: &str, s: JobState) -> Command {
-    Command::SetJobState { job: job.into(), state: s }
+    Command::SetJobState { job: job.into(), state: s, now_ms: 0 }
 }
 
 /// Run `steps`; each expects Ok(reply) or a refusal.
@@ -156,9 +157,115 @@ fn commands_and_replies_round_trip_as_json() {
         r#"{"op":"add_job","spec":{"name":"j","model":"m","inputs":"i","labels":null,"batch_size":2}}"#,
     )
     .unwrap();
-    let want = JobSpec { name: "j".into(), model: "m".into(), inputs: "i".into(), labels: None, batch_size: 2 };
+    let want = JobSpec {
+        name: "j".into(),
+        model: "m".into(),
+        inputs: "i".into(),
+        labels: None,
+        batch_size: 2,
+        ..Default::default()
+    };
     assert_eq!(c, Command::AddJob { spec: want });
     let r: Result<Reply, Refusal> = Err(Refusal::NoSuchJob { job: "x".into() });
     let back: Result<Reply, Refusal> = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(back, r);
+}
+
+fn sized_job(name: &str, samples: u64, passes: Option<u64>) -> Command {
+    Command::AddJob {
+        spec: JobSpec {
+            name: name.into(),
+            model: "m.onnx".into(),
+            inputs: "x.npy".into(),
+            batch_size: 4,
+            samples,
+            passes,
+            ..Default::default()
+        },
+    }
+}
+
+fn q(pass: u64, start: u64, len: u64) -> DoneQuery {
+    DoneQuery { pass, start, len, latency_us: 1000 * (start + 1), labeled: len, correct: len / 2 }
+}
+
+fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
+    Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms }
+}
+
+#[test]
+fn each_query_counts_once_and_passes_end_the_job() {
+    let repeat = |pass, start, len, current| Err(Refusal::RepeatedQuery { job: "j".into(), pass, start, len, current });
+    let st = run(vec![
+        (sized_job("j", 10, Some(2)), Ok(Reply::Done)),
+        (complete(0, vec![q(0, 0, 4)], 5), Err(Refusal::JobNotRunning { job: "j".into() })),
+        (Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 1 }, Ok(Reply::Done)),
+        (complete(0, vec![q(0, 0, 4), q(0, 4, 4)], 100), Ok(Reply::Completed { first_query: 1, finished: false })),
+        // A re-executed query, a stale count, overlap inside one command,
+        // a range past the end, the wrong pass: all refused, nothing counted.
+        (complete(2, vec![q(0, 0, 4)], 200), repeat(0, 0, 4, 0)),
+        (complete(1, vec![q(0, 8, 2)], 200), Err(Refusal::StaleCount { job: "j".into(), expected: 1, actual: 2 })),
+        (complete(2, vec![q(0, 8, 1), q(0, 8, 2)], 200), repeat(0, 8, 2, 0)),
+        (complete(2, vec![q(0, 8, 4)], 200), repeat(0, 8, 4, 0)),
+        (complete(2, vec![q(1, 8, 2)], 200), repeat(1, 8, 2, 0)),
+        (complete(2, vec![q(0, 8, 2)], 300), Ok(Reply::Completed { first_query: 3, finished: false })),
+        // Pass 1, with a batch size that changed (ranges of any length).
+        (complete(3, vec![q(1, 3, 7), q(1, 0, 3)], 400), Ok(Reply::Completed { first_query: 4, finished: true })),
+        (complete(5, vec![q(2, 0, 1)], 500), Err(Refusal::JobNotRunning { job: "j".into() })),
+    ]);
+    let p = &st.jobs["j"].progress;
+    assert_eq!(st.jobs["j"].state, JobState::Done);
+    assert_eq!((p.queries_done, p.inputs_done, p.pass), (5, 20, 2));
+    assert!(p.done.is_empty());
+    assert_eq!((p.labeled, p.correct), (20, 2 + 2 + 1 + 3 + 1));
+    assert_eq!(p.latency.count, 5);
+}
+
+#[test]
+fn running_a_done_job_again_starts_from_the_first_pass() {
+    let st = run(vec![
+        (sized_job("j", 2, Some(1)), Ok(Reply::Done)),
+        (state("j", JobState::Running), Ok(Reply::Done)),
+        (complete(0, vec![q(0, 0, 2)], 10), Ok(Reply::Completed { first_query: 1, finished: true })),
+        (state("j", JobState::Running), Ok(Reply::Done)),
+        (complete(1, vec![q(0, 0, 1)], 20), Ok(Reply::Completed { first_query: 2, finished: false })),
+    ]);
+    let p = &st.jobs["j"].progress;
+    assert_eq!((p.pass, p.done.clone(), p.queries_done), (0, vec![(0, 1)], 2));
+}
+
+#[test]
+fn query_rate_counts_the_last_ten_seconds() {
+    let mut st = run(vec![
+        (sized_job("j", 1_000_000, None), Ok(Reply::Done)),
+        (Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 0 }, Ok(Reply::Done)),
+    ]);
+    // 10 queries every 100 ms for 20 s: 100 queries/s.
+    for k in 0..200u64 {
+        let qs = (0..10).map(|i| q(0, (k * 10 + i) * 4, 4)).collect();
+        st.apply(complete(k * 10, qs, k * 100 + 50)).unwrap();
+    }
+    let p = &st.jobs["j"].progress;
+    assert!((p.query_rate(19_999) - 100.0).abs() < 1.0, "{}", p.query_rate(19_999));
+    // Nothing for 5 s: half the window is empty.
+    assert!((p.query_rate(25_000) - 50.0).abs() < 1.5, "{}", p.query_rate(25_000));
+    assert_eq!(p.query_rate(40_000), 0.0);
+    assert!(p.recent.len() <= 101, "the window is pruned: {}", p.recent.len());
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn histogram_percentiles_within_two_percent() {
+    let mut h = Histogram::default();
+    for us in 1..=10_000u64 {
+        h.record(us * 10);
+    }
+    let s = h.summary();
+    for (got, want) in [(s.median, 50.0), (s.p90, 90.0), (s.p95, 95.0), (s.p99, 99.0)] {
+        assert!((got - want).abs() / want < 0.02, "{got} vs {want}");
+    }
+    assert!((s.avg - 50.005).abs() < 1e-9);
+    assert!((s.std - 28.866).abs() < 0.01, "{}", s.std);
+    let back: Histogram = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+    assert_eq!(back, h);
 }

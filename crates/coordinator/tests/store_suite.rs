@@ -33,7 +33,14 @@ async fn state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let log_id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
     let cmd = Command::AddJob {
-        spec: JobSpec { name: "j".into(), model: "m".into(), inputs: "i".into(), labels: None, batch_size: 4 },
+        spec: JobSpec {
+            name: "j".into(),
+            model: "m".into(),
+            inputs: "i".into(),
+            labels: None,
+            batch_size: 4,
+            ..Default::default()
+        },
     };
     {
         let mut log = LogStore::open(dir.path()).unwrap();
