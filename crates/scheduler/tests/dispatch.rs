@@ -1,0 +1,118 @@
+//! The dispatcher, event by event: which queries go out, what a dead
+//! worker's queries become, which reports count.
+
+use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
+
+fn job(name: &str, samples: u64, batch: u32) -> JobView {
+    JobView { name: name.into(), pass: 0, samples, batch_size: batch, done: vec![] }
+}
+
+fn query(job: &str, pass: u64, start: u64, len: u64) -> Query {
+    Query { job: job.into(), pass, start, len }
+}
+
+fn starts(qs: &[Query]) -> Vec<(String, u64, u64)> {
+    qs.iter().map(|q| (q.job.clone(), q.start, q.len)).collect()
+}
+
+fn d() -> Dispatcher {
+    Dispatcher::new(DispatcherConfig { lease_ms: 1000 })
+}
+
+#[test]
+fn batches_are_consecutive_and_never_handed_out_twice() {
+    let mut d = d();
+    d.sync(&[job("a", 10, 4)]);
+    let got = d.take(1, 2, 0);
+    assert_eq!(starts(&got), [("a".into(), 0, 4), ("a".into(), 4, 4)]);
+    assert_eq!(starts(&d.take(2, 5, 0)), [("a".into(), 8, 2)]);
+    assert!(d.take(3, 1, 0).is_empty(), "everything is leased");
+    d.check().unwrap();
+}
+
+#[test]
+fn a_dead_workers_queries_go_to_the_next_worker() {
+    let mut d = d();
+    d.sync(&[job("a", 8, 4)]);
+    d.take(1, 1, 0);
+    d.take(2, 1, 0);
+    assert_eq!(d.worker_gone(1), 1);
+    assert_eq!(starts(&d.take(3, 4, 10)), [("a".into(), 0, 4)]);
+    // The "dead" worker was only slow: its late report is a repeat now
+    // that worker 3 holds the range.
+    assert_eq!(d.report(1, &query("a", 0, 0, 4)), Report::Repeat);
+    assert_eq!(d.report(3, &query("a", 0, 0, 4)), Report::Accepted);
+    assert_eq!(d.report(3, &query("a", 0, 0, 4)), Report::Repeat, "a second report of the same query");
+    d.check().unwrap();
+}
+
+#[test]
+fn expired_leases_are_handed_out_again() {
+    let mut d = d();
+    d.sync(&[job("a", 4, 4)]);
+    d.take(1, 1, 0);
+    assert_eq!(d.expire(999), 0);
+    assert_eq!(d.expire(1000), 1);
+    assert_eq!(starts(&d.take(2, 1, 1000)), [("a".into(), 0, 4)]);
+}
+
+#[test]
+fn reports_without_a_lease_count_after_a_leader_change() {
+    // A new leader knows no leases: workers report what they ran for the
+    // old one, and it counts if it is not done.
+    let mut d = d();
+    d.sync(&[JobView { done: vec![(0, 4)], ..job("a", 12, 4) }]);
+    assert_eq!(d.report(7, &query("a", 0, 0, 4)), Report::Repeat, "done before the change");
+    assert_eq!(d.report(7, &query("a", 0, 4, 4)), Report::Accepted);
+    assert_eq!(starts(&d.take(1, 4, 0)), [("a".into(), 8, 4)]);
+    d.check().unwrap();
+}
+
+#[test]
+fn committed_work_moves_to_done_and_abandoned_work_returns() {
+    let mut d = d();
+    d.sync(&[job("a", 8, 4)]);
+    let qs = d.take(1, 2, 0);
+    assert_eq!(d.report(1, &qs[0]), Report::Accepted);
+    assert_eq!(d.report(1, &qs[1]), Report::Accepted);
+    d.abandon(&qs[1..]);
+    d.sync(&[JobView { done: vec![(0, 4)], ..job("a", 8, 4) }]);
+    assert_eq!(starts(&d.take(2, 4, 0)), [("a".into(), 4, 4)]);
+    d.check().unwrap();
+}
+
+#[test]
+fn a_batch_size_change_applies_to_the_next_queries() {
+    let mut d = d();
+    d.sync(&[job("a", 100, 10)]);
+    d.take(1, 1, 0);
+    d.sync(&[job("a", 100, 3)]);
+    assert_eq!(starts(&d.take(1, 2, 0)), [("a".into(), 10, 3), ("a".into(), 13, 3)]);
+    // A gap shorter than the batch is filled exactly.
+    let mut d2 = self::d();
+    d2.sync(&[JobView { done: vec![(0, 5), (7, 100)], ..job("a", 100, 10) }]);
+    assert_eq!(starts(&d2.take(1, 5, 0)), [("a".into(), 5, 2)]);
+}
+
+#[test]
+fn a_worker_alternates_between_running_jobs() {
+    let mut d = d();
+    d.sync(&[job("a", 100, 1), job("b", 100, 1)]);
+    let got: Vec<String> = d.take(1, 4, 0).into_iter().map(|q| q.job).collect();
+    assert_eq!(got, ["a", "b", "a", "b"]);
+    // A stopped job's leases disappear; its reports are repeats.
+    d.sync(&[job("b", 100, 1)]);
+    assert_eq!(d.report(1, &query("a", 0, 0, 1)), Report::Repeat);
+    assert_eq!(d.assignments(&[3, 1, 3]), [("b".to_string(), vec![1, 3])].into());
+}
+
+#[test]
+fn a_new_pass_forgets_the_old_one() {
+    let mut d = d();
+    d.sync(&[job("a", 4, 2)]);
+    let qs = d.take(1, 2, 0);
+    d.sync(&[JobView { pass: 1, ..job("a", 4, 2) }]);
+    assert_eq!(d.report(1, &qs[0]), Report::Repeat);
+    assert_eq!(starts(&d.take(1, 1, 0)), [("a".into(), 0, 2)]);
+    assert_eq!(d.take(1, 1, 0)[0].pass, 1);
+}
