@@ -10,7 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes([".idunno.v1.Chunk.data", ".idunno.v1.PutMessage.data", ".idunno.v1.GetMessage.data"]);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/idunno/v1/node.proto", "proto/idunno/v1/coordinator.proto", "proto/idunno/v1/sdfs.proto"],
+        &[
+            "proto/idunno/v1/node.proto",
+             "proto/idunno/v1/coordinator.proto",
+            "proto/idunno/v1/sdfs.proto",
+            "proto/idunno/v1/jobs.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

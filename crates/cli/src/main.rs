@@ -6,6 +6,7 @@ mod cluster;
 mod coord;
 mod error;
 mod fs;
+mod job;
 mod member;
 mod node;
 mod output;
@@ -52,6 +53,9 @@ enum Command {
     /// SDFS, the cluster's replicated file system.
     #[command(subcommand)]
     Fs(fs::FsCommand),
+    /// Inference jobs: add, start, stop, status, results.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// The coordinator's replicated state (low level).
     #[command(subcommand)]
     Coord(coord::CoordCommand),
@@ -95,6 +99,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Status => status::run(cli.node, out).await,
         Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
         Command::Fs(cmd) => fs::run(cmd, cli.node, out).await,
+        Command::Job(cmd) => job::run(cmd, cli.node, out).await,
     }
 }
 

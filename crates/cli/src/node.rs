@@ -42,6 +42,9 @@ pub struct NodeArgs {
     /// Drop this fraction of outgoing SWIM datagrams (loss injection for tests and benchmarks).
     #[arg(long, hide = true)]
     udp_loss: Option<f64>,
+    /// Queries this node runs at once (one thread each). Default 1.
+    #[arg(long)]
+    slots: Option<usize>,
 }
 
 pub async fn run(args: NodeArgs) -> Result<(), CliError> {
@@ -63,6 +66,7 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         sdfs: None,
         swim: None,
         raft: None,
+        worker: args.slots.map(|slots| idunno_jobs::WorkerConfig { slots, ..Default::default() }),
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

@@ -11,7 +11,8 @@ use crate::{CoordError, Coordinator};
 
 pub struct CoordinatorService(pub Arc<Coordinator>);
 
-fn status_of(e: CoordError) -> Status {
+/// The gRPC status for a coordinator error (shared by services that apply commands).
+pub fn status_of(e: CoordError) -> Status {
     match e {
         CoordError::BadCommand(m) => Status::invalid_argument(m),
         e @ (CoordError::NoLeader | CoordError::NotLeader { .. } | CoordError::NotCommitted) => {

@@ -42,6 +42,8 @@ pub struct NodeOptions {
     pub sdfs: Option<idunno_sdfs::SdfsConfig>,
     pub swim: Option<SwimConfig>,
     pub raft: Option<RaftSettings>,
+    /// How this node runs queries (`[worker]`: slots, threads, …).
+    pub worker: Option<idunno_jobs::WorkerConfig>,
 }
 
 impl NodeOptions {
@@ -74,6 +76,7 @@ impl NodeOptions {
             sdfs: flags.sdfs.or(self.sdfs),
             swim: flags.swim.or(self.swim),
             raft: flags.raft.or(self.raft),
+            worker: flags.worker.or(self.worker),
         }
     }
 }
@@ -102,6 +105,7 @@ pub struct NodeConfig {
     pub sdfs: idunno_sdfs::SdfsConfig,
     pub swim: SwimConfig,
     pub raft: RaftSettings,
+    pub worker: idunno_jobs::WorkerConfig,
 }
 
 /// Parse `host:port`, resolving a host name.
@@ -153,6 +157,8 @@ impl NodeConfig {
         idunno_coordinator::raft::openraft_config(&raft).map_err(|e| ConfigError::Invalid(format!("raft: {e}")))?;
         let swim = opts.swim.unwrap_or_default();
         swim.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let worker = opts.worker.unwrap_or_default();
+        worker.validate().map_err(ConfigError::Invalid)?;
         let cluster = opts.cluster.unwrap_or_else(|| "idunno".into());
         if cluster.is_empty() || cluster.len() > 64 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::Invalid(format!("cluster: {cluster:?} must be 1 to 64 visible ASCII characters")));
@@ -170,6 +176,7 @@ impl NodeConfig {
             sdfs,
             swim,
             raft,
+            worker,
         })
     }
 }

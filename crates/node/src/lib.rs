@@ -128,6 +128,14 @@ impl Node {
             Arc::new(idunno_sdfs::Sdfs::new(store, id.0, config.sdfs.clone(), coordinator.clone(), membership.clone()));
         tasks.push(("sdfs repair", sdfs.spawn_repair(shutdown.child_token())));
         tasks.push(("sdfs gc", sdfs.spawn_gc(shutdown.child_token())));
+        let jobs = idunno_jobs::Jobs::new(
+            id.0,
+            coordinator.clone(),
+            membership.clone(),
+            config.addr.to_string(),
+            config.worker.clone(),
+        );
+        tasks.extend(jobs.spawn(shutdown.child_token()));
 
         let shared = Shared {
             identity: identity.clone(),
@@ -149,6 +157,11 @@ impl Node {
                 coordinator.clone(),
             )))
             .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)))
+            .add_service(
+                idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
             .serve_with_incoming_shutdown(
                 // Small request/response messages: Nagle's algorithm against
                 // delayed ACKs would add ~40 ms to many of them.

@@ -18,6 +18,8 @@ pub mod json;
 
 pub use v1::coordinator_client::CoordinatorClient;
 pub use v1::coordinator_server::{Coordinator, CoordinatorServer};
+pub use v1::jobs_client::JobsClient;
+pub use v1::jobs_server::{Jobs, JobsServer};
 pub use v1::node_client::NodeClient;
 pub use v1::node_server::{Node, NodeServer};
 pub use v1::raft_client::RaftClient;

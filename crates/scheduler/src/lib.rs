@@ -228,6 +228,15 @@ impl Dispatcher {
         }
     }
 
+    /// `worker` gave `query` back without running it (it failed there).
+    pub fn release(&mut self, worker: WorkerId, query: &Query) {
+        if let Some(q) = self.jobs.get_mut(&query.job)
+            && q.leased.get(&query.start).is_some_and(|l| l.worker == worker && l.len == query.len)
+        {
+            q.leased.remove(&query.start);
+        }
+    }
+
     /// `worker` is dead or left: its queries go back to the queue.
     pub fn worker_gone(&mut self, worker: WorkerId) -> usize {
         let mut n = 0;

@@ -18,6 +18,7 @@
 pub mod blobs;
 pub mod placement;
 pub mod repair;
+pub mod client;
 pub mod service;
 
 use std::collections::HashMap;

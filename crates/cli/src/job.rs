@@ -1,0 +1,207 @@
+//! `idunno job …`: inference jobs (SPEC §5, §10). Tables for people; with
+//! `--json` the documents of the scripting contract.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use idunno_rpc::{JobsClient, RpcError, v1};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::error::CliError;
+use crate::output::{Output, table};
+use crate::target;
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Add a job: a model and an input set in SDFS (checked against each other).
+    Add {
+        job: String,
+        /// SDFS name of an ONNX model.
+        #[arg(long)]
+        model: String,
+        /// SDFS name of the input set (.npy or IDX); for a model with several
+        /// inputs, one per input in the model's order or as INPUT=FILE,
+        /// separated by commas or given several times.
+        #[arg(long, value_delimiter = ',', required = true)]
+        inputs: Vec<String>,
+        /// SDFS name of the labels (one integer per input; negative: unknown).
+        #[arg(long)]
+        labels: Option<String>,
+        #[arg(long)]
+        batch_size: u32,
+        /// Passes over the input set before the job is done (default: loop until stopped).
+        #[arg(long)]
+        passes: Option<u64>,
+        /// What a result holds per input: class (with labels, the default) or vector.
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Start (or resume) a job.
+    Start { job: String },
+    /// Stop a running job (its progress is kept).
+    Stop { job: String },
+    /// Remove a job that is not running.
+    Remove { job: String },
+    /// Query rate, latency and accuracy of every job or one (C1, C2).
+    Status { job: Option<String> },
+    /// Change a job's batch size while it runs (C3).
+    SetBatchSize { job: String, batch_size: u32 },
+    /// A job's outputs, one row per input (C4); also in SDFS as <job>.results.
+    Results {
+        job: String,
+        /// Write the rows to this file as JSON instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Which workers serve which job (C5).
+    Assignments,
+}
+
+async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
+    // `job add` reads the model and the input set: allow it time.
+    let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), Duration::from_secs(120)).await?;
+    Ok(JobsClient::new(ch).max_decoding_message_size(256 << 20))
+}
+
+fn parse(bytes: &[u8]) -> Result<Value, CliError> {
+    serde_json::from_slice(bytes).map_err(|e| CliError::failed(format!("unreadable reply: {e}")))
+}
+
+pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(), CliError> {
+    let addr = target::resolve(node);
+    let mut c = client(&addr).await?;
+    let status = |s| CliError::from(RpcError::from_status(&addr, s));
+    match cmd {
+        JobCommand::Add { job, model, inputs, labels, batch_size, passes, output } => {
+            let req = v1::AddJobRequest {
+                name: job.clone(),
+                model,
+                inputs,
+                labels: labels.unwrap_or_default(),
+                batch_size,
+                passes: passes.unwrap_or(0),
+                output: output.unwrap_or_default(),
+            };
+            let r = c.add_job(req).await.map_err(status)?.into_inner();
+            done(out, &job, "added", &r.message)
+        }
+        JobCommand::Start { job } => control(&mut c, &addr, out, job, "start", 0).await,
+        JobCommand::Stop { job } => control(&mut c, &addr, out, job, "stop", 0).await,
+        JobCommand::Remove { job } => control(&mut c, &addr, out, job, "remove", 0).await,
+        JobCommand::SetBatchSize { job, batch_size } => {
+            control(&mut c, &addr, out, job, "set-batch-size", batch_size).await
+        }
+        JobCommand::Status { job } => {
+            let r = c.status(v1::JobQuery { job: job.unwrap_or_default() }).await.map_err(status)?.into_inner();
+            let doc = parse(&r.json)?;
+            if out.json {
+                return out.json(&doc);
+            }
+            print_status(&doc);
+            Ok(())
+        }
+        JobCommand::Assignments => {
+            let r = c.assignments(v1::JobQuery { job: String::new() }).await.map_err(status)?.into_inner();
+            let doc = parse(&r.json)?;
+            if out.json {
+                return out.json(&doc);
+            }
+            let mut t = table(&["JOB", "WORKERS"]);
+            if let Some(m) = doc.as_object() {
+                for (job, workers) in m {
+                    t.add_row(vec![job.clone(), list(workers)]);
+                }
+            }
+            println!("{t}");
+            Ok(())
+        }
+        JobCommand::Results { job, out: file } => {
+            let r = c.results(v1::JobQuery { job }).await.map_err(status)?.into_inner();
+            let doc = parse(&r.json)?;
+            if let Some(path) = file {
+                let text = serde_json::to_vec_pretty(&doc).map_err(|e| CliError::failed(e.to_string()))?;
+                std::fs::write(&path, text)
+                    .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+                let n = doc.as_array().map_or(0, Vec::len);
+                if out.json {
+                    return out.json(&serde_json::json!({"file": path, "rows": n}));
+                }
+                println!("{n} rows -> {}", path.display());
+                return Ok(());
+            }
+            if out.json {
+                return out.json(&doc);
+            }
+            let mut t = table(&["QUERY", "PASS", "INPUT", "OUTPUT"]);
+            for row in doc.as_array().into_iter().flatten() {
+                let mut o = row["output"].to_string();
+                if o.len() > 60 {
+                    o.truncate(57);
+                    o.push_str("...");
+                }
+                t.add_row(vec![row["query"].to_string(), row["pass"].to_string(), row["input"].to_string(), o]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+async fn control(
+    c: &mut JobsClient<Channel>,
+    addr: &str,
+    out: Output,
+    job: String,
+    action: &str,
+    batch_size: u32,
+) -> Result<(), CliError> {
+    let req = v1::ControlRequest { job: job.clone(), action: action.to_string(), batch_size };
+    let r = c.control(req).await.map_err(|s| RpcError::from_status(addr, s))?.into_inner();
+    done(out, &job, action, &r.message)
+}
+
+fn done(out: Output, job: &str, action: &str, message: &str) -> Result<(), CliError> {
+    if out.json {
+        return out.json(&serde_json::json!({"job": job, "action": action, "message": message}));
+    }
+    println!("{message}");
+    Ok(())
+}
+
+fn list(v: &Value) -> String {
+    v.as_array().map(|a| a.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn print_status(doc: &Value) {
+    let mut t = table(&[
+        "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "P50", "P90", "P95", "P99", "ACCURACY",
+        "WORKERS",
+    ]);
+    for j in doc.as_array().into_iter().flatten() {
+        let l = &j["latency_ms"];
+        let acc = j["accuracy"].as_f64().map_or("-".into(), |a| format!("{:.1}%", a * 100.0));
+        t.add_row(vec![
+            j["job"].as_str().unwrap_or_default().to_string(),
+            j["state"].as_str().unwrap_or_default().to_string(),
+            j["batch_size"].to_string(),
+            num(&j["query_rate"], 2),
+            j["queries_done"].to_string(),
+            j["inputs_done"].to_string(),
+            num(&l["avg"], 2),
+            num(&l["std"], 2),
+            num(&l["median"], 2),
+            num(&l["p90"], 2),
+            num(&l["p95"], 2),
+            num(&l["p99"], 2),
+            acc,
+            list(&j["workers"]),
+        ]);
+    }
+    println!("{t}");
+}

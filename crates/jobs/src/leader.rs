@@ -1,0 +1,319 @@
+//! The query flow on the coordinator leader. Workers call `Work` with
+//! what they finished and get new queries; every `flush_ms` the leader
+//! writes the finished queries' rows to `<job>.results` in SDFS and then
+//! counts the queries in the replicated state with one `CompleteQueries`
+//! command per job (all or none, against the count it expects). Only that
+//! commit makes a query count: a report lost with a leader is redone and
+//! counted by the next one.
+//!
+//! The dispatcher and the reports awaiting their commit sit behind one
+//! mutex, held for short, non-async sections only; the tick task is the
+//! one writer of results and commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use idunno_coordinator::state::{Command, DoneQuery, Job, JobState, Reply};
+use idunno_rpc::v1;
+use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::results::{self, Row, Table};
+use crate::{Jobs, WorkerConfig, now_ms};
+
+/// A finished query waiting for its commit.
+struct Pending {
+    query: Query,
+    done: DoneQuery,
+    outputs: Vec<serde_json::Value>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// This node leads and the dispatcher follows the replicated state.
+    active: bool,
+    dispatcher: Dispatcher,
+    /// The running jobs' definitions, to describe queries to workers.
+    running: BTreeMap<String, Job>,
+    pending: BTreeMap<String, Vec<Pending>>,
+    /// Queries that could not run, by job, with the error.
+    failures: BTreeMap<String, String>,
+}
+
+pub(crate) struct Leader {
+    inner: Mutex<Inner>,
+    /// Woken when there may be new work for long-polling workers.
+    work: Notify,
+    lease_ms: u64,
+}
+
+impl Leader {
+    pub(crate) fn new(config: &WorkerConfig) -> Leader {
+        Leader { inner: Mutex::new(Inner::default()), work: Notify::new(), lease_ms: config.lease_ms }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reset(&self, active: bool) {
+        let mut inner = self.lock();
+        *inner = Inner { active, ..Default::default() };
+        inner.dispatcher = Dispatcher::new(DispatcherConfig { lease_ms: self.lease_ms });
+    }
+
+    /// A worker's call: take its results, hand it queries.
+    pub(crate) async fn work(&self, req: v1::WorkRequest) -> Result<v1::WorkReply, Status> {
+        let worker = req.worker;
+        let mut accepted = 0;
+        {
+            let mut inner = self.lock();
+            if !inner.active {
+                return Err(Status::failed_precondition("this node is not the coordinator leader"));
+            }
+            for r in req.results {
+                let query = Query { job: r.job.clone(), pass: r.pass, start: r.start, len: r.len };
+                if !r.error.is_empty() {
+                    inner.dispatcher.release(worker, &query);
+                    tracing::warn!(job = %r.job, worker, error = %r.error, "a query failed");
+                    inner.failures.insert(r.job, r.error);
+                    continue;
+                }
+                let outputs: Vec<serde_json::Value> = match serde_json::from_slice(&r.outputs_json) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        inner.dispatcher.release(worker, &query);
+                        tracing::warn!(worker, error = %e, "unreadable query outputs");
+                        continue;
+                    }
+                };
+                if outputs.len() as u64 != r.len {
+                    inner.dispatcher.release(worker, &query);
+                    continue;
+                }
+                if inner.dispatcher.report(worker, &query) == Report::Accepted {
+                    accepted += 1;
+                    let done = DoneQuery {
+                        pass: r.pass,
+                        start: r.start,
+                        len: r.len,
+                        latency_us: r.latency_us,
+                        labeled: r.labeled,
+                        correct: r.correct,
+                    };
+                    inner.pending.entry(r.job).or_default().push(Pending { query, done, outputs });
+                }
+            }
+        }
+        let want = req.want.min(64) as usize;
+        let give_up = Instant::now() + Duration::from_millis(req.wait_ms.min(5000) as u64);
+        loop {
+            let notified = self.work.notified();
+            let queries = self.take(worker, want);
+            if !queries.is_empty() || want == 0 || Instant::now() >= give_up {
+                return Ok(v1::WorkReply { queries, accepted });
+            }
+            let _ = tokio::time::timeout_at(give_up, notified).await;
+        }
+    }
+
+    fn take(&self, worker: u64, want: usize) -> Vec<v1::QueryTask> {
+        let mut inner = self.lock();
+        if !inner.active {
+            return Vec::new();
+        }
+        let queries = inner.dispatcher.take(worker, want, now_ms());
+        queries.into_iter().filter_map(|q| task(inner.running.get(&q.job)?, &q)).collect()
+    }
+}
+
+fn file_ref(name: &str, version: u64) -> v1::FileVersionRef {
+    v1::FileVersionRef { name: name.to_string(), version }
+}
+
+/// What a worker needs to know to run `q`.
+fn task(job: &Job, q: &Query) -> Option<v1::QueryTask> {
+    let spec = &job.spec;
+    let inputs = if spec.input_files.is_empty() {
+        vec![file_ref(&spec.inputs, 0)]
+    } else {
+        spec.input_files.iter().map(|f| file_ref(&f.name, f.version)).collect()
+    };
+    Some(v1::QueryTask {
+        job: q.job.clone(),
+        pass: q.pass,
+        start: q.start,
+        len: q.len,
+        model: Some(file_ref(&spec.model, spec.model_version)),
+        inputs,
+        labels: spec.labels.as_ref().map(|l| file_ref(l, spec.labels_version)),
+        output: match spec.output {
+            idunno_coordinator::state::OutputKind::Class => "class".into(),
+            idunno_coordinator::state::OutputKind::Vector => "vector".into(),
+        },
+    })
+}
+
+/// The leader's loop: follow the state, keep leases honest, keep the
+/// assignment table current, flush finished queries.
+pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
+    let leader = &jobs.leader;
+    leader.reset(false);
+    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut last_flush = Instant::now();
+    let mut gone_seen: BTreeSet<u64> = BTreeSet::new();
+    let mut state_rx = jobs.coordinator.watch_state();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = state_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let leads = jobs.coordinator.status().leader == Some(jobs.id);
+        if !leads {
+            if leader.lock().active {
+                tracing::info!("no longer the coordinator leader: dropping the query flow");
+                leader.reset(false);
+                tables.clear();
+            }
+            continue;
+        }
+        let state = jobs.coordinator.local_state();
+        let running: BTreeMap<String, Job> =
+            state.state.jobs.iter().filter(|(_, j)| j.state == JobState::Running).map(|(n, j)| (n.clone(), j.clone())).collect();
+        let views: Vec<JobView> = running
+            .iter()
+            .map(|(name, j)| JobView {
+                name: name.clone(),
+                pass: j.progress.pass,
+                samples: j.spec.samples,
+                batch_size: j.spec.batch_size,
+                done: j.progress.done.clone(),
+            })
+            .collect();
+        let members = jobs.membership.view().members;
+        let mut live: Vec<u64> = members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
+        live.push(jobs.id);
+        let gone: BTreeSet<u64> =
+            members.iter().filter(|m| !m.state.is_up()).map(|m| m.identity.id.0).filter(|id| *id != jobs.id).collect();
+        let (assignments, failures, newly_active) = {
+            let mut inner = leader.lock();
+            let newly_active = !inner.active;
+            if newly_active {
+                inner.active = true;
+                tracing::info!(jobs = running.len(), "coordinator leader: running the query flow");
+            }
+            let more_work = running.iter().any(|(n, j)| {
+                inner.running.get(n).is_none_or(|old| old.spec.batch_size != j.spec.batch_size || old.progress.pass != j.progress.pass)
+            });
+            inner.dispatcher.sync(&views);
+            inner.running = running.clone();
+            for w in &gone {
+                let n = inner.dispatcher.worker_gone(*w);
+                if n > 0 || !gone_seen.contains(w) {
+                    tracing::info!(worker = w, requeued = n, "worker gone: its queries go back to the queue");
+                }
+            }
+            let expired = inner.dispatcher.expire(now_ms());
+            if expired > 0 {
+                tracing::warn!(expired, "query leases expired: requeued");
+            }
+            if more_work || expired > 0 || gone.iter().any(|w| !gone_seen.contains(w)) {
+                leader.work.notify_waiters();
+            }
+            let failures = std::mem::take(&mut inner.failures);
+            (inner.dispatcher.assignments(&live), failures, newly_active)
+        };
+        gone_seen = gone;
+        if newly_active {
+            tables.clear();
+        }
+        tables.retain(|name, _| running.contains_key(name));
+        if assignments != state.state.assignments
+            && let Err(e) = jobs.coordinator.apply(Command::SetAssignments { assignments }).await
+        {
+            tracing::warn!(error = %e, "could not record assignments");
+        }
+        for (job, error) in failures {
+            tracing::warn!(%job, %error, "marking the job failed");
+            let cmd = Command::SetJobState { job, state: JobState::Failed, now_ms: now_ms() };
+            let _ = jobs.coordinator.apply(cmd).await;
+        }
+        if last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
+            last_flush = Instant::now();
+            flush(&jobs, &mut tables).await;
+        }
+    }
+}
+
+/// Write and count every job's finished queries.
+async fn flush(jobs: &Jobs, tables: &mut BTreeMap<String, Table>) {
+    let pending = std::mem::take(&mut jobs.leader.lock().pending);
+    for (job, items) in pending {
+        if items.is_empty() {
+            continue;
+        }
+        let queries: Vec<Query> = items.iter().map(|p| p.query.clone()).collect();
+        match flush_job(jobs, tables, &job, items).await {
+            Ok(n) => tracing::debug!(%job, queries = n, "counted"),
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "could not count finished queries; they will run again");
+                jobs.leader.lock().dispatcher.abandon(&queries);
+            }
+        }
+    }
+}
+
+async fn flush_job(
+    jobs: &Jobs,
+    tables: &mut BTreeMap<String, Table>,
+    job: &str,
+    items: Vec<Pending>,
+) -> Result<usize, String> {
+    let file = results::file_name(job);
+    if !tables.contains_key(job) {
+        let table = match idunno_sdfs::client::get(&jobs.local, &file, 0).await {
+            Ok((_, bytes)) => Table::parse(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(%job, error = %e, "unreadable results file: starting a new one");
+                Table::default()
+            }),
+            Err(e) if e.is_bad_input() => Table::default(),
+            Err(e) => return Err(format!("reading {file}: {e}")),
+        };
+        tables.insert(job.to_string(), table);
+    }
+    let expect_done = {
+        let state = jobs.coordinator.local_state();
+        let j = state.state.jobs.get(job).ok_or_else(|| format!("job {job} is gone"))?;
+        j.progress.queries_done
+    };
+    let mut rows = Vec::new();
+    let mut done = Vec::with_capacity(items.len());
+    for (i, p) in items.into_iter().enumerate() {
+        let query = expect_done + 1 + i as u64;
+        for (k, output) in p.outputs.into_iter().enumerate() {
+            rows.push(Row { query, pass: p.done.pass, input: p.done.start + k as u64, output });
+        }
+        done.push(p.done);
+    }
+    let table = tables.get_mut(job).ok_or("no table")?;
+    let bytes = table.render_with(&rows);
+    idunno_sdfs::client::put(&jobs.local, &file, &bytes).await.map_err(|e| format!("writing {file}: {e}"))?;
+    let n = done.len();
+    let cmd = Command::CompleteQueries { job: job.to_string(), expect_done, queries: done, now_ms: now_ms() };
+    match jobs.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
+        Ok(Reply::Completed { finished, .. }) => {
+            table.apply(rows);
+            if finished {
+                tracing::info!(%job, "job done");
+            }
+            Ok(n)
+        }
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(refusal) => Err(refusal.to_string()),
+    }
+}

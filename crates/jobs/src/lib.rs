@@ -1,0 +1,111 @@
+//! Inference jobs: how a job gets into the cluster and how its queries
+//! flow through it.
+//!
+//! - `validate`: `job add` — the model and the input set are read from
+//!   SDFS and checked against each other before the job enters the
+//!   replicated job table.
+//! - `leader`: on the coordinator leader only, the query flow: the
+//!   dispatcher (`idunno-scheduler`) hands queries to workers, finished
+//!   queries are written to `<job>.results` in SDFS and then counted, all
+//!   or none, in the replicated state (exactly once).
+//! - `worker`: on every node, the loop that asks the leader for queries
+//!   and runs them on ONNX Runtime with cached models and input sets.
+//! - `results`, `status`: the documents `job results` and `job status`
+//!   print (SPEC §10).
+//! - `service`: the `Jobs` gRPC service.
+//!
+//! **Invariant:** what must survive a crash lives in the coordinator's
+//! replicated state or in SDFS; everything in this crate's memory (leases,
+//! reports awaiting their commit, caches) is rebuilt or redone after a
+//! failure, and the replicated done-ranges make a redone query count once.
+
+mod leader;
+pub mod results;
+pub mod service;
+pub mod status;
+mod validate;
+mod worker;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use idunno_coordinator::Coordinator;
+use idunno_membership::MembershipHandle;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How a node runs queries and how its leader batches their accounting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Queries this node runs at once, each on its own thread.
+    pub slots: usize,
+    /// ONNX Runtime threads per query (on a small machine several
+    /// single-thread queries beat one query on many threads).
+    pub threads: usize,
+    /// How often the leader writes results and counts finished queries.
+    pub flush_ms: u64,
+    /// How long a query may stay with a live worker before it is handed
+    /// to another.
+    pub lease_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000 }
+    }
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.slots == 0 || self.threads == 0 {
+            return Err("worker.slots and worker.threads must be at least 1".into());
+        }
+        if self.flush_ms == 0 || self.lease_ms == 0 {
+            return Err("worker.flush_ms and worker.lease_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The jobs layer of one node.
+pub struct Jobs {
+    id: u64,
+    coordinator: Arc<Coordinator>,
+    membership: MembershipHandle,
+    /// This node's own RPC address: SDFS reads and writes go through it.
+    local: String,
+    config: WorkerConfig,
+    leader: leader::Leader,
+}
+
+impl Jobs {
+    pub fn new(
+        id: u64,
+        coordinator: Arc<Coordinator>,
+        membership: MembershipHandle,
+        local: String,
+        config: WorkerConfig,
+    ) -> Arc<Jobs> {
+        let leader = leader::Leader::new(&config);
+        Arc::new(Jobs { id, coordinator, membership, local, config, leader })
+    }
+
+    /// Start the leader's query flow (active only while this node leads)
+    /// and the worker.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<(&'static str, JoinHandle<()>)> {
+        vec![
+            ("job leader", tokio::spawn(leader::run(self.clone(), shutdown.child_token()))),
+            ("worker", tokio::spawn(worker::run(self.clone(), shutdown.child_token()))),
+        ]
+    }
+}
+
+/// The wall clock in ms since the epoch (the leader's clock enters the
+/// replicated state only inside commands).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);

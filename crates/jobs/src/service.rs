@@ -1,0 +1,110 @@
+//! The `Jobs` gRPC service. Any node serves the client calls (writes go
+//! through the coordinator leader); `Work` is the leader's alone.
+
+use std::sync::Arc;
+
+use idunno_coordinator::service::status_of;
+use idunno_coordinator::state::{Command, JobState, Refusal};
+use idunno_rpc::v1;
+use tonic::{Request, Response, Status};
+
+use crate::results::{self, Table};
+use crate::{Jobs, now_ms, status};
+
+pub struct JobsService(pub Arc<Jobs>);
+
+/// A refused command as the status a client acts on.
+fn refusal_status(r: Refusal) -> Status {
+    let msg = r.to_string();
+    match r {
+        Refusal::NoSuchJob { .. } | Refusal::NoSuchFile { .. } => Status::not_found(msg),
+        Refusal::JobExists { .. } => Status::already_exists(msg),
+        Refusal::BadTransition { .. } | Refusal::JobRunning { .. } | Refusal::JobNotRunning { .. } => {
+            Status::failed_precondition(msg)
+        }
+        _ => Status::invalid_argument(msg),
+    }
+}
+
+impl JobsService {
+    async fn commit(&self, cmd: Command) -> Result<(), Status> {
+        let out = self.0.coordinator.apply(cmd).await.map_err(status_of)?;
+        out.applied.map(|_| ()).map_err(refusal_status)
+    }
+
+    fn json(v: &serde_json::Value) -> Result<Response<v1::JsonReply>, Status> {
+        let json = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::JsonReply { json }))
+    }
+}
+
+#[tonic::async_trait]
+impl idunno_rpc::Jobs for JobsService {
+    async fn add_job(&self, req: Request<v1::AddJobRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let cmd = crate::validate::add_job(&self.0, req.into_inner()).await?;
+        let message = match &cmd {
+            Command::AddJob { spec } => format!(
+                "job {} added: {} v{} over {} inputs of {}, batch size {}",
+                spec.name, spec.model, spec.model_version, spec.samples, spec.inputs, spec.batch_size
+            ),
+            _ => String::new(),
+        };
+        self.commit(cmd).await?;
+        Ok(Response::new(v1::JobReply { message }))
+    }
+
+    async fn control(&self, req: Request<v1::ControlRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let req = req.into_inner();
+        let job = req.job.clone();
+        let (cmd, message) = match req.action.as_str() {
+            "start" => (Command::SetJobState { job: job.clone(), state: JobState::Running, now_ms: now_ms() }, "started"),
+            "stop" => (Command::SetJobState { job: job.clone(), state: JobState::Stopped, now_ms: now_ms() }, "stopped"),
+            "remove" => (Command::RemoveJob { job: job.clone() }, "removed"),
+            "set-batch-size" => {
+                if req.batch_size == 0 {
+                    return Err(Status::invalid_argument("batch size must be at least 1"));
+                }
+                (Command::SetBatchSize { job: job.clone(), batch_size: req.batch_size }, "batch size set")
+            }
+            other => return Err(Status::invalid_argument(format!("unknown job action {other:?}"))),
+        };
+        self.commit(cmd).await?;
+        Ok(Response::new(v1::JobReply { message: format!("job {job}: {message}") }))
+    }
+
+    async fn status(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+        let job = req.into_inner().job;
+        let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
+        let job = (!job.is_empty()).then_some(job);
+        let doc = status::status(&data.state, job.as_deref(), now_ms())
+            .ok_or_else(|| Status::not_found(format!("no such job: {}", job.unwrap_or_default())))?;
+        Self::json(&doc)
+    }
+
+    async fn assignments(&self, _req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+        let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
+        Self::json(&status::assignments(&data.state))
+    }
+
+    async fn results(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+        let job = req.into_inner().job;
+        let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
+        let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
+        let file = results::file_name(&job);
+        let table = match idunno_sdfs::client::get(&self.0.local, &file, 0).await {
+            Ok((_, bytes)) => Table::parse(&bytes).map_err(Status::internal)?,
+            Err(e) if e.is_bad_input() => Table::default(),
+            Err(e) => return Err(Status::unavailable(format!("reading {file}: {e}"))),
+        };
+        let rows: Vec<serde_json::Value> = table
+            .counted(j.progress.queries_done)
+            .into_iter()
+            .map(|r| serde_json::json!({"query": r.query, "pass": r.pass, "input": r.input, "output": r.output}))
+            .collect();
+        Self::json(&serde_json::Value::Array(rows))
+    }
+
+    async fn work(&self, req: Request<v1::WorkRequest>) -> Result<Response<v1::WorkReply>, Status> {
+        self.0.leader.work(req.into_inner()).await.map(Response::new)
+    }
+}

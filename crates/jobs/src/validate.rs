@@ -1,0 +1,155 @@
+//! `job add`: the model and the input set are read from SDFS and checked
+//! against each other; only a job that can run enters the job table.
+//! Every refusal names the file and, for shapes, both shapes.
+
+use idunno_coordinator::state::{ClusterState, Command, FileRef, JobSpec, OutputKind};
+use idunno_ml::onnx::{OnnxModel, check_fit};
+use idunno_ml::read_array;
+use idunno_rpc::v1;
+use tonic::Status;
+
+use crate::Jobs;
+
+fn latest(state: &ClusterState, name: &str, what: &str) -> Result<u64, Status> {
+    state
+        .files
+        .get(name)
+        .and_then(|f| f.versions.last())
+        .map(|v| v.version)
+        .ok_or_else(|| Status::not_found(format!("{what} {name} is not in SDFS (put it there first: idunno fs put)")))
+}
+
+async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> {
+    idunno_sdfs::client::get(&jobs.local, name, version)
+        .await
+        .map(|(_, b)| b)
+        .map_err(|e| Status::unavailable(format!("reading {name} from SDFS: {e}")))
+}
+
+/// Check the request against SDFS and the model; the command to commit.
+pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Command, Status> {
+    let name = req.name.trim().to_string();
+    if name.is_empty() {
+        return Err(Status::invalid_argument("the job needs a name"));
+    }
+    idunno_sdfs::service::check_name(&crate::results::file_name(&name))
+        .map_err(|s| Status::invalid_argument(format!("job name {name:?}: {}", s.message())))?;
+    if req.batch_size == 0 {
+        return Err(Status::invalid_argument("batch size must be at least 1"));
+    }
+    if req.inputs.is_empty() {
+        return Err(Status::invalid_argument("the job needs an input set (--inputs)"));
+    }
+    let output = match req.output.as_str() {
+        "" if req.labels.is_empty() => OutputKind::Vector,
+        "" | "class" => OutputKind::Class,
+        "vector" => OutputKind::Vector,
+        other => return Err(Status::invalid_argument(format!("output must be class or vector, not {other:?}"))),
+    };
+    let (state, _) = jobs.coordinator.read().await.map_err(idunno_coordinator::service::status_of)?;
+    let state = &state.state;
+    if state.jobs.contains_key(&name) {
+        return Err(Status::already_exists(format!("job {name} already exists")));
+    }
+
+    let model_version = latest(state, &req.model, "model")?;
+    let model_bytes = read(jobs, &req.model, model_version).await?;
+    let model_name = req.model.clone();
+    let model = tokio::task::spawn_blocking(move || OnnxModel::load(&model_bytes, 1))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            idunno_ml::onnx::MlError::BadModel(why) => {
+                Status::invalid_argument(format!("{model_name} is not a model ONNX Runtime can load: {why}"))
+            }
+            other => Status::failed_precondition(other.to_string()),
+        })?;
+    let sigs = model.inputs().to_vec();
+    drop(model);
+
+    // Input files in the model's input order: by position, or `input=file`.
+    let names: Vec<&str> = sigs.iter().map(|s| s.name.as_str()).collect();
+    if req.inputs.len() != sigs.len() {
+        return Err(Status::invalid_argument(format!(
+            "{} takes {} input(s) ({}), {} input file(s) given",
+            req.model,
+            sigs.len(),
+            names.join(", "),
+            req.inputs.len()
+        )));
+    }
+    let mut files: Vec<Option<String>> = vec![None; sigs.len()];
+    for (i, spec) in req.inputs.iter().enumerate() {
+        match spec.split_once('=') {
+            Some((input, file)) => {
+                let Some(k) = names.iter().position(|n| *n == input) else {
+                    return Err(Status::invalid_argument(format!(
+                        "{} has no input {input} (it has {})",
+                        req.model,
+                        names.join(", ")
+                    )));
+                };
+                files[k] = Some(file.to_string());
+            }
+            None => files[i] = Some(spec.clone()),
+        }
+    }
+    let mut input_files = Vec::new();
+    let mut samples: Option<(u64, String)> = None;
+    for (sig, file) in sigs.iter().zip(files) {
+        let file = file.ok_or_else(|| Status::invalid_argument(format!("no input file for {}", sig.name)))?;
+        let version = latest(state, &file, "input set")?;
+        let bytes = read(jobs, &file, version).await?;
+        let t = read_array(&bytes).map_err(|e| Status::invalid_argument(format!("{file}: {e}")))?;
+        if t.shape.is_empty() {
+            return Err(Status::invalid_argument(format!("{file} is a scalar, not an input set")));
+        }
+        check_fit(sig, t.dtype, t.sample_shape()).map_err(|e| Status::invalid_argument(format!("{file}: {e}")))?;
+        let n = t.samples() as u64;
+        if let Some((m, other)) = &samples
+            && *m != n
+        {
+            return Err(Status::invalid_argument(format!("{file} has {n} samples but {other} has {m}")));
+        }
+        samples = Some((n, file.clone()));
+        input_files.push(FileRef { name: file, version });
+    }
+    let (samples, _) = samples.ok_or_else(|| Status::invalid_argument("no input set"))?;
+    if samples == 0 {
+        return Err(Status::invalid_argument("the input set is empty"));
+    }
+
+    let (labels, labels_version) = if req.labels.is_empty() {
+        (None, 0)
+    } else {
+        let version = latest(state, &req.labels, "labels")?;
+        let bytes = read(jobs, &req.labels, version).await?;
+        let t = read_array(&bytes).map_err(|e| Status::invalid_argument(format!("{}: {e}", req.labels)))?;
+        let ok_shape = t.shape == [samples as usize] || t.shape == [samples as usize, 1];
+        if !ok_shape {
+            return Err(Status::invalid_argument(format!(
+                "labels {} have shape {:?}; expected [{samples}] (one per input)",
+                req.labels, t.shape
+            )));
+        }
+        if matches!(t.dtype, idunno_ml::DType::F32 | idunno_ml::DType::F64) {
+            return Err(Status::invalid_argument(format!("labels {} are {}; expected integers", req.labels, t.dtype)));
+        }
+        (Some(req.labels.clone()), version)
+    };
+
+    let spec = JobSpec {
+        name,
+        model: req.model,
+        model_version,
+        inputs: input_files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(","),
+        input_files,
+        labels,
+        labels_version,
+        batch_size: req.batch_size,
+        samples,
+        passes: (req.passes > 0).then_some(req.passes),
+        output,
+    };
+    Ok(Command::AddJob { spec })
+}
