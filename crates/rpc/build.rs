@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         &[
             "proto/idunno/v1/node.proto",
-             "proto/idunno/v1/coordinator.proto",
+            "proto/idunno/v1/coordinator.proto",
             "proto/idunno/v1/sdfs.proto",
             "proto/idunno/v1/jobs.proto",
         ],

@@ -180,8 +180,8 @@ fn num(v: &Value, digits: usize) -> String {
 
 fn print_status(doc: &Value) {
     let mut t = table(&[
-        "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "P50", "P90", "P95", "P99", "ACCURACY",
-        "WORKERS",
+        "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "P50", "P90", "P95", "P99",
+        "ACCURACY", "WORKERS",
     ]);
     for j in doc.as_array().into_iter().flatten() {
         let l = &j["latency_ms"];

@@ -183,8 +183,13 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             continue;
         }
         let state = jobs.coordinator.local_state();
-        let running: BTreeMap<String, Job> =
-            state.state.jobs.iter().filter(|(_, j)| j.state == JobState::Running).map(|(n, j)| (n.clone(), j.clone())).collect();
+        let running: BTreeMap<String, Job> = state
+            .state
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state == JobState::Running)
+            .map(|(n, j)| (n.clone(), j.clone()))
+            .collect();
         let views: Vec<JobView> = running
             .iter()
             .map(|(name, j)| JobView {
@@ -208,7 +213,10 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 tracing::info!(jobs = running.len(), "coordinator leader: running the query flow");
             }
             let more_work = running.iter().any(|(n, j)| {
-                inner.running.get(n).is_none_or(|old| old.spec.batch_size != j.spec.batch_size || old.progress.pass != j.progress.pass)
+                inner
+                    .running
+                    .get(n)
+                    .is_none_or(|old| old.spec.batch_size != j.spec.batch_size || old.progress.pass != j.progress.pass)
             });
             inner.dispatcher.sync(&views);
             inner.running = running.clone();

@@ -57,8 +57,12 @@ impl idunno_rpc::Jobs for JobsService {
         let req = req.into_inner();
         let job = req.job.clone();
         let (cmd, message) = match req.action.as_str() {
-            "start" => (Command::SetJobState { job: job.clone(), state: JobState::Running, now_ms: now_ms() }, "started"),
-            "stop" => (Command::SetJobState { job: job.clone(), state: JobState::Stopped, now_ms: now_ms() }, "stopped"),
+            "start" => {
+                (Command::SetJobState { job: job.clone(), state: JobState::Running, now_ms: now_ms() }, "started")
+            }
+            "stop" => {
+                (Command::SetJobState { job: job.clone(), state: JobState::Stopped, now_ms: now_ms() }, "stopped")
+            }
             "remove" => (Command::RemoveJob { job: job.clone() }, "removed"),
             "set-batch-size" => {
                 if req.batch_size == 0 {

@@ -78,13 +78,8 @@ impl Slot {
     }
 
     fn run(&mut self, t: &v1::QueryTask) -> v1::QueryResult {
-        let mut result = v1::QueryResult {
-            job: t.job.clone(),
-            pass: t.pass,
-            start: t.start,
-            len: t.len,
-            ..Default::default()
-        };
+        let mut result =
+            v1::QueryResult { job: t.job.clone(), pass: t.pass, start: t.start, len: t.len, ..Default::default() };
         if let Err(e) = self.try_run(t, &mut result) {
             result.error = e;
         }
@@ -165,8 +160,13 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     for i in 0..slots {
         let rx = task_rx.clone();
         let tx = res_tx.clone();
-        let mut slot =
-            Slot { rt: rt.clone(), local: jobs.local.clone(), threads: jobs.config.threads, data: data.clone(), models: HashMap::new() };
+        let mut slot = Slot {
+            rt: rt.clone(),
+            local: jobs.local.clone(),
+            threads: jobs.config.threads,
+            data: data.clone(),
+            models: HashMap::new(),
+        };
         let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
             loop {
                 let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();

@@ -16,9 +16,9 @@
 //! the same offset) if one fails.
 
 pub mod blobs;
+pub mod client;
 pub mod placement;
 pub mod repair;
-pub mod client;
 pub mod service;
 
 use std::collections::HashMap;
