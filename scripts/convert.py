@@ -14,6 +14,9 @@ onnxruntime from pinned wheels); never run directly by users.
       The int8 MiniLM with sentence-transformers' pooling appended (mean over
       the tokens the attention mask keeps, then L2 normalisation), so its
       output is one 384-vector per sentence: `sentence_embedding`.
+  convert.py tiny <out.onnx> <out.npy>
+      A one-operator model (y = x + 1 over [batch, 16] f32) and 4096 inputs
+      for it: what a query costs when the model costs nothing.
   convert.py minilm <tokenizer.json> <out-dir>
       Tokenized sentences for all-MiniLM-L6-v2: input_ids, attention_mask,
       token_type_ids as int64 [n, 128] .npy files, plus the sentences.
@@ -362,12 +365,33 @@ def minilm_embed(src, out_path):
     write_atomic(out_path, m.SerializeToString())
 
 
+def tiny(model_path, inputs_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])],
+        "tiny_add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [onnx.numpy_helper.from_array(np.ones(16, dtype=np.float32), "one")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="idunno-assets")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    write_atomic(model_path, m.SerializeToString())
+    x = np.random.default_rng(7).standard_normal((4096, 16)).astype(np.float32)
+    save_npy(inputs_path, x)
+
+
 def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "efficientnet":
         efficientnet(*args)
     elif what == "photos":
         photos(args[0], args[1], args[2], args[3:])
+    elif what == "tiny":
+        tiny(*args)
     elif what == "minilm-embed":
         minilm_embed(*args)
     elif what == "minilm":

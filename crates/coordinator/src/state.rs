@@ -118,11 +118,15 @@ pub struct Job {
 pub struct JobProgress {
     pub queries_done: u64,
     pub inputs_done: u64,
-    /// The pass under way (0-based).
+    /// The pass under way (0-based): the pass of the first input not
+    /// done. Later passes may already be partly done.
     #[serde(default)]
     pub pass: u64,
-    /// Input ranges `[start, end)` done in this pass: sorted, disjoint,
-    /// merged. A query overlapping them is a repeat and is not counted.
+    /// Work done, as ranges `[start, end)` of positions in the job's
+    /// stream of inputs (position `k` is input `k % samples` of pass
+    /// `k / samples`): sorted, disjoint, merged. A query overlapping them
+    /// is a repeat and is not counted. Passes need no barrier: a worker may
+    /// run the next pass while the last queries of this one finish.
     #[serde(default)]
     pub done: Vec<(u64, u64)>,
     /// Inputs with a known label, and how many of those were predicted
@@ -269,8 +273,9 @@ impl Histogram {
 /// One finished query as the leader commits it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneQuery {
-    pub pass: u64,
-    /// First input and number of inputs.
+    /// First position in the job's input stream (see
+    /// [`JobProgress::done`]) and number of inputs; a query never spans
+    /// two passes.
     pub start: u64,
     pub len: u64,
     /// Processing time on the worker.
@@ -393,8 +398,8 @@ pub enum Refusal {
     JobNotRunning { job: String },
     #[error("job {job} has {actual} queries done, not {expected}: a newer count exists")]
     StaleCount { job: String, expected: u64, actual: u64 },
-    #[error("job {job}: query at input {start} (+{len}) of pass {pass} repeats or exceeds the work of pass {current}")]
-    RepeatedQuery { job: String, pass: u64, start: u64, len: u64, current: u64 },
+    #[error("job {job}: query at position {start} (+{len}) repeats finished work or is outside the job's passes")]
+    RepeatedQuery { job: String, start: u64, len: u64 },
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a
@@ -522,16 +527,17 @@ impl ClusterState {
                 }
                 // Check every query against the done set (and each other)
                 // before changing anything.
+                let samples = j.spec.samples.max(1);
+                let end = j.spec.passes.map_or(u64::MAX, |n| n.saturating_mul(samples));
                 let mut check = p.clone();
                 for q in &queries {
-                    let beyond = q.len == 0 || q.start.saturating_add(q.len) > j.spec.samples.max(1);
-                    if q.pass != check.pass || beyond || check.overlaps_done(q.start, q.len) {
-                        let current = check.pass;
-                        return Err(Refusal::RepeatedQuery { job, pass: q.pass, start: q.start, len: q.len, current });
+                    let last = q.start.saturating_add(q.len);
+                    let spans_passes = q.len == 0 || q.start / samples != (last - 1) / samples;
+                    if spans_passes || last > end || check.overlaps_done(q.start, q.len) {
+                        return Err(Refusal::RepeatedQuery { job, start: q.start, len: q.len });
                     }
                     check.mark_done(q.start, q.len);
                 }
-                let samples = j.spec.samples;
                 let p = &mut j.progress;
                 for q in &queries {
                     p.mark_done(q.start, q.len);
@@ -545,14 +551,11 @@ impl ClusterState {
                 *p.recent.entry(slot).or_default() += queries.len() as u64;
                 let oldest = now_ms.saturating_sub(RATE_WINDOW_MS) / RATE_SLOT_MS;
                 p.recent.retain(|s, _| *s > oldest);
-                let mut finished = false;
-                if p.done == [(0, samples)] {
-                    p.pass += 1;
-                    p.done.clear();
-                    if j.spec.passes.is_some_and(|n| p.pass >= n) {
-                        j.state = JobState::Done;
-                        finished = true;
-                    }
+                let prefix = p.done.first().filter(|(s, _)| *s == 0).map_or(0, |(_, e)| *e);
+                p.pass = prefix / samples;
+                let finished = prefix >= end;
+                if finished {
+                    j.state = JobState::Done;
                 }
                 Ok(Reply::Completed { first_query: expect_done + 1, finished })
             }
@@ -591,8 +594,9 @@ impl ClusterState {
             if p.done.windows(2).any(|w| w[0].1 >= w[1].0) || p.done.iter().any(|&(s, e)| s >= e) {
                 return Err(format!("job {name}: done ranges not sorted, disjoint and merged: {:?}", p.done));
             }
-            if p.done.last().is_some_and(|&(_, e)| e > j.spec.samples.max(1)) {
-                return Err(format!("job {name}: done ranges beyond the input set"));
+            let end = j.spec.passes.map_or(u64::MAX, |n| n.saturating_mul(j.spec.samples.max(1)));
+            if p.done.last().is_some_and(|&(_, e)| e > end) {
+                return Err(format!("job {name}: done ranges beyond the job's passes"));
             }
             if p.correct > p.labeled || p.latency.count > p.queries_done {
                 return Err(format!("job {name}: counts disagree"));

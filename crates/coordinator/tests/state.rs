@@ -185,8 +185,8 @@ fn sized_job(name: &str, samples: u64, passes: Option<u64>) -> Command {
     }
 }
 
-fn q(pass: u64, start: u64, len: u64) -> DoneQuery {
-    DoneQuery { pass, start, len, latency_us: 1000 * (start + 1), labeled: len, correct: len / 2 }
+fn q(start: u64, len: u64) -> DoneQuery {
+    DoneQuery { start, len, latency_us: 1000 * (start + 1), labeled: len, correct: len / 2 }
 }
 
 fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
@@ -195,30 +195,47 @@ fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
 
 #[test]
 fn each_query_counts_once_and_passes_end_the_job() {
-    let repeat = |pass, start, len, current| Err(Refusal::RepeatedQuery { job: "j".into(), pass, start, len, current });
+    let repeat = |start, len| Err(Refusal::RepeatedQuery { job: "j".into(), start, len });
     let st = run(vec![
         (sized_job("j", 10, Some(2)), Ok(Reply::Done)),
-        (complete(0, vec![q(0, 0, 4)], 5), Err(Refusal::JobNotRunning { job: "j".into() })),
+        (complete(0, vec![q(0, 4)], 5), Err(Refusal::JobNotRunning { job: "j".into() })),
         (Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 1 }, Ok(Reply::Done)),
-        (complete(0, vec![q(0, 0, 4), q(0, 4, 4)], 100), Ok(Reply::Completed { first_query: 1, finished: false })),
+        (complete(0, vec![q(0, 4), q(4, 4)], 100), Ok(Reply::Completed { first_query: 1, finished: false })),
         // A re-executed query, a stale count, overlap inside one command,
-        // a range past the end, the wrong pass: all refused, nothing counted.
-        (complete(2, vec![q(0, 0, 4)], 200), repeat(0, 0, 4, 0)),
-        (complete(1, vec![q(0, 8, 2)], 200), Err(Refusal::StaleCount { job: "j".into(), expected: 1, actual: 2 })),
-        (complete(2, vec![q(0, 8, 1), q(0, 8, 2)], 200), repeat(0, 8, 2, 0)),
-        (complete(2, vec![q(0, 8, 4)], 200), repeat(0, 8, 4, 0)),
-        (complete(2, vec![q(1, 8, 2)], 200), repeat(1, 8, 2, 0)),
-        (complete(2, vec![q(0, 8, 2)], 300), Ok(Reply::Completed { first_query: 3, finished: false })),
-        // Pass 1, with a batch size that changed (ranges of any length).
-        (complete(3, vec![q(1, 3, 7), q(1, 0, 3)], 400), Ok(Reply::Completed { first_query: 4, finished: true })),
-        (complete(5, vec![q(2, 0, 1)], 500), Err(Refusal::JobNotRunning { job: "j".into() })),
+        // a query across two passes, one past the last pass: all refused,
+        // nothing counted.
+        (complete(2, vec![q(0, 4)], 200), repeat(0, 4)),
+        (complete(1, vec![q(8, 2)], 200), Err(Refusal::StaleCount { job: "j".into(), expected: 1, actual: 2 })),
+        (complete(2, vec![q(8, 1), q(8, 2)], 200), repeat(8, 2)),
+        (complete(2, vec![q(8, 4)], 200), repeat(8, 4)),
+        (complete(2, vec![q(18, 4)], 200), repeat(18, 4)),
+        // The second pass may start before the first is done.
+        (complete(2, vec![q(10, 3)], 300), Ok(Reply::Completed { first_query: 3, finished: false })),
+        (complete(3, vec![q(8, 2)], 300), Ok(Reply::Completed { first_query: 4, finished: false })),
+        // With another batch size (ranges of any length).
+        (complete(4, vec![q(13, 7)], 400), Ok(Reply::Completed { first_query: 5, finished: true })),
+        (complete(5, vec![q(20, 1)], 500), Err(Refusal::JobNotRunning { job: "j".into() })),
     ]);
     let p = &st.jobs["j"].progress;
     assert_eq!(st.jobs["j"].state, JobState::Done);
     assert_eq!((p.queries_done, p.inputs_done, p.pass), (5, 20, 2));
-    assert!(p.done.is_empty());
-    assert_eq!((p.labeled, p.correct), (20, 2 + 2 + 1 + 3 + 1));
+    assert_eq!(p.done, [(0, 20)]);
+    assert_eq!((p.labeled, p.correct), (20, 2 + 2 + 1 + 1 + 3));
     assert_eq!(p.latency.count, 5);
+}
+
+#[test]
+fn the_pass_is_that_of_the_first_input_not_done() {
+    let st = run(vec![
+        (sized_job("j", 4, None), Ok(Reply::Done)),
+        (state("j", JobState::Running), Ok(Reply::Done)),
+        (complete(0, vec![q(4, 4), q(8, 2)], 10), Ok(Reply::Completed { first_query: 1, finished: false })),
+    ]);
+    assert_eq!(st.jobs["j"].progress.pass, 0);
+    let mut st = st;
+    st.apply(complete(2, vec![q(0, 4)], 20)).unwrap();
+    assert_eq!(st.jobs["j"].progress.pass, 2);
+    assert_eq!(st.jobs["j"].progress.done, [(0, 10)]);
 }
 
 #[test]
@@ -226,9 +243,9 @@ fn running_a_done_job_again_starts_from_the_first_pass() {
     let st = run(vec![
         (sized_job("j", 2, Some(1)), Ok(Reply::Done)),
         (state("j", JobState::Running), Ok(Reply::Done)),
-        (complete(0, vec![q(0, 0, 2)], 10), Ok(Reply::Completed { first_query: 1, finished: true })),
+        (complete(0, vec![q(0, 2)], 10), Ok(Reply::Completed { first_query: 1, finished: true })),
         (state("j", JobState::Running), Ok(Reply::Done)),
-        (complete(1, vec![q(0, 0, 1)], 20), Ok(Reply::Completed { first_query: 2, finished: false })),
+        (complete(1, vec![q(0, 1)], 20), Ok(Reply::Completed { first_query: 2, finished: false })),
     ]);
     let p = &st.jobs["j"].progress;
     assert_eq!((p.pass, p.done.clone(), p.queries_done), (0, vec![(0, 1)], 2));
@@ -242,7 +259,7 @@ fn query_rate_counts_the_last_ten_seconds() {
     ]);
     // 10 queries every 100 ms for 20 s: 100 queries/s.
     for k in 0..200u64 {
-        let qs = (0..10).map(|i| q(0, (k * 10 + i) * 4, 4)).collect();
+        let qs = (0..10).map(|i| q((k * 10 + i) * 4, 4)).collect();
         st.apply(complete(k * 10, qs, k * 100 + 50)).unwrap();
     }
     let p = &st.jobs["j"].progress;

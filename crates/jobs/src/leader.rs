@@ -98,7 +98,6 @@ impl Leader {
                 if inner.dispatcher.report(worker, &query) == Report::Accepted {
                     accepted += 1;
                     let done = DoneQuery {
-                        pass: r.pass,
                         start: r.start,
                         len: r.len,
                         latency_us: r.latency_us,
@@ -148,6 +147,7 @@ fn task(job: &Job, q: &Query) -> Option<v1::QueryTask> {
         pass: q.pass,
         start: q.start,
         len: q.len,
+        first_input: q.first_input(spec.samples),
         model: Some(file_ref(&spec.model, spec.model_version)),
         inputs,
         labels: spec.labels.as_ref().map(|l| file_ref(l, spec.labels_version)),
@@ -194,7 +194,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             .iter()
             .map(|(name, j)| JobView {
                 name: name.clone(),
-                pass: j.progress.pass,
+                passes: j.spec.passes,
                 samples: j.spec.samples,
                 batch_size: j.spec.batch_size,
                 done: j.progress.done.clone(),
@@ -294,17 +294,21 @@ async fn flush_job(
         };
         tables.insert(job.to_string(), table);
     }
-    let expect_done = {
+    let (expect_done, samples) = {
         let state = jobs.coordinator.local_state();
         let j = state.state.jobs.get(job).ok_or_else(|| format!("job {job} is gone"))?;
-        j.progress.queries_done
+        (j.progress.queries_done, j.spec.samples)
     };
+    // In stream order, so a later pass's row for an input wins.
+    let mut items = items;
+    items.sort_by_key(|p| p.query.start);
     let mut rows = Vec::new();
     let mut done = Vec::with_capacity(items.len());
     for (i, p) in items.into_iter().enumerate() {
         let query = expect_done + 1 + i as u64;
+        let first = p.query.first_input(samples);
         for (k, output) in p.outputs.into_iter().enumerate() {
-            rows.push(Row { query, pass: p.done.pass, input: p.done.start + k as u64, output });
+            rows.push(Row { query, pass: p.query.pass, input: first + k as u64, output });
         }
         done.push(p.done);
     }

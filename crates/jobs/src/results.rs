@@ -1,6 +1,6 @@
 //! `<job>.results` in SDFS: one JSON object per line, one line per input
-//! (the latest pass's output for it), each with the number of the query
-//! that produced it.
+//! (the output of the latest pass that ran it), each with the number of
+//! the query that produced it.
 //!
 //! The leader writes the file before it counts the queries in it, so a
 //! counted query always has its rows; a crash between the two leaves rows
@@ -47,7 +47,9 @@ impl Table {
     pub fn render_with(&self, extra: &[Row]) -> Vec<u8> {
         let mut merged: BTreeMap<u64, &Row> = self.rows.iter().map(|(k, v)| (*k, v)).collect();
         for r in extra {
-            merged.insert(r.input, r);
+            if merged.get(&r.input).is_none_or(|old| old.pass <= r.pass) {
+                merged.insert(r.input, r);
+            }
         }
         let mut out = Vec::with_capacity(merged.len() * 32);
         for r in merged.values() {
@@ -60,9 +62,14 @@ impl Table {
         out
     }
 
+    /// Lay `rows` over the table. An input keeps its row from the latest
+    /// pass: a query of an earlier pass that was re-run after a failure may
+    /// finish after the next pass's.
     pub fn apply(&mut self, rows: Vec<Row>) {
         for r in rows {
-            self.rows.insert(r.input, r);
+            if self.rows.get(&r.input).is_none_or(|old| old.pass <= r.pass) {
+                self.rows.insert(r.input, r);
+            }
         }
     }
 

@@ -94,7 +94,7 @@ impl Slot {
             Some(f) => Some(self.data.get(&self.rt, &self.local, f)?),
             None => None,
         };
-        let (start, len) = (t.start as usize, t.len as usize);
+        let (start, len) = (t.first_input as usize, t.len as usize);
         let model = self.model(&model_ref)?;
         // Processing time: the batch from input rows to outputs (a model
         // loaded for the first query does not count).

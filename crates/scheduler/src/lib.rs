@@ -21,24 +21,41 @@ use serde::Serialize;
 
 pub type WorkerId = u64;
 
-/// A running job as the replicated state describes it.
+/// A running job as the replicated state describes it. Work is counted
+/// in positions of the job's input stream: position `k` is input
+/// `k % samples` of pass `k / samples`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobView {
     pub name: String,
-    pub pass: u64,
     pub samples: u64,
+    /// None: the job loops until stopped.
+    pub passes: Option<u64>,
     pub batch_size: u32,
-    /// Input ranges `[start, end)` done in `pass` (sorted, disjoint).
+    /// Positions done (sorted, disjoint ranges `[start, end)`).
     pub done: Vec<(u64, u64)>,
 }
 
-/// One batch of consecutive inputs of one pass of a job.
+impl JobView {
+    fn end(&self) -> u64 {
+        self.passes.map_or(u64::MAX, |n| n.saturating_mul(self.samples.max(1)))
+    }
+}
+
+/// One batch of consecutive inputs of one pass of a job: positions
+/// `start .. start + len` of its input stream, all in pass `pass`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Query {
     pub job: String,
     pub pass: u64,
     pub start: u64,
     pub len: u64,
+}
+
+impl Query {
+    /// The first input's index in the input set.
+    pub fn first_input(&self, samples: u64) -> u64 {
+        self.start - self.pass * samples
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,8 +83,8 @@ impl JobQueue {
             || self.pending.iter().any(|(&s, &l)| overlaps(s, l))
     }
 
-    /// The first range of up to `batch_size` inputs that nobody has done,
-    /// holds or reported.
+    /// The first range of up to `batch_size` positions that nobody has
+    /// done, holds or reported, within one pass and the job's passes.
     fn next_free(&self) -> Option<(u64, u64)> {
         let mut taken: Vec<(u64, u64)> = self.view.done.clone();
         taken.extend(self.leased.iter().map(|(&s, l)| (s, s + l.len)));
@@ -80,11 +97,14 @@ impl JobQueue {
             }
             cursor = cursor.max(e);
         }
-        if cursor >= self.view.samples {
+        let samples = self.view.samples.max(1);
+        let end = self.view.end();
+        if cursor >= end {
             return None;
         }
-        let next_taken = self.first_taken_after(cursor).unwrap_or(self.view.samples);
-        let len = (self.view.batch_size as u64).min(next_taken - cursor).min(self.view.samples - cursor);
+        let next_taken = self.first_taken_after(cursor).unwrap_or(u64::MAX);
+        let pass_end = (cursor / samples + 1) * samples;
+        let len = (self.view.batch_size as u64).min(next_taken - cursor).min(pass_end - cursor).min(end - cursor);
         Some((cursor, len))
     }
 
@@ -133,16 +153,12 @@ impl Dispatcher {
     }
 
     /// Follow the replicated state: jobs that stopped are dropped with
-    /// their leases; a job whose pass moved on forgets the old pass.
+    /// their leases; committed work leaves the pending set.
     pub fn sync(&mut self, running: &[JobView]) {
         self.jobs.retain(|name, _| running.iter().any(|j| &j.name == name));
         for view in running {
             match self.jobs.get_mut(&view.name) {
                 Some(q) => {
-                    if q.view.pass != view.pass {
-                        q.leased.clear();
-                        q.pending.clear();
-                    }
                     // Committed reports now show in `done`.
                     let done = view.done.clone();
                     q.pending.retain(|&s, &mut l| !done.iter().any(|&(ds, de)| ds <= s && s + l <= de));
@@ -187,7 +203,8 @@ impl Dispatcher {
             match q.next_free() {
                 Some((start, len)) => {
                     q.leased.insert(start, Lease { len, worker, deadline_ms: now_ms + self.config.lease_ms });
-                    out.push(Query { job: name.clone(), pass: q.view.pass, start, len });
+                    let pass = start / q.view.samples.max(1);
+                    out.push(Query { job: name.clone(), pass, start, len });
                     idle_rounds = 0;
                 }
                 None => idle_rounds += 1,
@@ -202,7 +219,9 @@ impl Dispatcher {
     /// work is not done or held by someone else.
     pub fn report(&mut self, worker: WorkerId, query: &Query) -> Report {
         let Some(q) = self.jobs.get_mut(&query.job) else { return Report::Repeat };
-        if query.pass != q.view.pass || query.len == 0 || query.start + query.len > q.view.samples {
+        let samples = q.view.samples.max(1);
+        let last = query.start.saturating_add(query.len);
+        if query.len == 0 || last > q.view.end() || query.start / samples != (last - 1) / samples {
             return Report::Repeat;
         }
         let own = q.leased.get(&query.start).is_some_and(|l| l.worker == worker && l.len == query.len);
@@ -281,8 +300,8 @@ impl Dispatcher {
             if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
                 return Err(format!("job {name}: overlapping work {ranges:?}"));
             }
-            if ranges.last().is_some_and(|&(_, e)| e > q.view.samples) {
-                return Err(format!("job {name}: work beyond the input set"));
+            if ranges.last().is_some_and(|&(_, e)| e > q.view.end()) {
+                return Err(format!("job {name}: work beyond the job's passes"));
             }
         }
         Ok(())

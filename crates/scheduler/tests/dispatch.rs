@@ -4,7 +4,7 @@
 use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
 
 fn job(name: &str, samples: u64, batch: u32) -> JobView {
-    JobView { name: name.into(), pass: 0, samples, batch_size: batch, done: vec![] }
+    JobView { name: name.into(), samples, passes: Some(1), batch_size: batch, done: vec![] }
 }
 
 fn query(job: &str, pass: u64, start: u64, len: u64) -> Query {
@@ -107,12 +107,20 @@ fn a_worker_alternates_between_running_jobs() {
 }
 
 #[test]
-fn a_new_pass_forgets_the_old_one() {
+fn the_next_pass_starts_while_this_one_finishes() {
     let mut d = d();
-    d.sync(&[job("a", 4, 2)]);
-    let qs = d.take(1, 2, 0);
-    d.sync(&[JobView { pass: 1, ..job("a", 4, 2) }]);
-    assert_eq!(d.report(1, &qs[0]), Report::Repeat);
-    assert_eq!(starts(&d.take(1, 1, 0)), [("a".into(), 0, 2)]);
-    assert_eq!(d.take(1, 1, 0)[0].pass, 1);
+    d.sync(&[JobView { passes: Some(3), ..job("a", 5, 2) }]);
+    // Queries never span two passes: 2, 2, 1 per pass of 5.
+    let got = d.take(1, 7, 0);
+    let spans: Vec<(u64, u64, u64)> = got.iter().map(|q| (q.pass, q.start, q.len)).collect();
+    assert_eq!(spans, [(0, 0, 2), (0, 2, 2), (0, 4, 1), (1, 5, 2), (1, 7, 2), (1, 9, 1), (2, 10, 2)]);
+    assert_eq!(got[4].first_input(5), 2);
+    // Up to the last pass and no further.
+    assert_eq!(d.take(1, 9, 0).len(), 2);
+    assert!(d.take(1, 1, 0).is_empty());
+    // A looping job has no end.
+    let mut d = self::d();
+    d.sync(&[JobView { passes: None, ..job("a", 1, 4) }]);
+    assert_eq!(d.take(1, 100, 0).len(), 100);
+    d.check().unwrap();
 }
