@@ -236,6 +236,33 @@ fn a_worker_killed_mid_job_loses_no_query_and_counts_none_twice() {
 }
 
 #[test]
+fn the_coordinator_killed_mid_job_loses_no_query() {
+    let c = up(5);
+    put_photos(&c);
+    ok(
+        &c,
+        1,
+        &[
+            "job", "add", "long", "--model", "models/effnet-lite0.onnx", "--inputs", "data/photos.npy", "--labels",
+            "data/photos-labels.npy", "--batch-size", "2", "--passes", "60",
+        ],
+    );
+    ok(&c, 1, &["job", "start", "long"]);
+    wait_until(&c, "long", Duration::from_secs(60), "some progress", |s| s["queries_done"].as_u64() >= Some(40));
+    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    kill9(c.node(leader).pid);
+    // Workers keep their results through the election and hand them to
+    // the new leader, which resumes from the replicated state.
+    let st = wait_until(&c, "long", Duration::from_secs(120), "done", |s| s["state"] == "done");
+    assert_eq!(st["queries_done"].as_u64(), Some(60 * 7), "{st}");
+    assert_eq!(st["inputs_done"].as_u64(), Some(60 * 14), "{st}");
+    let survivor = (1..=5).find(|id| *id != leader).unwrap();
+    assert_ne!(ok(&c, survivor, &["status"])["leader"].as_u64(), Some(leader));
+    let rows = ok(&c, survivor, &["job", "results", "long"]);
+    assert_eq!(rows.as_array().unwrap().len(), 14);
+}
+
+#[test]
 fn set_batch_size_takes_effect_while_the_job_runs() {
     let c = up(3);
     put_photos(&c);
