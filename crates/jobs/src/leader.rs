@@ -25,6 +25,9 @@ use tonic::Status;
 use crate::results::{self, Row, Table};
 use crate::{Jobs, WorkerConfig, now_ms};
 
+/// Failed queries of a job, with no success between, that fail the job.
+const FAILURES_IN_A_ROW: u32 = 5;
+
 /// A finished query waiting for its commit.
 struct Pending {
     query: Query,
@@ -40,7 +43,9 @@ struct Inner {
     /// The running jobs' definitions, to describe queries to workers.
     running: BTreeMap<String, Job>,
     pending: BTreeMap<String, Vec<Pending>>,
-    /// Queries that could not run, by job, with the error.
+    /// Queries in a row that could not run, by job, with the last error.
+    failing: BTreeMap<String, (u32, String)>,
+    /// Jobs to mark failed, with the error.
     failures: BTreeMap<String, String>,
 }
 
@@ -80,7 +85,17 @@ impl Leader {
                 if !r.error.is_empty() {
                     inner.dispatcher.release(worker, &query);
                     tracing::warn!(job = %r.job, worker, error = %r.error, "a query failed");
-                    inner.failures.insert(r.job, r.error);
+                    // One failure may be a node's hiccup (a read that timed
+                    // out); failures in a row, with no success between, are
+                    // the job's own (a model that cannot run its inputs).
+                    let f = inner.failing.entry(r.job.clone()).or_insert((0, String::new()));
+                    f.0 += 1;
+                    f.1 = r.error;
+                    if f.0 >= FAILURES_IN_A_ROW {
+                        let error = f.1.clone();
+                        inner.failing.remove(&r.job);
+                        inner.failures.insert(r.job, error);
+                    }
                     continue;
                 }
                 let outputs: Vec<serde_json::Value> = match serde_json::from_slice(&r.outputs_json) {
@@ -95,6 +110,7 @@ impl Leader {
                     inner.dispatcher.release(worker, &query);
                     continue;
                 }
+                inner.failing.remove(&r.job);
                 if inner.dispatcher.report(worker, &query) == Report::Accepted {
                     accepted += 1;
                     let done = DoneQuery {
