@@ -1,10 +1,15 @@
-//! The real MNIST (converted by scripts/assets) through the IDX reader.
+//! The real MNIST (converted by scripts/assets) and Fashion-MNIST (from
+//! Debian's package) through the IDX reader.
 
 use idunno_ml::onnx::assets_dir;
 use idunno_ml::{DType, read_array};
 
 fn load(name: &str) -> idunno_ml::Tensor {
-    let p = assets_dir().join("datasets/mnist").join(name);
+    load_from("mnist", name)
+}
+
+fn load_from(set: &str, name: &str) -> idunno_ml::Tensor {
+    let p = assets_dir().join("datasets").join(set).join(name);
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/assets)", p.display()));
     read_array(&bytes).unwrap()
 }
@@ -31,4 +36,20 @@ fn mnist_reads_as_the_well_known_data_set() {
     assert_eq!(train.data.iter().max(), Some(&255));
     let first = train.rows(0, 1);
     assert_eq!(first.data[..28].iter().map(|p| u32::from(*p)).sum::<u32>(), 0);
+}
+
+#[test]
+fn fashion_mnist_reads_as_the_well_known_data_set() {
+    let train = load_from("fashion-mnist", "train-images-idx3-ubyte");
+    let train_labels = load_from("fashion-mnist", "train-labels-idx1-ubyte").to_i64();
+    let test_labels = load_from("fashion-mnist", "t10k-labels-idx1-ubyte").to_i64();
+    assert_eq!((train.dtype, train.shape.clone()), (DType::U8, vec![60000, 28, 28]));
+    assert_eq!(load_from("fashion-mnist", "t10k-images-idx3-ubyte").shape, vec![10000, 28, 28]);
+    // Balanced classes: 6000 of each of the 10 in training, 1000 in test;
+    // the first training item is an ankle boot (9), the first test one too.
+    for class in 0..10 {
+        assert_eq!(train_labels.iter().filter(|v| **v == class).count(), 6000);
+        assert_eq!(test_labels.iter().filter(|v| **v == class).count(), 1000);
+    }
+    assert_eq!((train_labels[0], test_labels[0]), (9, 9));
 }
