@@ -90,13 +90,15 @@ fn cli(c: &idunno_bench::Cluster, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
-/// One idunno worker: (queries/s, worker-measured p50 ms).
-fn idunno(case: &Case, seconds: f64) -> (f64, f64) {
+/// One idunno worker: (queries/s, worker-measured p50 ms, node RSS MiB).
+fn idunno(case: &Case, seconds: f64) -> (f64, f64, f64) {
     let c = cluster(1, Some("[worker]\nslots = 1\nthreads = 1\n"));
     cli(&c, &["fs", "put", asset(case.model).to_str().unwrap(), "m.onnx"]);
     cli(&c, &["fs", "put", asset(case.inputs).to_str().unwrap(), "x.npy"]);
     let batch = case.batch.to_string();
-    cli(&c, &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch]);
+    // A classifier's results are its classes (what a user of it keeps).
+    let output = if case.name.starts_with("efficientnet") { "class" } else { "vector" };
+    cli(&c, &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch, "--output", output]);
     cli(&c, &["job", "start", "bench"]);
     let sample = || {
         let s = cli(&c, &["job", "status", "bench"]);
@@ -112,9 +114,10 @@ fn idunno(case: &Case, seconds: f64) -> (f64, f64) {
     std::thread::sleep(Duration::from_secs_f64(seconds));
     let (t2, q2) = sample();
     let st = cli(&c, &["job", "status", "bench"]);
+    let rss = idunno_bench::rss_mib(c.node(1).pid).unwrap_or(f64::NAN);
     cli(&c, &["job", "stop", "bench"]);
     let rate = (q2 - q1) as f64 / (t2 - t1).as_secs_f64();
-    (rate, st[0]["latency_ms"]["median"].as_f64().unwrap_or(f64::NAN))
+    (rate, st[0]["latency_ms"]["median"].as_f64().unwrap_or(f64::NAN), rss)
 }
 
 fn main() {
@@ -125,12 +128,13 @@ fn main() {
     );
     for case in CASES.iter().filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o))) {
         let (b1, p1) = bare(case, args.seconds / 2.0);
-        let (rate, p50) = idunno(case, args.seconds);
+        let (rate, p50, rss) = idunno(case, args.seconds);
         let (b2, p2) = bare(case, args.seconds / 2.0);
+        let bare_rss = idunno_bench::rss_mib(std::process::id()).unwrap_or(f64::NAN);
         let bare_rate = (b1 + b2) / 2.0;
         let bare_p50 = (p1 + p2) / 2.0;
         println!(
-            "{:<24} bare {:>9.1} q/s (runs {:.1} / {:.1})  idunno {:>9.1} q/s  ratio {:.3}  p50 bare {:.3} ms, worker {:.3} ms (+{:.3})  overhead/query {:.3} ms",
+            "{:<24} bare {:>9.1} q/s (runs {:.1} / {:.1})  idunno {:>9.1} q/s  ratio {:.3}  p50 bare {:.3} ms, worker {:.3} ms (+{:.3})  overhead/query {:.3} ms  node RSS {:.0} MiB (bare process {:.0})",
             case.name,
             bare_rate,
             b1,
@@ -141,6 +145,8 @@ fn main() {
             p50,
             p50 - bare_p50,
             (1000.0 / rate) - (1000.0 / bare_rate),
+            rss,
+            bare_rss,
         );
     }
 }
