@@ -98,7 +98,10 @@ fn idunno(case: &Case, seconds: f64) -> (f64, f64, f64) {
     let batch = case.batch.to_string();
     // A classifier's results are its classes (what a user of it keeps).
     let output = if case.name.starts_with("efficientnet") { "class" } else { "vector" };
-    cli(&c, &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch, "--output", output]);
+    cli(
+        &c,
+        &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch, "--output", output],
+    );
     cli(&c, &["job", "start", "bench"]);
     let sample = || {
         let s = cli(&c, &["job", "status", "bench"]);

@@ -60,6 +60,22 @@ fn put_photos(c: &Cluster) {
     put(c, "datasets/photos/photos-labels.npy", "data/photos-labels.npy");
 }
 
+/// Add and start a job of EfficientNet-Lite0 over the photos.
+fn start_photo_job(c: &Cluster, job: &str, batch: u32, passes: Option<u64>, labels: bool) {
+    let batch = batch.to_string();
+    let passes = passes.map(|p| p.to_string());
+    let mut args = vec!["job", "add", job, "--model", "models/effnet-lite0.onnx", "--inputs", "data/photos.npy"];
+    args.extend(["--batch-size", &batch]);
+    if labels {
+        args.extend(["--labels", "data/photos-labels.npy"]);
+    }
+    if let Some(p) = &passes {
+        args.extend(["--passes", p]);
+    }
+    assert_eq!(ok(c, 1, &args)["action"], "added");
+    ok(c, 1, &["job", "start", job]);
+}
+
 /// The photos' labels as the assets step wrote them (-1: no known class).
 fn photo_labels() -> Vec<i64> {
     let t = idunno_ml::npy::read(&std::fs::read(asset("datasets/photos/photos-labels.npy")).unwrap()).unwrap();
@@ -191,97 +207,57 @@ fn minilm_job_outputs_match_a_single_process_run() {
     }
 }
 
-#[test]
-fn a_worker_killed_mid_job_loses_no_query_and_counts_none_twice() {
+/// Run a job over the photos on 5 nodes, kill -9 one node mid-job (the
+/// coordinator leader, or a worker that is not), and check that the job
+/// finishes with every query counted exactly once and a row per photo.
+fn kill_mid_job(kill_leader: bool, batch: u32, passes: u64) {
     let c = up(5);
     put_photos(&c);
-    // 40 passes of 14 single-photo queries: long enough to kill mid-run.
-    ok(
-        &c,
-        1,
-        &[
-            "job",
-            "add",
-            "long",
-            "--model",
-            "models/effnet-lite0.onnx",
-            "--inputs",
-            "data/photos.npy",
-            "--labels",
-            "data/photos-labels.npy",
-            "--batch-size",
-            "1",
-            "--passes",
-            "40",
-        ],
-    );
-    ok(&c, 1, &["job", "start", "long"]);
+    start_photo_job(&c, "long", batch, Some(passes), true);
     wait_until(&c, "long", Duration::from_secs(60), "some progress", |s| s["queries_done"].as_u64() >= Some(40));
-    // A worker that is not the coordinator leader (that is the next issue).
     let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
-    let victim = (1..=5).rev().find(|id| *id != leader).unwrap();
+    let victim = if kill_leader { leader } else { (1..=5).rev().find(|id| *id != leader).unwrap() };
     kill9(c.node(victim).pid);
+    // A dead worker's queries go back to the queue; through a leader's
+    // death, workers keep their results and hand them to the new leader,
+    // which resumes from the replicated state.
     let st = wait_until(&c, "long", Duration::from_secs(120), "done", |s| s["state"] == "done");
-    assert_eq!(st["queries_done"].as_u64(), Some(560), "every query counted once: {st}");
-    assert_eq!(st["inputs_done"].as_u64(), Some(560), "{st}");
+    let per_pass = 14u64.div_ceil(batch as u64);
+    assert_eq!(st["queries_done"].as_u64(), Some(passes * per_pass), "every query counted once: {st}");
+    assert_eq!(st["inputs_done"].as_u64(), Some(passes * 14), "{st}");
     assert_eq!(st["accuracy"].as_f64(), Some(1.0));
     let survivor = (1..=5).find(|id| *id != victim).unwrap();
+    if kill_leader {
+        assert_ne!(ok(&c, survivor, &["status"])["leader"].as_u64(), Some(leader));
+    }
     let rows = ok(&c, survivor, &["job", "results", "long"]);
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 14, "one row per input");
-    let mut inputs: Vec<u64> = rows.iter().map(|r| r["input"].as_u64().unwrap()).collect();
-    inputs.dedup();
-    assert_eq!(inputs, (0..14).collect::<Vec<_>>());
-    assert!(rows.iter().all(|r| r["pass"] == 39), "the last pass's rows");
+    let inputs: Vec<u64> = rows.iter().map(|r| r["input"].as_u64().unwrap()).collect();
+    assert_eq!(inputs, (0..14).collect::<Vec<_>>(), "one row per input");
+    assert!(rows.iter().all(|r| r["pass"].as_u64() == Some(passes - 1)), "the last pass's rows");
+    let labels = photo_labels();
+    for r in rows {
+        let want = labels[r["input"].as_u64().unwrap() as usize];
+        assert!(want < 0 || r["output"] == want, "{r}");
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_no_query_and_counts_none_twice() {
+    // 40 passes of 14 single-photo queries: long enough to kill mid-run.
+    kill_mid_job(false, 1, 40);
 }
 
 #[test]
 fn the_coordinator_killed_mid_job_loses_no_query() {
-    let c = up(5);
-    put_photos(&c);
-    ok(
-        &c,
-        1,
-        &[
-            "job", "add", "long", "--model", "models/effnet-lite0.onnx", "--inputs", "data/photos.npy", "--labels",
-            "data/photos-labels.npy", "--batch-size", "2", "--passes", "60",
-        ],
-    );
-    ok(&c, 1, &["job", "start", "long"]);
-    wait_until(&c, "long", Duration::from_secs(60), "some progress", |s| s["queries_done"].as_u64() >= Some(40));
-    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
-    kill9(c.node(leader).pid);
-    // Workers keep their results through the election and hand them to
-    // the new leader, which resumes from the replicated state.
-    let st = wait_until(&c, "long", Duration::from_secs(120), "done", |s| s["state"] == "done");
-    assert_eq!(st["queries_done"].as_u64(), Some(60 * 7), "{st}");
-    assert_eq!(st["inputs_done"].as_u64(), Some(60 * 14), "{st}");
-    let survivor = (1..=5).find(|id| *id != leader).unwrap();
-    assert_ne!(ok(&c, survivor, &["status"])["leader"].as_u64(), Some(leader));
-    let rows = ok(&c, survivor, &["job", "results", "long"]);
-    assert_eq!(rows.as_array().unwrap().len(), 14);
+    kill_mid_job(true, 2, 60);
 }
 
 #[test]
 fn set_batch_size_takes_effect_while_the_job_runs() {
     let c = up(3);
     put_photos(&c);
-    ok(
-        &c,
-        1,
-        &[
-            "job",
-            "add",
-            "resize",
-            "--model",
-            "models/effnet-lite0.onnx",
-            "--inputs",
-            "data/photos.npy",
-            "--batch-size",
-            "2",
-        ],
-    );
-    ok(&c, 1, &["job", "start", "resize"]);
+    start_photo_job(&c, "resize", 2, None, false);
     wait_until(&c, "resize", Duration::from_secs(60), "two passes", |s| s["pass"].as_u64() >= Some(2));
     ok(&c, 2, &["job", "set-batch-size", "resize", "5"]);
     // Passes need no barrier, so queries of the old size may already be
@@ -323,65 +299,35 @@ fn bad_jobs_are_refused_and_change_nothing() {
     ok(&c, 1, &["fs", "put", junk.to_str().unwrap(), "models/junk.onnx"]);
     let before = ok(&c, 1, &["coord", "state"]);
 
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let add = |model: &str, inputs: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["job", "add", "j", "--model", model, "--inputs", inputs, "--batch-size"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let (effnet, photos) = ("models/effnet-lite0.onnx", "data/photos.npy");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (add("models/junk.onnx", photos, &["2"]), "models/junk.onnx is not a model ONNX Runtime can load"),
         (
-            vec!["job", "add", "j", "--model", "models/junk.onnx", "--inputs", "data/photos.npy", "--batch-size", "2"],
-            "models/junk.onnx is not a model ONNX Runtime can load",
-        ),
-        (
-            vec![
-                "job",
-                "add",
-                "j",
-                "--model",
-                "models/effnet-lite0.onnx",
-                "--inputs",
-                "data/mnist.idx",
-                "--batch-size",
-                "2",
-            ],
+            add(effnet, "data/mnist.idx", &["2"]),
             "the input set has shape [n, 28, 28], the model's input images expects [?, 3, 224, 224]",
         ),
+        (add("models/nope.onnx", photos, &["2"]), "model models/nope.onnx is not in SDFS"),
         (
-            vec!["job", "add", "j", "--model", "models/nope.onnx", "--inputs", "data/photos.npy", "--batch-size", "2"],
-            "model models/nope.onnx is not in SDFS",
-        ),
-        (
-            vec![
-                "job",
-                "add",
-                "j",
-                "--model",
-                "models/effnet-lite0.onnx",
-                "--inputs",
-                "data/photos.npy",
-                "--labels",
-                "data/mnist-labels.idx",
-                "--batch-size",
-                "2",
-            ],
+            add(effnet, photos, &["2", "--labels", "data/mnist-labels.idx"]),
             "labels data/mnist-labels.idx have shape [10000]; expected [14]",
         ),
-        (
-            vec![
-                "job",
-                "add",
-                "j",
-                "--model",
-                "models/effnet-lite0.onnx",
-                "--inputs",
-                "data/photos.npy",
-                "--batch-size",
-                "0",
-            ],
-            "batch size must be at least 1",
-        ),
-        (vec!["job", "start", "ghost"], "no such job: ghost"),
-        (vec!["job", "status", "ghost"], "no such job: ghost"),
-        (vec!["job", "results", "ghost"], "no such job: ghost"),
-        (vec!["job", "set-batch-size", "ghost", "4"], "no such job: ghost"),
+        (add(effnet, photos, &["0"]), "batch size must be at least 1"),
+        (add(effnet, photos, &["2", "--output", "probabilities"]), "output must be class or vector"),
+        (vec!["job".into(), "start".into(), "ghost".into()], "no such job: ghost"),
+        (vec!["job".into(), "status".into(), "ghost".into()], "no such job: ghost"),
+        (vec!["job".into(), "results".into(), "ghost".into()], "no such job: ghost"),
+        (vec!["job".into(), "set-batch-size".into(), "ghost".into(), "4".into()], "no such job: ghost"),
     ];
     for (args, msg) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = idunno(&c, 2, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
