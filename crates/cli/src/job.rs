@@ -103,18 +103,38 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             Ok(())
         }
         JobCommand::Assignments => {
-            let r = c.assignments(v1::JobQuery { job: String::new() }).await.map_err(status)?.into_inner();
-            let doc = parse(&r.json)?;
             if out.json {
-                return out.json(&doc);
+                let r = c.assignments(v1::JobQuery { job: String::new() }).await.map_err(status)?.into_inner();
+                return out.json(&parse(&r.json)?);
             }
-            let mut t = table(&["JOB", "WORKERS"]);
-            if let Some(m) = doc.as_object() {
-                for (job, workers) in m {
-                    t.add_row(vec![job.clone(), list(workers)]);
-                }
+            let r = c.assignments(v1::JobQuery { job: "explain".into() }).await.map_err(status)?.into_inner();
+            let doc = parse(&r.json)?;
+            let mut t =
+                table(&["JOB", "WORKERS (share of their time)", "COST ms/query", "PREDICTED q/s", "MEASURED q/s"]);
+            for (job, a) in doc.as_object().into_iter().flatten() {
+                let shares = &a["worker_shares"];
+                let workers: Vec<String> = a["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| match shares[w.to_string()].as_f64() {
+                        Some(f) => format!("{w} ({:.0}%)", f * 100.0),
+                        None => w.to_string(),
+                    })
+                    .collect();
+                t.add_row(vec![
+                    job.clone(),
+                    workers.join(", "),
+                    num(&a["cost_ms"], 2),
+                    num(&a["predicted_rate"], 1),
+                    num(&a["query_rate"], 1),
+                ]);
             }
             println!("{t}");
+            println!(
+                "Each free worker slot takes the next query of the job with the fewest queries handed out, so query\n\
+                 rates come out equal and a costlier job holds more of the workers' time (predicted: slots / Σ cost)."
+            );
             Ok(())
         }
         JobCommand::Results { job, out: file } => {

@@ -254,6 +254,35 @@ fn the_coordinator_killed_mid_job_loses_no_query() {
 }
 
 #[test]
+fn two_jobs_of_four_times_the_cost_run_at_equal_rates() {
+    let c = up(5);
+    put_photos(&c);
+    // The same model, four photos per query against one: ~4x the cost.
+    start_photo_job(&c, "big", 4, None, true);
+    wait_until(&c, "big", Duration::from_secs(60), "running", |s| s["queries_done"].as_u64() >= Some(20));
+    let started = std::time::Instant::now();
+    start_photo_job(&c, "small", 1, None, true);
+    wait_until(&c, "small", Duration::from_secs(10), "a first query", |s| s["queries_done"].as_u64() >= Some(1));
+    eprintln!("second job's first counted query {:?} after its start", started.elapsed());
+    // Rates are over the last 10 s: wait for a full window of both.
+    std::thread::sleep(Duration::from_secs(12));
+    let all = ok(&c, 2, &["job", "status"]);
+    let rates: Vec<f64> = all.as_array().unwrap().iter().map(|j| j["query_rate"].as_f64().unwrap()).collect();
+    let (max, min) = (rates.iter().cloned().fold(0.0, f64::max), rates.iter().cloned().fold(f64::MAX, f64::min));
+    assert!(min > 0.0 && max / min - 1.0 <= 0.2, "query rates {rates:?}: {all:#}");
+    // The costlier job holds most of the workers' time, and says why.
+    let big = all.as_array().unwrap().iter().find(|j| j["job"] == "big").unwrap();
+    let small = all.as_array().unwrap().iter().find(|j| j["job"] == "small").unwrap();
+    let cost = |j: &Value| j["cost_ms"].as_f64().unwrap_or(0.0);
+    assert!(cost(big) > 2.0 * cost(small), "costs {} vs {}", cost(big), cost(small));
+    let share = |j: &Value| j["worker_shares"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum::<f64>();
+    assert!(share(big) > share(small), "shares {} vs {}", share(big), share(small));
+    assert!(big["predicted_rate"].as_f64().unwrap() > 0.0);
+    let assignments = ok(&c, 1, &["job", "assignments"]);
+    assert!(assignments["big"].as_array().is_some_and(|w| !w.is_empty()), "{assignments}");
+}
+
+#[test]
 fn set_batch_size_takes_effect_while_the_job_runs() {
     let c = up(3);
     put_photos(&c);

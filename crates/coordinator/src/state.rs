@@ -22,6 +22,23 @@ pub struct ClusterState {
     pub jobs: BTreeMap<String, Job>,
     /// Which workers serve which job (the scheduler's last decision).
     pub assignments: BTreeMap<String, Vec<u64>>,
+    /// Why: the measurements behind `assignments`, per job.
+    #[serde(default)]
+    pub assignment_notes: BTreeMap<String, AssignmentNote>,
+}
+
+/// What the scheduler measured and predicted for a job when it last
+/// recorded the assignments (integers, so replicas compare exactly).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentNote {
+    /// Processing time per query (moving average), µs.
+    pub cost_us: Option<u64>,
+    /// The query rate the fair split predicts, in thousandths of a query/s.
+    pub predicted_mqps: Option<u64>,
+    /// (worker, thousandths of its busy time spent on this job in the
+    /// last 10 s). A list, not a map: integer map keys do not survive the
+    /// tagged `Command` enum's JSON.
+    pub shares_permille: Vec<(u64, u32)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,9 +343,11 @@ pub enum Command {
     RemoveJob {
         job: String,
     },
-    /// Replace the whole assignment table.
+    /// Replace the whole assignment table (and its notes).
     SetAssignments {
         assignments: BTreeMap<String, Vec<u64>>,
+        #[serde(default)]
+        notes: BTreeMap<String, AssignmentNote>,
     },
     /// Count finished queries of a running job, all or none: refused if
     /// the job's count is not `expect_done` (another leader got there
@@ -504,16 +523,18 @@ impl ClusterState {
                 }
                 self.jobs.remove(&job);
                 self.assignments.remove(&job);
+                self.assignment_notes.remove(&job);
                 Ok(Reply::Done)
             }
-            Command::SetAssignments { assignments } => {
-                if let Some(job) = assignments.keys().find(|j| !self.jobs.contains_key(*j)) {
+            Command::SetAssignments { assignments, notes } => {
+                if let Some(job) = assignments.keys().chain(notes.keys()).find(|j| !self.jobs.contains_key(*j)) {
                     return Err(Refusal::NoSuchJob { job: job.clone() });
                 }
                 for workers in assignments.values() {
                     distinct(workers)?;
                 }
                 self.assignments = assignments;
+                self.assignment_notes = notes;
                 Ok(Reply::Done)
             }
             Command::CompleteQueries { job, expect_done, queries, now_ms } => {
@@ -602,7 +623,9 @@ impl ClusterState {
                 return Err(format!("job {name}: counts disagree"));
             }
         }
-        if let Some(j) = self.assignments.keys().find(|j| !self.jobs.contains_key(*j)) {
+        if let Some(j) =
+            self.assignments.keys().chain(self.assignment_notes.keys()).find(|j| !self.jobs.contains_key(*j))
+        {
             return Err(format!("assignment for unknown job {j}"));
         }
         Ok(())

@@ -2,7 +2,9 @@
 //! with the invariants checked after every step and a refusal checked to
 //! leave the state exactly as it was.
 
-use idunno_coordinator::state::{ClusterState, Command, DoneQuery, Histogram, JobSpec, JobState, Refusal, Reply};
+use idunno_coordinator::state::{
+    AssignmentNote, ClusterState, Command, DoneQuery, Histogram, JobSpec, JobState, Refusal, Reply,
+};
 
 fn put(name: &str, replicas: &[u64]) -> Command {
     Command::CommitFileVersion {
@@ -137,17 +139,23 @@ fn assignments_name_existing_jobs_and_go_with_them() {
     let st = run(vec![
         (job("j", 1), Ok(Reply::Done)),
         (
-            Command::SetAssignments { assignments: [("ghost".to_string(), vec![1])].into() },
+            Command::SetAssignments { assignments: [("ghost".to_string(), vec![1])].into(), notes: Default::default() },
             Err(Refusal::NoSuchJob { job: "ghost".into() }),
         ),
         (
-            Command::SetAssignments { assignments: [("j".to_string(), vec![1, 1])].into() },
+            Command::SetAssignments { assignments: [("j".to_string(), vec![1, 1])].into(), notes: Default::default() },
             Err(Refusal::DuplicateReplica { replicas: vec![1, 1] }),
         ),
-        (Command::SetAssignments { assignments: [("j".to_string(), vec![1, 2])].into() }, Ok(Reply::Done)),
+        (
+            Command::SetAssignments {
+                assignments: [("j".to_string(), vec![1, 2])].into(),
+                notes: [("j".to_string(), Default::default())].into(),
+            },
+            Ok(Reply::Done),
+        ),
         (Command::RemoveJob { job: "j".into() }, Ok(Reply::Done)),
     ]);
-    assert!(st.assignments.is_empty() && st.jobs.is_empty());
+    assert!(st.assignments.is_empty() && st.jobs.is_empty() && st.assignment_notes.is_empty());
 }
 
 #[test]
@@ -166,6 +174,21 @@ fn commands_and_replies_round_trip_as_json() {
         ..Default::default()
     };
     assert_eq!(c, Command::AddJob { spec: want });
+    // Every field type inside a command must survive the tagged enum's
+    // JSON (integer map keys do not).
+    let note = AssignmentNote { cost_us: Some(4), predicted_mqps: None, shares_permille: vec![(1, 500), (2, 500)] };
+    let c = Command::SetAssignments {
+        assignments: [("j".to_string(), vec![1, 2])].into(),
+        notes: [("j".to_string(), note)].into(),
+    };
+    assert_eq!(serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(), c);
+    let c = Command::CompleteQueries {
+        job: "j".into(),
+        expect_done: 3,
+        queries: vec![DoneQuery { start: 1, len: 2, latency_us: 3, labeled: 4, correct: 5 }],
+        now_ms: 6,
+    };
+    assert_eq!(serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(), c);
     let r: Result<Reply, Refusal> = Err(Refusal::NoSuchJob { job: "x".into() });
     let back: Result<Reply, Refusal> = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(back, r);

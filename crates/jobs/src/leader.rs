@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use idunno_coordinator::state::{Command, DoneQuery, Job, JobState, Reply};
+use idunno_coordinator::state::{AssignmentNote, Command, DoneQuery, Job, JobState, Reply};
 use idunno_rpc::v1;
 use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
 use tokio::sync::Notify;
@@ -24,6 +24,34 @@ use tonic::Status;
 
 use crate::results::{self, Row, Table};
 use crate::{Jobs, WorkerConfig, now_ms};
+
+/// How often the assignment notes (costs, shares) are recorded at most.
+const NOTES_EVERY: Duration = Duration::from_secs(3);
+
+/// The assignment table and its notes from the dispatcher's measurements:
+/// a job's workers are those that spent time on it in the last 10 s (or,
+/// before any report, every live worker).
+fn assignment_table(
+    shares: &BTreeMap<String, idunno_scheduler::JobShare>,
+) -> (BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>) {
+    let mut table = BTreeMap::new();
+    let mut notes = BTreeMap::new();
+    for (job, s) in shares {
+        let measured: Vec<u64> = s.shares.iter().filter(|(_, f)| **f > 0.0).map(|(w, _)| *w).collect();
+        let workers = if measured.is_empty() { s.shares.keys().copied().collect() } else { measured };
+        table.insert(job.clone(), workers);
+        notes.insert(
+            job.clone(),
+            AssignmentNote {
+                cost_us: s.cost_ms.map(|c| (c * 1000.0).round() as u64),
+                predicted_mqps: s.predicted_rate.map(|r| (r * 1000.0).round() as u64),
+                // Coarse (5%), so that noise does not make a new note.
+                shares_permille: s.shares.iter().map(|(w, f)| (*w, ((f * 20.0).round() * 50.0) as u32)).collect(),
+            },
+        );
+    }
+    (table, notes)
+}
 
 /// Failed queries of a job, with no success between, that fail the job.
 const FAILURES_IN_A_ROW: u32 = 5;
@@ -111,7 +139,7 @@ impl Leader {
                     continue;
                 }
                 inner.failing.remove(&r.job);
-                if inner.dispatcher.report(worker, &query) == Report::Accepted {
+                if inner.dispatcher.report(worker, &query, r.latency_us, now_ms()) == Report::Accepted {
                     accepted += 1;
                     let done = DoneQuery {
                         start: r.start,
@@ -181,6 +209,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     leader.reset(false);
     let mut tables: BTreeMap<String, Table> = BTreeMap::new();
     let mut last_flush = Instant::now();
+    let mut last_notes = Instant::now();
     let mut gone_seen: BTreeSet<u64> = BTreeSet::new();
     let mut state_rx = jobs.coordinator.watch_state();
     loop {
@@ -250,17 +279,23 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 leader.work.notify_waiters();
             }
             let failures = std::mem::take(&mut inner.failures);
-            (inner.dispatcher.assignments(&live), failures, newly_active)
+            let shares = inner.dispatcher.explain(&live, jobs.config.slots, now_ms());
+            (assignment_table(&shares), failures, newly_active)
         };
         gone_seen = gone;
         if newly_active {
             tables.clear();
         }
         tables.retain(|name, _| running.contains_key(name));
-        if assignments != state.state.assignments
-            && let Err(e) = jobs.coordinator.apply(Command::SetAssignments { assignments }).await
-        {
-            tracing::warn!(error = %e, "could not record assignments");
+        let (assignments, notes) = assignments;
+        // The workers of a job change rarely; the measurements behind them
+        // are recorded every few seconds at most.
+        let notes_due = notes != state.state.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
+        if assignments != state.state.assignments || notes_due {
+            last_notes = Instant::now();
+            if let Err(e) = jobs.coordinator.apply(Command::SetAssignments { assignments, notes }).await {
+                tracing::warn!(error = %e, "could not record assignments");
+            }
         }
         for (job, error) in failures {
             tracing::warn!(%job, %error, "marking the job failed");

@@ -85,8 +85,13 @@ impl idunno_rpc::Jobs for JobsService {
         Self::json(&doc)
     }
 
-    async fn assignments(&self, _req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+    /// `job` = "explain": the table with its reasons (for people).
+    async fn assignments(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+        let explain = req.into_inner().job == "explain";
         let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
+        if explain {
+            return Self::json(&status::assignments_explained(&data.state, now_ms()));
+        }
         Self::json(&status::assignments(&data.state))
     }
 

@@ -20,6 +20,9 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
     let l = p.latency.summary();
     let accuracy = (p.labeled > 0).then(|| p.correct as f64 / p.labeled as f64);
     let rate = if job.state == JobState::Running { p.query_rate(now_ms) } else { 0.0 };
+    let note = state.assignment_notes.get(name).cloned().unwrap_or_default();
+    let shares: serde_json::Map<String, Value> =
+        note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect();
     json!({
         "job": name,
         "state": state_name(job.state),
@@ -33,6 +36,9 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
         },
         "accuracy": accuracy,
         "workers": state.assignments.get(name).cloned().unwrap_or_default(),
+        "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
+        "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
+        "worker_shares": shares,
         "model": job.spec.model,
         "model_version": job.spec.model_version,
         "inputs": job.spec.inputs,
@@ -65,4 +71,25 @@ pub fn status(state: &ClusterState, job: Option<&str>, now_ms: u64) -> Option<Va
 /// `{"<job>": [worker ids], …}`.
 pub fn assignments(state: &ClusterState) -> Value {
     json!(state.assignments)
+}
+
+/// The assignment table with its reasons, per job: workers with their
+/// share of time, cost per query, predicted and measured rates.
+pub fn assignments_explained(state: &ClusterState, now_ms: u64) -> Value {
+    let mut out = serde_json::Map::new();
+    for (job, workers) in &state.assignments {
+        let note = state.assignment_notes.get(job).cloned().unwrap_or_default();
+        let rate = state.jobs.get(job).map_or(0.0, |j| j.progress.query_rate(now_ms));
+        out.insert(
+            job.clone(),
+            json!({
+                "workers": workers,
+                "worker_shares": note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect::<serde_json::Map<_, _>>(),
+                "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
+                "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
+                "query_rate": (rate * 100.0).round() / 100.0,
+            }),
+        );
+    }
+    Value::Object(out)
 }

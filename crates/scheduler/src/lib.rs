@@ -72,6 +72,12 @@ struct JobQueue {
     leased: BTreeMap<u64, Lease>,
     /// Reported, waiting for the commit: start → len.
     pending: BTreeMap<u64, u64>,
+    /// Virtual time: queries handed out, counted from the smallest count
+    /// among the jobs running when this one joined. A free worker slot
+    /// goes to the job with the smallest (fair queuing on query counts).
+    vtime: u64,
+    /// Processing time per query, moving average (µs).
+    cost_us: Option<f64>,
 }
 
 impl JobQueue {
@@ -143,13 +149,17 @@ impl Default for DispatcherConfig {
 pub struct Dispatcher {
     config: DispatcherConfig,
     jobs: BTreeMap<String, JobQueue>,
-    /// Which job each worker served last (round-robin between its jobs).
-    last: BTreeMap<WorkerId, String>,
+    /// Accepted reports of the last [`SHARE_WINDOW_MS`]: (worker, job) →
+    /// (when, processing time µs). What `explain` measures shares from.
+    served: BTreeMap<(WorkerId, String), Vec<(u64, u64)>>,
 }
+
+/// The window over which workers' time shares are measured.
+pub const SHARE_WINDOW_MS: u64 = 10_000;
 
 impl Dispatcher {
     pub fn new(config: DispatcherConfig) -> Dispatcher {
-        Dispatcher { config, jobs: BTreeMap::new(), last: BTreeMap::new() }
+        Dispatcher { config, jobs: BTreeMap::new(), served: BTreeMap::new() }
     }
 
     /// Follow the replicated state: jobs that stopped are dropped with
@@ -165,50 +175,79 @@ impl Dispatcher {
                     q.view = view.clone();
                 }
                 None => {
-                    let q = JobQueue { view: view.clone(), leased: BTreeMap::new(), pending: BTreeMap::new() };
+                    // A job that joins starts level with the least served
+                    // one: no burst to "catch up" on the others.
+                    let vtime = self.jobs.values().map(|q| q.vtime).min().unwrap_or(0);
+                    let q = JobQueue {
+                        view: view.clone(),
+                        leased: BTreeMap::new(),
+                        pending: BTreeMap::new(),
+                        vtime,
+                        cost_us: None,
+                    };
                     self.jobs.insert(view.name.clone(), q);
                 }
             }
         }
     }
 
-    /// The jobs each worker serves. For now every live worker serves every
-    /// running job; fair shares come with the fair-time scheduler.
-    pub fn assignments(&self, workers: &[WorkerId]) -> BTreeMap<String, Vec<WorkerId>> {
-        let mut ws = workers.to_vec();
-        ws.sort_unstable();
-        ws.dedup();
-        self.jobs.keys().map(|j| (j.clone(), ws.clone())).collect()
+    /// Which workers served each running job over the last
+    /// [`SHARE_WINDOW_MS`], with the share of each one's busy time, the
+    /// job's cost per query and the rate [`plan`] predicts for it. A job
+    /// with no reports yet is listed with every live worker (any of them
+    /// may take its next query).
+    pub fn explain(&mut self, workers: &[WorkerId], slots: usize, now_ms: u64) -> BTreeMap<String, JobShare> {
+        for v in self.served.values_mut() {
+            v.retain(|(t, _)| t + SHARE_WINDOW_MS > now_ms);
+        }
+        self.served.retain(|(w, j), v| !v.is_empty() && workers.contains(w) && self.jobs.contains_key(j));
+        let mut busy: BTreeMap<WorkerId, u64> = BTreeMap::new();
+        for ((w, _), v) in &self.served {
+            *busy.entry(*w).or_default() += v.iter().map(|(_, l)| l).sum::<u64>();
+        }
+        let costs: Vec<(String, f64)> =
+            self.jobs.iter().filter_map(|(n, q)| q.cost_us.map(|c| (n.clone(), c))).collect();
+        let predicted = plan(&costs, workers.len() * slots.max(1));
+        let mut out = BTreeMap::new();
+        for (name, q) in &self.jobs {
+            let mut shares: BTreeMap<WorkerId, f64> = BTreeMap::new();
+            for ((w, j), v) in &self.served {
+                if j == name {
+                    let total = busy.get(w).copied().unwrap_or(0).max(1) as f64;
+                    shares.insert(*w, v.iter().map(|(_, l)| *l).sum::<u64>() as f64 / total);
+                }
+            }
+            if shares.is_empty() {
+                shares = workers.iter().map(|w| (*w, 0.0)).collect();
+            }
+            let (predicted_rate, worker_share) =
+                predicted.jobs.get(name).map_or((None, None), |p| (Some(p.rate), Some(p.workers)));
+            out.insert(
+                name.clone(),
+                JobShare { cost_ms: q.cost_us.map(|c| c / 1000.0), shares, predicted_rate, worker_share },
+            );
+        }
+        out
     }
 
-    /// Up to `max` queries for `worker`, leased until `now_ms + lease_ms`,
-    /// taken in turn from the jobs it serves.
+    /// Up to `max` queries for `worker`, leased until `now_ms + lease_ms`.
+    /// Each goes to the running job that has had the fewest queries handed
+    /// out (its virtual time): query rates come out equal whatever each
+    /// query costs, so a costlier job holds more of the workers' time.
     pub fn take(&mut self, worker: WorkerId, max: usize, now_ms: u64) -> Vec<Query> {
         let mut out = Vec::new();
-        let names: Vec<String> = self.jobs.keys().cloned().collect();
-        if names.is_empty() {
-            return out;
-        }
-        let mut idle_rounds = 0;
-        while out.len() < max && idle_rounds < names.len() {
-            // The job after the one this worker served last.
-            let after = self.last.get(&worker);
-            let i = match after.and_then(|a| names.iter().position(|n| n == a)) {
-                Some(i) => (i + 1) % names.len(),
-                None => 0,
-            };
-            let name = &names[i];
-            self.last.insert(worker, name.clone());
-            let Some(q) = self.jobs.get_mut(name) else { continue };
-            match q.next_free() {
-                Some((start, len)) => {
-                    q.leased.insert(start, Lease { len, worker, deadline_ms: now_ms + self.config.lease_ms });
-                    let pass = start / q.view.samples.max(1);
-                    out.push(Query { job: name.clone(), pass, start, len });
-                    idle_rounds = 0;
-                }
-                None => idle_rounds += 1,
-            }
+        while out.len() < max {
+            let pick = self
+                .jobs
+                .iter()
+                .filter_map(|(name, q)| q.next_free().map(|free| (q.vtime, name.clone(), free)))
+                .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let Some((_, name, (start, len))) = pick else { break };
+            let Some(q) = self.jobs.get_mut(&name) else { break };
+            q.leased.insert(start, Lease { len, worker, deadline_ms: now_ms + self.config.lease_ms });
+            q.vtime += 1;
+            let pass = start / q.view.samples.max(1);
+            out.push(Query { job: name, pass, start, len });
         }
         out
     }
@@ -217,7 +256,7 @@ impl Dispatcher {
     /// commit as pending. A report from a worker whose lease was lost (it
     /// was thought dead, or the leader changed) is still accepted if the
     /// work is not done or held by someone else.
-    pub fn report(&mut self, worker: WorkerId, query: &Query) -> Report {
+    pub fn report(&mut self, worker: WorkerId, query: &Query, latency_us: u64, now_ms: u64) -> Report {
         let Some(q) = self.jobs.get_mut(&query.job) else { return Report::Repeat };
         let samples = q.view.samples.max(1);
         let last = query.start.saturating_add(query.len);
@@ -232,6 +271,11 @@ impl Dispatcher {
             return Report::Repeat;
         }
         q.pending.insert(query.start, query.len);
+        let l = latency_us as f64;
+        q.cost_us = Some(q.cost_us.map_or(l, |c| 0.9 * c + 0.1 * l));
+        let served = self.served.entry((worker, query.job.clone())).or_default();
+        served.push((now_ms, latency_us));
+        served.retain(|(t, _)| t + SHARE_WINDOW_MS > now_ms);
         Report::Accepted
     }
 
@@ -264,7 +308,6 @@ impl Dispatcher {
             q.leased.retain(|_, l| l.worker != worker);
             n += before - q.leased.len();
         }
-        self.last.remove(&worker);
         n
     }
 
@@ -306,4 +349,45 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// One job's part of the work, as [`Dispatcher::explain`] reports it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobShare {
+    /// Processing time per query (moving average), if measured yet.
+    pub cost_ms: Option<f64>,
+    /// Worker → share of its busy time spent on this job (last 10 s).
+    pub shares: BTreeMap<WorkerId, f64>,
+    /// The query rate [`plan`] predicts (queries/s).
+    pub predicted_rate: Option<f64>,
+    /// How many workers' worth of time the job should take.
+    pub worker_share: Option<f64>,
+}
+
+/// The fair split of `slots` worker slots between jobs of the given costs
+/// (µs per query): every job gets the same query rate `r`, so job `j`
+/// takes `r × cost_j` of the slots, and `r = slots / Σ cost`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The common query rate, queries/s.
+    pub rate: f64,
+    pub jobs: BTreeMap<String, PlannedJob>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedJob {
+    pub rate: f64,
+    /// Worker slots' worth of time (may be fractional: a slot's time can
+    /// be split between jobs).
+    pub workers: f64,
+}
+
+pub fn plan(costs: &[(String, f64)], slots: usize) -> Plan {
+    let total_s: f64 = costs.iter().map(|(_, c)| c / 1e6).sum();
+    if costs.is_empty() || total_s <= 0.0 {
+        return Plan { rate: 0.0, jobs: BTreeMap::new() };
+    }
+    let rate = slots as f64 / total_s;
+    let jobs = costs.iter().map(|(n, c)| (n.clone(), PlannedJob { rate, workers: rate * c / 1e6 })).collect();
+    Plan { rate, jobs }
 }
