@@ -57,6 +57,7 @@ fn assignment_table(
 const FAILURES_IN_A_ROW: u32 = 5;
 
 /// A finished query waiting for its commit.
+#[derive(Clone)]
 struct Pending {
     query: Query,
     done: DoneQuery,
@@ -255,6 +256,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             let newly_active = !inner.active;
             if newly_active {
                 inner.active = true;
+                inner.pending.clear();
                 tracing::info!(jobs = running.len(), "coordinator leader: running the query flow");
             }
             let more_work = running.iter().any(|(n, j)| {
@@ -319,7 +321,20 @@ async fn flush(jobs: &Jobs, tables: &mut BTreeMap<String, Table>) {
         let queries: Vec<Query> = items.iter().map(|p| p.query.clone()).collect();
         match flush_job(jobs, tables, &job, items).await {
             Ok(n) => tracing::debug!(%job, queries = n, "counted"),
-            Err(e) => {
+            Err(Unflushed::Retry(e, items)) => {
+                // The results could not be written (a replica that died
+                // and is not yet known dead): nothing was counted, the
+                // reports are kept for the next flush instead of rerun.
+                tracing::warn!(%job, error = %e, "could not write results; retrying at the next flush");
+                let mut inner = jobs.leader.lock();
+                if inner.active {
+                    let slot = inner.pending.entry(job).or_default();
+                    let newer = std::mem::take(slot);
+                    *slot = items;
+                    slot.extend(newer);
+                }
+            }
+            Err(Unflushed::Drop(e)) => {
                 tracing::warn!(%job, error = %e, "could not count finished queries; they will run again");
                 jobs.leader.lock().dispatcher.abandon(&queries);
             }
@@ -327,12 +342,20 @@ async fn flush(jobs: &Jobs, tables: &mut BTreeMap<String, Table>) {
     }
 }
 
+/// Why a flush did not count its queries.
+enum Unflushed {
+    /// Nothing was written or counted; the reports can be flushed later.
+    Retry(String, Vec<Pending>),
+    /// The count was refused or the job is gone: the reports are dropped.
+    Drop(String),
+}
+
 async fn flush_job(
     jobs: &Jobs,
     tables: &mut BTreeMap<String, Table>,
     job: &str,
     items: Vec<Pending>,
-) -> Result<usize, String> {
+) -> Result<usize, Unflushed> {
     let file = results::file_name(job);
     if !tables.contains_key(job) {
         let table = match idunno_sdfs::client::get(&jobs.local, &file, 0).await {
@@ -341,18 +364,19 @@ async fn flush_job(
                 Table::default()
             }),
             Err(e) if e.is_bad_input() => Table::default(),
-            Err(e) => return Err(format!("reading {file}: {e}")),
+            Err(e) => return Err(Unflushed::Retry(format!("reading {file}: {e}"), items)),
         };
         tables.insert(job.to_string(), table);
     }
     let (expect_done, samples) = {
         let state = jobs.coordinator.local_state();
-        let j = state.state.jobs.get(job).ok_or_else(|| format!("job {job} is gone"))?;
+        let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
         (j.progress.queries_done, j.spec.samples)
     };
     // In stream order, so a later pass's row for an input wins.
     let mut items = items;
     items.sort_by_key(|p| p.query.start);
+    let originals = items.clone();
     let mut rows = Vec::new();
     let mut done = Vec::with_capacity(items.len());
     for (i, p) in items.into_iter().enumerate() {
@@ -363,12 +387,15 @@ async fn flush_job(
         }
         done.push(p.done);
     }
-    let table = tables.get_mut(job).ok_or("no table")?;
+    let Some(table) = tables.get_mut(job) else { return Err(Unflushed::Drop("no results table".into())) };
     let bytes = table.render_with(&rows);
-    idunno_sdfs::client::put(&jobs.local, &file, &bytes).await.map_err(|e| format!("writing {file}: {e}"))?;
+    if let Err(e) = idunno_sdfs::client::put(&jobs.local, &file, &bytes).await {
+        return Err(Unflushed::Retry(format!("writing {file}: {e}"), originals));
+    }
     let n = done.len();
     let cmd = Command::CompleteQueries { job: job.to_string(), expect_done, queries: done, now_ms: now_ms() };
-    match jobs.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
+    let applied = jobs.coordinator.apply(cmd).await.map_err(|e| Unflushed::Drop(e.to_string()))?.applied;
+    match applied {
         Ok(Reply::Completed { finished, .. }) => {
             table.apply(rows);
             if finished {
@@ -376,7 +403,7 @@ async fn flush_job(
             }
             Ok(n)
         }
-        Ok(other) => Err(format!("unexpected reply {other:?}")),
-        Err(refusal) => Err(refusal.to_string()),
+        Ok(other) => Err(Unflushed::Drop(format!("unexpected reply {other:?}"))),
+        Err(refusal) => Err(Unflushed::Drop(refusal.to_string())),
     }
 }

@@ -101,11 +101,14 @@ fn rates_stay_equal_when_a_worker_goes() {
     assert!(ratio(&done) <= 0.05, "{done:?}");
 }
 
+/// Jobs with their cost per query (µs), slots → rate, worker shares.
+type Case<'a> = (&'a [(&'a str, f64)], usize, f64, &'a [(&'a str, f64)]);
+
 #[test]
 fn the_plan_splits_slots_by_cost() {
     // (jobs with their cost per query in µs, slots) → common rate and
     // each job's worker share.
-    let cases: &[(&[(&str, f64)], usize, f64, &[(&str, f64)])] = &[
+    let cases: &[Case] = &[
         (&[("effnet", 40_000.0), ("tiny", 10_000.0)], 5, 100.0, &[("effnet", 4.0), ("tiny", 1.0)]),
         (&[("a", 10_000.0), ("b", 10_000.0)], 2, 100.0, &[("a", 1.0), ("b", 1.0)]),
         (&[("solo", 25_000.0)], 3, 120.0, &[("solo", 3.0)]),
