@@ -357,9 +357,14 @@ async fn flush_job(
     items: Vec<Pending>,
 ) -> Result<usize, Unflushed> {
     let file = results::file_name(job);
+    let (expect_done, samples) = {
+        let state = jobs.coordinator.local_state();
+        let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
+        (j.progress.queries_done, j.spec.samples)
+    };
     if !tables.contains_key(job) {
         let table = match idunno_sdfs::client::get(&jobs.local, &file, 0).await {
-            Ok((_, bytes)) => Table::parse(&bytes).unwrap_or_else(|e| {
+            Ok((_, bytes)) => Table::parse(&bytes, expect_done).unwrap_or_else(|e| {
                 tracing::warn!(%job, error = %e, "unreadable results file: starting a new one");
                 Table::default()
             }),
@@ -368,11 +373,6 @@ async fn flush_job(
         };
         tables.insert(job.to_string(), table);
     }
-    let (expect_done, samples) = {
-        let state = jobs.coordinator.local_state();
-        let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
-        (j.progress.queries_done, j.spec.samples)
-    };
     // In stream order, so a later pass's row for an input wins.
     let mut items = items;
     items.sort_by_key(|p| p.query.start);

@@ -101,13 +101,13 @@ impl idunno_rpc::Jobs for JobsService {
         let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
         let file = results::file_name(&job);
         let table = match idunno_sdfs::client::get(&self.0.local, &file, 0).await {
-            Ok((_, bytes)) => Table::parse(&bytes).map_err(Status::internal)?,
+            Ok((_, bytes)) => Table::parse(&bytes, j.progress.queries_done).map_err(Status::internal)?,
             Err(e) if e.is_bad_input() => Table::default(),
             Err(e) => return Err(Status::unavailable(format!("reading {file}: {e}"))),
         };
         let rows: Vec<serde_json::Value> = table
-            .counted(j.progress.queries_done)
-            .into_iter()
+            .rows
+            .values()
             .map(|r| serde_json::json!({"query": r.query, "pass": r.pass, "input": r.input, "output": r.output}))
             .collect();
         Self::json(&serde_json::Value::Array(rows))

@@ -140,6 +140,22 @@ impl Slot {
     }
 }
 
+/// Queries run at a lower CPU priority than the rest of the node: when
+/// the machine is saturated with queries, failure detection, Raft
+/// heartbeats and the leader's query flow must still get the CPU, or a
+/// busy node looks dead. (On Linux, nice applies per thread; with one
+/// intra-op thread ONNX Runtime runs on this thread.)
+fn lower_priority() {
+    // SAFETY: plain system calls on this thread's id; a failure only
+    // leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the worker thread's priority");
+        }
+    }
+}
+
 fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
@@ -168,6 +184,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             models: HashMap::new(),
         };
         let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
+            lower_priority();
             loop {
                 let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                 let Ok(task) = next else { return };
