@@ -52,7 +52,8 @@ fn setup() -> Cluster {
     cli(&c, 1, &["fs", "put", &asset("models/efficientnet-lite0.onnx"), "m.onnx"]);
     cli(&c, 1, &["fs", "put", &asset("datasets/photos/photos.npy"), "x.npy"]);
     for (job, batch) in [("big", "4"), ("small", "1")] {
-        let add = ["job", "add", job, "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", batch, "--output", "class"];
+        let add =
+            ["job", "add", job, "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", batch, "--output", "class"];
         cli(&c, 1, &add);
     }
     cli(&c, 1, &["job", "start", "big"]);
@@ -106,7 +107,8 @@ impl Rates {
 /// they were before (None if not within 20 s).
 fn recovery(c: &Cluster, victims: &[u64]) -> Option<f64> {
     let alive: Vec<String> = c.nodes.iter().filter(|n| !victims.contains(&n.id)).map(|n| n.rpc.clone()).collect();
-    let p = Poller { rt: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt"), addrs: alive };
+    let p =
+        Poller { rt: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt"), addrs: alive };
     let mut rates = Rates { samples: VecDeque::new() };
     // Before: the mean of 3 s of one-second rates.
     let mut before = Vec::new();
@@ -172,7 +174,8 @@ fn main() {
         first.push(start.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_secs(11));
         let st = cli(&c, 2, &["job", "status"]);
-        let rate = |j: &str| st.as_array().unwrap().iter().find(|x| x["job"] == j).unwrap()["query_rate"].as_f64().unwrap();
+        let rate =
+            |j: &str| st.as_array().unwrap().iter().find(|x| x["job"] == j).unwrap()["query_rate"].as_f64().unwrap();
         let share = |j: &str| {
             let x = st.as_array().unwrap().iter().find(|x| x["job"] == j).unwrap();
             x["worker_shares"].as_object().map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum::<f64>())

@@ -207,17 +207,21 @@ fn minilm_job_outputs_match_a_single_process_run() {
     }
 }
 
-/// Run a job over the photos on 5 nodes, kill -9 one node mid-job (the
-/// coordinator leader, or a worker that is not), and check that the job
-/// finishes with every query counted exactly once and a row per photo.
-fn kill_mid_job(kill_leader: bool, batch: u32, passes: u64) {
+/// Run a job over the photos on 5 nodes, kill -9 mid-job the coordinator
+/// leader or `workers` workers that are not it (at the same moment), and
+/// check that the job finishes with every query counted exactly once and
+/// a row per photo.
+fn kill_mid_job(kill_leader: bool, workers: usize, batch: u32, passes: u64) {
     let c = up(5);
     put_photos(&c);
     start_photo_job(&c, "long", batch, Some(passes), true);
     wait_until(&c, "long", Duration::from_secs(60), "some progress", |s| s["queries_done"].as_u64() >= Some(40));
     let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
-    let victim = if kill_leader { leader } else { (1..=5).rev().find(|id| *id != leader).unwrap() };
-    kill9(c.node(victim).pid);
+    let victims: Vec<u64> =
+        if kill_leader { vec![leader] } else { (1..=5).rev().filter(|id| *id != leader).take(workers).collect() };
+    for v in &victims {
+        kill9(c.node(*v).pid);
+    }
     // A dead worker's queries go back to the queue; through a leader's
     // death, workers keep their results and hand them to the new leader,
     // which resumes from the replicated state.
@@ -226,7 +230,7 @@ fn kill_mid_job(kill_leader: bool, batch: u32, passes: u64) {
     assert_eq!(st["queries_done"].as_u64(), Some(passes * per_pass), "every query counted once: {st}");
     assert_eq!(st["inputs_done"].as_u64(), Some(passes * 14), "{st}");
     assert_eq!(st["accuracy"].as_f64(), Some(1.0));
-    let survivor = (1..=5).find(|id| *id != victim).unwrap();
+    let survivor = (1..=5).find(|id| !victims.contains(id)).unwrap();
     if kill_leader {
         assert_ne!(ok(&c, survivor, &["status"])["leader"].as_u64(), Some(leader));
     }
@@ -245,12 +249,17 @@ fn kill_mid_job(kill_leader: bool, batch: u32, passes: u64) {
 #[test]
 fn a_worker_killed_mid_job_loses_no_query_and_counts_none_twice() {
     // 40 passes of 14 single-photo queries: long enough to kill mid-run.
-    kill_mid_job(false, 1, 40);
+    kill_mid_job(false, 1, 1, 40);
+}
+
+#[test]
+fn two_workers_killed_at_once_lose_no_query() {
+    kill_mid_job(false, 2, 1, 40);
 }
 
 #[test]
 fn the_coordinator_killed_mid_job_loses_no_query() {
-    kill_mid_job(true, 2, 60);
+    kill_mid_job(true, 0, 2, 60);
 }
 
 #[test]
