@@ -30,6 +30,10 @@ use serde_json::Value;
 struct Args {
     #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// Only question 4 (leader kills), keeping the cluster's logs of any
+    /// recovery slower than 5 s under /tmp/idunno-slow-leader-N.
+    #[arg(long)]
+    leader_only: bool,
 }
 
 fn asset(rel: &str) -> String {
@@ -158,6 +162,23 @@ fn main() {
     let (mut ratio, mut first, mut one, mut two, mut coord, mut split) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut misses = 0;
+    if args.leader_only {
+        for trial in 1..=args.trials {
+            let c = setup();
+            cli(&c, 1, &["job", "start", "small"]);
+            std::thread::sleep(Duration::from_secs(8));
+            let r = recovery(&c, &[leader(&c)]);
+            println!("trial {trial}: leader killed, rates back after {r:?} s");
+            if r.is_none_or(|x| x > 5.0) {
+                let keep = format!("/tmp/idunno-slow-leader-{trial}");
+                let _ = std::process::Command::new("cp").args(["-r", &c.path().display().to_string(), &keep]).status();
+                println!("  logs kept in {keep}");
+            }
+            coord.extend(r);
+        }
+        stats("4. rates back within 20%, leader killed", &coord, " s");
+        return;
+    }
     for trial in 1..=args.trials {
         // 1 and 2, then one worker killed.
         let c = setup();
