@@ -40,6 +40,14 @@ pub struct UpArgs {
     wait_secs: u64,
 }
 
+impl UpArgs {
+    /// A local cluster of `nodes` in `dir` from `base_port`, defaults
+    /// otherwise (for `idunno demo`).
+    pub fn local(nodes: u16, dir: PathBuf, base_port: u16) -> UpArgs {
+        UpArgs { nodes, dir, base_port, config: None, cluster: None, wait_secs: 30 }
+    }
+}
+
 /// `DIR/cluster.json`: the contract of SPEC §10.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterFile {

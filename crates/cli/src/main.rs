@@ -4,6 +4,7 @@
 
 mod cluster;
 mod coord;
+mod demo;
 mod error;
 mod fs;
 mod job;
@@ -53,6 +54,8 @@ enum Command {
     /// SDFS, the cluster's replicated file system.
     #[command(subcommand)]
     Fs(fs::FsCommand),
+    /// The whole story on a local 5-node cluster: two real jobs side by side, workers and the coordinator killed.
+    Demo(demo::DemoArgs),
     /// Inference jobs: add, start, stop, status, results.
     #[command(subcommand)]
     Job(job::JobCommand),
@@ -100,6 +103,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
         Command::Fs(cmd) => fs::run(cmd, cli.node, out).await,
         Command::Job(cmd) => job::run(cmd, cli.node, out).await,
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

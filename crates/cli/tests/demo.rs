@@ -1,0 +1,35 @@
+//! `idunno demo`, the main job of the README, end to end: real nodes, real
+//! models, real kills. Its output is the evidence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_ports, run};
+
+#[test]
+fn demo_tells_the_whole_story() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let base = free_ports(10).to_string();
+    let out = run(&["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base], Duration::from_secs(240));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // Equal query rates before and after each kill.
+    let ratios: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("max/min - 1 = ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 3, "{text}");
+    assert!(ratios.iter().all(|r| *r <= 0.2), "rate ratios {ratios:?}\n{text}");
+    assert!(text.contains("both listed dead after"), "{text}");
+    assert!(text.contains("leads after"), "{text}");
+    // One class per photo, the espresso first.
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(" class ")).collect();
+    assert_eq!(rows.len(), 14, "{text}");
+    assert!(rows[0].contains("coffee.png") && rows[0].contains("967"), "{}", rows[0]);
+    assert!(text.contains("accuracy 100%"), "{text}");
+    // Nothing left running.
+    assert!(text.contains("stopped 2 node(s)"), "{text}");
+}
