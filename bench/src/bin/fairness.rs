@@ -75,7 +75,11 @@ impl Poller {
         for addr in &self.addrs {
             let got = self.rt.block_on(async {
                 let ch = idunno_rpc::connect_channel(addr, Duration::from_millis(300)).await.ok()?;
-                let r = JobsClient::new(ch).status(v1::JobQuery { job: String::new() }).await.ok()?.into_inner();
+                let r = JobsClient::new(ch)
+                    .status(v1::JobQuery { job: String::new(), explain: false })
+                    .await
+                    .ok()?
+                    .into_inner();
                 let doc: Value = serde_json::from_slice(&r.json).ok()?;
                 let get = |name: &str| {
                     doc.as_array()?.iter().find(|j| j["job"] == name).and_then(|j| j["queries_done"].as_u64())

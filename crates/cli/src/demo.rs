@@ -95,7 +95,7 @@ impl Story {
     async fn status_json(&self, node: &str) -> Result<Value, CliError> {
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
         let r = JobsClient::new(ch)
-            .status(v1::JobQuery { job: String::new() })
+            .status(v1::JobQuery { job: String::new(), explain: false })
             .await
             .map_err(|s| idunno_rpc::RpcError::from_status(node, s))?;
         serde_json::from_slice(&r.into_inner().json).map_err(|e| CliError::failed(e.to_string()))
@@ -232,7 +232,7 @@ impl Story {
         }
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
         let r = JobsClient::new(ch)
-            .results(v1::JobQuery { job: "photos".into() })
+            .results(v1::JobQuery { job: "photos".into(), explain: false })
             .await
             .map_err(|s| idunno_rpc::RpcError::from_status(node, s))?;
         let rows: Value = serde_json::from_slice(&r.into_inner().json).map_err(|e| CliError::failed(e.to_string()))?;

@@ -94,7 +94,11 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             control(&mut c, &addr, out, job, "set-batch-size", batch_size).await
         }
         JobCommand::Status { job } => {
-            let r = c.status(v1::JobQuery { job: job.unwrap_or_default() }).await.map_err(status)?.into_inner();
+            let r = c
+                .status(v1::JobQuery { job: job.unwrap_or_default(), explain: false })
+                .await
+                .map_err(status)?
+                .into_inner();
             let doc = parse(&r.json)?;
             if out.json {
                 return out.json(&doc);
@@ -104,10 +108,15 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
         }
         JobCommand::Assignments => {
             if out.json {
-                let r = c.assignments(v1::JobQuery { job: String::new() }).await.map_err(status)?.into_inner();
+                let r = c
+                    .assignments(v1::JobQuery { job: String::new(), explain: false })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
                 return out.json(&parse(&r.json)?);
             }
-            let r = c.assignments(v1::JobQuery { job: "explain".into() }).await.map_err(status)?.into_inner();
+            let r =
+                c.assignments(v1::JobQuery { job: String::new(), explain: true }).await.map_err(status)?.into_inner();
             let doc = parse(&r.json)?;
             let mut t =
                 table(&["JOB", "WORKERS (share of their time)", "COST ms/query", "PREDICTED q/s", "MEASURED q/s"]);
@@ -138,7 +147,7 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             Ok(())
         }
         JobCommand::Results { job, out: file } => {
-            let r = c.results(v1::JobQuery { job }).await.map_err(status)?.into_inner();
+            let r = c.results(v1::JobQuery { job, explain: false }).await.map_err(status)?.into_inner();
             let doc = parse(&r.json)?;
             if let Some(path) = file {
                 let text = serde_json::to_vec_pretty(&doc).map_err(|e| CliError::failed(e.to_string()))?;

@@ -171,7 +171,7 @@ impl Leader {
             return Vec::new();
         }
         let queries = inner.dispatcher.take(worker, want, now_ms());
-        queries.into_iter().filter_map(|q| task(inner.running.get(&q.job)?, &q)).collect()
+        queries.into_iter().filter_map(|q| Some(task(inner.running.get(&q.job)?, &q))).collect()
     }
 }
 
@@ -180,14 +180,14 @@ fn file_ref(name: &str, version: u64) -> v1::FileVersionRef {
 }
 
 /// What a worker needs to know to run `q`.
-fn task(job: &Job, q: &Query) -> Option<v1::QueryTask> {
+fn task(job: &Job, q: &Query) -> v1::QueryTask {
     let spec = &job.spec;
     let inputs = if spec.input_files.is_empty() {
         vec![file_ref(&spec.inputs, 0)]
     } else {
         spec.input_files.iter().map(|f| file_ref(&f.name, f.version)).collect()
     };
-    Some(v1::QueryTask {
+    v1::QueryTask {
         job: q.job.clone(),
         pass: q.pass,
         start: q.start,
@@ -200,7 +200,7 @@ fn task(job: &Job, q: &Query) -> Option<v1::QueryTask> {
             idunno_coordinator::state::OutputKind::Class => "class".into(),
             idunno_coordinator::state::OutputKind::Vector => "vector".into(),
         },
-    })
+    }
 }
 
 /// The leader's loop: follow the state, keep leases honest, keep the

@@ -85,9 +85,8 @@ impl idunno_rpc::Jobs for JobsService {
         Self::json(&doc)
     }
 
-    /// `job` = "explain": the table with its reasons (for people).
     async fn assignments(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
-        let explain = req.into_inner().job == "explain";
+        let explain = req.into_inner().explain;
         let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
         if explain {
             return Self::json(&status::assignments_explained(&data.state, now_ms()));

@@ -1,7 +1,7 @@
 //! The `job status` and `job assignments` documents (SPEC §10), computed
 //! from the replicated state alone, so any node answers the same.
 
-use idunno_coordinator::state::{ClusterState, Job, JobState, OutputKind};
+use idunno_coordinator::state::{AssignmentNote, ClusterState, Job, JobState, OutputKind};
 use serde_json::{Value, json};
 
 pub fn state_name(s: JobState) -> &'static str {
@@ -21,8 +21,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
     let accuracy = (p.labeled > 0).then(|| p.correct as f64 / p.labeled as f64);
     let rate = if job.state == JobState::Running { p.query_rate(now_ms) } else { 0.0 };
     let note = state.assignment_notes.get(name).cloned().unwrap_or_default();
-    let shares: serde_json::Map<String, Value> =
-        note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect();
+    let shares = shares(&note);
     json!({
         "job": name,
         "state": state_name(job.state),
@@ -48,6 +47,11 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
         "passes": job.spec.passes,
         "output": match job.spec.output { OutputKind::Class => "class", OutputKind::Vector => "vector" },
     })
+}
+
+/// Worker id → share of its busy time, as the notes record it.
+fn shares(note: &AssignmentNote) -> serde_json::Map<String, Value> {
+    note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect()
 }
 
 fn round3(x: f64) -> f64 {
@@ -84,7 +88,7 @@ pub fn assignments_explained(state: &ClusterState, now_ms: u64) -> Value {
             job.clone(),
             json!({
                 "workers": workers,
-                "worker_shares": note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect::<serde_json::Map<_, _>>(),
+                "worker_shares": shares(&note),
                 "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
                 "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
                 "query_rate": (rate * 100.0).round() / 100.0,

@@ -270,10 +270,9 @@ async fn call(
         let ch = idunno_rpc::connect_channel_with(&addr, Duration::from_secs(1), RPC_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        *client = Some((addr.clone(), JobsClient::new(ch).max_decoding_message_size(64 << 20)));
+        let c = JobsClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        *client = Some((addr.clone(), c));
     }
     let Some((_, c)) = client.as_mut() else { return Err("no client".into()) };
-    let mut c = c.clone();
-    c = c.max_encoding_message_size(64 << 20);
     c.work(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
 }
