@@ -340,7 +340,7 @@ impl Coordinator {
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let c = CoordinatorClient::new(endpoint.connect_lazy());
+        let c = CoordinatorClient::new(idunno_net::lazy_channel(&endpoint));
         *slot = Some((addr.to_string(), c.clone()));
         Ok(c)
     }

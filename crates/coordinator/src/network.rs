@@ -59,7 +59,7 @@ impl Peer {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let c = RaftClient::new(endpoint.connect_lazy());
+        let c = RaftClient::new(idunno_net::lazy_channel(&endpoint));
         self.client = Some(c.clone());
         Ok(c)
     }

@@ -8,9 +8,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use idunno_net::UdpSocket;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use idunno_membership::{
     DriverOptions, MemberState, MembershipEvent, MembershipHandle, NodeId, NodeIdentity, Swim, SwimConfig,
 };
-use tokio::net::UdpSocket;
+use idunno_net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 async fn start(id: u64) -> (MembershipHandle, CancellationToken, NodeIdentity) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
     let identity = NodeIdentity { id: NodeId(id), addr: socket.local_addr().unwrap(), generation: 1 };
     let swim = Swim::new(identity.clone(), &SwimConfig::default(), id).expect("swim");
     let token = CancellationToken::new();

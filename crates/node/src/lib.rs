@@ -13,11 +13,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use idunno_coordinator::Coordinator;
 use idunno_membership::{DriverOptions, MembershipHandle, NodeId, NodeIdentity, Swim};
-use tokio::net::{TcpListener, UdpSocket};
+use idunno_net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +62,8 @@ pub struct Node {
     pub membership: MembershipHandle,
     /// The coordinator group member: replicated cluster state.
     pub coordinator: Arc<Coordinator>,
+    /// Inference jobs: the query flow (when leading) and the worker.
+    pub jobs: Arc<idunno_jobs::Jobs>,
     /// Cancelled to stop every task of the node.
     shutdown: CancellationToken,
     /// Cancelled when the node was asked to leave over RPC.
@@ -136,6 +138,7 @@ impl Node {
             config.worker.clone(),
         );
         tasks.extend(jobs.spawn(shutdown.child_token()));
+        let jobs_layer = jobs.clone();
 
         let shared = Shared {
             identity: identity.clone(),
@@ -162,16 +165,7 @@ impl Node {
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
-            .serve_with_incoming_shutdown(
-                // Small request/response messages: Nagle's algorithm against
-                // delayed ACKs would add ~40 ms to many of them.
-                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(rpc), |conn| {
-                    conn.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                }),
-                shutdown.child_token().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(rpc.incoming(), shutdown.child_token().cancelled_owned());
         tasks.push((
             "rpc",
             tokio::spawn(async move {
@@ -180,9 +174,12 @@ impl Node {
                 }
             }),
         ));
-        tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
+        // A simulated host has no HTTP server (nothing in a simulation reads it).
+        if let Some(http) = http.into_os() {
+            tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
+        }
 
-        let node = Node { config, identity, membership, coordinator, shutdown, stop, tasks };
+        let node = Node { config, identity, membership, coordinator, jobs: jobs_layer, shutdown, stop, tasks };
         if let Some(introducer) = node.config.join.clone()
             && let Err(e) = node.join(&introducer).await
         {
@@ -275,7 +272,7 @@ fn node_id(dir: &Path, given: Option<NodeId>) -> Result<NodeId, NodeError> {
 fn next_generation(dir: &Path) -> Result<u64, NodeError> {
     let path = dir.join("generation");
     let last = read_u64(&path)?.unwrap_or(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = idunno_net::now_ms();
     let generation = now.max(last + 1);
     write_atomic(&path, &generation.to_string())?;
     Ok(generation)

@@ -127,7 +127,7 @@ pub async fn connect_channel_with(addr: &str, timeout: Duration, call_timeout: D
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .tcp_nodelay(true);
-    let channel = match tokio_timeout(timeout, endpoint.connect()).await {
+    let channel = match tokio_timeout(timeout, idunno_net::connect(&endpoint)).await {
         Some(Ok(channel)) => channel,
         Some(Err(e)) => {
             return Err(RpcError::Unreachable { addr: addr.to_string(), reason: root_cause(&e) });

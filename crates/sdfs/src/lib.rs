@@ -227,7 +227,7 @@ impl Sdfs {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(4 * WINDOW));
-        let c = SdfsClient::new(endpoint.connect_lazy());
+        let c = SdfsClient::new(idunno_net::lazy_channel(&endpoint));
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
