@@ -100,6 +100,11 @@ impl Leader {
         inner.dispatcher = Dispatcher::new(DispatcherConfig { lease_ms: self.lease_ms });
     }
 
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let inner = self.lock();
+        if inner.active { inner.dispatcher.check() } else { Ok(()) }
+    }
+
     /// A worker's call: take its results, hand it queries.
     pub(crate) async fn work(&self, req: v1::WorkRequest) -> Result<v1::WorkReply, Status> {
         let worker = req.worker;
@@ -114,9 +119,12 @@ impl Leader {
                 if !r.error.is_empty() {
                     inner.dispatcher.release(worker, &query);
                     tracing::warn!(job = %r.job, worker, error = %r.error, "a query failed");
-                    // One failure may be a node's hiccup (a read that timed
-                    // out); failures in a row, with no success between, are
-                    // the job's own (a model that cannot run its inputs).
+                    if r.transient {
+                        continue;
+                    }
+                    // One failure may be a node's hiccup; failures in a row,
+                    // with no success between, are the job's own (a model
+                    // that cannot run its inputs).
                     let f = inner.failing.entry(r.job.clone()).or_insert((0, String::new()));
                     f.0 += 1;
                     f.1 = r.error;

@@ -27,7 +27,7 @@ mod validate;
 mod worker;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use idunno_coordinator::Coordinator;
 use idunno_membership::MembershipHandle;
@@ -92,6 +92,13 @@ impl Jobs {
         Arc::new(Jobs { id, coordinator, membership, local, config, leader })
     }
 
+    /// The leader's lease table is consistent: no stream position is
+    /// leased twice, or both leased and done (checked by the whole-cluster
+    /// simulation after every step). Ok on a node that does not lead.
+    pub fn check_leases(&self) -> Result<(), String> {
+        self.leader.check()
+    }
+
     /// Start the leader's query flow (active only while this node leads)
     /// and the worker.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<(&'static str, JoinHandle<()>)> {
@@ -105,7 +112,7 @@ impl Jobs {
 /// The wall clock in ms since the epoch (the leader's clock enters the
 /// replicated state only inside commands).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    idunno_net::now_ms()
 }
 
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);

@@ -24,84 +24,132 @@ use crate::{Jobs, RPC_TIMEOUT};
 
 type Key = (String, u64);
 
-/// Input sets and labels, parsed, shared by the slots of this node.
+/// Input sets, labels and model files fetched from SDFS, shared by the
+/// slots of this node. Only the async task fills it, so a slot thread
+/// never waits on the network.
 #[derive(Default)]
-struct DataCache {
-    arrays: Mutex<HashMap<Key, Arc<Tensor>>>,
+struct Fetched {
+    arrays: HashMap<Key, Arc<Tensor>>,
+    models: HashMap<Key, Arc<Vec<u8>>>,
 }
 
-impl DataCache {
-    fn get(&self, rt: &tokio::runtime::Handle, local: &str, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
+impl Fetched {
+    async fn array(&mut self, local: &str, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
         let key = (f.name.clone(), f.version);
-        if let Some(t) = self.arrays.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(t) = self.arrays.get(&key) {
             return Ok(t.clone());
         }
-        let (_, bytes) = rt
-            .block_on(idunno_sdfs::client::get(local, &f.name, f.version))
+        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
+            .await
             .map_err(|e| format!("reading {} v{}: {e}", f.name, f.version))?;
         let t = Arc::new(read_array(&bytes).map_err(|e| format!("{}: {e}", f.name))?);
-        let mut arrays = self.arrays.lock().unwrap_or_else(|e| e.into_inner());
         // Input sets of jobs long gone should not pile up.
-        if arrays.len() >= 16 {
-            arrays.clear();
+        if self.arrays.len() >= 16 {
+            self.arrays.clear();
         }
-        arrays.insert(key, t.clone());
+        self.arrays.insert(key, t.clone());
         Ok(t)
+    }
+
+    async fn model(&mut self, local: &str, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
+        let key = (f.name.clone(), f.version);
+        if let Some(m) = self.models.get(&key) {
+            return Ok(m.clone());
+        }
+        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
+            .await
+            .map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
+        if self.models.len() >= 4 {
+            self.models.clear();
+        }
+        let bytes = Arc::new(bytes);
+        self.models.insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Everything `task` needs, or the reason it cannot run.
+    async fn prepare(&mut self, local: &str, task: v1::QueryTask) -> Result<Prepared, v1::QueryResult> {
+        let fetched = async {
+            let model_ref = task.model.clone().ok_or("query without a model")?;
+            let model = self.model(local, &model_ref).await?;
+            let mut inputs = Vec::with_capacity(task.inputs.len());
+            for f in &task.inputs {
+                inputs.push(self.array(local, f).await?);
+            }
+            let labels = match &task.labels {
+                Some(f) => Some(self.array(local, f).await?),
+                None => None,
+            };
+            Ok::<_, String>((model_ref, model, inputs, labels))
+        }
+        .await;
+        match fetched {
+            Ok((model_ref, model, inputs, labels)) => {
+                Ok(Prepared { key: (model_ref.name, model_ref.version), model, inputs, labels, task })
+            }
+            Err(error) => Err(v1::QueryResult {
+                job: task.job,
+                pass: task.pass,
+                start: task.start,
+                len: task.len,
+                error,
+                transient: true,
+                ..Default::default()
+            }),
+        }
     }
 }
 
-/// One slot: a thread with its own loaded models.
+/// A query with its model file and input rows at hand.
+struct Prepared {
+    task: v1::QueryTask,
+    key: Key,
+    model: Arc<Vec<u8>>,
+    inputs: Vec<Arc<Tensor>>,
+    labels: Option<Arc<Tensor>>,
+}
+
+/// One slot: its own loaded models (an ONNX Runtime session is not shared
+/// between threads that run at once).
 struct Slot {
-    rt: tokio::runtime::Handle,
-    local: String,
     threads: usize,
-    data: Arc<DataCache>,
     models: HashMap<Key, OnnxModel>,
 }
 
 impl Slot {
-    fn model(&mut self, f: &v1::FileVersionRef) -> Result<&mut OnnxModel, String> {
-        let key = (f.name.clone(), f.version);
-        if !self.models.contains_key(&key) {
-            let (_, bytes) = self
-                .rt
-                .block_on(idunno_sdfs::client::get(&self.local, &f.name, f.version))
-                .map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
-            let m = OnnxModel::load(&bytes, self.threads).map_err(|e| format!("model {}: {e}", f.name))?;
+    fn model(&mut self, p: &Prepared) -> Result<&mut OnnxModel, String> {
+        if !self.models.contains_key(&p.key) {
+            let m = OnnxModel::load(&p.model, self.threads).map_err(|e| format!("model {}: {e}", p.key.0))?;
             if self.models.len() >= 4 {
                 self.models.clear();
             }
-            tracing::info!(model = %f.name, version = f.version, "model loaded");
-            self.models.insert(key.clone(), m);
+            tracing::info!(model = %p.key.0, version = p.key.1, "model loaded");
+            self.models.insert(p.key.clone(), m);
         }
-        self.models.get_mut(&key).ok_or_else(|| "model cache".to_string())
+        self.models.get_mut(&p.key).ok_or_else(|| "model cache".to_string())
     }
 
-    fn run(&mut self, t: &v1::QueryTask) -> v1::QueryResult {
+    fn run(&mut self, p: &Prepared) -> v1::QueryResult {
+        let t = &p.task;
         let mut result =
             v1::QueryResult { job: t.job.clone(), pass: t.pass, start: t.start, len: t.len, ..Default::default() };
-        if let Err(e) = self.try_run(t, &mut result) {
+        if let Err(e) = self.try_run(p, &mut result) {
             result.error = e;
         }
         result
     }
 
-    fn try_run(&mut self, t: &v1::QueryTask, out: &mut v1::QueryResult) -> Result<(), String> {
-        let model_ref = t.model.clone().ok_or("query without a model")?;
-        let sets: Vec<Arc<Tensor>> =
-            t.inputs.iter().map(|f| self.data.get(&self.rt, &self.local, f)).collect::<Result<_, _>>()?;
-        let labels = match &t.labels {
-            Some(f) => Some(self.data.get(&self.rt, &self.local, f)?),
-            None => None,
-        };
+    fn try_run(&mut self, p: &Prepared, out: &mut v1::QueryResult) -> Result<(), String> {
+        let t = &p.task;
+        let (sets, labels) = (&p.inputs, &p.labels);
         let (start, len) = (t.first_input as usize, t.len as usize);
-        let model = self.model(&model_ref)?;
+        let model = self.model(p)?;
         // Processing time: the batch from input rows to outputs (a model
         // loaded for the first query does not count).
         let started = Instant::now();
         let sigs = model.inputs().to_vec();
         let mut batch = Vec::with_capacity(sets.len());
-        for (sig, set) in sigs.iter().zip(&sets) {
+        for (sig, set) in sigs.iter().zip(sets) {
             if start + len > set.samples() {
                 return Err(format!("inputs {start}..{} beyond the input set of {}", start + len, set.samples()));
             }
@@ -116,7 +164,7 @@ impl Slot {
         }
         let values = first.to_f32();
         let ints = (first.dtype != idunno_ml::DType::F32).then(|| first.to_i64());
-        let labels = labels.map(|l| l.rows(start, len).to_i64());
+        let labels = labels.as_ref().map(|l| l.rows(start, len).to_i64());
         let mut rows = Vec::with_capacity(len);
         for k in 0..len {
             let row = &values[k * per_row..(k + 1) * per_row];
@@ -166,41 +214,54 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// How long a worker that could not fetch a query's files takes no work.
+const FETCH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where queries run: on `slots` threads of their own, or — on a
+/// simulated host, where only the host's thread may touch the simulation
+/// and time must not pass unseen — right in the worker's task.
+enum Exec {
+    Threads(std_mpsc::Sender<Prepared>),
+    Inline(Slot),
+}
+
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let slots = jobs.config.slots;
-    let (task_tx, task_rx) = std_mpsc::channel::<v1::QueryTask>();
-    let task_rx = Arc::new(Mutex::new(task_rx));
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<v1::QueryResult>();
-    let data = Arc::new(DataCache::default());
-    let rt = tokio::runtime::Handle::current();
-    for i in 0..slots {
-        let rx = task_rx.clone();
-        let tx = res_tx.clone();
-        let mut slot = Slot {
-            rt: rt.clone(),
-            local: jobs.local.clone(),
-            threads: jobs.config.threads,
-            data: data.clone(),
-            models: HashMap::new(),
-        };
-        let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
-            lower_priority();
-            loop {
-                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(task) = next else { return };
-                if tx.send(slot.run(&task)).is_err() {
-                    return;
+    let mut exec = if idunno_net::simulated() {
+        Exec::Inline(Slot { threads: jobs.config.threads, models: HashMap::new() })
+    } else {
+        let (task_tx, task_rx) = std_mpsc::channel::<Prepared>();
+        let task_rx = Arc::new(Mutex::new(task_rx));
+        for i in 0..slots {
+            let rx = task_rx.clone();
+            let tx = res_tx.clone();
+            let mut slot = Slot { threads: jobs.config.threads, models: HashMap::new() };
+            let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
+                lower_priority();
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(task) = next else { return };
+                    if tx.send(slot.run(&task)).is_err() {
+                        return;
+                    }
                 }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a worker thread");
+                return;
             }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a worker thread");
-            return;
         }
-    }
+        Exec::Threads(task_tx)
+    };
     drop(res_tx);
+    let mut fetched = Fetched::default();
 
     let depth = 2 * slots;
+    // Set when this node could not fetch a query's files: it hands the
+    // queries back at once and takes no more for a while, so that other
+    // workers run them meanwhile.
+    let mut backoff: Option<tokio::time::Instant> = None;
     let mut outstanding = 0usize;
     let mut results: Vec<v1::QueryResult> = Vec::new();
     let mut client: Option<(String, JobsClient<Channel>)> = None;
@@ -209,7 +270,19 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             outstanding -= 1;
             results.push(r);
         }
-        let want = depth.saturating_sub(outstanding);
+        if backoff.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            backoff = None;
+        }
+        if let Some(until) = backoff
+            && results.is_empty()
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            continue;
+        }
+        let want = if backoff.is_some() { 0 } else { depth.saturating_sub(outstanding) };
         if want == 0 && results.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -233,9 +306,23 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 results.clear();
                 let got = reply.queries.len();
                 for q in reply.queries {
-                    outstanding += 1;
-                    if task_tx.send(q).is_err() {
-                        return;
+                    let p = match fetched.prepare(&jobs.local, q).await {
+                        Ok(p) => p,
+                        Err(failed) => {
+                            tracing::warn!(job = %failed.job, error = %failed.error, "cannot fetch a query's files");
+                            backoff = Some(tokio::time::Instant::now() + FETCH_BACKOFF);
+                            results.push(failed);
+                            continue;
+                        }
+                    };
+                    match &mut exec {
+                        Exec::Threads(tx) => {
+                            outstanding += 1;
+                            if tx.send(p).is_err() {
+                                return;
+                            }
+                        }
+                        Exec::Inline(slot) => results.push(slot.run(&p)),
                     }
                 }
                 if got == 0 && outstanding > 0 {
