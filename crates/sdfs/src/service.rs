@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use idunno_coordinator::CoordError;
@@ -57,7 +57,7 @@ pub fn check_name(name: &str) -> Result<(), Status> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    idunno_net::now_ms()
 }
 
 /// Where a get's bytes go, and how far it got (so the next holder can go
@@ -186,11 +186,15 @@ impl Sdfs {
         }
         let mut holders = Vec::new();
         let mut failures = Vec::new();
-        for mut w in writes {
+        for w in writes.iter_mut() {
             w.tx = None; // end of stream: the replica finishes and fsyncs
-            // A replica that accepted every chunk but never answers is given
-            // up on (and its call cancelled) rather than waited for.
-            let answer = tokio::time::timeout(REPLICA_ANSWER, &mut w.task).await;
+        }
+        // A replica that accepted every chunk but never answers is given up
+        // on (and its call cancelled) rather than waited for; the replicas
+        // share one deadline, so silent ones do not add up.
+        let deadline = tokio::time::Instant::now() + REPLICA_ANSWER;
+        for mut w in writes {
+            let answer = tokio::time::timeout_at(deadline, &mut w.task).await;
             if answer.is_err() {
                 w.task.abort();
             }
