@@ -1,0 +1,781 @@
+//! A whole-cluster simulation: five real nodes (`idunno_node::Node`, with
+//! its SWIM, Raft, SDFS and jobs layers, redb files on a real disk) on
+//! turmoil's simulated network and clock, running two inference jobs on a
+//! real ONNX model while a seeded schedule crashes and restarts nodes
+//! (the coordinator leader among them), partitions them and slows their
+//! links. After every simulation step the invariants are checked:
+//!
+//! - never two leaders in one Raft term;
+//! - every node that applied log index `i` has the same cluster state at
+//!   `i` (state-machine safety), and a later state never drops work that an
+//!   earlier one counted (no counted query lost);
+//! - a job's counted work is sorted, disjoint ranges whose size is its
+//!   input count (no query counted twice);
+//! - the leader's lease table leases each query to at most one worker,
+//!   never one already done.
+//!
+//! Then the faults stop, every node comes back, and the run must finish
+//! both jobs (every input exactly once in the results, with the right
+//! outputs) and restore every file to its full replica count.
+//!
+//! **Determinism.** The fault schedule and the network (latencies, order
+//! of delivery) come from the seed, and a failure prints it. What is not
+//! under the seed: openraft's election timeouts (its own thread RNG) and
+//! the completion order of file I/O on tokio's blocking threads, so a
+//! replay follows the same faults but not always the same interleaving.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use idunno_coordinator::store::SmData;
+use idunno_jobs::Jobs;
+use idunno_node::{Node, NodeConfig, NodeOptions};
+use idunno_rpc::{JobsClient, v1};
+use openraft::{BasicNode, RaftMetrics, ServerState};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::watch;
+
+/// RPC (TCP) and SWIM (UDP) port of every simulated node.
+const PORT: u16 = 7000;
+/// Copies of every SDFS file.
+const REPLICAS: usize = 4;
+/// Rows of the generated input set, 16 values each.
+const SAMPLES: usize = 96;
+
+/// What one run does.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u64,
+    /// How long faults are injected, from the moment the jobs start.
+    pub fault_time: Duration,
+    /// Passes of each job over its inputs.
+    pub passes: u64,
+    /// The whole run must end within this much simulated time.
+    pub limit: Duration,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig { seed, nodes: 5, fault_time: Duration::from_secs(30), passes: 1500, limit: Duration::from_secs(200) }
+    }
+}
+
+/// What a successful run saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub steps: u64,
+    pub sim_time: Duration,
+    /// The faults, in order, with their simulated times.
+    pub faults: Vec<String>,
+    /// Terms in which a leader was seen.
+    pub terms: usize,
+    /// Distinct leaders seen.
+    pub leaders: usize,
+    /// Queries counted per job.
+    pub queries: BTreeMap<String, u64>,
+    /// When the jobs started and when the last of them was done.
+    pub jobs_started: Duration,
+    pub jobs_done: Duration,
+}
+
+/// A run that broke an invariant or did not finish.
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub at: Duration,
+    pub what: String,
+    pub faults: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {} failed at {:.3} s of simulated time: {}", self.seed, self.at.as_secs_f64(), self.what)?;
+        writeln!(f, "faults so far:")?;
+        for line in &self.faults {
+            writeln!(f, "  {line}")?;
+        }
+        write!(f, "replay: IDUNNO_SIM_SEED={} cargo test --release -p idunno-sim", self.seed)
+    }
+}
+
+/// What the invariant checks read of one running node. Nothing here keeps
+/// the node's storage open: a crashed node's files must be free for its
+/// restart.
+struct HostView {
+    metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    state: watch::Receiver<Arc<SmData>>,
+    jobs: Weak<Jobs>,
+}
+
+type Registry = Rc<RefCell<BTreeMap<u64, HostView>>>;
+
+/// Between the test's loop and the simulated client.
+#[derive(Default)]
+struct Shared {
+    /// The jobs were started (faults may begin).
+    started: Cell<bool>,
+    /// Faults are over and every node is back.
+    healed: Cell<bool>,
+    /// The client's final verdict on the results, once it has one.
+    verdict: RefCell<Option<Result<BTreeMap<String, u64>, String>>>,
+}
+
+fn host_name(id: u64) -> String {
+    format!("n{id}")
+}
+
+fn node_addr(id: u64) -> String {
+    format!("{}:{PORT}", turmoil::lookup(host_name(id)))
+}
+
+/// The input set: row `i` holds `(7i + 3j) mod 16` at column `j`, so the
+/// model (`y = x + 1`) puts its largest value, the predicted class, at the
+/// one column where that is 15.
+fn input_set() -> Vec<u8> {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({SAMPLES}, 16), }}");
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h);
+    for i in 0..SAMPLES {
+        for j in 0..16 {
+            out.extend_from_slice(&(((7 * i + 3 * j) % 16) as f32).to_le_bytes());
+        }
+    }
+    out
+}
+
+fn expected_class(i: usize) -> i64 {
+    (0..16).find(|j| (7 * i + 3 * j) % 16 == 15).map(|j| j as i64).unwrap_or(-1)
+}
+
+/// The two jobs: the same model at different batch sizes, so the
+/// dispatcher interleaves queries of different lengths.
+const JOBS: [(&str, u32); 2] = [("small", 4), ("large", 8)];
+
+/// Run one seeded simulation with the model at `model` (tiny-add.onnx).
+pub fn run(config: &SimConfig, model: &Path) -> Result<Outcome, Failure> {
+    let data = tempfile::tempdir().map_err(|e| fail(config.seed, Duration::ZERO, e.to_string(), &[]))?;
+    let model_bytes = std::fs::read(model)
+        .map_err(|e| fail(config.seed, Duration::ZERO, format!("{}: {e}", model.display()), &[]))?;
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(config.limit + Duration::from_secs(30))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(8))
+        .tcp_capacity(4096)
+        .rng_seed(config.seed)
+        .build();
+
+    let registry: Registry = Rc::default();
+    let shared = Rc::new(Shared::default());
+    for id in 1..=config.nodes {
+        sim.host(host_name(id), software(id, config.nodes, data.path().join(host_name(id)), registry.clone()));
+    }
+    sim.client("ctl", client(config.clone(), model_bytes, shared.clone()));
+
+    let mut faults = Faults::new(config, &sim);
+    let mut checker = Checker::default();
+    let mut steps = 0u64;
+    let mut healed_at = None;
+    let mut jobs_done = None;
+    loop {
+        let finished = match sim.step() {
+            Ok(f) => f,
+            Err(e) => return Err(fail(config.seed, sim.elapsed(), format!("simulation error: {e}"), &faults.log)),
+        };
+        steps += 1;
+        let now = sim.elapsed();
+        if let Err(what) = checker.check(&registry) {
+            return Err(fail(config.seed, now, what, &faults.log));
+        }
+        if checker.all_done && jobs_done.is_none() {
+            jobs_done = Some(now);
+        }
+        if finished {
+            break;
+        }
+        if shared.started.get() && healed_at.is_none() {
+            faults.started_at.get_or_insert(now);
+            if faults.step(&mut sim, &registry, now) {
+                healed_at = Some(now);
+                shared.healed.set(true);
+            }
+        }
+        if now > config.limit {
+            let what = format!("the jobs did not finish within the time limit; {}", checker.summary(&registry));
+            return Err(fail(config.seed, now, what, &faults.log));
+        }
+    }
+    let queries = match shared.verdict.take() {
+        Some(Ok(q)) => q,
+        Some(Err(what)) => return Err(fail(config.seed, sim.elapsed(), what, &faults.log)),
+        None => return Err(fail(config.seed, sim.elapsed(), "the client ended without a verdict".into(), &faults.log)),
+    };
+
+    // Every file gets back its full replica count once all nodes are up.
+    let give_up = sim.elapsed() + Duration::from_secs(20);
+    loop {
+        let short = checker.under_replicated(&registry);
+        if short.is_empty() {
+            break;
+        }
+        if sim.elapsed() > give_up {
+            let what = format!("files still short of {REPLICAS} replicas 20 s after the jobs ended: {short:?}");
+            return Err(fail(config.seed, sim.elapsed(), what, &faults.log));
+        }
+        if let Err(e) = sim.step() {
+            return Err(fail(config.seed, sim.elapsed(), format!("simulation error: {e}"), &faults.log));
+        }
+        steps += 1;
+        if let Err(what) = checker.check(&registry) {
+            return Err(fail(config.seed, sim.elapsed(), what, &faults.log));
+        }
+    }
+    Ok(Outcome {
+        steps,
+        sim_time: sim.elapsed(),
+        faults: faults.log,
+        terms: checker.leaders.len(),
+        leaders: checker.leaders.values().collect::<BTreeSet<_>>().len(),
+        queries,
+        jobs_started: faults.started_at.unwrap_or_default(),
+        jobs_done: jobs_done.unwrap_or_default(),
+    })
+}
+
+fn fail(seed: u64, at: Duration, what: String, faults: &[String]) -> Failure {
+    Failure { seed, at, what, faults: faults.to_vec() }
+}
+
+/// A node's software: start the real node and serve until crashed. A
+/// start that fails (no peer answered the join yet) is retried, as a
+/// supervisor would; every start after the very first joins through a
+/// peer, a different one on each attempt.
+fn software(
+    id: u64,
+    nodes: u64,
+    dir: PathBuf,
+    registry: Registry,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
+    let boots = Rc::new(Cell::new(0u64));
+    move || {
+        let (dir, registry, boots) = (dir.clone(), registry.clone(), boots.clone());
+        Box::pin(async move {
+            let boot = boots.get();
+            boots.set(boot + 1);
+            let ip: IpAddr = turmoil::lookup(host_name(id));
+            for attempt in 0u64.. {
+                let join = (id != 1 || boot > 0).then(|| {
+                    let others: Vec<u64> = (1..=nodes).filter(|&p| p != id).collect();
+                    node_addr(others[((boot + attempt) % others.len() as u64) as usize])
+                });
+                let options = NodeOptions {
+                    cluster: Some("sim".into()),
+                    id: Some(id),
+                    addr: Some(format!("{ip}:{PORT}")),
+                    http: Some(format!("{ip}:{}", PORT + 1000)),
+                    data_dir: Some(dir.clone()),
+                    join,
+                    join_timeout_ms: Some(3000),
+                    voters: Some(3),
+                    replicas: Some(REPLICAS),
+                    worker: Some(idunno_jobs::WorkerConfig { lease_ms: 5000, ..Default::default() }),
+                    ..Default::default()
+                };
+                let config = NodeConfig::resolve(options).map_err(|e| e.to_string())?;
+                match Node::start(config).await {
+                    Ok(node) => {
+                        let view = HostView {
+                            metrics: node.coordinator.raft().metrics(),
+                            state: node.coordinator.watch_state(),
+                            jobs: Arc::downgrade(&node.jobs),
+                        };
+                        registry.borrow_mut().insert(id, view);
+                        // Serve until the simulation crashes this host.
+                        std::future::pending::<()>().await;
+                        drop(node);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = id, attempt, error = %e, "start failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The user: puts the model and inputs, adds and starts the jobs, waits
+/// for them to finish after the faults, and checks their results. Every
+/// call goes to any node that answers, as the CLI does.
+async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoil::Result {
+    let nodes: Vec<u64> = (1..=config.nodes).collect();
+    retry(&nodes, "put the model", |a| {
+        let model = model.clone();
+        async move { idunno_sdfs::client::put(&a, "tiny-add.onnx", &model).await }
+    })
+    .await?;
+    let inputs = input_set();
+    retry(&nodes, "put the inputs", |a| {
+        let inputs = inputs.clone();
+        async move { idunno_sdfs::client::put(&a, "rows.npy", &inputs).await }
+    })
+    .await?;
+    for (job, batch) in JOBS {
+        let req = v1::AddJobRequest {
+            name: job.into(),
+            model: "tiny-add.onnx".into(),
+            inputs: vec!["rows.npy".into()],
+            batch_size: batch,
+            passes: config.passes,
+            output: "class".into(),
+            ..Default::default()
+        };
+        retry(&nodes, "add a job", |a| {
+            let req = req.clone();
+            async move {
+                match jobs_client(&a).await?.add_job(req).await {
+                    Ok(_) => Ok(()),
+                    // A retry after a lost reply finds the job added.
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                    Err(s) => Err(s.message().to_string()),
+                }
+            }
+        })
+        .await?;
+        let start = v1::ControlRequest { job: job.into(), action: "start".into(), batch_size: 0 };
+        retry(&nodes, "start a job", |a| {
+            let start = start.clone();
+            async move { jobs_client(&a).await?.control(start).await.map_err(|s| s.message().to_string()) }
+        })
+        .await?;
+    }
+    shared.started.set(true);
+
+    while !shared.healed.get() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Wait for both jobs to be done.
+    loop {
+        let status = retry(&nodes, "job status", |a| async move {
+            let r =
+                jobs_client(&a).await?.status(v1::JobQuery::default()).await.map_err(|s| s.message().to_string())?;
+            serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
+        })
+        .await?;
+        let states: Vec<&str> = status.as_array().into_iter().flatten().filter_map(|j| j["state"].as_str()).collect();
+        if states.len() == JOBS.len() && states.iter().all(|s| *s == "done") {
+            break;
+        }
+        if states.contains(&"failed") {
+            *shared.verdict.borrow_mut() = Some(Err(format!("a job failed: {status}")));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut counted = BTreeMap::new();
+    for (job, batch) in JOBS {
+        let verdict = check_results(&nodes, job, batch, config.passes).await;
+        match verdict {
+            Ok(q) => {
+                counted.insert(job.to_string(), q);
+            }
+            Err(e) => {
+                *shared.verdict.borrow_mut() = Some(Err(e));
+                return Ok(());
+            }
+        }
+    }
+    *shared.verdict.borrow_mut() = Some(Ok(counted));
+    Ok(())
+}
+
+/// The job's status counts every query once, and its results hold every
+/// input exactly once with the model's answer.
+async fn check_results(nodes: &[u64], job: &str, batch: u32, passes: u64) -> Result<u64, String> {
+    let query = v1::JobQuery { job: job.into(), explain: false };
+    let status = retry(nodes, "job status", |a| {
+        let query = query.clone();
+        async move {
+            let r = jobs_client(&a).await?.status(query).await.map_err(|s| s.message().to_string())?;
+            serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let queries_per_pass = SAMPLES.div_ceil(batch as usize) as u64;
+    let done = status[0]["queries_done"].as_u64().unwrap_or(0);
+    let inputs = status[0]["inputs_done"].as_u64().unwrap_or(0);
+    if done != queries_per_pass * passes || inputs != SAMPLES as u64 * passes {
+        return Err(format!(
+            "job {job}: {done} queries and {inputs} inputs counted, expected {} and {}",
+            queries_per_pass * passes,
+            SAMPLES as u64 * passes
+        ));
+    }
+    let rows = retry(nodes, "job results", |a| {
+        let query = query.clone();
+        async move {
+            let r = jobs_client(&a).await?.results(query).await.map_err(|s| s.message().to_string())?;
+            serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let mut seen = BTreeMap::new();
+    for row in &rows {
+        let input = row["input"].as_u64().ok_or(format!("job {job}: a result row without an input: {row}"))?;
+        if seen.insert(input, row["output"].as_i64()).is_some() {
+            return Err(format!("job {job}: input {input} appears twice in the results"));
+        }
+    }
+    for i in 0..SAMPLES {
+        match seen.get(&(i as u64)) {
+            None => return Err(format!("job {job}: input {i} is missing from the results")),
+            Some(out) if *out != Some(expected_class(i)) => {
+                return Err(format!("job {job}: input {i} has output {out:?}, expected {}", expected_class(i)));
+            }
+            Some(_) => {}
+        }
+    }
+    if seen.len() != SAMPLES {
+        return Err(format!("job {job}: {} result rows for {SAMPLES} inputs", seen.len()));
+    }
+    Ok(done)
+}
+
+async fn jobs_client(addr: &str) -> Result<JobsClient<tonic::transport::Channel>, String> {
+    let ch = idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+    Ok(JobsClient::new(ch))
+}
+
+/// Try `f` on each node in turn until one succeeds; give up after a
+/// minute of simulated time.
+async fn retry<T, E: std::fmt::Display, F, Fut>(nodes: &[u64], what: &str, f: F) -> Result<T, String>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut last = String::new();
+    for attempt in 0..120usize {
+        let addr = node_addr(nodes[attempt % nodes.len()]);
+        match tokio::time::timeout(Duration::from_secs(10), f(addr.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer within 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("could not {what}: {last}"))
+}
+
+/// The fault schedule.
+struct Faults {
+    rng: SmallRng,
+    nodes: u64,
+    fault_time: Duration,
+    started_at: Option<Duration>,
+    next: Duration,
+    /// Crashed nodes and when they come back.
+    down: BTreeMap<u64, Duration>,
+    /// Partitioned or slowed nodes and when that ends.
+    cut: BTreeMap<u64, Duration>,
+    slow: BTreeMap<u64, Duration>,
+    log: Vec<String>,
+}
+
+impl Faults {
+    fn new(config: &SimConfig, _sim: &turmoil::Sim<'_>) -> Faults {
+        Faults {
+            rng: SmallRng::seed_from_u64(config.seed ^ 0x5eed_fa17),
+            nodes: config.nodes,
+            fault_time: config.fault_time,
+            started_at: None,
+            next: Duration::ZERO,
+            down: BTreeMap::new(),
+            cut: BTreeMap::new(),
+            slow: BTreeMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, now: Duration, what: String) {
+        tracing::info!(at = now.as_secs_f64(), "{what}");
+        self.log.push(format!("{:8.3} s  {what}", now.as_secs_f64()));
+    }
+
+    /// Advance the schedule; true once the faults are over and every node
+    /// is back, whole and reachable.
+    fn step(&mut self, sim: &mut turmoil::Sim<'_>, registry: &Registry, now: Duration) -> bool {
+        let Some(started) = self.started_at else { return false };
+        // Ends of earlier faults.
+        for (id, until) in self.down.clone() {
+            if now >= until {
+                self.down.remove(&id);
+                sim.bounce(host_name(id));
+                self.note(now, format!("restart n{id}"));
+            }
+        }
+        for (id, until) in self.cut.clone() {
+            if now >= until {
+                self.cut.remove(&id);
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.repair(host_name(id), host_name(p));
+                }
+                self.note(now, format!("heal n{id}'s partition"));
+            }
+        }
+        for (id, until) in self.slow.clone() {
+            if now >= until {
+                self.slow.remove(&id);
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.set_link_latency(host_name(id), host_name(p), Duration::from_millis(1));
+                }
+                self.note(now, format!("n{id}'s links back to normal"));
+            }
+        }
+        if now >= started + self.fault_time {
+            // Over: everything back now.
+            for id in std::mem::take(&mut self.down).into_keys() {
+                sim.bounce(host_name(id));
+                self.note(now, format!("restart n{id}"));
+            }
+            for id in std::mem::take(&mut self.cut).into_keys() {
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.repair(host_name(id), host_name(p));
+                }
+                self.note(now, format!("heal n{id}'s partition"));
+            }
+            for id in std::mem::take(&mut self.slow).into_keys() {
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.set_link_latency(host_name(id), host_name(p), Duration::from_millis(1));
+                }
+                self.note(now, format!("n{id}'s links back to normal"));
+            }
+            return true;
+        }
+        if now < self.next {
+            return false;
+        }
+        self.next = now + Duration::from_millis(self.rng.random_range(1500..4000));
+        // At most two nodes out (crashed or cut off) at once: three of
+        // five still make a quorum of the group if they hold its voters.
+        let out: BTreeSet<u64> = self.down.keys().chain(self.cut.keys()).copied().collect();
+        let candidates: Vec<u64> = (1..=self.nodes).filter(|id| !out.contains(id)).collect();
+        let room = 2usize.saturating_sub(out.len());
+        let leader = current_leader(registry).filter(|l| candidates.contains(l));
+        match self.rng.random_range(0..10) {
+            // Crash the coordinator leader.
+            0..=2 if room >= 1 && leader.is_some() => {
+                let id = leader.unwrap_or_default();
+                self.crash(sim, registry, now, &[id], "the leader");
+            }
+            // Crash two nodes at once.
+            3..=4 if room >= 2 => {
+                let a = candidates[self.rng.random_range(0..candidates.len())];
+                let rest: Vec<u64> = candidates.iter().copied().filter(|&c| c != a).collect();
+                let b = rest[self.rng.random_range(0..rest.len())];
+                self.crash(sim, registry, now, &[a, b], "two at once");
+            }
+            // Crash one node.
+            5..=6 if room >= 1 => {
+                let id = candidates[self.rng.random_range(0..candidates.len())];
+                self.crash(sim, registry, now, &[id], "one");
+            }
+            // Cut one node off from the others.
+            7 if room >= 1 => {
+                let id = candidates[self.rng.random_range(0..candidates.len())];
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.partition(host_name(id), host_name(p));
+                }
+                let until = now + Duration::from_millis(self.rng.random_range(1000..5000));
+                self.cut.insert(id, until);
+                self.note(now, format!("partition n{id} from the others until {:.3} s", until.as_secs_f64()));
+            }
+            // Slow one node's links.
+            _ => {
+                let id = 1 + self.rng.random_range(0..self.nodes);
+                let latency = Duration::from_millis(self.rng.random_range(50..400));
+                for p in (1..=self.nodes).filter(|&p| p != id) {
+                    sim.set_link_latency(host_name(id), host_name(p), latency);
+                }
+                let until = now + Duration::from_millis(self.rng.random_range(1000..6000));
+                self.slow.insert(id, until);
+                self.note(
+                    now,
+                    format!("slow n{id}'s links to {} ms until {:.3} s", latency.as_millis(), until.as_secs_f64()),
+                );
+            }
+        }
+        false
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, registry: &Registry, now: Duration, ids: &[u64], why: &str) {
+        for &id in ids {
+            sim.crash(host_name(id));
+            registry.borrow_mut().remove(&id);
+            let until = now + Duration::from_millis(self.rng.random_range(1000..8000));
+            self.down.insert(id, until);
+            self.note(now, format!("crash n{id} ({why}) until {:.3} s", until.as_secs_f64()));
+        }
+    }
+}
+
+fn current_leader(registry: &Registry) -> Option<u64> {
+    let reg = registry.borrow();
+    reg.iter()
+        .filter(|(_, v)| v.metrics.borrow().state == ServerState::Leader)
+        .max_by_key(|(_, v)| v.metrics.borrow().current_term)
+        .map(|(id, _)| *id)
+}
+
+/// Each job's counted work: ranges of stream positions.
+type Work = BTreeMap<String, Vec<(u64, u64)>>;
+
+/// The invariants, checked after every step.
+#[derive(Default)]
+struct Checker {
+    /// Term → the node seen leading it.
+    leaders: BTreeMap<u64, u64>,
+    /// Log index → digest of the cluster state applied up to it.
+    digests: HashMap<u64, u64>,
+    /// The newest applied state seen on any node: its index and each
+    /// job's counted work.
+    newest: Option<(u64, Work)>,
+    /// The newest state's files (for the replica check at the end).
+    files: BTreeMap<String, Vec<u64>>,
+    /// Every job of the newest state is done.
+    all_done: bool,
+}
+
+impl Checker {
+    fn check(&mut self, registry: &Registry) -> Result<(), String> {
+        let reg = registry.borrow();
+        for (&id, view) in reg.iter() {
+            let (state, term) = {
+                let m = view.metrics.borrow();
+                (m.state, m.current_term)
+            };
+            if state == ServerState::Leader
+                && let Some(other) = self.leaders.insert(term, id)
+                && other != id
+            {
+                return Err(format!("two leaders in term {term}: n{other} and n{id}"));
+            }
+            if let Some(jobs) = view.jobs.upgrade() {
+                jobs.check_leases().map_err(|e| format!("n{id}'s lease table: {e}"))?;
+            }
+        }
+        drop(reg);
+        // Cloned out so that no borrow of a watch is held below.
+        let changed: Vec<(u64, Arc<SmData>)> = registry
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, v)| v.state.has_changed().unwrap_or(false))
+            .map(|(&id, v)| (id, v.state.borrow_and_update().clone()))
+            .collect();
+        for (id, sm) in changed {
+            self.check_state(id, &sm)?;
+        }
+        Ok(())
+    }
+
+    fn check_state(&mut self, id: u64, sm: &SmData) -> Result<(), String> {
+        let Some(index) = sm.last_applied.map(|l| l.index) else { return Ok(()) };
+        let json = serde_json::to_string(&sm.state).map_err(|e| e.to_string())?;
+        let mut h = DefaultHasher::new();
+        json.hash(&mut h);
+        let digest = h.finish();
+        if let Some(seen) = self.digests.insert(index, digest)
+            && seen != digest
+        {
+            return Err(format!("n{id} applied a different cluster state at log index {index} than another node"));
+        }
+        let mut work = BTreeMap::new();
+        for (name, job) in &sm.state.jobs {
+            let p = &job.progress;
+            let mut total = 0;
+            for (k, &(s, e)) in p.done.iter().enumerate() {
+                if s >= e || (k > 0 && p.done[k - 1].1 >= s) {
+                    return Err(format!(
+                        "n{id}, job {name}: counted work is not sorted, disjoint ranges: {:?}",
+                        p.done
+                    ));
+                }
+                total += e - s;
+            }
+            if total != p.inputs_done {
+                return Err(format!("n{id}, job {name}: {} inputs counted but the ranges hold {total}", p.inputs_done));
+            }
+            work.insert(name.clone(), p.done.clone());
+        }
+        if self.newest.as_ref().is_none_or(|(i, _)| index > *i) {
+            if let Some((old_index, old)) = &self.newest {
+                for (name, ranges) in old {
+                    let now = work.get(name).cloned().unwrap_or_default();
+                    for &(s, e) in ranges {
+                        if !now.iter().any(|&(a, b)| a <= s && e <= b) {
+                            return Err(format!(
+                                "n{id}, job {name}: work [{s}, {e}) counted at index {old_index} is gone at index {index}"
+                            ));
+                        }
+                    }
+                }
+            }
+            self.newest = Some((index, work));
+            self.all_done = sm.state.jobs.len() == JOBS.len()
+                && sm.state.jobs.values().all(|j| j.state == idunno_coordinator::state::JobState::Done);
+            self.files = sm
+                .state
+                .files
+                .iter()
+                .filter_map(|(n, f)| f.versions.last().map(|v| (n.clone(), v.replicas.clone())))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Where the cluster stands, for a failure message.
+    fn summary(&self, registry: &Registry) -> String {
+        let reg = registry.borrow();
+        let nodes: Vec<String> = reg
+            .iter()
+            .map(|(id, v)| {
+                let m = v.metrics.borrow();
+                format!("n{id}: {:?} term {} applied {:?}", m.state, m.current_term, m.last_applied.map(|l| l.index))
+            })
+            .collect();
+        let work: Vec<String> = self
+            .newest
+            .iter()
+            .flat_map(|(i, w)| w.iter().map(move |(j, r)| format!("{j} at index {i}: {r:?}")))
+            .collect();
+        format!("nodes [{}]; work [{}]", nodes.join(", "), work.join("; "))
+    }
+
+    /// Files whose newest version has fewer than [`REPLICAS`] holders
+    /// among the running nodes, in the newest state seen.
+    fn under_replicated(&self, registry: &Registry) -> BTreeMap<String, Vec<u64>> {
+        let live: BTreeSet<u64> = registry.borrow().keys().copied().collect();
+        self.files
+            .iter()
+            .filter(|(_, r)| r.iter().filter(|id| live.contains(id)).count() < REPLICAS)
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+}
