@@ -365,11 +365,19 @@ async fn flush_job(
     items: Vec<Pending>,
 ) -> Result<usize, Unflushed> {
     let file = results::file_name(job);
-    let (expect_done, samples) = {
+    let (expect_done, samples, items) = {
         let state = jobs.coordinator.local_state();
         let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
-        (j.progress.queries_done, j.spec.samples)
+        // Work counted meanwhile by someone else (a leader that lost its
+        // place still committing its last reports) is a repeat; sent
+        // along, it would have the whole batch refused.
+        let items: Vec<Pending> =
+            items.into_iter().filter(|p| !j.progress.overlaps_done(p.query.start, p.query.len)).collect();
+        (j.progress.queries_done, j.spec.samples, items)
     };
+    if items.is_empty() {
+        return Ok(0);
+    }
     if !tables.contains_key(job) {
         let table = match idunno_sdfs::client::get(&jobs.local, &file, 0).await {
             Ok((_, bytes)) => Table::parse(&bytes, expect_done).unwrap_or_else(|e| {

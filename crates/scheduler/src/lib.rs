@@ -169,9 +169,15 @@ impl Dispatcher {
         for view in running {
             match self.jobs.get_mut(&view.name) {
                 Some(q) => {
-                    // Committed reports now show in `done`.
-                    let done = view.done.clone();
-                    q.pending.retain(|&s, &mut l| !done.iter().any(|&(ds, de)| ds <= s && s + l <= de));
+                    // Committed reports now show in `done`. So may work this
+                    // dispatcher leased out: a leader that lost its place
+                    // may still have counted it (its commit goes through
+                    // the new leader). Such a lease is over; the worker's
+                    // report will be a repeat.
+                    let done = &view.done;
+                    let overlaps = |s: u64, l: u64| done.iter().any(|&(ds, de)| ds < s + l && s < de);
+                    q.pending.retain(|&s, &mut l| !overlaps(s, l));
+                    q.leased.retain(|&s, lease| !overlaps(s, lease.len));
                     q.view = view.clone();
                 }
                 None => {

@@ -123,3 +123,20 @@ fn the_next_pass_starts_while_this_one_finishes() {
     assert_eq!(d.take(1, 100, 0).len(), 100);
     d.check().unwrap();
 }
+
+#[test]
+fn work_counted_by_another_leader_ends_the_leases_on_it() {
+    // The old leader's last flush commits (through the new leader) work
+    // this dispatcher has leased out meanwhile: the lease is over, the
+    // worker's report a repeat, and nothing is leased twice.
+    let mut d = d();
+    d.sync(&[job("a", 12, 4)]);
+    let qs = d.take(1, 2, 0);
+    assert_eq!(starts(&qs), [("a".into(), 0, 4), ("a".into(), 4, 4)]);
+    d.sync(&[JobView { done: vec![(0, 6)], ..job("a", 12, 4) }]);
+    d.check().unwrap();
+    assert_eq!(d.leases().values().sum::<usize>(), 0, "both leases overlap counted work");
+    assert_eq!(d.report(1, &qs[1], 10, 0), Report::Repeat);
+    assert_eq!(starts(&d.take(2, 4, 0)), [("a".into(), 6, 4), ("a".into(), 10, 2)]);
+    d.check().unwrap();
+}
