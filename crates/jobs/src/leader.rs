@@ -188,7 +188,7 @@ fn file_ref(name: &str, version: u64) -> v1::FileVersionRef {
 }
 
 /// What a worker needs to know to run `q`.
-fn task(job: &Job, q: &Query) -> v1::QueryTask {
+pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
     let spec = &job.spec;
     let inputs = if spec.input_files.is_empty() {
         vec![file_ref(&spec.inputs, 0)]

@@ -8,11 +8,12 @@
 //! kept and delivered to the next leader, which counts them if nobody
 //! else did the work meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use idunno_coordinator::state::JobState;
 use idunno_ml::onnx::{OnnxModel, fit};
 use idunno_ml::{Tensor, read_array};
 use idunno_rpc::{JobsClient, v1};
@@ -85,7 +86,7 @@ impl Fetched {
         .await;
         match fetched {
             Ok((model_ref, model, inputs, labels)) => {
-                Ok(Prepared { key: (model_ref.name, model_ref.version), model, inputs, labels, task })
+                Ok(Prepared { key: (model_ref.name, model_ref.version), model, inputs, labels, task, warm: false })
             }
             Err(error) => Err(v1::QueryResult {
                 job: task.job,
@@ -101,12 +102,16 @@ impl Fetched {
 }
 
 /// A query with its model file and input rows at hand.
+#[derive(Clone)]
 struct Prepared {
     task: v1::QueryTask,
     key: Key,
     model: Arc<Vec<u8>>,
     inputs: Vec<Arc<Tensor>>,
     labels: Option<Arc<Tensor>>,
+    /// Only load the model: a job was added or started, and its first
+    /// query should not wait for the load.
+    warm: bool,
 }
 
 /// One slot: its own loaded models (an ONNX Runtime session is not shared
@@ -127,6 +132,13 @@ impl Slot {
             self.models.insert(p.key.clone(), m);
         }
         self.models.get_mut(&p.key).ok_or_else(|| "model cache".to_string())
+    }
+
+    /// Load the model of `p` ahead of its queries.
+    fn warm(&mut self, p: &Prepared) {
+        if let Err(e) = self.model(p) {
+            tracing::debug!(error = %e, "could not load a model ahead of its queries");
+        }
     }
 
     fn run(&mut self, p: &Prepared) -> v1::QueryResult {
@@ -242,6 +254,10 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 loop {
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(task) = next else { return };
+                    if task.warm {
+                        slot.warm(&task);
+                        continue;
+                    }
                     if tx.send(slot.run(&task)).is_err() {
                         return;
                     }
@@ -265,7 +281,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let mut outstanding = 0usize;
     let mut results: Vec<v1::QueryResult> = Vec::new();
     let mut client: Option<(String, JobsClient<Channel>)> = None;
+    let mut warmed: HashSet<Key> = HashSet::new();
     loop {
+        warm(&jobs, &mut fetched, &mut warmed, &mut exec, slots).await;
         while let Ok(r) = res_rx.try_recv() {
             outstanding -= 1;
             results.push(r);
@@ -343,6 +361,36 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Fetch the files of every added or running job whose model this node has
+/// not loaded yet, and have each slot load the model: the first query of a
+/// job that just started then waits for neither (it used to take over a
+/// second for MiniLM). A failed fetch is tried again on the next round.
+async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut HashSet<Key>, exec: &mut Exec, slots: usize) {
+    let state = jobs.coordinator.local_state();
+    for job in state.state.jobs.values() {
+        if !matches!(job.state, JobState::Added | JobState::Running) {
+            continue;
+        }
+        let key = (job.spec.model.clone(), job.spec.model_version);
+        if warmed.contains(&key) {
+            continue;
+        }
+        let probe = idunno_scheduler::Query { job: String::new(), pass: 0, start: 0, len: 0 };
+        let Ok(mut p) = fetched.prepare(&jobs.local, crate::leader::task(job, &probe)).await else { continue };
+        p.warm = true;
+        match exec {
+            Exec::Inline(slot) => slot.warm(&p),
+            Exec::Threads(tx) => {
+                for _ in 1..slots {
+                    let _ = tx.send(p.clone());
+                }
+                let _ = tx.send(p);
+            }
+        }
+        warmed.insert(key);
     }
 }
 
