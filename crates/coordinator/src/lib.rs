@@ -232,7 +232,12 @@ impl Coordinator {
     /// The state as of now at the leader: served here if this node leads
     /// (after confirming it still does), else fetched from the leader.
     pub async fn read_local(&self) -> Result<(Arc<SmData>, NodeId), CoordError> {
-        match self.raft.ensure_linearizable().await {
+        // As for writes: a leader cut off from its majority cannot confirm
+        // that it still leads, and openraft would wait for ever.
+        let Ok(confirmed) = tokio::time::timeout(LEADER_WAIT, self.raft.ensure_linearizable()).await else {
+            return Err(CoordError::NoLeader);
+        };
+        match confirmed {
             Ok(_) => Ok((self.local_state(), self.id)),
             Err(RaftError::Fatal(e)) => Err(CoordError::Stopped(e.to_string())),
             Err(RaftError::APIError(_)) => Err(CoordError::NotLeader { node: self.id }),
