@@ -186,7 +186,7 @@ pub fn run(config: &SimConfig, model: &Path) -> Result<Outcome, Failure> {
     }
     sim.client("ctl", client(config.clone(), model_bytes, shared.clone()));
 
-    let mut faults = Faults::new(config, &sim);
+    let mut faults = Faults::new(config);
     let mut checker = Checker::default();
     let mut steps = 0u64;
     let mut healed_at = None;
@@ -500,7 +500,7 @@ struct Faults {
 }
 
 impl Faults {
-    fn new(config: &SimConfig, _sim: &turmoil::Sim<'_>) -> Faults {
+    fn new(config: &SimConfig) -> Faults {
         Faults {
             rng: SmallRng::seed_from_u64(config.seed ^ 0x5eed_fa17),
             nodes: config.nodes,
@@ -523,50 +523,31 @@ impl Faults {
     /// is back, whole and reachable.
     fn step(&mut self, sim: &mut turmoil::Sim<'_>, registry: &Registry, now: Duration) -> bool {
         let Some(started) = self.started_at else { return false };
-        // Ends of earlier faults.
-        for (id, until) in self.down.clone() {
-            if now >= until {
-                self.down.remove(&id);
-                sim.bounce(host_name(id));
-                self.note(now, format!("restart n{id}"));
-            }
+        // Ends of earlier faults; all of them once the fault time is over.
+        let over = now >= started + self.fault_time;
+        let due = |m: &BTreeMap<u64, Duration>| -> Vec<u64> {
+            m.iter().filter(|&(_, until)| over || now >= *until).map(|(id, _)| *id).collect()
+        };
+        for id in due(&self.down) {
+            self.down.remove(&id);
+            sim.bounce(host_name(id));
+            self.note(now, format!("restart n{id}"));
         }
-        for (id, until) in self.cut.clone() {
-            if now >= until {
-                self.cut.remove(&id);
-                for p in (1..=self.nodes).filter(|&p| p != id) {
-                    sim.repair(host_name(id), host_name(p));
-                }
-                self.note(now, format!("heal n{id}'s partition"));
+        for id in due(&self.cut) {
+            self.cut.remove(&id);
+            for p in (1..=self.nodes).filter(|&p| p != id) {
+                sim.repair(host_name(id), host_name(p));
             }
+            self.note(now, format!("heal n{id}'s partition"));
         }
-        for (id, until) in self.slow.clone() {
-            if now >= until {
-                self.slow.remove(&id);
-                for p in (1..=self.nodes).filter(|&p| p != id) {
-                    sim.set_link_latency(host_name(id), host_name(p), Duration::from_millis(1));
-                }
-                self.note(now, format!("n{id}'s links back to normal"));
+        for id in due(&self.slow) {
+            self.slow.remove(&id);
+            for p in (1..=self.nodes).filter(|&p| p != id) {
+                sim.set_link_latency(host_name(id), host_name(p), Duration::from_millis(1));
             }
+            self.note(now, format!("n{id}'s links back to normal"));
         }
-        if now >= started + self.fault_time {
-            // Over: everything back now.
-            for id in std::mem::take(&mut self.down).into_keys() {
-                sim.bounce(host_name(id));
-                self.note(now, format!("restart n{id}"));
-            }
-            for id in std::mem::take(&mut self.cut).into_keys() {
-                for p in (1..=self.nodes).filter(|&p| p != id) {
-                    sim.repair(host_name(id), host_name(p));
-                }
-                self.note(now, format!("heal n{id}'s partition"));
-            }
-            for id in std::mem::take(&mut self.slow).into_keys() {
-                for p in (1..=self.nodes).filter(|&p| p != id) {
-                    sim.set_link_latency(host_name(id), host_name(p), Duration::from_millis(1));
-                }
-                self.note(now, format!("n{id}'s links back to normal"));
-            }
+        if over {
             return true;
         }
         if now < self.next {
