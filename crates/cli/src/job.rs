@@ -212,7 +212,9 @@ fn print_status(doc: &Value) {
         "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "P50", "P90", "P95", "P99",
         "ACCURACY", "WORKERS",
     ]);
-    for j in doc.as_array().into_iter().flatten() {
+    let (train, infer): (Vec<&Value>, Vec<&Value>) =
+        doc.as_array().into_iter().flatten().partition(|j| j["kind"].as_str() == Some("train"));
+    for j in infer {
         let l = &j["latency_ms"];
         let acc = j["accuracy"].as_f64().map_or("-".into(), |a| format!("{:.1}%", a * 100.0));
         t.add_row(vec![
@@ -232,5 +234,48 @@ fn print_status(doc: &Value) {
             list(&j["workers"]),
         ]);
     }
+    if t.row_count() > 0 || train.is_empty() {
+        println!("{t}");
+    }
+    if train.is_empty() {
+        return;
+    }
+    let pct = |v: &Value| v.as_f64().map_or("-".into(), |a| format!("{:.2}%", a * 100.0));
+    let mut t = table(&[
+        "TRAINING",
+        "STATE",
+        "ARCH",
+        "EPOCH",
+        "STEP",
+        "LOSS",
+        "TRAIN ACC",
+        "TEST ACC",
+        "WORKERS",
+        "GENERATION",
+        "MODEL",
+    ]);
+    for j in train {
+        t.add_row(vec![
+            j["job"].as_str().unwrap_or_default().to_string(),
+            j["state"].as_str().unwrap_or_default().to_string(),
+            j["arch"].as_str().unwrap_or_default().to_string(),
+            format!("{}/{}", j["epoch"], j["epochs"]),
+            format!("{}/{}", j["step"], j["steps"]),
+            num(&j["loss"], 4),
+            pct(&j["train_accuracy"]),
+            pct(&j["test_accuracy"]),
+            list(&j["workers"]),
+            j["generation"].to_string(),
+            match j["model_version"].as_u64() {
+                Some(v) => format!("{} v{v}", j["model"].as_str().unwrap_or_default()),
+                None => "-".into(),
+            },
+        ]);
+    }
     println!("{t}");
+    for j in doc.as_array().into_iter().flatten() {
+        if let Some(e) = j["error"].as_str() {
+            println!("{}: {e}", j["job"].as_str().unwrap_or_default());
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod node;
 mod output;
 mod status;
 mod target;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Command {
     /// Inference jobs: add, start, stop, status, results.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Train a model on the cluster (data-parallel over several workers), into SDFS.
+    Train(train::TrainArgs),
     /// The coordinator's replicated state (low level).
     #[command(subcommand)]
     Coord(coord::CoordCommand),
@@ -103,6 +106,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
         Command::Fs(cmd) => fs::run(cmd, cli.node, out).await,
         Command::Job(cmd) => job::run(cmd, cli.node, out).await,
+        Command::Train(args) => train::run(args, cli.node, out).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

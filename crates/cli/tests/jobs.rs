@@ -347,7 +347,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
     };
     let (effnet, photos) = ("models/effnet-lite0.onnx", "data/photos.npy");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (add("models/junk.onnx", photos, &["2"]), "models/junk.onnx is not a model ONNX Runtime can load"),
+        (add("models/junk.onnx", photos, &["2"]), "models/junk.onnx is not a model idunno can serve"),
         (
             add(effnet, "data/mnist.idx", &["2"]),
             "the input set has shape [n, 28, 28], the model's input images expects [?, 3, 224, 224]",

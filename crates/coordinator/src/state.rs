@@ -25,6 +25,10 @@ pub struct ClusterState {
     /// Why: the measurements behind `assignments`, per job.
     #[serde(default)]
     pub assignment_notes: BTreeMap<String, AssignmentNote>,
+    /// Training jobs (`idunno train`): job name → definition, group and
+    /// progress. Job names are one namespace with `jobs`.
+    #[serde(default)]
+    pub trainings: BTreeMap<String, Training>,
 }
 
 /// What the scheduler measured and predicted for a job when it last
@@ -93,8 +97,147 @@ pub struct JobSpec {
     pub output: OutputKind,
 }
 
-/// One SDFS file version a job reads.
+/// A training job: what to train on and how (`idunno train`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    pub name: String,
+    /// `mlp` or `cnn`.
+    pub arch: String,
+    pub inputs: FileRef,
+    pub labels: FileRef,
+    /// Held-out set for the test accuracy, if given.
+    pub test_inputs: Option<FileRef>,
+    pub test_labels: Option<FileRef>,
+    pub samples: u64,
+    pub classes: u32,
+    pub epochs: u32,
+    pub batch_size: u32,
+    /// Workers in the data-parallel group (fewer if fewer are alive).
+    pub workers: u32,
+    /// The learning rate, as text (the state holds no floats, so every
+    /// replica compares bytes).
+    pub lr: String,
+    /// Seeds the initial weights and every epoch's sample order.
+    pub seed: u64,
+    /// A checkpoint every this many steps (and at every epoch's end).
+    pub checkpoint_every: u64,
+    /// SDFS name the trained model is written to.
+    pub out: String,
+}
+
+impl TrainSpec {
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.samples.div_ceil(u64::from(self.batch_size).max(1))
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.steps_per_epoch() * u64::from(self.epochs)
+    }
+
+    /// Where the checkpoints of this job live in SDFS.
+    pub fn checkpoint_file(&self) -> String {
+        format!("{}.ckpt", self.name)
+    }
+}
+
+impl Default for FileRef {
+    fn default() -> Self {
+        FileRef { name: String::new(), version: 0 }
+    }
+}
+
+/// The workers training a job together. A new generation is formed when
+/// a member dies (or a member asks, finding the group stuck); members of
+/// an older generation stop, and the new one goes on from the last
+/// checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainGroup {
+    pub generation: u64,
+    /// In rank order; rank 0 averages the gradients and writes checkpoints.
+    pub workers: Vec<u64>,
+}
+
+/// Loss (in millionths, summed over samples) and correct predictions over
+/// `count` samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Score {
+    pub loss_micro: u64,
+    pub correct: u64,
+    pub count: u64,
+}
+
+impl Score {
+    pub fn loss(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.loss_micro as f64 / 1e6 / self.count as f64)
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.correct as f64 / self.count as f64)
+    }
+}
+
+/// One finished epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: u32,
+    pub train: Score,
+    pub test: Option<Score>,
+    /// The leader's clock when it was recorded.
+    pub at_ms: u64,
+}
+
+/// A group formed: when, and from which step it went on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regroup {
+    pub generation: u64,
+    pub workers: Vec<u64>,
+    pub from_step: u64,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainProgress {
+    /// Steps done as of the last report (checkpoint or not).
+    pub step: u64,
+    /// The last checkpoint: its SDFS version and the step it holds.
+    pub checkpoint: Option<(u64, u64)>,
+    /// This epoch so far.
+    pub train: Score,
+    pub epochs: Vec<EpochRecord>,
+    pub regroups: Vec<Regroup>,
+    /// The trained model's SDFS version, once written.
+    pub model_version: Option<u64>,
+    pub error: Option<String>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Training {
+    pub spec: TrainSpec,
+    pub state: JobState,
+    pub group: TrainGroup,
+    pub progress: TrainProgress,
+}
+
+/// One step report of a training group's rank 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Steps done.
+    pub step: u64,
+    /// A checkpoint holding exactly `step` steps was written: its version.
+    pub checkpoint_version: Option<u64>,
+    /// The epoch so far (reset when an epoch ends).
+    pub train: Score,
+    /// Set when `step` ends an epoch: the held-out score, if any.
+    pub epoch_end: Option<Option<Score>>,
+    /// Set on the last step: the trained model's SDFS version.
+    pub model_version: Option<u64>,
+}
+
+/// One SDFS file version a job reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileRef {
     pub name: String,
     pub version: u64,
@@ -365,6 +508,34 @@ pub enum Command {
         queries: u64,
         inputs: u64,
     },
+    /// A training job, checked by the node that took the request; it
+    /// starts running at once (its group is formed next).
+    AddTraining {
+        spec: TrainSpec,
+        now_ms: u64,
+    },
+    /// Form generation `generation` of a training group: refused unless it
+    /// is the next one, so of two proposers (the leader noticing a death,
+    /// a member finding the group stuck) only one wins.
+    SetTrainGroup {
+        job: String,
+        generation: u64,
+        workers: Vec<u64>,
+        now_ms: u64,
+    },
+    /// Progress of a training group: refused from a generation that is
+    /// not the current one, or for a step behind the recorded one.
+    ReportTraining {
+        job: String,
+        generation: u64,
+        report: TrainReport,
+        now_ms: u64,
+    },
+    /// A training job cannot go on (its error is shown by `job status`).
+    FailTraining {
+        job: String,
+        error: String,
+    },
 }
 
 /// What an applied command produced.
@@ -419,6 +590,12 @@ pub enum Refusal {
     StaleCount { job: String, expected: u64, actual: u64 },
     #[error("job {job}: query at position {start} (+{len}) repeats finished work or is outside the job's passes")]
     RepeatedQuery { job: String, start: u64, len: u64 },
+    #[error("training job {job} is at generation {current}; generation {given} is not the {wanted}")]
+    StaleGeneration { job: String, current: u64, given: u64, wanted: String },
+    #[error("training job {job} has {current} steps done; a report of {given} is behind or beyond its {total}")]
+    BadStep { job: String, current: u64, given: u64, total: u64 },
+    #[error("{0}")]
+    BadTraining(String),
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a
@@ -486,11 +663,28 @@ impl ClusterState {
                 if spec.batch_size == 0 {
                     return Err(Refusal::BatchSizeZero);
                 }
-                if self.jobs.contains_key(&spec.name) {
+                if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
                     return Err(Refusal::JobExists { job: spec.name });
                 }
                 let name = spec.name.clone();
                 self.jobs.insert(name, Job { spec, state: JobState::Added, progress: JobProgress::default() });
+                Ok(Reply::Done)
+            }
+            Command::SetJobState { job, state, .. } if self.trainings.contains_key(&job) => {
+                let t = self.training_mut(&job)?;
+                // A finished training is done for good (train again under a
+                // new name); its state only changes through its reports.
+                let refused = !allowed(t.state, state) || state == JobState::Done || t.state == JobState::Done;
+                if refused {
+                    return Err(Refusal::BadTransition { job, from: t.state, to: state });
+                }
+                if state == JobState::Running {
+                    t.progress.error = None;
+                }
+                // Stopped or failed, the group dissolves (its members see
+                // they are out); started again, the leader forms a new one.
+                t.group.workers.clear();
+                t.state = state;
                 Ok(Reply::Done)
             }
             Command::SetJobState { job, state, now_ms } => {
@@ -515,6 +709,13 @@ impl ClusterState {
                     return Err(Refusal::BatchSizeZero);
                 }
                 self.job_mut(&job)?.spec.batch_size = batch_size;
+                Ok(Reply::Done)
+            }
+            Command::RemoveJob { job } if self.trainings.contains_key(&job) => {
+                if self.trainings.get(&job).is_some_and(|t| t.state == JobState::Running) {
+                    return Err(Refusal::JobRunning { job });
+                }
+                self.trainings.remove(&job);
                 Ok(Reply::Done)
             }
             Command::RemoveJob { job } => {
@@ -586,7 +787,106 @@ impl ClusterState {
                 p.inputs_done += inputs;
                 Ok(Reply::Done)
             }
+            Command::AddTraining { spec, now_ms } => {
+                non_empty("job name", &spec.name)?;
+                non_empty("output model name", &spec.out)?;
+                if spec.batch_size == 0 {
+                    return Err(Refusal::BatchSizeZero);
+                }
+                if spec.epochs == 0 || spec.workers == 0 || spec.samples == 0 || spec.checkpoint_every == 0 {
+                    return Err(Refusal::BadTraining(
+                        "epochs, workers, samples and checkpoint_every must be at least 1".into(),
+                    ));
+                }
+                if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
+                    return Err(Refusal::JobExists { job: spec.name });
+                }
+                let progress = TrainProgress { started_at_ms: now_ms, ..Default::default() };
+                let t = Training { spec, state: JobState::Running, group: TrainGroup::default(), progress };
+                self.trainings.insert(t.spec.name.clone(), t);
+                Ok(Reply::Done)
+            }
+            Command::SetTrainGroup { job, generation, workers, now_ms } => {
+                distinct(&workers)?;
+                let t = self.training_mut(&job)?;
+                if t.state != JobState::Running {
+                    return Err(Refusal::JobNotRunning { job });
+                }
+                if generation != t.group.generation + 1 {
+                    let current = t.group.generation;
+                    return Err(Refusal::StaleGeneration { job, current, given: generation, wanted: "next".into() });
+                }
+                if workers.is_empty() {
+                    return Err(Refusal::Empty { what: "training group".into() });
+                }
+                let from_step = t.progress.checkpoint.map_or(0, |(_, step)| step);
+                // Work after the checkpoint is redone by the new group.
+                t.progress.step = from_step;
+                t.progress.train = Score::default();
+                t.group = TrainGroup { generation, workers: workers.clone() };
+                t.progress.regroups.push(Regroup { generation, workers, from_step, at_ms: now_ms });
+                Ok(Reply::Done)
+            }
+            Command::ReportTraining { job, generation, report, now_ms } => {
+                let t = self.training_mut(&job)?;
+                if t.state != JobState::Running {
+                    return Err(Refusal::JobNotRunning { job });
+                }
+                if generation != t.group.generation || t.group.workers.is_empty() {
+                    let current = t.group.generation;
+                    return Err(Refusal::StaleGeneration {
+                        job,
+                        current,
+                        given: generation,
+                        wanted: "current one".into(),
+                    });
+                }
+                let total = t.spec.total_steps();
+                if report.step < t.progress.step || report.step > total {
+                    return Err(Refusal::BadStep { job, current: t.progress.step, given: report.step, total });
+                }
+                let spe = t.spec.steps_per_epoch().max(1);
+                if report.epoch_end.is_some() && (report.step % spe != 0 || report.step == 0) {
+                    return Err(Refusal::BadTraining(format!("step {} does not end an epoch", report.step)));
+                }
+                if report.model_version.is_some() && report.step != total {
+                    return Err(Refusal::BadTraining(format!("a model after {} of {total} steps", report.step)));
+                }
+                if let Some(test) = report.epoch_end {
+                    let epoch = (report.step / spe) as u32;
+                    t.progress.epochs.retain(|e| e.epoch < epoch);
+                    t.progress.epochs.push(EpochRecord { epoch, train: report.train, test, at_ms: now_ms });
+                    t.progress.train = Score::default();
+                } else {
+                    t.progress.train = report.train;
+                }
+                if let Some(version) = report.checkpoint_version {
+                    t.progress.checkpoint = Some((version, report.step));
+                }
+                t.progress.step = report.step;
+                if let Some(version) = report.model_version {
+                    t.progress.model_version = Some(version);
+                    t.progress.finished_at_ms = now_ms;
+                    t.state = JobState::Done;
+                    t.group.workers.clear();
+                }
+                Ok(Reply::Done)
+            }
+            Command::FailTraining { job, error } => {
+                let t = self.training_mut(&job)?;
+                if t.state != JobState::Running {
+                    return Err(Refusal::JobNotRunning { job });
+                }
+                t.state = JobState::Failed;
+                t.group.workers.clear();
+                t.progress.error = Some(error);
+                Ok(Reply::Done)
+            }
         }
+    }
+
+    fn training_mut(&mut self, job: &str) -> Result<&mut Training, Refusal> {
+        self.trainings.get_mut(job).ok_or_else(|| Refusal::NoSuchJob { job: job.to_string() })
     }
 
     fn job_mut(&mut self, job: &str) -> Result<&mut Job, Refusal> {

@@ -1,5 +1,5 @@
-//! Inference jobs: how a job gets into the cluster and how its queries
-//! flow through it.
+//! Jobs: how an inference job gets into the cluster and how its queries
+//! flow through it, and how a training job trains (`train`).
 //!
 //! - `validate`: `job add` — the model and the input set are read from
 //!   SDFS and checked against each other before the job enters the
@@ -23,6 +23,7 @@ mod leader;
 pub mod results;
 pub mod service;
 pub mod status;
+pub mod train;
 mod validate;
 mod worker;
 
@@ -78,6 +79,10 @@ pub struct Jobs {
     local: String,
     config: WorkerConfig,
     leader: leader::Leader,
+    /// This node's part in training: rounds it sums as a group's rank 0,
+    /// data sets its members share.
+    reducer: train::reduce::Reducer,
+    train_data: tokio::sync::Mutex<train::runner::DataCache>,
 }
 
 impl Jobs {
@@ -89,7 +94,16 @@ impl Jobs {
         config: WorkerConfig,
     ) -> Arc<Jobs> {
         let leader = leader::Leader::new(&config);
-        Arc::new(Jobs { id, coordinator, membership, local, config, leader })
+        Arc::new(Jobs {
+            id,
+            coordinator,
+            membership,
+            local,
+            config,
+            leader,
+            reducer: Default::default(),
+            train_data: Default::default(),
+        })
     }
 
     /// The leader's lease table is consistent: no stream position is
@@ -105,6 +119,8 @@ impl Jobs {
         vec![
             ("job leader", tokio::spawn(leader::run(self.clone(), shutdown.child_token()))),
             ("worker", tokio::spawn(worker::run(self.clone(), shutdown.child_token()))),
+            ("training groups", tokio::spawn(train::group::run(self.clone(), shutdown.child_token()))),
+            ("training member", tokio::spawn(train::runner::run(self.clone(), shutdown.child_token()))),
         ]
     }
 }

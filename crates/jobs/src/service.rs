@@ -115,4 +115,30 @@ impl idunno_rpc::Jobs for JobsService {
     async fn work(&self, req: Request<v1::WorkRequest>) -> Result<Response<v1::WorkReply>, Status> {
         self.0.leader.work(req.into_inner()).await.map(Response::new)
     }
+
+    async fn train(&self, req: Request<v1::TrainRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let cmd = crate::train::validate::train_job(&self.0, req.into_inner()).await?;
+        let message = match &cmd {
+            Command::AddTraining { spec, .. } => format!(
+                "training job {} added: {} on {} samples of {}, {} epoch(s) of {} steps, batch size {}, {} worker(s), into {}",
+                spec.name,
+                spec.arch,
+                spec.samples,
+                spec.inputs.name,
+                spec.epochs,
+                spec.steps_per_epoch(),
+                spec.batch_size,
+                spec.workers,
+                spec.out
+            ),
+            _ => String::new(),
+        };
+        self.commit(cmd).await?;
+        Ok(Response::new(v1::JobReply { message }))
+    }
+
+    async fn reduce(&self, req: Request<v1::ReduceRequest>) -> Result<Response<v1::ReduceReply>, Status> {
+        let values = self.0.reducer.reduce(req.into_inner()).await?;
+        Ok(Response::new(v1::ReduceReply { values }))
+    }
 }

@@ -1,7 +1,7 @@
 //! The `job status` and `job assignments` documents (SPEC §10), computed
 //! from the replicated state alone, so any node answers the same.
 
-use idunno_coordinator::state::{AssignmentNote, ClusterState, Job, JobState, OutputKind};
+use idunno_coordinator::state::{AssignmentNote, ClusterState, Job, JobState, OutputKind, Score, Training};
 use serde_json::{Value, json};
 
 pub fn state_name(s: JobState) -> &'static str {
@@ -24,6 +24,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
     let shares = shares(&note);
     json!({
         "job": name,
+        "kind": "infer",
         "state": state_name(job.state),
         "batch_size": job.spec.batch_size,
         "query_rate": (rate * 100.0).round() / 100.0,
@@ -58,23 +59,95 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Every job's status, or one job's; `None` if that job does not exist.
+fn score(s: &Score) -> Value {
+    json!({"loss": s.loss().map(round4), "accuracy": s.accuracy().map(round4), "samples": s.count})
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+/// A training job's status: the contract's fields (`accuracy` is the
+/// last test accuracy, `inputs_done` the samples trained on, no queries)
+/// and its own: epoch, step, loss, train and test accuracy per epoch,
+/// its group and checkpoint.
+pub fn training_status(name: &str, t: &Training) -> Value {
+    let p = &t.progress;
+    let spec = &t.spec;
+    let spe = spec.steps_per_epoch().max(1);
+    let last = p.epochs.last();
+    let test_acc = last.and_then(|e| e.test.as_ref()).and_then(Score::accuracy);
+    let epochs: Vec<Value> = p
+        .epochs
+        .iter()
+        .map(|e| json!({"epoch": e.epoch, "train": score(&e.train), "test": e.test.as_ref().map(score), "at_ms": e.at_ms}))
+        .collect();
+    // The running epoch's score, or the last finished one's.
+    let current = if p.train.count > 0 { p.train } else { last.map(|e| e.train).unwrap_or_default() };
+    let elapsed_ms = if p.finished_at_ms > 0 { p.finished_at_ms.saturating_sub(p.started_at_ms) } else { 0 };
+    json!({
+        "job": name,
+        "kind": "train",
+        "state": state_name(t.state),
+        "batch_size": spec.batch_size,
+        "query_rate": 0.0,
+        "queries_done": 0,
+        "inputs_done": (p.step * u64::from(spec.batch_size)).min(spec.samples * u64::from(spec.epochs)),
+        "latency_ms": null,
+        "accuracy": test_acc.map(round4),
+        "workers": t.group.workers,
+        "arch": spec.arch,
+        "epoch": (p.step / spe).min(u64::from(spec.epochs)),
+        "epochs": spec.epochs,
+        "step": p.step,
+        "steps": spec.total_steps(),
+        "loss": current.loss().map(round4),
+        "train_accuracy": current.accuracy().map(round4),
+        "test_accuracy": test_acc.map(round4),
+        "history": epochs,
+        "generation": t.group.generation,
+        "regroups": p.regroups.iter().map(|r| json!({"generation": r.generation, "workers": r.workers, "from_step": r.from_step, "at_ms": r.at_ms})).collect::<Vec<_>>(),
+        "checkpoint": p.checkpoint.map(|(version, step)| json!({"file": spec.checkpoint_file(), "version": version, "step": step})),
+        "model": spec.out,
+        "model_version": p.model_version,
+        "inputs": spec.inputs.name,
+        "labels": spec.labels.name,
+        "samples": spec.samples,
+        "wanted_workers": spec.workers,
+        "lr": spec.lr,
+        "error": p.error,
+        "train_seconds": (elapsed_ms > 0).then(|| elapsed_ms as f64 / 1000.0),
+    })
+}
+
+/// Every job's status (inference and training, by name), or one job's;
+/// `None` if that job does not exist.
 pub fn status(state: &ClusterState, job: Option<&str>, now_ms: u64) -> Option<Value> {
-    let docs: Vec<Value> = state
+    let wanted = |n: &String| job.is_none_or(|j| j == n.as_str());
+    let mut docs: Vec<(String, Value)> = state
         .jobs
         .iter()
-        .filter(|(n, _)| job.is_none_or(|j| j == n.as_str()))
-        .map(|(n, j)| job_status(state, n, j, now_ms))
+        .filter(|(n, _)| wanted(n))
+        .map(|(n, j)| (n.clone(), job_status(state, n, j, now_ms)))
         .collect();
+    docs.extend(state.trainings.iter().filter(|(n, _)| wanted(n)).map(|(n, t)| (n.clone(), training_status(n, t))));
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
     if job.is_some() && docs.is_empty() {
         return None;
     }
-    Some(Value::Array(docs))
+    Some(Value::Array(docs.into_iter().map(|(_, d)| d).collect()))
 }
 
 /// `{"<job>": [worker ids], …}`.
+/// Training jobs list their group's members.
 pub fn assignments(state: &ClusterState) -> Value {
-    json!(state.assignments)
+    let mut table = state.assignments.clone();
+    for (name, t) in &state.trainings {
+        if !t.group.workers.is_empty() {
+            table.insert(name.clone(), t.group.workers.clone());
+        }
+    }
+    json!(table)
 }
 
 /// The assignment table with its reasons, per job: workers with their

@@ -3,7 +3,8 @@
 //! Every refusal names the file and, for shapes, both shapes.
 
 use idunno_coordinator::state::{ClusterState, Command, FileRef, JobSpec, OutputKind};
-use idunno_ml::onnx::{OnnxModel, check_fit};
+use idunno_ml::Model;
+use idunno_ml::onnx::check_fit;
 use idunno_ml::read_array;
 use idunno_rpc::v1;
 use tonic::Status;
@@ -55,13 +56,13 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
     let model_version = latest(state, &req.model, "model")?;
     let model_bytes = read(jobs, &req.model, model_version).await?;
     let model_name = req.model.clone();
-    let model = tokio::task::spawn_blocking(move || OnnxModel::load(&model_bytes, 1))
+    let model = tokio::task::spawn_blocking(move || Model::load(&model_bytes, 1))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| match e {
-            idunno_ml::onnx::MlError::BadModel(why) => {
-                Status::invalid_argument(format!("{model_name} is not a model ONNX Runtime can load: {why}"))
-            }
+            idunno_ml::onnx::MlError::BadModel(why) => Status::invalid_argument(format!(
+                "{model_name} is not a model idunno can serve (ONNX, or trained by idunno train): {why}"
+            )),
             other => Status::failed_precondition(other.to_string()),
         })?;
     let sigs = model.inputs().to_vec();

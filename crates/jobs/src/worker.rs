@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idunno_coordinator::state::JobState;
-use idunno_ml::onnx::{OnnxModel, fit};
+use idunno_ml::Model;
+use idunno_ml::onnx::fit;
 use idunno_ml::{Tensor, read_array};
 use idunno_rpc::{JobsClient, v1};
 use tokio::sync::mpsc;
@@ -118,13 +119,13 @@ struct Prepared {
 /// between threads that run at once).
 struct Slot {
     threads: usize,
-    models: HashMap<Key, OnnxModel>,
+    models: HashMap<Key, Model>,
 }
 
 impl Slot {
-    fn model(&mut self, p: &Prepared) -> Result<&mut OnnxModel, String> {
+    fn model(&mut self, p: &Prepared) -> Result<&mut Model, String> {
         if !self.models.contains_key(&p.key) {
-            let m = OnnxModel::load(&p.model, self.threads).map_err(|e| format!("model {}: {e}", p.key.0))?;
+            let m = Model::load(&p.model, self.threads).map_err(|e| format!("model {}: {e}", p.key.0))?;
             if self.models.len() >= 4 {
                 self.models.clear();
             }

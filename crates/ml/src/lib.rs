@@ -1,13 +1,18 @@
 //! The ML layer of idunno: the input and label formats jobs read from SDFS
 //! — NumPy `.npy` arrays and IDX files (MNIST's format) — parsed into
 //! [`Tensor`]s with errors that name what is wrong (`npy`, `idx`: pure
-//! functions over bytes), and ONNX models run on ONNX Runtime (`onnx`).
-//! Models trained with candle join with the training issue.
+//! functions over bytes), ONNX models run on ONNX Runtime (`onnx`), and
+//! the models the cluster trains itself on candle (`trained`). [`Model`]
+//! is what a worker serves: either kind, told apart by the file's bytes.
 
 pub mod idx;
 pub mod npy;
 pub mod onnx;
 mod tensor;
+pub mod trained;
+
+use onnx::{MlError, OnnxModel, Signature};
+use trained::ServedModel;
 
 pub use tensor::{DType, Tensor};
 
@@ -33,5 +38,44 @@ pub fn read_array(bytes: &[u8]) -> Result<Tensor, FormatError> {
             expected: "an .npy or IDX array",
             why: format!("it starts with {:02x?}", &bytes[..bytes.len().min(6)]),
         })
+    }
+}
+
+/// A model an inference job serves: an ONNX file, or a model the cluster
+/// trained (`idunno train --out`). Both take tensors and give tensors.
+pub enum Model {
+    Onnx(OnnxModel),
+    Trained(ServedModel),
+}
+
+impl Model {
+    /// Load a model from its bytes, to run with `threads` threads per batch.
+    pub fn load(bytes: &[u8], threads: usize) -> Result<Model, MlError> {
+        if trained::is_model_file(bytes) {
+            return ServedModel::load(bytes, threads).map(Model::Trained);
+        }
+        OnnxModel::load(bytes, threads).map(Model::Onnx)
+    }
+
+    pub fn inputs(&self) -> &[Signature] {
+        match self {
+            Model::Onnx(m) => m.inputs(),
+            Model::Trained(m) => m.inputs(),
+        }
+    }
+
+    pub fn outputs(&self) -> &[Signature] {
+        match self {
+            Model::Onnx(m) => m.outputs(),
+            Model::Trained(m) => m.outputs(),
+        }
+    }
+
+    /// Run one batch: one tensor per model input, in the model's order.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlError> {
+        match self {
+            Model::Onnx(m) => m.run(inputs),
+            Model::Trained(m) => m.run(inputs),
+        }
     }
 }

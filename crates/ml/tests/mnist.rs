@@ -1,55 +1,54 @@
-//! The real MNIST (converted by scripts/assets) and Fashion-MNIST (from
-//! Debian's package) through the IDX reader.
+//! Training on the real MNIST in one process: the reference the
+//! data-parallel training is compared with.
 
-use idunno_ml::onnx::assets_dir;
-use idunno_ml::{DType, read_array};
+use std::sync::Arc;
+
+use idunno_ml::trained::{Arch, DataSet, Net, Shape, Trainer};
 
 fn load(name: &str) -> idunno_ml::Tensor {
-    load_from("mnist", name)
+    let p = idunno_ml::onnx::assets_dir().join("datasets/mnist").join(name);
+    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (scripts/assets fetches it)", p.display()));
+    idunno_ml::read_array(&bytes).unwrap()
 }
 
-fn load_from(set: &str, name: &str) -> idunno_ml::Tensor {
-    let p = assets_dir().join("datasets").join(set).join(name);
-    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/assets)", p.display()));
-    read_array(&bytes).unwrap()
+fn mnist(kind: &str) -> DataSet {
+    DataSet::new(
+        load(&format!("{kind}-images-idx3-ubyte")),
+        &load(&format!("{kind}-labels-idx1-ubyte")),
+        "images",
+        "labels",
+    )
+    .unwrap()
 }
 
-#[test]
-fn mnist_reads_as_the_well_known_data_set() {
-    let train = load("train-images-idx3-ubyte");
-    let train_labels = load("train-labels-idx1-ubyte");
-    let test = load("t10k-images-idx3-ubyte");
-    let test_labels = load("t10k-labels-idx1-ubyte");
-    assert_eq!((train.dtype, train.shape.clone()), (DType::U8, vec![60000, 28, 28]));
-    assert_eq!(test.shape, vec![10000, 28, 28]);
-    assert_eq!((train_labels.shape.clone(), test_labels.shape.clone()), (vec![60000], vec![10000]));
-    let y = train_labels.to_i64();
-    let t = test_labels.to_i64();
-    // Facts anyone who has used MNIST knows: the first training digit is a
-    // 5, the first test digit a 7; there are 6742 ones among the training
-    // digits and 1135 in the test set.
-    assert_eq!((y[0], t[0]), (5, 7));
-    assert_eq!(y.iter().filter(|v| **v == 1).count(), 6742);
-    assert_eq!(t.iter().filter(|v| **v == 1).count(), 1135);
-    assert!(y.iter().chain(&t).all(|v| (0..10).contains(v)));
-    // Pixels span the full byte range, the border is blank.
-    assert_eq!(train.data.iter().max(), Some(&255));
-    let first = train.rows(0, 1);
-    assert_eq!(first.data[..28].iter().map(|p| u32::from(*p)).sum::<u32>(), 0);
-}
-
-#[test]
-fn fashion_mnist_reads_as_the_well_known_data_set() {
-    let train = load_from("fashion-mnist", "train-images-idx3-ubyte");
-    let train_labels = load_from("fashion-mnist", "train-labels-idx1-ubyte").to_i64();
-    let test_labels = load_from("fashion-mnist", "t10k-labels-idx1-ubyte").to_i64();
-    assert_eq!((train.dtype, train.shape.clone()), (DType::U8, vec![60000, 28, 28]));
-    assert_eq!(load_from("fashion-mnist", "t10k-images-idx3-ubyte").shape, vec![10000, 28, 28]);
-    // Balanced classes: 6000 of each of the 10 in training, 1000 in test;
-    // the first training item is an ankle boot (9), the first test one too.
-    for class in 0..10 {
-        assert_eq!(train_labels.iter().filter(|v| **v == class).count(), 6000);
-        assert_eq!(test_labels.iter().filter(|v| **v == class).count(), 1000);
+fn train(arch: Arch, epochs: u64, batch: usize, lr: f32) -> (f64, Net) {
+    let data = Arc::new(mnist("train"));
+    let test = mnist("t10k");
+    let shape = Shape::new(arch, &data.sample, data.classes(), data.dtype).unwrap();
+    let mut t = Trainer::new(shape, data, batch, lr, 1).unwrap();
+    let steps = t.steps_per_epoch() * epochs;
+    let started = std::time::Instant::now();
+    while t.step < steps {
+        let g = t.shard_grads(0, 1).unwrap();
+        t.apply(&g.grads).unwrap();
     }
-    assert_eq!((train_labels[0], test_labels[0]), (9, 9));
+    let (_, right) = t.net.evaluate(&test, 0..test.len()).unwrap();
+    let acc = right as f64 / test.len() as f64;
+    eprintln!("{arch:?}: {epochs} epoch(s) in {:.1} s, test accuracy {acc:.4}", started.elapsed().as_secs_f64());
+    (acc, t.net)
+}
+
+#[test]
+fn an_mlp_learns_mnist_in_one_epoch() {
+    let (acc, _) = train(Arch::Mlp, 1, 64, 1e-3);
+    assert!(acc > 0.9, "test accuracy {acc}");
+}
+
+/// Slow (minutes): `cargo test --release -p idunno-ml -- --ignored`.
+#[test]
+#[ignore]
+fn a_cnn_learns_mnist() {
+    let epochs = std::env::var("EPOCHS").ok().and_then(|e| e.parse().ok()).unwrap_or(3);
+    let (acc, _) = train(Arch::Cnn, epochs, 64, 1e-3);
+    assert!(acc >= 0.985, "test accuracy {acc}");
 }

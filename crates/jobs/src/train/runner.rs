@@ -1,0 +1,429 @@
+//! A training group's member, on every node: a loop that follows the
+//! replicated state and runs one member task per training this node is in
+//! (at the current generation), and that task.
+//!
+//! Per step, a member computes its shard's gradients (candle, on a
+//! one-thread pool: several members on a small machine share its cores),
+//! sends them to rank 0's reducer, applies the summed gradient with Adam,
+//! and goes on. Rank 0 also writes a checkpoint to SDFS every
+//! `checkpoint_every` steps and at every epoch's end, reports progress to
+//! the coordinator (at checkpoints and every 2 s), and writes the trained
+//! model when the last step is done.
+//!
+//! A member that cannot finish a round (a peer died, or restarted and is
+//! behind) waits briefly for a new generation, then proposes one itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idunno_coordinator::state::{Command, FileRef, JobState, Refusal, Score, TrainReport, Training};
+use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
+use idunno_rpc::{JobsClient, v1};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::{from_bytes, group, to_bytes, validate::data_set};
+use crate::{Jobs, now_ms};
+
+/// How long a member waits for the rest of its group in one round; the
+/// first round also covers every member loading the data.
+const ROUND_WAIT: Duration = Duration::from_secs(20);
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(90);
+/// Rank 0 reports progress at least this often between checkpoints.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Data sets fetched for training, shared by this node's members.
+#[derive(Default)]
+pub(crate) struct DataCache {
+    sets: HashMap<(FileRef, FileRef), Arc<DataSet>>,
+}
+
+impl DataCache {
+    async fn get(jobs: &Jobs, inputs: &FileRef, labels: &FileRef) -> Result<Arc<DataSet>, String> {
+        let key = (inputs.clone(), labels.clone());
+        let mut cache = jobs.train_data.lock().await;
+        if let Some(d) = cache.sets.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(data_set(&jobs.local, inputs, labels).await?);
+        if cache.sets.len() >= 4 {
+            cache.sets.clear();
+        }
+        cache.sets.insert(key, d.clone());
+        Ok(d)
+    }
+}
+
+/// Follow the replicated state: start a member task for each training
+/// this node is in, stop those whose generation is over.
+pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
+    let mut state_rx = jobs.coordinator.watch_state();
+    let mut members: HashMap<String, (u64, CancellationToken)> = HashMap::new();
+    // (job, generation) whose task ended: never started again.
+    let mut ended: HashSet<(String, u64)> = HashSet::new();
+    let (end_tx, mut end_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                members.values().for_each(|(_, t)| t.cancel());
+                return;
+            }
+            _ = state_rx.changed() => {}
+            Some(e) = end_rx.recv() => { ended.insert(e); }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let state = jobs.coordinator.local_state();
+        let wanted: HashMap<&String, &Training> = state
+            .state
+            .trainings
+            .iter()
+            .filter(|(_, t)| t.state == JobState::Running && t.group.workers.contains(&jobs.id))
+            .collect();
+        members.retain(|job, (generation, token)| {
+            let keep = wanted.get(job).is_some_and(|t| t.group.generation == *generation);
+            if !keep {
+                tracing::info!(%job, generation, "leaving the training group");
+                token.cancel();
+            }
+            keep
+        });
+        jobs.reducer.retain(|job| state.state.trainings.get(job).is_some_and(|t| t.state == JobState::Running));
+        for (job, t) in wanted {
+            let generation = t.group.generation;
+            if members.contains_key(job) || ended.contains(&(job.clone(), generation)) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            members.insert(job.clone(), (generation, token.clone()));
+            let (jobs, t, end_tx) = (jobs.clone(), t.clone(), end_tx.clone());
+            tokio::spawn(async move {
+                let job = t.spec.name.clone();
+                member(&jobs, t, token).await;
+                let _ = end_tx.send((job, generation));
+            });
+        }
+    }
+}
+
+/// Why a member task stopped early.
+enum Stop {
+    /// Cancelled (the generation is over, or the node shuts down).
+    Cancelled,
+    /// The group could not complete a round: a new one is needed.
+    Stuck(String),
+}
+
+struct Member<'a> {
+    jobs: &'a Jobs,
+    t: Training,
+    rank: usize,
+    world: usize,
+    token: CancellationToken,
+    client: Option<JobsClient<Channel>>,
+    pool: Arc<rayon::ThreadPool>,
+    rounds: u64,
+}
+
+async fn member(jobs: &Jobs, t: Training, token: CancellationToken) {
+    let job = t.spec.name.clone();
+    let generation = t.group.generation;
+    let Some(rank) = t.group.workers.iter().position(|w| *w == jobs.id) else { return };
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::error!(%job, error = %e, "no thread for training");
+            return;
+        }
+    };
+    let world = t.group.workers.len();
+    tracing::info!(%job, generation, rank, world, from_step = t.progress.checkpoint.map_or(0, |c| c.1), "training");
+    let mut m = Member { jobs, t, rank, world, token, client: None, pool, rounds: 0 };
+    match m.train().await {
+        Ok(()) => tracing::info!(%job, generation, rank, "training done"),
+        Err(Stop::Cancelled) => {}
+        Err(Stop::Stuck(why)) => {
+            tracing::warn!(%job, generation, rank, %why, "training group stuck");
+            // The leader may already be forming a new group (a member
+            // died); if not, this member asks for one.
+            tokio::select! {
+                _ = m.token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+            let state = jobs.coordinator.local_state();
+            if state.state.trainings.get(&job).is_some_and(|t| t.group.generation == generation) {
+                group::regroup(jobs, &job, true).await;
+            }
+        }
+    }
+}
+
+/// Run blocking work on the member's thread pool.
+async fn compute<T: Send + 'static>(
+    pool: &Arc<rayon::ThreadPool>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Stop> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || pool.install(f)).await.map_err(|e| Stop::Stuck(format!("compute: {e}")))
+}
+
+fn score(loss_sum: f64, correct: f32, count: f32) -> Score {
+    Score { loss_micro: (loss_sum.max(0.0) * 1e6) as u64, correct: correct as u64, count: count as u64 }
+}
+
+impl Member<'_> {
+    async fn cancellable<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, Stop> {
+        tokio::select! {
+            _ = self.token.cancelled() => Err(Stop::Cancelled),
+            v = f => Ok(v),
+        }
+    }
+
+    /// Fetch what training needs, retrying: a node may be briefly short of
+    /// SDFS replicas after a failure.
+    async fn fetch<T, Fut>(&self, what: &str, f: impl Fn() -> Fut) -> Result<T, Stop>
+    where
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let mut tries = 0;
+        loop {
+            match self.cancellable(f()).await? {
+                Ok(v) => return Ok(v),
+                Err(e) if tries < 30 => {
+                    tries += 1;
+                    tracing::warn!(job = %self.t.spec.name, %what, error = %e, "retrying");
+                    self.cancellable(tokio::time::sleep(Duration::from_secs(1))).await?;
+                }
+                Err(e) => return Err(Stop::Stuck(format!("{what}: {e}"))),
+            }
+        }
+    }
+
+    async fn train(&mut self) -> Result<(), Stop> {
+        let spec = self.t.spec.clone();
+        let jobs = self.jobs;
+        let data = self.fetch("training data", || DataCache::get(jobs, &spec.inputs, &spec.labels)).await?;
+        let test = match (&spec.test_inputs, &spec.test_labels) {
+            (Some(i), Some(l)) => Some(self.fetch("test data", || DataCache::get(jobs, i, l)).await?),
+            _ => None,
+        };
+        let arch = Arch::parse(&spec.arch).map_err(Stop::Stuck)?;
+        let shape = Shape::new(arch, &data.sample, spec.classes as usize, data.dtype).map_err(Stop::Stuck)?;
+        let lr: f32 = spec.lr.parse().map_err(|_| Stop::Stuck(format!("bad learning rate {}", spec.lr)))?;
+        let batch = spec.batch_size as usize;
+        let mut trainer = match self.t.progress.checkpoint {
+            Some((version, step)) => {
+                let file = spec.checkpoint_file();
+                let local = &jobs.local;
+                let bytes = self
+                    .fetch("checkpoint", || async {
+                        idunno_sdfs::client::get(local, &file, version).await.map(|(_, b)| b).map_err(|e| e.to_string())
+                    })
+                    .await?;
+                let c = Checkpoint::from_bytes(&bytes).map_err(|e| Stop::Stuck(format!("checkpoint: {e}")))?;
+                if c.step != step || c.shape != shape {
+                    return Err(Stop::Stuck(format!("checkpoint v{version} does not hold step {step} of this net")));
+                }
+                Trainer::resume(c, data.clone(), batch, spec.seed).map_err(Stop::Stuck)?
+            }
+            None => Trainer::new(shape, data.clone(), batch, lr, spec.seed).map_err(Stop::Stuck)?,
+        };
+
+        let spe = trainer.steps_per_epoch().max(1);
+        let total = spe * u64::from(spec.epochs);
+        let (rank, world) = (self.rank, self.world);
+        let mut epoch = Score::default();
+        let mut last_report = Instant::now();
+        while trainer.step < total {
+            let step = trainer.step;
+            let (t, g) = compute(&self.pool, move || {
+                let g = trainer.shard_grads(rank, world);
+                (trainer, g)
+            })
+            .await?;
+            trainer = t;
+            let g = g.map_err(Stop::Stuck)?;
+            let mut v = g.grads;
+            v.extend([g.loss_sum as f32, g.correct as f32, g.count as f32]);
+            let sum = self.reduce(2 * step, v).await?;
+            let n = sum.len() - 3;
+            let s = score(f64::from(sum[n]), sum[n + 1], sum[n + 2]);
+            epoch.loss_micro += s.loss_micro;
+            epoch.correct += s.correct;
+            epoch.count += s.count;
+            let (t, applied) = compute(&self.pool, move || {
+                let r = trainer.apply(&sum[..n]);
+                (trainer, r)
+            })
+            .await?;
+            trainer = t;
+            applied.map_err(Stop::Stuck)?;
+
+            let done = trainer.step;
+            let epoch_end = done % spe == 0;
+            let mut test_score = None;
+            if epoch_end && let Some(test) = &test {
+                let range = shard(test.len(), rank, world);
+                let (net_trainer, set, r) = (trainer, test.clone(), range);
+                let (t, eval) = compute(&self.pool, move || {
+                    let e = net_trainer.net.evaluate(&set, r);
+                    (net_trainer, e)
+                })
+                .await?;
+                trainer = t;
+                let (loss, right) = eval.map_err(Stop::Stuck)?;
+                let sum = self.reduce(2 * step + 1, vec![loss as f32, right as f32, 0.0]).await?;
+                let count = test.len() as f32;
+                test_score = Some(score(f64::from(sum[0]), sum[1], count));
+            }
+            if rank == 0 {
+                let checkpoint = done % spec.checkpoint_every == 0 || epoch_end || done == total;
+                if checkpoint || last_report.elapsed() >= REPORT_EVERY {
+                    last_report = Instant::now();
+                    let c = checkpoint.then(|| trainer.checkpoint());
+                    let model =
+                        if done == total { Some(trainer.net.to_model_file().map_err(Stop::Stuck)?) } else { None };
+                    let train = epoch;
+                    self.report(done, c, epoch_end.then_some(test_score), train, model).await?;
+                }
+            }
+            if epoch_end {
+                epoch = Score::default();
+                if let Some(s) = test_score {
+                    tracing::info!(
+                        job = %spec.name,
+                        epoch = done / spe,
+                        test_accuracy = s.accuracy().unwrap_or(0.0),
+                        "epoch done"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One all-reduce round: local on rank 0, an RPC to rank 0 elsewhere.
+    async fn reduce(&mut self, round: u64, values: Vec<f32>) -> Result<Vec<f32>, Stop> {
+        let req = v1::ReduceRequest {
+            job: self.t.spec.name.clone(),
+            generation: self.t.group.generation,
+            round,
+            rank: self.rank as u32,
+            world: self.world as u32,
+            values: to_bytes(&values),
+        };
+        let wait = if self.rounds == 0 { FIRST_ROUND_WAIT } else { ROUND_WAIT };
+        self.rounds += 1;
+        let bytes = if self.rank == 0 {
+            let jobs = self.jobs;
+            self.cancellable(tokio::time::timeout(wait, jobs.reducer.reduce(req)))
+                .await?
+                .map_err(|_| {
+                    Stop::Stuck(format!("round {round}: the group did not answer within {} s", wait.as_secs()))
+                })?
+                .map_err(|s| Stop::Stuck(format!("round {round}: {}", s.message())))?
+        } else {
+            let token = self.token.clone();
+            let client = self.client().await?;
+            let call = tokio::time::timeout(wait, client.reduce(req));
+            tokio::select! {
+                _ = token.cancelled() => return Err(Stop::Cancelled),
+                r = call => r,
+            }
+            .map_err(|_| Stop::Stuck(format!("round {round}: rank 0 did not answer within {} s", wait.as_secs())))?
+            .map_err(|s| Stop::Stuck(format!("round {round} at rank 0: {}", s.message())))?
+            .into_inner()
+            .values
+        };
+        from_bytes(&bytes).map_err(Stop::Stuck)
+    }
+
+    async fn client(&mut self) -> Result<&mut JobsClient<Channel>, Stop> {
+        if self.client.is_none() {
+            let rank0 = self.t.group.workers[0];
+            let addr = self
+                .jobs
+                .membership
+                .view()
+                .members
+                .into_iter()
+                .find(|m| m.identity.id.0 == rank0)
+                .map(|m| m.identity.addr.to_string())
+                .ok_or_else(|| Stop::Stuck(format!("rank 0 (node {rank0}) is not a member")))?;
+            let ch = idunno_rpc::connect_channel_with(&addr, Duration::from_secs(2), FIRST_ROUND_WAIT)
+                .await
+                .map_err(|e| Stop::Stuck(e.to_string()))?;
+            self.client =
+                Some(JobsClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20));
+        }
+        self.client.as_mut().ok_or_else(|| Stop::Stuck("no client".into()))
+    }
+
+    /// Rank 0: write the checkpoint and the model (if given) to SDFS, then
+    /// report to the coordinator. A refused report means this generation
+    /// is over.
+    async fn report(
+        &self,
+        step: u64,
+        checkpoint: Option<Checkpoint>,
+        epoch_end: Option<Option<Score>>,
+        train: Score,
+        model: Option<Vec<u8>>,
+    ) -> Result<(), Stop> {
+        let spec = &self.t.spec;
+        let local = &self.jobs.local;
+        let checkpoint_version = match checkpoint {
+            Some(c) => {
+                let bytes = c.to_bytes().map_err(Stop::Stuck)?;
+                let file = spec.checkpoint_file();
+                Some(
+                    self.fetch("writing the checkpoint", || async {
+                        idunno_sdfs::client::put(local, &file, &bytes).await.map_err(|e| e.to_string())
+                    })
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let model_version = match model {
+            Some(bytes) => Some(
+                self.fetch("writing the model", || async {
+                    idunno_sdfs::client::put(local, &spec.out, &bytes).await.map_err(|e| e.to_string())
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let report = TrainReport { step, checkpoint_version, train, epoch_end, model_version };
+        let must = checkpoint_version.is_some() || model_version.is_some();
+        let mut tries = 0;
+        loop {
+            let cmd = Command::ReportTraining {
+                job: spec.name.clone(),
+                generation: self.t.group.generation,
+                report: report.clone(),
+                now_ms: now_ms(),
+            };
+            match self.cancellable(self.jobs.coordinator.apply(cmd)).await? {
+                Ok(out) => {
+                    return match out.applied {
+                        Ok(_) => Ok(()),
+                        Err(Refusal::StaleGeneration { .. } | Refusal::JobNotRunning { .. }) => Err(Stop::Cancelled),
+                        Err(r) => Err(Stop::Stuck(format!("progress report refused: {r}"))),
+                    };
+                }
+                // A plain progress report can wait for the next one; a
+                // checkpoint or the model must be recorded.
+                Err(e) if must && tries < 30 => {
+                    tries += 1;
+                    tracing::warn!(job = %spec.name, error = %e, "retrying the training report");
+                    self.cancellable(tokio::time::sleep(Duration::from_secs(1))).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %spec.name, error = %e, "training report not recorded");
+                    return if must { Err(Stop::Stuck(e.to_string())) } else { Ok(()) };
+                }
+            }
+        }
+    }
+}

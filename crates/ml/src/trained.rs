@@ -1,0 +1,796 @@
+//! Models the cluster trains, on candle: their architectures, one
+//! training step's gradients, the Adam optimizer, checkpoints, and the
+//! file an inference job serves.
+//!
+//! Everything here is single-process and deterministic. The distributed
+//! part (who computes which shard, how gradients are averaged) lives in
+//! `idunno-train`; it only ever moves the flat `f32` vectors this module
+//! produces and consumes. A net's parameters, its gradients and the
+//! optimizer's moments are all such vectors, in the order of
+//! [`Net::layout`].
+//!
+//! Files are safetensors with string metadata:
+//! - a **model** (`format = idunno-model`): the parameters, named by
+//!   layer, plus the architecture, sample shape, class count and the
+//!   element type the net was trained on (integer pixels are scaled by
+//!   1/255 inside the net, so training and serving feed the same raw
+//!   values);
+//! - a **checkpoint** (`format = idunno-checkpoint`): the same, plus the
+//!   optimizer's moments (`adam.m`, `adam.v`), its step count and the
+//!   training step reached.
+
+use std::collections::HashMap;
+
+use candle_core::{D, Device, Tensor as CTensor, Var};
+
+use crate::onnx::{MlError, Signature};
+use crate::{DType, Tensor};
+
+/// The architectures `idunno train --arch` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Flatten, 128 hidden units with ReLU, then the classes.
+    Mlp,
+    /// Two 5×5 convolutions (16 and 32 channels, ReLU, 2×2 max pool each),
+    /// 128 hidden units, then the classes.
+    Cnn,
+}
+
+impl Arch {
+    pub fn parse(s: &str) -> Result<Arch, String> {
+        match s {
+            "mlp" => Ok(Arch::Mlp),
+            "cnn" => Ok(Arch::Cnn),
+            other => Err(format!("unknown architecture {other:?}: expected mlp or cnn")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn",
+        }
+    }
+}
+
+const HIDDEN: usize = 128;
+const C1: usize = 8;
+const C2: usize = 16;
+const K: usize = 5;
+
+/// What a net is, apart from its weights: enough to rebuild it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub arch: Arch,
+    /// One sample's shape: `[h, w]` or `[1, h, w]` for the CNN, anything
+    /// for the MLP (it is flattened).
+    pub sample: Vec<usize>,
+    pub classes: usize,
+    /// The element type of the training inputs: integer inputs are scaled
+    /// by 1/255 inside the net.
+    pub input: DType,
+}
+
+impl Shape {
+    /// Check that the architecture can take samples of this shape.
+    pub fn new(arch: Arch, sample: &[usize], classes: usize, input: DType) -> Result<Shape, String> {
+        let n: usize = sample.iter().product();
+        if sample.is_empty() || n == 0 {
+            return Err(format!("samples of shape {sample:?} cannot be trained on"));
+        }
+        if classes < 2 {
+            return Err(format!("the labels name {classes} class(es); at least 2 are needed"));
+        }
+        if arch == Arch::Cnn {
+            let (h, w) = match sample {
+                [h, w] | [1, h, w] => (*h, *w),
+                _ => return Err(format!("the cnn takes images [h, w] or [1, h, w]; samples have shape {sample:?}")),
+            };
+            if h < 4 || w < 4 {
+                return Err(format!("the cnn needs images of at least 4×4, not {h}×{w}"));
+            }
+        }
+        Ok(Shape { arch, sample: sample.to_vec(), classes, input })
+    }
+
+    fn hw(&self) -> (usize, usize) {
+        let s = &self.sample;
+        (s[s.len() - 2], s[s.len() - 1])
+    }
+
+    fn scale(&self) -> f64 {
+        if matches!(self.input, DType::F32 | DType::F64) { 1.0 } else { 1.0 / 255.0 }
+    }
+
+    /// The parameters in order: name, shape, fan-in (for initialisation).
+    pub fn layout(&self) -> Vec<(&'static str, Vec<usize>, usize)> {
+        let inputs: usize = self.sample.iter().product();
+        let c = self.classes;
+        match self.arch {
+            Arch::Mlp => vec![
+                ("fc1.weight", vec![HIDDEN, inputs], inputs),
+                ("fc1.bias", vec![HIDDEN], inputs),
+                ("fc2.weight", vec![c, HIDDEN], HIDDEN),
+                ("fc2.bias", vec![c], HIDDEN),
+            ],
+            Arch::Cnn => {
+                let (h, w) = self.hw();
+                let flat = C2 * (h / 2 / 2) * (w / 2 / 2);
+                vec![
+                    ("conv1.weight", vec![C1, 1, K, K], K * K),
+                    ("conv1.bias", vec![C1], K * K),
+                    ("conv2.weight", vec![C2, C1, K, K], C1 * K * K),
+                    ("conv2.bias", vec![C2], C1 * K * K),
+                    ("fc1.weight", vec![HIDDEN, flat], flat),
+                    ("fc1.bias", vec![HIDDEN], flat),
+                    ("fc2.weight", vec![c, HIDDEN], HIDDEN),
+                    ("fc2.bias", vec![c], HIDDEN),
+                ]
+            }
+        }
+    }
+
+    /// How many parameters the net has.
+    pub fn size(&self) -> usize {
+        self.layout().iter().map(|(_, s, _)| s.iter().product::<usize>()).sum()
+    }
+
+    fn metadata(&self) -> HashMap<String, String> {
+        let sample: Vec<String> = self.sample.iter().map(|d| d.to_string()).collect();
+        HashMap::from([
+            ("arch".to_string(), self.arch.name().to_string()),
+            ("sample_shape".to_string(), sample.join(",")),
+            ("classes".to_string(), self.classes.to_string()),
+            ("input_dtype".to_string(), self.input.to_string()),
+        ])
+    }
+
+    fn from_metadata(m: &HashMap<String, String>) -> Result<Shape, String> {
+        let get = |k: &str| m.get(k).ok_or_else(|| format!("its metadata has no {k}"));
+        let arch = Arch::parse(get("arch")?)?;
+        let sample = get("sample_shape")?
+            .split(',')
+            .map(|d| d.parse::<usize>().map_err(|_| format!("bad sample_shape {d:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let classes = get("classes")?.parse::<usize>().map_err(|_| "bad classes".to_string())?;
+        let input = match get("input_dtype")?.as_str() {
+            "float32" => DType::F32,
+            "float64" => DType::F64,
+            _ => DType::U8,
+        };
+        Shape::new(arch, &sample, classes, input)
+    }
+}
+
+fn err(e: candle_core::Error) -> String {
+    e.to_string()
+}
+
+/// Deterministic uniform numbers in [-1, 1) (SplitMix64): every worker
+/// initialises the same net from the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A net on candle's CPU device: its parameters as `Var`s (autograd
+/// leaves), in layout order.
+pub struct Net {
+    pub shape: Shape,
+    vars: Vec<Var>,
+}
+
+/// What one shard of one batch gave: the gradient of the *batch's* mean
+/// loss restricted to this shard (so the sum over shards is the batch's
+/// gradient), and the shard's loss sum and correct predictions.
+pub struct ShardGrads {
+    pub grads: Vec<f32>,
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub count: u64,
+}
+
+impl Net {
+    /// A fresh net, initialised like PyTorch's defaults (uniform in
+    /// ±1/√fan-in) from `seed`.
+    pub fn init(shape: Shape, seed: u64) -> Result<Net, String> {
+        let mut rng = Rng(seed);
+        let mut flat = Vec::with_capacity(shape.size());
+        for (_, dims, fan_in) in shape.layout() {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = dims.iter().product();
+            flat.extend((0..n).map(|_| rng.next() * bound));
+        }
+        Net::from_flat(shape, &flat)
+    }
+
+    pub fn from_flat(shape: Shape, flat: &[f32]) -> Result<Net, String> {
+        if flat.len() != shape.size() {
+            return Err(format!("{} parameters given, the {} has {}", flat.len(), shape.arch.name(), shape.size()));
+        }
+        let mut vars = Vec::new();
+        let mut at = 0;
+        for (_, dims, _) in shape.layout() {
+            let n: usize = dims.iter().product();
+            let t = CTensor::from_slice(&flat[at..at + n], dims.as_slice(), &Device::Cpu).map_err(err)?;
+            vars.push(Var::from_tensor(&t).map_err(err)?);
+            at += n;
+        }
+        Ok(Net { shape, vars })
+    }
+
+    /// The parameters, flat, in layout order.
+    pub fn params(&self) -> Result<Vec<f32>, String> {
+        let mut out = Vec::with_capacity(self.shape.size());
+        for v in &self.vars {
+            out.extend(v.as_tensor().flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn set_params(&self, flat: &[f32]) -> Result<(), String> {
+        if flat.len() != self.shape.size() {
+            return Err(format!("{} parameters given, the net has {}", flat.len(), self.shape.size()));
+        }
+        let mut at = 0;
+        for v in &self.vars {
+            let n = v.elem_count();
+            let t = CTensor::from_slice(&flat[at..at + n], v.shape(), &Device::Cpu).map_err(err)?;
+            v.set(&t).map_err(err)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// The logits for a batch of raw samples `[n, …sample]` (f32 values as
+    /// they are in the data set: pixels 0–255 for integer data).
+    fn forward(&self, x: &CTensor) -> candle_core::Result<CTensor> {
+        let n = x.dim(0)?;
+        let x = (x * self.shape.scale())?;
+        let v = |i: usize| self.vars[i].as_tensor();
+        let linear =
+            |x: &CTensor, w: usize| -> candle_core::Result<CTensor> { x.matmul(&v(w).t()?)?.broadcast_add(v(w + 1)) };
+        match self.shape.arch {
+            Arch::Mlp => {
+                let x = x.reshape((n, ()))?;
+                let h = linear(&x, 0)?.relu()?;
+                linear(&h, 2)
+            }
+            Arch::Cnn => {
+                let (h, w) = self.shape.hw();
+                let x = x.reshape((n, 1, h, w))?;
+                let conv = |x: &CTensor, k: usize| -> candle_core::Result<CTensor> {
+                    let b = v(k + 1).reshape((1, (), 1, 1))?;
+                    x.conv2d(v(k), K / 2, 1, 1, 1)?.broadcast_add(&b)?.relu()?.max_pool2d(2)
+                };
+                let x = conv(&conv(&x, 0)?, 2)?.flatten_from(1)?;
+                let h = linear(&x, 4)?.relu()?;
+                linear(&h, 6)
+            }
+        }
+    }
+
+    /// Gradients for one shard of a batch of `batch` samples in all.
+    pub fn shard_grads(&self, x: &[f32], y: &[u32], batch: usize) -> Result<ShardGrads, String> {
+        let n = y.len();
+        let mut dims = vec![n];
+        dims.extend(&self.shape.sample);
+        let xt = CTensor::from_slice(x, dims.as_slice(), &Device::Cpu).map_err(err)?;
+        let yt = CTensor::from_slice(y, n, &Device::Cpu).map_err(err)?;
+        let logits = self.forward(&xt).map_err(err)?;
+        let mean = candle_nn::loss::cross_entropy(&logits, &yt).map_err(err)?;
+        let loss = (mean * (n as f64 / batch.max(1) as f64)).map_err(err)?;
+        let store = loss.backward().map_err(err)?;
+        let mut grads = Vec::with_capacity(self.shape.size());
+        for v in &self.vars {
+            match store.get(v.as_tensor()) {
+                Some(g) => grads.extend(g.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?),
+                None => grads.extend(std::iter::repeat_n(0.0, v.elem_count())),
+            }
+        }
+        let loss_sum = f64::from(loss.to_scalar::<f32>().map_err(err)?) * batch as f64;
+        let correct = correct(&logits, y)?;
+        Ok(ShardGrads { grads, loss_sum, correct, count: n as u64 })
+    }
+
+    /// Loss sum and correct predictions over samples `range` of `data`
+    /// (no gradients).
+    pub fn evaluate(&self, data: &DataSet, range: std::ops::Range<usize>) -> Result<(f64, u64), String> {
+        let (mut loss, mut right) = (0.0, 0);
+        let end = range.end.min(data.len());
+        for start in range.step_by(1000) {
+            let stop = (start + 1000).min(end);
+            if stop <= start {
+                break;
+            }
+            let idx: Vec<u32> = (start as u32..stop as u32).collect();
+            let (x, y) = data.gather(&idx);
+            let mut dims = vec![y.len()];
+            dims.extend(&self.shape.sample);
+            let xt = CTensor::from_slice(&x, dims.as_slice(), &Device::Cpu).map_err(err)?;
+            let yt = CTensor::from_slice(&y, y.len(), &Device::Cpu).map_err(err)?;
+            let logits = self.forward(&xt).map_err(err)?.detach();
+            let l = candle_nn::loss::cross_entropy(&logits, &yt).map_err(err)?.to_scalar::<f32>().map_err(err)?;
+            loss += f64::from(l) * y.len() as f64;
+            right += correct(&logits, &y)?;
+        }
+        Ok((loss, right))
+    }
+
+    /// Logits for raw samples, `[n, classes]` row-major.
+    pub fn predict(&self, x: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        let mut dims = vec![n];
+        dims.extend(&self.shape.sample);
+        let xt = CTensor::from_slice(x, dims.as_slice(), &Device::Cpu).map_err(err)?;
+        let logits = self.forward(&xt).map_err(err)?.detach();
+        logits.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)
+    }
+
+    /// The model file an inference job serves.
+    pub fn to_model_file(&self) -> Result<Vec<u8>, String> {
+        write_file(&self.shape, "idunno-model", &self.params()?, None)
+    }
+}
+
+fn correct(logits: &CTensor, y: &[u32]) -> Result<u64, String> {
+    let pred = logits.argmax(D::Minus1).map_err(err)?.to_vec1::<u32>().map_err(err)?;
+    Ok(pred.iter().zip(y).filter(|(p, y)| p == y).count() as u64)
+}
+
+/// Adam (Kingma & Ba) over flat vectors, so its state can be saved in a
+/// checkpoint and restored bit for bit (candle-nn's optimizers keep
+/// theirs private).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adam {
+    pub lr: f32,
+    pub t: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl Adam {
+    const B1: f32 = 0.9;
+    const B2: f32 = 0.999;
+    const EPS: f32 = 1e-8;
+
+    pub fn new(lr: f32, size: usize) -> Adam {
+        Adam { lr, t: 0, m: vec![0.0; size], v: vec![0.0; size] }
+    }
+
+    /// One update of `params` with the batch gradient `grads`.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {
+        self.t += 1;
+        let t = self.t.min(i32::MAX as u64) as i32;
+        let c1 = 1.0 - Self::B1.powi(t);
+        let c2 = 1.0 - Self::B2.powi(t);
+        for i in 0..params.len().min(grads.len()) {
+            let g = grads[i];
+            self.m[i] = Self::B1 * self.m[i] + (1.0 - Self::B1) * g;
+            self.v[i] = Self::B2 * self.v[i] + (1.0 - Self::B2) * g * g;
+            let m = self.m[i] / c1;
+            let v = self.v[i] / c2;
+            params[i] -= self.lr * m / (v.sqrt() + Self::EPS);
+        }
+    }
+}
+
+/// Everything training needs to go on exactly where it was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub shape: Shape,
+    /// Training steps done (the next step to run).
+    pub step: u64,
+    pub params: Vec<f32>,
+    pub adam: Adam,
+}
+
+impl Checkpoint {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let extra = [
+            ("step", self.step.to_string()),
+            ("adam.t", self.adam.t.to_string()),
+            ("adam.lr", self.adam.lr.to_string()),
+        ];
+        write_file(&self.shape, "idunno-checkpoint", &self.params, Some((&self.adam, &extra)))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let f = read_file(bytes, "idunno-checkpoint")?;
+        let num = |k: &str| -> Result<String, String> {
+            f.meta.get(k).cloned().ok_or_else(|| format!("not a checkpoint: no {k} in its metadata"))
+        };
+        let step = num("step")?.parse::<u64>().map_err(|e| e.to_string())?;
+        let t = num("adam.t")?.parse::<u64>().map_err(|e| e.to_string())?;
+        let lr = num("adam.lr")?.parse::<f32>().map_err(|e| e.to_string())?;
+        let (m, v) = f.moments.ok_or("not a checkpoint: no optimizer state")?;
+        Ok(Checkpoint { shape: f.shape, step, params: f.params, adam: Adam { lr, t, m, v } })
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn write_file(
+    shape: &Shape,
+    format: &str,
+    params: &[f32],
+    adam: Option<(&Adam, &[(&str, String)])>,
+) -> Result<Vec<u8>, String> {
+    let mut meta = shape.metadata();
+    meta.insert("format".into(), format.into());
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut at = 0;
+    for (name, dims, _) in shape.layout() {
+        let n: usize = dims.iter().product();
+        owned.push((name.to_string(), dims, f32_bytes(&params[at..at + n])));
+        at += n;
+    }
+    if let Some((adam, extra)) = adam {
+        owned.push(("adam.m".into(), vec![adam.m.len()], f32_bytes(&adam.m)));
+        owned.push(("adam.v".into(), vec![adam.v.len()], f32_bytes(&adam.v)));
+        for (k, v) in extra {
+            meta.insert(k.to_string(), v.clone());
+        }
+    }
+    let mut views = Vec::new();
+    for (name, dims, data) in &owned {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), data)
+            .map_err(|e| e.to_string())?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}
+
+struct File {
+    shape: Shape,
+    meta: HashMap<String, String>,
+    params: Vec<f32>,
+    moments: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+fn read_file(bytes: &[u8], format: &str) -> Result<File, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(format) {
+        return Err(format!("not an {format} file (its metadata says format {:?})", meta.get("format")));
+    }
+    let shape = Shape::from_metadata(&meta)?;
+    let floats = |name: &str, dims: Option<&[usize]>| -> Result<Vec<f32>, String> {
+        let t = st.tensor(name).map_err(|_| format!("it has no tensor {name}"))?;
+        if t.dtype() != safetensors::Dtype::F32 || dims.is_some_and(|d| d != t.shape()) {
+            return Err(format!("tensor {name} is {:?} {:?}, expected F32 {dims:?}", t.dtype(), t.shape()));
+        }
+        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    };
+    let mut params = Vec::with_capacity(shape.size());
+    for (name, dims, _) in shape.layout() {
+        params.extend(floats(name, Some(&dims))?);
+    }
+    let moments = match (floats("adam.m", Some(&[params.len()])), floats("adam.v", Some(&[params.len()]))) {
+        (Ok(m), Ok(v)) => Some((m, v)),
+        _ => None,
+    };
+    Ok(File { shape, meta, params, moments })
+}
+
+/// Whether `bytes` look like a model file of this module (safetensors:
+/// a little-endian header length, then a JSON object).
+pub fn is_model_file(bytes: &[u8]) -> bool {
+    bytes.len() > 9 && bytes[8] == b'{' && u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0xff; 8])) < 1 << 24
+}
+
+/// A trained model loaded for serving, with the same surface as an ONNX
+/// model: one input (the raw samples), one output (the logits).
+pub struct ServedModel {
+    net: Net,
+    inputs: Vec<Signature>,
+    outputs: Vec<Signature>,
+    pool: rayon::ThreadPool,
+}
+
+impl ServedModel {
+    pub fn load(bytes: &[u8], threads: usize) -> Result<ServedModel, MlError> {
+        let f = read_file(bytes, "idunno-model").map_err(MlError::BadModel)?;
+        let net = Net::from_flat(f.shape.clone(), &f.params).map_err(MlError::BadModel)?;
+        let mut shape = vec![-1i64];
+        shape.extend(f.shape.sample.iter().map(|d| *d as i64));
+        let inputs = vec![Signature { name: "x".into(), dtype: Some(DType::F32), shape }];
+        let outputs =
+            vec![Signature { name: "logits".into(), dtype: Some(DType::F32), shape: vec![-1, f.shape.classes as i64] }];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| MlError::Run(e.to_string()))?;
+        Ok(ServedModel { net, inputs, outputs, pool })
+    }
+
+    pub fn inputs(&self) -> &[Signature] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[Signature] {
+        &self.outputs
+    }
+
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlError> {
+        let [x] = inputs else {
+            return Err(MlError::BadInput(format!("the model takes 1 input (x), {} given", inputs.len())));
+        };
+        let per: usize = self.net.shape.sample.iter().product();
+        let n = x.samples();
+        if x.sample_shape().iter().product::<usize>() != per {
+            return Err(MlError::BadInput(format!(
+                "input x has shape {:?}, the model expects samples of {:?}",
+                x.shape, self.net.shape.sample
+            )));
+        }
+        let values = x.to_f32();
+        let logits = self.pool.install(|| self.net.predict(&values, n)).map_err(MlError::Run)?;
+        Ok(vec![Tensor::from_f32(vec![n, self.net.shape.classes], &logits)])
+    }
+}
+
+/// Samples and labels as training reads them: the samples as they are in
+/// the file (converted to f32 a batch at a time), labels as class indices.
+pub struct DataSet {
+    inputs: Tensor,
+    pub y: Vec<u32>,
+    pub sample: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl DataSet {
+    /// Inputs and labels parsed from `.npy`/IDX, checked against each other.
+    pub fn new(inputs: Tensor, labels: &Tensor, inputs_name: &str, labels_name: &str) -> Result<DataSet, String> {
+        if inputs.shape.len() < 2 {
+            return Err(format!("{inputs_name} has shape {:?}: not a set of samples", inputs.shape));
+        }
+        let n = inputs.samples();
+        if labels.samples() != n || labels.shape.len() > 2 || labels.shape.get(1).is_some_and(|d| *d != 1) {
+            return Err(format!(
+                "{inputs_name} has {n} samples but {labels_name} has shape {:?} (one label per sample is needed)",
+                labels.shape
+            ));
+        }
+        if matches!(labels.dtype, DType::F32 | DType::F64) {
+            return Err(format!("{labels_name} holds {}; class labels must be integers", labels.dtype));
+        }
+        let raw = labels.to_i64();
+        if let Some(bad) = raw.iter().find(|l| **l < 0 || **l > 1_000_000) {
+            return Err(format!("{labels_name} holds the label {bad}; labels are class indices 0, 1, 2, …"));
+        }
+        let sample = inputs.sample_shape().to_vec();
+        let dtype = inputs.dtype;
+        Ok(DataSet { inputs, y: raw.into_iter().map(|l| l as u32).collect(), sample, dtype })
+    }
+
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.y.iter().max().map_or(0, |m| *m as usize + 1)
+    }
+
+    /// The samples at `idx`, gathered: (inputs as f32, labels).
+    pub fn gather(&self, idx: &[u32]) -> (Vec<f32>, Vec<u32>) {
+        let per: usize = self.sample.iter().product();
+        let mut x = Vec::with_capacity(idx.len() * per);
+        let mut y = Vec::with_capacity(idx.len());
+        for &i in idx {
+            x.extend(self.inputs.rows(i as usize, 1).to_f32());
+            y.push(self.y[i as usize]);
+        }
+        (x, y)
+    }
+}
+
+/// The order of the samples in epoch `epoch`: a seeded Fisher–Yates
+/// shuffle, the same on every worker.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = Rng(seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+    for i in (1..n).rev() {
+        let r = (rng.next() + 1.0) / 2.0;
+        let j = ((r * (i + 1) as f32) as usize).min(i);
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Which part of a batch of `batch` samples rank `rank` of `world`
+/// computes: contiguous, sizes differing by at most one.
+pub fn shard(batch: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let world = world.max(1);
+    let base = batch / world;
+    let extra = batch % world;
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// One model replica's training loop state: the net, its optimizer and
+/// the step reached. A single process trains with `world = 1`; a
+/// data-parallel worker computes its shard and applies the sum of all
+/// shards' gradients, so every replica stays identical.
+pub struct Trainer {
+    pub net: Net,
+    pub adam: Adam,
+    params: Vec<f32>,
+    pub data: std::sync::Arc<DataSet>,
+    pub batch: usize,
+    pub seed: u64,
+    /// Steps done (the next step to run).
+    pub step: u64,
+    order: Option<(u64, Vec<u32>)>,
+}
+
+impl Trainer {
+    pub fn new(
+        shape: Shape,
+        data: std::sync::Arc<DataSet>,
+        batch: usize,
+        lr: f32,
+        seed: u64,
+    ) -> Result<Trainer, String> {
+        let net = Net::init(shape, seed)?;
+        let params = net.params()?;
+        let adam = Adam::new(lr, params.len());
+        Ok(Trainer { net, adam, params, data, batch: batch.max(1), seed, step: 0, order: None })
+    }
+
+    /// Go on from a checkpoint (its optimizer state and step included).
+    pub fn resume(c: Checkpoint, data: std::sync::Arc<DataSet>, batch: usize, seed: u64) -> Result<Trainer, String> {
+        let net = Net::from_flat(c.shape, &c.params)?;
+        Ok(Trainer { net, adam: c.adam, params: c.params, data, batch: batch.max(1), seed, step: c.step, order: None })
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.data.len().div_ceil(self.batch) as u64
+    }
+
+    /// The samples of step `self.step`'s batch that rank `rank` of `world`
+    /// computes, and the batch's size.
+    fn shard_of_step(&mut self, rank: usize, world: usize) -> (Vec<u32>, usize) {
+        let spe = self.steps_per_epoch().max(1);
+        let epoch = self.step / spe;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.order = Some((epoch, epoch_order(self.data.len(), self.seed, epoch)));
+        }
+        let order = self.order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
+        let at = ((self.step % spe) as usize) * self.batch;
+        let batch = &order[at.min(order.len())..(at + self.batch).min(order.len())];
+        (batch[shard(batch.len(), rank, world)].to_vec(), batch.len())
+    }
+
+    /// This rank's gradients for the current step.
+    pub fn shard_grads(&mut self, rank: usize, world: usize) -> Result<ShardGrads, String> {
+        let (idx, batch) = self.shard_of_step(rank, world);
+        let (x, y) = self.data.gather(&idx);
+        if y.is_empty() {
+            return Ok(ShardGrads { grads: vec![0.0; self.params.len()], loss_sum: 0.0, correct: 0, count: 0 });
+        }
+        self.net.shard_grads(&x, &y, batch)
+    }
+
+    /// Apply the batch gradient (the sum over all shards) and move on.
+    pub fn apply(&mut self, grads: &[f32]) -> Result<(), String> {
+        if grads.len() != self.params.len() {
+            return Err(format!("{} gradients for {} parameters", grads.len(), self.params.len()));
+        }
+        self.adam.step(&mut self.params, grads);
+        self.net.set_params(&self.params)?;
+        self.step += 1;
+        Ok(())
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            shape: self.net.shape.clone(),
+            step: self.step,
+            params: self.params.clone(),
+            adam: self.adam.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy_shape(arch: Arch) -> Shape {
+        Shape::new(arch, &[8, 8], 3, DType::U8).unwrap()
+    }
+
+    #[test]
+    fn shards_cover_the_batch_once() {
+        for batch in [1, 7, 64, 65] {
+            for world in 1..5 {
+                let mut seen = vec![0; batch];
+                for r in 0..world {
+                    for i in shard(batch, r, world) {
+                        seen[i] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|c| *c == 1), "batch {batch} world {world}: {seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn epoch_orders_are_permutations_and_differ_by_epoch() {
+        let a = epoch_order(1000, 7, 0);
+        let b = epoch_order(1000, 7, 1);
+        let mut s = a.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..1000).collect::<Vec<u32>>());
+        assert_ne!(a, b);
+        assert_eq!(a, epoch_order(1000, 7, 0));
+    }
+
+    /// Gradients of shards sum to the gradient of the whole batch: what
+    /// makes data-parallel training the same as training in one process.
+    #[test]
+    fn shard_gradients_sum_to_the_batch_gradient() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let net = Net::init(toy_shape(arch), 1).unwrap();
+            let mut rng = Rng(5);
+            let x: Vec<f32> = (0..10 * 64).map(|_| (rng.next() + 1.0) * 127.0).collect();
+            let y: Vec<u32> = (0..10).map(|i| i % 3).collect();
+            let whole = net.shard_grads(&x, &y, 10).unwrap();
+            let mut sum = vec![0.0f32; whole.grads.len()];
+            let mut loss = 0.0;
+            for r in 0..3 {
+                let s = shard(10, r, 3);
+                let g = net.shard_grads(&x[s.start * 64..s.end * 64], &y[s.clone()], 10).unwrap();
+                sum.iter_mut().zip(&g.grads).for_each(|(a, b)| *a += b);
+                loss += g.loss_sum;
+            }
+            let worst = sum.iter().zip(&whole.grads).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{arch:?}: shard gradients differ by {worst}");
+            assert!((loss - whole.loss_sum).abs() < 1e-3, "{loss} vs {}", whole.loss_sum);
+        }
+    }
+
+    #[test]
+    fn checkpoints_and_models_round_trip() {
+        let shape = toy_shape(Arch::Cnn);
+        let net = Net::init(shape.clone(), 3).unwrap();
+        let mut adam = Adam::new(0.01, shape.size());
+        let mut params = net.params().unwrap();
+        adam.step(&mut params, &vec![0.5; shape.size()]);
+        let c = Checkpoint { shape: shape.clone(), step: 42, params: params.clone(), adam };
+        assert_eq!(Checkpoint::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
+
+        net.set_params(&params).unwrap();
+        let file = net.to_model_file().unwrap();
+        assert!(is_model_file(&file));
+        let mut served = ServedModel::load(&file, 1).unwrap();
+        let x = Tensor { dtype: DType::U8, shape: vec![2, 8, 8], data: (0..128).map(|i| i as u8).collect() };
+        let out = served.run(&[crate::onnx::fit(&served.inputs()[0], x.clone()).unwrap()]).unwrap();
+        assert_eq!(out[0].to_f32(), net.predict(&x.to_f32(), 2).unwrap());
+        // A checkpoint is not a servable model, nor the other way round.
+        assert!(ServedModel::load(&c.to_bytes().unwrap(), 1).is_err());
+        assert!(Checkpoint::from_bytes(&file).is_err());
+    }
+
+    #[test]
+    fn bad_shapes_are_refused_with_reasons() {
+        assert!(Shape::new(Arch::Cnn, &[784], 10, DType::U8).unwrap_err().contains("[h, w]"));
+        assert!(Shape::new(Arch::Mlp, &[4], 1, DType::U8).unwrap_err().contains("at least 2"));
+        assert!(Arch::parse("resnet").unwrap_err().contains("mlp or cnn"));
+    }
+}
