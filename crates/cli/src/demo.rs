@@ -1,10 +1,12 @@
 //! `idunno demo`: the whole story on a local cluster, told by the
 //! client's own commands. Five nodes come up; EfficientNet-Lite0 with real
-//! photos and MiniLM with tokenized sentences go into SDFS; both run as
-//! jobs side by side (different costs, equal query rates); two workers are
-//! killed at once, then the coordinator leader; the jobs go on with every
-//! query counted once; the photos' classes and the re-replicated model end
-//! it. The models and data come from `scripts/setup` (the assets folder).
+//! photos and the MNIST digits go into SDFS; two workers train an MNIST
+//! classifier with `idunno train`; EfficientNet and the freshly trained
+//! model run as jobs side by side (costs a hundredfold apart, equal query
+//! rates); two workers are killed at once, then the coordinator leader;
+//! the jobs go on with every query counted once; the photos' classes and
+//! the re-replicated model end it. The models and data come from
+//! `scripts/setup` (the assets folder).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -36,10 +38,10 @@ const ASSETS: &[&str] = &[
     "datasets/photos/photos.npy",
     "datasets/photos/photos-labels.npy",
     "datasets/photos/photos.txt",
-    "models/minilm-embed.onnx",
-    "datasets/minilm/input_ids.npy",
-    "datasets/minilm/attention_mask.npy",
-    "datasets/minilm/token_type_ids.npy",
+    "datasets/mnist/train-images-idx3-ubyte",
+    "datasets/mnist/train-labels-idx1-ubyte",
+    "datasets/mnist/t10k-images-idx3-ubyte",
+    "datasets/mnist/t10k-labels-idx1-ubyte",
     "lib/libonnxruntime.so.1.31.1",
 ];
 
@@ -121,11 +123,31 @@ impl Story {
         self.put(&first, "models/efficientnet-lite0.onnx", "models/effnet-lite0.onnx").await?;
         self.put(&first, "datasets/photos/photos.npy", "data/photos.npy").await?;
         self.put(&first, "datasets/photos/photos-labels.npy", "data/photos-labels.npy").await?;
-        say("SDFS: MiniLM (int8, with pooling) and 16 tokenized sentences");
-        self.put(&first, "models/minilm-embed.onnx", "models/minilm.onnx").await?;
-        for t in ["input_ids", "attention_mask", "token_type_ids"] {
-            self.put(&first, &format!("datasets/minilm/{t}.npy"), &format!("text/{t}.npy")).await?;
+        say("SDFS: MNIST, 60,000 training and 10,000 test digits with their labels");
+        for f in
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        {
+            self.put(&first, &format!("datasets/mnist/{f}"), &format!("mnist/{f}")).await?;
         }
+
+        say("idunno train digits: an MLP, 2 epochs, data-parallel over 2 workers, checkpoints in SDFS");
+        let req = v1::TrainRequest {
+            name: "train-digits".into(),
+            arch: "mlp".into(),
+            inputs: "mnist/train-images-idx3-ubyte".into(),
+            labels: "mnist/train-labels-idx1-ubyte".into(),
+            test_inputs: "mnist/t10k-images-idx3-ubyte".into(),
+            test_labels: "mnist/t10k-labels-idx1-ubyte".into(),
+            epochs: 2,
+            batch_size: 64,
+            workers: 2,
+            lr: "0.001".into(),
+            out: "models/digits-mlp".into(),
+            checkpoint_every: 200,
+            seed: 1,
+        };
+        let trained = crate::train::submit(req, Some(first.clone()), self.out, false).await?;
+        let trained_acc = trained["test_accuracy"].as_f64();
 
         say("job 1: EfficientNet-Lite0 over the photos, 2 per query, looping");
         let add = |job: &str, model: &str, inputs: Vec<String>, labels: Option<&str>, batch| JobCommand::Add {
@@ -145,14 +167,16 @@ impl Story {
             2,
         );
         self.job(&first, photos).await?;
-        say("job 2: MiniLM sentence embeddings, 1 sentence per query, looping (added now, started later)");
-        let texts = ["input_ids", "attention_mask", "token_type_ids"].map(|t| format!("text/{t}.npy")).to_vec();
-        self.job(&first, add("sentences", "models/minilm.onnx", texts, None, 1)).await?;
+        say(
+            "job 2: the model just trained, over the 10,000 test digits, 10 per query, looping (added now, started later)",
+        );
+        let digits = vec!["mnist/t10k-images-idx3-ubyte".to_string()];
+        self.job(&first, add("digits", "models/digits-mlp", digits, Some("mnist/t10k-labels-idx1-ubyte"), 10)).await?;
         say("start job 1; job 2 three seconds later");
         self.job(&first, JobCommand::Start { job: "photos".into() }).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let start = Instant::now();
-        self.job(&first, JobCommand::Start { job: "sentences".into() }).await?;
+        self.job(&first, JobCommand::Start { job: "digits".into() }).await?;
         let mut first_query = None;
         while first_query.is_none() && start.elapsed() < Duration::from_secs(10) {
             if self.counts(&first).await.is_some_and(|c| c[1] > 0) {
@@ -191,8 +215,28 @@ impl Story {
 
         say("stop the jobs: their counts, and one result row per photo");
         self.job(&via, JobCommand::Stop { job: "photos".into() }).await?;
-        self.job(&via, JobCommand::Stop { job: "sentences".into() }).await?;
+        self.job(&via, JobCommand::Stop { job: "digits".into() }).await?;
         self.summary(&via).await?;
+
+        say("the trained model served once over the 10,000 test digits: the accuracy training measured");
+        let mut once = add("digits-once", "models/digits-mlp", vec!["mnist/t10k-images-idx3-ubyte".into()], None, 100);
+        if let JobCommand::Add { labels, passes, .. } = &mut once {
+            *labels = Some("mnist/t10k-labels-idx1-ubyte".into());
+            *passes = Some(1);
+        }
+        self.job(&via, once).await?;
+        self.job(&via, JobCommand::Start { job: "digits-once".into() }).await?;
+        let t0 = Instant::now();
+        while self.state_of(&via, "digits-once").await.as_deref() == Some("running")
+            && t0.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "  served: {} of the test digits right; training reported {}",
+            pct(self.accuracy_of(&via, "digits-once").await),
+            pct(trained_acc)
+        );
 
         say("SDFS after the kills: the model re-replicated on the survivors");
         crate::fs::run(FsCommand::Ls { name: "models/effnet-lite0.onnx".into() }, Some(via), self.out).await?;
@@ -216,7 +260,7 @@ impl Story {
         self.job(node, JobCommand::Status { job: None }).await?;
         self.job(node, JobCommand::Assignments).await?;
         let doc = self.status_json(node).await?;
-        let jobs: Vec<&Value> = doc.as_array().into_iter().flatten().collect();
+        let jobs: Vec<&Value> = doc.as_array().into_iter().flatten().filter(|j| j["kind"] != "train").collect();
         let rates: Vec<f64> = jobs.iter().filter_map(|j| j["query_rate"].as_f64()).collect();
         let (max, min) = rates.iter().fold((0f64, f64::MAX), |(a, b), r| (a.max(*r), b.min(*r)));
         let ratio = (rates.len() > 1 && min > 0.0).then(|| max / min - 1.0);
@@ -230,11 +274,22 @@ impl Story {
         Ok((ratio, share))
     }
 
-    /// Both jobs' counted queries (photos, sentences).
+    async fn state_of(&self, node: &str, job: &str) -> Option<String> {
+        let doc = self.status_json(node).await.ok()?;
+        doc.as_array()?.iter().find(|j| j["job"] == job)?["state"].as_str().map(String::from)
+    }
+
+    /// The accuracy `job status` gives a job.
+    async fn accuracy_of(&self, node: &str, job: &str) -> Option<f64> {
+        let doc = self.status_json(node).await.ok()?;
+        doc.as_array()?.iter().find(|j| j["job"] == job)?["accuracy"].as_f64()
+    }
+
+    /// Both jobs' counted queries (photos, digits).
     async fn counts(&self, node: &str) -> Option<[u64; 2]> {
         let doc = tokio::time::timeout(Duration::from_millis(500), self.status_json(node)).await.ok()?.ok()?;
         let get = |name: &str| doc.as_array()?.iter().find(|j| j["job"] == name)?["queries_done"].as_u64();
-        Some([get("photos")?, get("sentences")?])
+        Some([get("photos")?, get("digits")?])
     }
 
     /// Kill `victims` with SIGKILL and watch through `via`: seconds until
@@ -283,13 +338,17 @@ impl Story {
 
     async fn summary(&self, node: &str) -> Result<(), CliError> {
         let doc = self.status_json(node).await?;
-        for j in doc.as_array().into_iter().flatten() {
+        for j in doc.as_array().into_iter().flatten().filter(|j| j["kind"] != "train") {
             println!(
                 "  {}: {} queries, {} inputs, accuracy {}",
                 j["job"].as_str().unwrap_or(""),
                 j["queries_done"],
                 j["inputs_done"],
-                j["accuracy"].as_f64().map_or("-".into(), |a| format!("{:.0}% (photos with a known class)", a * 100.0))
+                j["accuracy"].as_f64().map_or("-".into(), |a| if j["job"] == "photos" {
+                    format!("{:.0}% (photos with a known class)", a * 100.0)
+                } else {
+                    format!("{:.2}%", a * 100.0)
+                })
             );
         }
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
@@ -336,6 +395,10 @@ impl Meter {
         let dt = (now - then).as_secs_f64();
         (dt >= 0.9).then(|| [0, 1].map(|k| counts[k].saturating_sub(old[k]) as f64 / dt))
     }
+}
+
+fn pct(a: Option<f64>) -> String {
+    a.map_or("-".into(), |a| format!("{:.2}%", a * 100.0))
 }
 
 fn secs(s: Option<f64>) -> String {

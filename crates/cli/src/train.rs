@@ -65,9 +65,6 @@ async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
 }
 
 pub async fn run(args: TrainArgs, node: Option<String>, out: Output) -> Result<(), CliError> {
-    let addr = target::resolve(node.clone());
-    let mut c = client(&addr).await?;
-    let job = args.job.clone();
     let req = v1::TrainRequest {
         name: args.job,
         arch: args.arch,
@@ -83,25 +80,37 @@ pub async fn run(args: TrainArgs, node: Option<String>, out: Output) -> Result<(
         checkpoint_every: args.checkpoint_every,
         seed: args.seed,
     };
+    submit(req, node, out, args.detach).await.map(|_| ())
+}
+
+/// Add the training job and (unless `detach`) follow it to its end; the
+/// last status document.
+pub async fn submit(req: v1::TrainRequest, node: Option<String>, out: Output, detach: bool) -> Result<Value, CliError> {
+    let addr = target::resolve(node.clone());
+    let mut c = client(&addr).await?;
+    let job = req.name.clone();
     let r = c.train(req).await.map_err(|s| RpcError::from_status(&addr, s))?.into_inner();
-    if args.detach {
+    if detach {
+        let doc = serde_json::json!({"job": job, "action": "train", "message": r.message});
         if out.json {
-            return out.json(&serde_json::json!({"job": job, "action": "train", "message": r.message}));
+            out.json(&doc)?;
+        } else {
+            println!("{}", r.message);
+            println!("follow it with: idunno job status {job}");
         }
-        println!("{}", r.message);
-        println!("follow it with: idunno job status {job}");
-        return Ok(());
+        return Ok(doc);
     }
     if !out.json {
         println!("{}", r.message);
     }
     let doc = follow(&job, node, out).await?;
     if out.json {
-        return out.json(&doc);
+        out.json(&doc)?;
+    } else {
+        summary(&doc);
     }
-    summary(&doc);
     match doc["state"].as_str() {
-        Some("done") => Ok(()),
+        Some("done") => Ok(doc),
         _ => Err(CliError::failed(format!(
             "training job {job} is {}: {}",
             doc["state"].as_str().unwrap_or("?"),

@@ -12,7 +12,7 @@ fn demo_tells_the_whole_story() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let base = free_ports(10).to_string();
-    let out = run(&["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base], Duration::from_secs(240));
+    let out = run(&["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base], Duration::from_secs(300));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
     // Equal query rates before and after each kill.
@@ -37,6 +37,16 @@ fn demo_tells_the_whole_story() {
     assert_eq!(rows.len(), 14, "{text}");
     assert!(rows[0].contains("coffee.png") && rows[0].contains("967"), "{}", rows[0]);
     assert!(text.contains("accuracy 100%"), "{text}");
+    // The cluster trained an MNIST classifier, and serving it scores what
+    // training measured.
+    let line = text.lines().find(|l| l.contains("served: ")).unwrap_or_else(|| panic!("no served accuracy: {text}"));
+    let pcts: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(|c| c == ';' || c == ',').strip_suffix('%'))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pcts.len(), 2, "{line}");
+    assert!(pcts[0] > 90.0 && pcts[0] == pcts[1], "{line}");
     // Nothing left running.
     assert!(text.contains("stopped 2 node(s)"), "{text}");
 }

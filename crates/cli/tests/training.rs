@@ -48,8 +48,26 @@ fn put_mnist(c: &Cluster) {
 
 fn train_args<'a>(job: &'a str, batch: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", job, "--arch", "mlp", "--inputs", TRAIN_X, "--labels", TRAIN_Y, "--test-inputs", TEST_X,
-        "--test-labels", TEST_Y, "--epochs", "1", "--batch-size", batch, "--workers", "2", "--out", out,
+        "train",
+        job,
+        "--arch",
+        "mlp",
+        "--inputs",
+        TRAIN_X,
+        "--labels",
+        TRAIN_Y,
+        "--test-inputs",
+        TEST_X,
+        "--test-labels",
+        TEST_Y,
+        "--epochs",
+        "1",
+        "--batch-size",
+        batch,
+        "--workers",
+        "2",
+        "--out",
+        out,
     ]
 }
 
@@ -97,8 +115,19 @@ fn two_workers_train_an_mlp_whose_served_model_scores_what_training_reported() {
         &c,
         2,
         &[
-            "job", "add", "serve", "--model", "models/mnist-mlp", "--inputs", TEST_X, "--labels", TEST_Y,
-            "--batch-size", "100", "--passes", "1",
+            "job",
+            "add",
+            "serve",
+            "--model",
+            "models/mnist-mlp",
+            "--inputs",
+            TEST_X,
+            "--labels",
+            TEST_Y,
+            "--batch-size",
+            "100",
+            "--passes",
+            "1",
         ],
     );
     assert_eq!(add["action"], "added");
@@ -142,7 +171,10 @@ fn training_survives_a_worker_and_the_coordinator_killed_mid_epoch() {
     assert!(regroups.len() >= 2, "no new group formed: {done:#}");
     let second = &regroups[1];
     let from = second["from_step"].as_u64().unwrap();
-    assert!(from >= checkpoint_at_kill, "the new group started from step {from}, the checkpoint was at {checkpoint_at_kill}");
+    assert!(
+        from >= checkpoint_at_kill,
+        "the new group started from step {from}, the checkpoint was at {checkpoint_at_kill}"
+    );
     assert!(from > 0, "restarted from scratch");
     assert!(!second["workers"].as_array().unwrap().iter().any(|w| w.as_u64() == Some(rank0)), "{second}");
     let acc = done["test_accuracy"].as_f64().unwrap();
