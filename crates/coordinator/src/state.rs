@@ -704,6 +704,9 @@ impl ClusterState {
                 j.state = state;
                 Ok(Reply::Done)
             }
+            Command::SetBatchSize { job, .. } if self.trainings.contains_key(&job) => {
+                Err(Refusal::BadTraining(format!("{job} is a training job: its batch size is fixed when it is added")))
+            }
             Command::SetBatchSize { job, batch_size } => {
                 if batch_size == 0 {
                     return Err(Refusal::BatchSizeZero);
@@ -921,6 +924,24 @@ impl ClusterState {
             }
             if p.correct > p.labeled || p.latency.count > p.queries_done {
                 return Err(format!("job {name}: counts disagree"));
+            }
+        }
+        for (name, t) in &self.trainings {
+            let p = &t.progress;
+            if self.jobs.contains_key(name) {
+                return Err(format!("{name} is both an inference and a training job"));
+            }
+            if p.step > t.spec.total_steps() || p.checkpoint.is_some_and(|(_, s)| s > p.step) {
+                return Err(format!(
+                    "training {name}: step {} or its checkpoint {:?} out of range",
+                    p.step, p.checkpoint
+                ));
+            }
+            if (t.state == JobState::Done) != p.model_version.is_some() {
+                return Err(format!("training {name}: done without a model, or a model while not done"));
+            }
+            if distinct(&t.group.workers).is_err() || p.epochs.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
+                return Err(format!("training {name}: its group repeats a node or its epochs are out of order"));
             }
         }
         if let Some(j) =

@@ -97,6 +97,12 @@ impl idunno_rpc::Jobs for JobsService {
     async fn results(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
         let job = req.into_inner().job;
         let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
+        if let Some(t) = data.state.trainings.get(&job) {
+            return Err(Status::failed_precondition(format!(
+                "{job} is a training job: it has no results; it writes its model to {} (see idunno job status {job})",
+                t.spec.out
+            )));
+        }
         let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
         let file = results::file_name(&job);
         let table = match idunno_sdfs::client::get(&self.0.local, &file, 0).await {

@@ -31,7 +31,7 @@ use crate::{DType, Tensor};
 pub enum Arch {
     /// Flatten, 128 hidden units with ReLU, then the classes.
     Mlp,
-    /// Two 5×5 convolutions (16 and 32 channels, ReLU, 2×2 max pool each),
+    /// Two 5×5 convolutions (8 and 16 channels, ReLU, 2×2 max pool each),
     /// 128 hidden units, then the classes.
     Cnn,
 }

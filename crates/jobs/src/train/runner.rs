@@ -112,6 +112,9 @@ enum Stop {
     Cancelled,
     /// The group could not complete a round: a new one is needed.
     Stuck(String),
+    /// Training itself failed (a computation, a checkpoint that does not
+    /// fit the net): another group would fail the same way.
+    Failed(String),
 }
 
 struct Member<'a> {
@@ -142,6 +145,13 @@ async fn member(jobs: &Jobs, t: Training, token: CancellationToken) {
     match m.train().await {
         Ok(()) => tracing::info!(%job, generation, rank, "training done"),
         Err(Stop::Cancelled) => {}
+        Err(Stop::Failed(error)) => {
+            tracing::error!(%job, generation, rank, %error, "training failed");
+            let cmd = Command::FailTraining { job: job.clone(), error };
+            if let Err(e) = jobs.coordinator.apply(cmd).await {
+                tracing::warn!(%job, error = %e, "could not record the failure");
+            }
+        }
         Err(Stop::Stuck(why)) => {
             tracing::warn!(%job, generation, rank, %why, "training group stuck");
             // The leader may already be forming a new group (a member
@@ -207,9 +217,9 @@ impl Member<'_> {
             (Some(i), Some(l)) => Some(self.fetch("test data", || DataCache::get(jobs, i, l)).await?),
             _ => None,
         };
-        let arch = Arch::parse(&spec.arch).map_err(Stop::Stuck)?;
-        let shape = Shape::new(arch, &data.sample, spec.classes as usize, data.dtype).map_err(Stop::Stuck)?;
-        let lr: f32 = spec.lr.parse().map_err(|_| Stop::Stuck(format!("bad learning rate {}", spec.lr)))?;
+        let arch = Arch::parse(&spec.arch).map_err(Stop::Failed)?;
+        let shape = Shape::new(arch, &data.sample, spec.classes as usize, data.dtype).map_err(Stop::Failed)?;
+        let lr: f32 = spec.lr.parse().map_err(|_| Stop::Failed(format!("bad learning rate {}", spec.lr)))?;
         let batch = spec.batch_size as usize;
         let mut trainer = match self.t.progress.checkpoint {
             Some((version, step)) => {
@@ -220,13 +230,13 @@ impl Member<'_> {
                         idunno_sdfs::client::get(local, &file, version).await.map(|(_, b)| b).map_err(|e| e.to_string())
                     })
                     .await?;
-                let c = Checkpoint::from_bytes(&bytes).map_err(|e| Stop::Stuck(format!("checkpoint: {e}")))?;
+                let c = Checkpoint::from_bytes(&bytes).map_err(|e| Stop::Failed(format!("checkpoint: {e}")))?;
                 if c.step != step || c.shape != shape {
-                    return Err(Stop::Stuck(format!("checkpoint v{version} does not hold step {step} of this net")));
+                    return Err(Stop::Failed(format!("checkpoint v{version} does not hold step {step} of this net")));
                 }
-                Trainer::resume(c, data.clone(), batch, spec.seed).map_err(Stop::Stuck)?
+                Trainer::resume(c, data.clone(), batch, spec.seed).map_err(Stop::Failed)?
             }
-            None => Trainer::new(shape, data.clone(), batch, lr, spec.seed).map_err(Stop::Stuck)?,
+            None => Trainer::new(shape, data.clone(), batch, lr, spec.seed).map_err(Stop::Failed)?,
         };
 
         let spe = trainer.steps_per_epoch().max(1);
@@ -242,7 +252,7 @@ impl Member<'_> {
             })
             .await?;
             trainer = t;
-            let g = g.map_err(Stop::Stuck)?;
+            let g = g.map_err(Stop::Failed)?;
             let mut v = g.grads;
             v.extend([g.loss_sum as f32, g.correct as f32, g.count as f32]);
             let sum = self.reduce(2 * step, v).await?;
@@ -257,7 +267,7 @@ impl Member<'_> {
             })
             .await?;
             trainer = t;
-            applied.map_err(Stop::Stuck)?;
+            applied.map_err(Stop::Failed)?;
 
             let done = trainer.step;
             let epoch_end = done % spe == 0;
@@ -271,7 +281,7 @@ impl Member<'_> {
                 })
                 .await?;
                 trainer = t;
-                let (loss, right) = eval.map_err(Stop::Stuck)?;
+                let (loss, right) = eval.map_err(Stop::Failed)?;
                 let sum = self.reduce(2 * step + 1, vec![loss as f32, right as f32, 0.0]).await?;
                 let count = test.len() as f32;
                 test_score = Some(score(f64::from(sum[0]), sum[1], count));
@@ -282,7 +292,7 @@ impl Member<'_> {
                     last_report = Instant::now();
                     let c = checkpoint.then(|| trainer.checkpoint());
                     let model =
-                        if done == total { Some(trainer.net.to_model_file().map_err(Stop::Stuck)?) } else { None };
+                        if done == total { Some(trainer.net.to_model_file().map_err(Stop::Failed)?) } else { None };
                     let train = epoch;
                     self.report(done, c, epoch_end.then_some(test_score), train, model).await?;
                 }
@@ -374,7 +384,7 @@ impl Member<'_> {
         let local = &self.jobs.local;
         let checkpoint_version = match checkpoint {
             Some(c) => {
-                let bytes = c.to_bytes().map_err(Stop::Stuck)?;
+                let bytes = c.to_bytes().map_err(Stop::Failed)?;
                 let file = spec.checkpoint_file();
                 Some(
                     self.fetch("writing the checkpoint", || async {
@@ -394,6 +404,16 @@ impl Member<'_> {
             ),
             None => None,
         };
+        if let Some(version) = checkpoint_version {
+            tracing::info!(
+                job = %spec.name,
+                step,
+                version,
+                loss = train.loss().unwrap_or(0.0),
+                train_accuracy = train.accuracy().unwrap_or(0.0),
+                "checkpoint written"
+            );
+        }
         let report = TrainReport { step, checkpoint_version, train, epoch_end, model_version };
         let must = checkpoint_version.is_some() || model_version.is_some();
         let mut tries = 0;
