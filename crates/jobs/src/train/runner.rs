@@ -244,8 +244,12 @@ impl Member<'_> {
         let (rank, world) = (self.rank, self.world);
         let mut epoch = Score::default();
         let mut last_report = Instant::now();
+        // Where a member's time goes (logged at checkpoints): computing its
+        // shard, waiting for the round, applying the sum.
+        let mut timing = Timing::default();
         while trainer.step < total {
             let step = trainer.step;
+            let t0 = Instant::now();
             let (t, g) = compute(&self.pool, move || {
                 let g = trainer.shard_grads(rank, world);
                 (trainer, g)
@@ -255,7 +259,9 @@ impl Member<'_> {
             let g = g.map_err(Stop::Failed)?;
             let mut v = g.grads;
             v.extend([g.loss_sum as f32, g.correct as f32, g.count as f32]);
+            let t1 = Instant::now();
             let sum = self.reduce(2 * step, v).await?;
+            let t2 = Instant::now();
             let n = sum.len() - 3;
             let s = score(f64::from(sum[n]), sum[n + 1], sum[n + 2]);
             epoch.loss_micro += s.loss_micro;
@@ -268,6 +274,7 @@ impl Member<'_> {
             .await?;
             trainer = t;
             applied.map_err(Stop::Failed)?;
+            timing.add(t1 - t0, t2 - t1, t2.elapsed());
 
             let done = trainer.step;
             let epoch_end = done % spe == 0;
@@ -290,6 +297,9 @@ impl Member<'_> {
                 let checkpoint = done % spec.checkpoint_every == 0 || epoch_end || done == total;
                 if checkpoint || last_report.elapsed() >= REPORT_EVERY {
                     last_report = Instant::now();
+                    if checkpoint {
+                        timing.log(&spec.name, done);
+                    }
                     let c = checkpoint.then(|| trainer.checkpoint());
                     let model =
                         if done == total { Some(trainer.net.to_model_file().map_err(Stop::Failed)?) } else { None };
@@ -445,5 +455,37 @@ impl Member<'_> {
                 }
             }
         }
+    }
+}
+
+/// Time per step spent computing, waiting for the round and applying it,
+/// since the last log line.
+#[derive(Default)]
+struct Timing {
+    steps: u32,
+    compute: Duration,
+    wait: Duration,
+    apply: Duration,
+}
+
+impl Timing {
+    fn add(&mut self, compute: Duration, wait: Duration, apply: Duration) {
+        self.steps += 1;
+        self.compute += compute;
+        self.wait += wait;
+        self.apply += apply;
+    }
+
+    fn log(&mut self, job: &str, step: u64) {
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(self.steps.max(1));
+        tracing::info!(
+            %job,
+            step,
+            compute_ms = per(self.compute),
+            round_ms = per(self.wait),
+            apply_ms = per(self.apply),
+            "time per step"
+        );
+        *self = Timing::default();
     }
 }
