@@ -42,7 +42,7 @@ fn demo_tells_the_whole_story() {
     let line = text.lines().find(|l| l.contains("served: ")).unwrap_or_else(|| panic!("no served accuracy: {text}"));
     let pcts: Vec<f64> = line
         .split_whitespace()
-        .filter_map(|w| w.trim_end_matches(|c| c == ';' || c == ',').strip_suffix('%'))
+        .filter_map(|w| w.trim_end_matches([';', ',']).strip_suffix('%'))
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pcts.len(), 2, "{line}");

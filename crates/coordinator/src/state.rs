@@ -140,12 +140,6 @@ impl TrainSpec {
     }
 }
 
-impl Default for FileRef {
-    fn default() -> Self {
-        FileRef { name: String::new(), version: 0 }
-    }
-}
-
 /// The workers training a job together. A new generation is formed when
 /// a member dies (or a member asks, finding the group stuck); members of
 /// an older generation stop, and the new one goes on from the last
@@ -237,7 +231,7 @@ pub struct TrainReport {
 }
 
 /// One SDFS file version a job reads.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileRef {
     pub name: String,
     pub version: u64,

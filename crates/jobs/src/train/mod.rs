@@ -37,7 +37,7 @@ pub(crate) fn to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub(crate) fn from_bytes(b: &[u8]) -> Result<Vec<f32>, String> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(format!("{} bytes are not a vector of f32", b.len()));
     }
     Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
