@@ -245,7 +245,7 @@ fn print_status(doc: &Value) {
         "TRAINING",
         "STATE",
         "ARCH",
-        "EPOCH",
+        "EPOCHS DONE",
         "STEP",
         "LOSS",
         "TRAIN ACC",

@@ -211,3 +211,37 @@ fn bad_training_requests_are_refused_and_start_nothing() {
     let files = ok(&c, 1, &["fs", "list"]);
     assert!(!files.to_string().contains("models/bad"), "{files}");
 }
+
+/// A member killed and started again at once comes back before anyone
+/// marks it dead, resumes its generation from the checkpoint, and is out
+/// of step with the others: the group re-forms and the job finishes.
+#[test]
+fn a_member_that_restarts_at_once_is_out_of_step_and_the_group_reforms() {
+    let mut c = up(3);
+    put_mnist(&c);
+    let mut args = train_args("mlp-restart", "32", "models/mlp-restart");
+    args.extend(["--checkpoint-every", "100", "--detach"]);
+    ok(&c, 1, &args);
+    let before = wait_status(&c, "mlp-restart", Duration::from_secs(120), "step 300", |s| {
+        s["step"].as_u64().is_some_and(|n| n >= 300) || (s["state"].is_string() && s["state"] != "running")
+    });
+    assert_eq!(before["state"], "running", "finished before the restart: {before:#}");
+    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    let member = before["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .find(|w| *w != leader)
+        .expect("a member that is not the leader");
+    kill9(c.node(member).pid);
+    let via = c.node(leader).rpc.clone();
+    c.restart(member, &via);
+
+    let done = wait_status(&c, "mlp-restart", Duration::from_secs(180), "done", |s| {
+        s["state"].is_string() && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "done", "{done:#}");
+    assert!(done["regroups"].as_array().unwrap().len() >= 2, "the group never re-formed: {done:#}");
+    assert!(done["test_accuracy"].as_f64().unwrap() > 0.9, "{done:#}");
+}

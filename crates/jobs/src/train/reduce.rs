@@ -87,6 +87,18 @@ impl Reducer {
                 req.round, req.job, req.rank
             )));
         }
+        // In step, a group has one round open at a time: a member never
+        // sends round r + 1 before round r is whole. Two open rounds mean
+        // a member is out of step (it restarted from a checkpoint while
+        // the others went on): every waiter is told at once, so the group
+        // re-forms now instead of after a timeout.
+        if jr.open.keys().any(|r| *r != req.round) {
+            jr.open.clear();
+            return Err(Status::failed_precondition(format!(
+                "rank {} sent round {} of {} while another round is open: the group is out of step",
+                req.rank, req.round, req.job
+            )));
+        }
         if req.world == 0 || req.rank >= req.world {
             return Err(Status::invalid_argument(format!("rank {} of a group of {}", req.rank, req.world)));
         }
@@ -179,12 +191,20 @@ mod tests {
         assert!(r.reduce(req(2, 1, 2, &[1.0, 2.0])).await.unwrap_err().message().contains("values"));
         assert!(r.reduce(req(2, 1, 3, &[1.0])).await.unwrap_err().message().contains("members"));
         assert!(r.reduce(req(2, 4, 2, &[1.0])).await.unwrap_err().message().contains("rank 4"));
-        // A newer generation supersedes the open round.
+        // A member out of step (another round while one is open) ends both
+        // at once.
+        let e = r.reduce(req(3, 1, 2, &[1.0])).await.unwrap_err();
+        assert!(e.message().contains("out of step"), "{e:?}");
+        assert!(first.await.unwrap().unwrap_err().message().contains("abandoned"));
+        // A newer generation supersedes an open round.
+        let r3 = r.clone();
+        let open = tokio::spawn(async move { r3.reduce(req(5, 0, 2, &[1.0])).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let mut newer = req(0, 0, 1, &[5.0]);
         newer.generation = 2;
         assert_eq!(from_bytes(&r.reduce(newer).await.unwrap()).unwrap(), vec![5.0]);
-        let old = r.reduce(req(3, 0, 2, &[1.0])).await.unwrap_err();
+        assert!(open.await.unwrap().unwrap_err().message().contains("abandoned"));
+        let old = r.reduce(req(6, 0, 2, &[1.0])).await.unwrap_err();
         assert!(old.message().contains("is over"), "{old:?}");
-        first.abort();
     }
 }
