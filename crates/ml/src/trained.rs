@@ -334,6 +334,12 @@ impl Net {
         logits.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)
     }
 
+    /// The net a model file holds.
+    pub fn from_model_file(bytes: &[u8]) -> Result<Net, String> {
+        let f = read_file(bytes, "idunno-model")?;
+        Net::from_flat(f.shape, &f.params)
+    }
+
     /// The model file an inference job serves.
     pub fn to_model_file(&self) -> Result<Vec<u8>, String> {
         write_file(&self.shape, "idunno-model", &self.params()?, None)

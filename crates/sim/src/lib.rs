@@ -1,7 +1,8 @@
 //! A whole-cluster simulation: five real nodes (`idunno_node::Node`, with
 //! its SWIM, Raft, SDFS and jobs layers, redb files on a real disk) on
 //! turmoil's simulated network and clock, running two inference jobs on a
-//! real ONNX model while a seeded schedule crashes and restarts nodes
+//! real ONNX model and a data-parallel training job (two workers, candle)
+//! while a seeded schedule crashes and restarts nodes
 //! (the coordinator leader among them), partitions them and slows their
 //! links. After every simulation step the invariants are checked:
 //!
@@ -12,11 +13,13 @@
 //! - a job's counted work is sorted, disjoint ranges whose size is its
 //!   input count (no query counted twice);
 //! - the leader's lease table leases each query to at most one worker,
-//!   never one already done.
+//!   never one already done;
+//! - a training's generation and its checkpoint's step never go back.
 //!
 //! Then the faults stop, every node comes back, and the run must finish
 //! both jobs (every input exactly once in the results, with the right
-//! outputs) and restore every file to its full replica count.
+//! outputs) and the training (its model in SDFS, scoring when served what
+//! training reported), and restore every file to its full replica count.
 //!
 //! **Determinism.** The fault schedule and the network (latencies, order
 //! of delivery) come from the seed, and a failure prints it. What is not
@@ -156,6 +159,28 @@ fn input_set() -> Vec<u8> {
     }
     out
 }
+
+/// The class of every row, as `.npy` int64: what the training job learns.
+fn labels() -> Vec<u8> {
+    let header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({SAMPLES},), }}");
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h);
+    for i in 0..SAMPLES {
+        out.extend_from_slice(&expected_class(i).to_le_bytes());
+    }
+    out
+}
+
+/// The training job: an MLP learning the rows' classes, data-parallel over
+/// two workers, a checkpoint every 10 steps (12 steps an epoch).
+const TRAIN: &str = "learn";
+const TRAIN_EPOCHS: u32 = 25;
 
 fn expected_class(i: usize) -> i64 {
     (0..16).find(|j| (7 * i + 3 * j) % 16 == 15).map(|j| j as i64).unwrap_or(-1)
@@ -364,6 +389,38 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
         })
         .await?;
     }
+    let labels = labels();
+    retry(&nodes, "put the labels", |a| {
+        let labels = labels.clone();
+        async move { idunno_sdfs::client::put(&a, "labels.npy", &labels).await }
+    })
+    .await?;
+    let train = v1::TrainRequest {
+        name: TRAIN.into(),
+        arch: "mlp".into(),
+        inputs: "rows.npy".into(),
+        labels: "labels.npy".into(),
+        test_inputs: "rows.npy".into(),
+        test_labels: "labels.npy".into(),
+        epochs: TRAIN_EPOCHS,
+        batch_size: 8,
+        workers: 2,
+        lr: "0.01".into(),
+        out: "learned.model".into(),
+        checkpoint_every: 10,
+        seed: 1,
+    };
+    retry(&nodes, "add the training job", |a| {
+        let train = train.clone();
+        async move {
+            match jobs_client(&a).await?.train(train).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                Err(s) => Err(s.message().to_string()),
+            }
+        }
+    })
+    .await?;
     shared.started.set(true);
 
     while !shared.healed.get() {
@@ -378,7 +435,7 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
         })
         .await?;
         let states: Vec<&str> = status.as_array().into_iter().flatten().filter_map(|j| j["state"].as_str()).collect();
-        if states.len() == JOBS.len() && states.iter().all(|s| *s == "done") {
+        if states.len() == JOBS.len() + 1 && states.iter().all(|s| *s == "done") {
             break;
         }
         if states.contains(&"failed") {
@@ -400,8 +457,111 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
             }
         }
     }
+    match check_training(&nodes).await {
+        Ok((steps, groups)) => {
+            counted.insert(format!("{TRAIN} (steps)"), steps);
+            counted.insert(format!("{TRAIN} (groups)"), groups);
+        }
+        Err(e) => {
+            *shared.verdict.borrow_mut() = Some(Err(e));
+            return Ok(());
+        }
+    }
     *shared.verdict.borrow_mut() = Some(Ok(counted));
     Ok(())
+}
+
+/// The training ran every step, and its model, read back from SDFS and
+/// served, scores exactly the accuracy training reported. Its steps and
+/// how many groups it took.
+async fn check_training(nodes: &[u64]) -> Result<(u64, u64), String> {
+    let status = retry(nodes, "training status", |a| async move {
+        let q = v1::JobQuery { job: TRAIN.into(), explain: false };
+        let r = jobs_client(&a).await?.status(q).await.map_err(|s| s.message().to_string())?;
+        serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
+    })
+    .await?;
+    let t = &status[0];
+    let steps = t["steps"].as_u64().unwrap_or(0);
+    if t["step"].as_u64() != Some(steps) || steps == 0 {
+        return Err(format!("training {TRAIN} is done at step {} of {steps}: {t}", t["step"]));
+    }
+    let reported = t["test_accuracy"].as_f64().ok_or_else(|| format!("no test accuracy: {t}"))?;
+    let version = t["model_version"].as_u64().ok_or_else(|| format!("no model version: {t}"))?;
+    let (_, bytes) = retry(nodes, "read the trained model", |a| async move {
+        idunno_sdfs::client::get(&a, "learned.model", version).await
+    })
+    .await?;
+    let mut model = idunno_ml::Model::load(&bytes, 1).map_err(|e| format!("the trained model does not load: {e}"))?;
+    let rows = idunno_ml::read_array(&input_set()).map_err(|e| e.to_string())?;
+    let x = idunno_ml::onnx::fit(&model.inputs()[0], rows)?;
+    let logits = model.run(&[x]).map_err(|e| e.to_string())?.remove(0).to_f32();
+    let right = logits
+        .chunks(16)
+        .enumerate()
+        .filter(|(i, row)| {
+            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
+            best == Some(expected_class(*i))
+        })
+        .count();
+    let served = ((right as f64 / SAMPLES as f64) * 10_000.0).round() / 10_000.0;
+    if served != reported {
+        return Err(format!("the served model scores {served}, training reported {reported}"));
+    }
+    // However often the group re-formed, the weights are bit for bit those
+    // of one process computing the same steps: each group went on from a
+    // checkpoint that holds everything (weights, Adam's moments, the step),
+    // and a step's gradient is the sum of its shards (two at most here, so
+    // the order of the sum does not matter).
+    let groups: Vec<(u64, usize)> = t["regroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["from_step"].as_u64().unwrap_or(0), r["workers"].as_array().map_or(1, Vec::len)))
+        .collect();
+    let trained = idunno_ml::trained::Net::from_model_file(&bytes)?.params()?;
+    let reference = reference_training(steps, &groups)?;
+    if let Some(k) = trained.iter().zip(&reference).position(|(a, b)| a.to_bits() != b.to_bits()) {
+        return Err(format!(
+            "the trained weights differ from one process's at parameter {k} ({} vs {}); groups {groups:?}",
+            trained[k], reference[k]
+        ));
+    }
+    Ok((steps, groups.len() as u64))
+}
+
+/// The weights one process gets computing `steps` steps of the training
+/// job, each with as many shards as the group that last went on from at
+/// or before it (`groups`: from step, members, in the order formed).
+fn reference_training(steps: u64, groups: &[(u64, usize)]) -> Result<Vec<f32>, String> {
+    use idunno_ml::trained::{Arch, DataSet, Shape, Trainer};
+    let rows = idunno_ml::read_array(&input_set()).map_err(|e| e.to_string())?;
+    let labels = idunno_ml::read_array(&labels()).map_err(|e| e.to_string())?;
+    let data = Arc::new(DataSet::new(rows, &labels, "rows", "labels")?);
+    let shape = Shape::new(Arch::Mlp, &data.sample, data.classes(), data.dtype)?;
+    let mut t = Trainer::new(shape, data, 8, 0.01, 1)?;
+    // The group in charge of each step: the last one formed from at or
+    // before it (a later group going back to an earlier checkpoint takes
+    // over the steps it redoes).
+    let mut world = vec![1usize; steps as usize];
+    for &(from, k) in groups {
+        for w in world.iter_mut().skip(from as usize) {
+            *w = k;
+        }
+    }
+    while t.step < steps {
+        let k = world[t.step as usize];
+        let mut sum: Option<Vec<f32>> = None;
+        for rank in 0..k {
+            let g = t.shard_grads(rank, k)?.grads;
+            match &mut sum {
+                None => sum = Some(g),
+                Some(s) => s.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+            }
+        }
+        t.apply(&sum.unwrap_or_default())?;
+    }
+    t.net.params()
 }
 
 /// The job's status counts every query once, and its results hold every
@@ -638,6 +798,8 @@ struct Checker {
     /// The newest applied state seen on any node: its index and each
     /// job's counted work.
     newest: Option<(u64, Work)>,
+    /// Each training's generation and checkpoint step in that state.
+    trainings: BTreeMap<String, (u64, u64)>,
     /// The newest state's files (for the replica check at the end).
     files: BTreeMap<String, Vec<u64>>,
     /// Every job of the newest state is done.
@@ -718,9 +880,21 @@ impl Checker {
                     }
                 }
             }
+            for (name, t) in &sm.state.trainings {
+                let now = (t.group.generation, t.progress.checkpoint.map_or(0, |(_, step)| step));
+                if let Some(&(generation, step)) = self.trainings.get(name)
+                    && (now.0 < generation || now.1 < step)
+                {
+                    return Err(format!(
+                        "n{id}, training {name}: generation {generation} / checkpoint step {step} went back to {now:?} at index {index}"
+                    ));
+                }
+                self.trainings.insert(name.clone(), now);
+            }
             self.newest = Some((index, work));
             self.all_done = sm.state.jobs.len() == JOBS.len()
-                && sm.state.jobs.values().all(|j| j.state == idunno_coordinator::state::JobState::Done);
+                && sm.state.jobs.values().all(|j| j.state == idunno_coordinator::state::JobState::Done)
+                && sm.state.trainings.values().all(|t| t.state == idunno_coordinator::state::JobState::Done);
             self.files = sm
                 .state
                 .files
