@@ -27,9 +27,12 @@ use super::{from_bytes, group, to_bytes, validate::data_set};
 use crate::{Jobs, now_ms};
 
 /// How long a member waits for the rest of its group in one round; the
-/// first round also covers every member loading the data.
+/// first round also covers every member loading the data. Both stay under
+/// the nodes' 30 s limit on any call. A first round that runs out (a large
+/// data set loading slowly somewhere) re-forms the group, and the second
+/// try finds the data loaded.
 const ROUND_WAIT: Duration = Duration::from_secs(20);
-const FIRST_ROUND_WAIT: Duration = Duration::from_secs(90);
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(28);
 /// Rank 0 reports progress at least this often between checkpoints.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
