@@ -60,10 +60,28 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok()
 }
 
-/// A random base port with `count` free TCP+UDP ports from it on.
+/// The ports the kernel hands out to outgoing connections
+/// (`ip_local_port_range`; Linux's default if unreadable).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// A random base port with `count` free TCP+UDP ports from it on, below
+/// the ephemeral range: a port from that range may be taken by any
+/// process's outgoing connection between this check and the node's bind,
+/// or before a killed node binds it again.
 pub fn free_ports(count: u16) -> u16 {
+    let (low, _) = ephemeral_ports();
+    let top = if low > 12_000 + count { low - count } else { 60_000 };
+    let span = ((top - 10_000) / 2).max(1) as u32;
     loop {
-        let base = 20_000 + (random_u32() % 20_000) as u16 * 2;
+        let base = 10_000 + (random_u32() % span) as u16 * 2;
         if (base..base + count).all(port_free) {
             return base;
         }
