@@ -180,6 +180,9 @@ fn training_survives_a_worker_and_the_coordinator_killed_mid_epoch() {
     let acc = done["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.9, "test accuracy {acc}");
     assert_eq!(done["step"], 1875);
+    // The epoch's train score went on from the checkpoint too: it covers
+    // every sample once, not just those since the new group started.
+    assert_eq!(done["history"][0]["train"]["samples"], 60000, "{done:#}");
 }
 
 /// Bad requests are refused with a message that names the problem, and

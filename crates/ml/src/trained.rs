@@ -396,15 +396,19 @@ pub struct Checkpoint {
     pub step: u64,
     pub params: Vec<f32>,
     pub adam: Adam,
+    /// What the trainer wants back on resume besides the net (the running
+    /// epoch's score, say), kept as `note.<key>` metadata.
+    pub notes: std::collections::BTreeMap<String, String>,
 }
 
 impl Checkpoint {
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let extra = [
-            ("step", self.step.to_string()),
-            ("adam.t", self.adam.t.to_string()),
-            ("adam.lr", self.adam.lr.to_string()),
+        let mut extra = vec![
+            ("step".to_string(), self.step.to_string()),
+            ("adam.t".to_string(), self.adam.t.to_string()),
+            ("adam.lr".to_string(), self.adam.lr.to_string()),
         ];
+        extra.extend(self.notes.iter().map(|(k, v)| (format!("note.{k}"), v.clone())));
         write_file(&self.shape, "idunno-checkpoint", &self.params, Some((&self.adam, &extra)))
     }
 
@@ -417,7 +421,9 @@ impl Checkpoint {
         let t = num("adam.t")?.parse::<u64>().map_err(|e| e.to_string())?;
         let lr = num("adam.lr")?.parse::<f32>().map_err(|e| e.to_string())?;
         let (m, v) = f.moments.ok_or("not a checkpoint: no optimizer state")?;
-        Ok(Checkpoint { shape: f.shape, step, params: f.params, adam: Adam { lr, t, m, v } })
+        let notes =
+            f.meta.iter().filter_map(|(k, v)| Some((k.strip_prefix("note.")?.to_string(), v.clone()))).collect();
+        Ok(Checkpoint { shape: f.shape, step, params: f.params, adam: Adam { lr, t, m, v }, notes })
     }
 }
 
@@ -429,7 +435,7 @@ fn write_file(
     shape: &Shape,
     format: &str,
     params: &[f32],
-    adam: Option<(&Adam, &[(&str, String)])>,
+    adam: Option<(&Adam, &[(String, String)])>,
 ) -> Result<Vec<u8>, String> {
     let mut meta = shape.metadata();
     meta.insert("format".into(), format.into());
@@ -444,7 +450,7 @@ fn write_file(
         owned.push(("adam.m".into(), vec![adam.m.len()], f32_bytes(&adam.m)));
         owned.push(("adam.v".into(), vec![adam.v.len()], f32_bytes(&adam.v)));
         for (k, v) in extra {
-            meta.insert(k.to_string(), v.clone());
+            meta.insert(k.clone(), v.clone());
         }
     }
     let mut views = Vec::new();
@@ -709,6 +715,7 @@ impl Trainer {
             step: self.step,
             params: self.params.clone(),
             adam: self.adam.clone(),
+            notes: Default::default(),
         }
     }
 }
@@ -778,7 +785,8 @@ mod tests {
         let mut adam = Adam::new(0.01, shape.size());
         let mut params = net.params().unwrap();
         adam.step(&mut params, &vec![0.5; shape.size()]);
-        let c = Checkpoint { shape: shape.clone(), step: 42, params: params.clone(), adam };
+        let notes = [("train.correct".to_string(), "7".to_string())].into_iter().collect();
+        let c = Checkpoint { shape: shape.clone(), step: 42, params: params.clone(), adam, notes };
         assert_eq!(Checkpoint::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
 
         net.set_params(&params).unwrap();

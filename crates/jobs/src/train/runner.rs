@@ -184,6 +184,19 @@ async fn compute<T: Send + 'static>(
     tokio::task::spawn_blocking(move || pool.install(f)).await.map_err(|e| Stop::Stuck(format!("compute: {e}")))
 }
 
+/// The running epoch's score as checkpoint notes, and back.
+fn score_notes(s: &Score) -> std::collections::BTreeMap<String, String> {
+    [("train.loss_micro", s.loss_micro), ("train.correct", s.correct), ("train.count", s.count)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn score_from_notes(notes: &std::collections::BTreeMap<String, String>) -> Score {
+    let get = |k: &str| notes.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Score { loss_micro: get("train.loss_micro"), correct: get("train.correct"), count: get("train.count") }
+}
+
 fn score(loss_sum: f64, correct: f32, count: f32) -> Score {
     Score { loss_micro: (loss_sum.max(0.0) * 1e6) as u64, correct: correct as u64, count: count as u64 }
 }
@@ -228,6 +241,8 @@ impl Member<'_> {
         let shape = Shape::new(arch, &data.sample, spec.classes as usize, data.dtype).map_err(Stop::Failed)?;
         let lr: f32 = spec.lr.parse().map_err(|_| Stop::Failed(format!("bad learning rate {}", spec.lr)))?;
         let batch = spec.batch_size as usize;
+        // The running epoch's score as of the checkpoint, if resuming.
+        let mut resumed_score = Score::default();
         let mut trainer = match self.t.progress.checkpoint {
             Some((version, step)) => {
                 let file = spec.checkpoint_file();
@@ -241,6 +256,7 @@ impl Member<'_> {
                 if c.step != step || c.shape != shape {
                     return Err(Stop::Failed(format!("checkpoint v{version} does not hold step {step} of this net")));
                 }
+                resumed_score = score_from_notes(&c.notes);
                 Trainer::resume(c, data.clone(), batch, spec.seed).map_err(Stop::Failed)?
             }
             None => Trainer::new(shape, data.clone(), batch, lr, spec.seed).map_err(Stop::Failed)?,
@@ -249,7 +265,7 @@ impl Member<'_> {
         let spe = trainer.steps_per_epoch().max(1);
         let total = spe * u64::from(spec.epochs);
         let (rank, world) = (self.rank, self.world);
-        let mut epoch = Score::default();
+        let mut epoch = resumed_score;
         let mut last_report = Instant::now();
         // Where a member's time goes (logged at checkpoints): computing its
         // shard, waiting for the round, applying the sum.
@@ -307,7 +323,13 @@ impl Member<'_> {
                     if checkpoint {
                         timing.log(&spec.name, done);
                     }
-                    let c = checkpoint.then(|| trainer.checkpoint());
+                    let c = checkpoint.then(|| {
+                        let mut c = trainer.checkpoint();
+                        // At an epoch's end the next epoch starts from zero.
+                        let carried = if epoch_end { Score::default() } else { epoch };
+                        c.notes = score_notes(&carried);
+                        c
+                    });
                     let model =
                         if done == total { Some(trainer.net.to_model_file().map_err(Stop::Failed)?) } else { None };
                     let train = epoch;
