@@ -248,3 +248,36 @@ fn a_member_that_restarts_at_once_is_out_of_step_and_the_group_reforms() {
     assert!(done["regroups"].as_array().unwrap().len() >= 2, "the group never re-formed: {done:#}");
     assert!(done["test_accuracy"].as_f64().unwrap() > 0.9, "{done:#}");
 }
+
+/// A group that lost a member grows back to the workers asked for once
+/// the node returns, right after a checkpoint, and goes on from it.
+#[test]
+fn a_shrunken_group_grows_back_when_its_node_returns() {
+    let mut c = up(3);
+    put_mnist(&c);
+    let mut args = train_args("mlp-grow", "16", "models/mlp-grow");
+    args[17] = "3"; // --workers
+    args.extend(["--checkpoint-every", "100", "--detach"]);
+    ok(&c, 1, &args);
+    let before = wait_status(&c, "mlp-grow", Duration::from_secs(120), "step 300", |s| {
+        s["step"].as_u64().is_some_and(|n| n >= 300) || (s["state"].is_string() && s["state"] != "running")
+    });
+    assert_eq!(before["state"], "running", "finished too soon: {before:#}");
+    assert_eq!(before["workers"].as_array().unwrap().len(), 3, "{before:#}");
+    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    kill9(c.node(victim).pid);
+    wait_status(&c, "mlp-grow", Duration::from_secs(60), "a group of two", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 2) || s["state"] != "running"
+    });
+    let via = c.node(leader).rpc.clone();
+    c.restart(victim, &via);
+    let done = wait_status(&c, "mlp-grow", Duration::from_secs(180), "done", |s| {
+        s["state"].is_string() && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "done", "{done:#}");
+    let sizes: Vec<usize> =
+        done["regroups"].as_array().unwrap().iter().map(|r| r["workers"].as_array().unwrap().len()).collect();
+    assert!(sizes.len() >= 3 && sizes[sizes.len() - 1] == 3 && sizes.contains(&2), "group sizes {sizes:?}: {done:#}");
+    assert!(done["test_accuracy"].as_f64().unwrap() > 0.9, "{done:#}");
+}

@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{Jobs, now_ms};
 
 /// The members of the next group for `t`, if it needs one: when it has
-/// none (just added or started again), when a member is not alive, or
-/// when `force` (a member found the group stuck). Survivors keep their
+/// none (just added or started again), when a member is not alive, when
+/// `force` (a member found the group stuck), or to grow back to the
+/// workers asked for when live nodes are spare and the last report was a
+/// checkpoint (so the new group redoes no step). Survivors keep their
 /// order (rank 0 stays if alive, so its rounds need not move); the rest
 /// are the live nodes training the fewest jobs, lowest id first.
 pub(crate) fn next_group(
@@ -28,10 +30,13 @@ pub(crate) fn next_group(
     }
     let current = &t.group.workers;
     let whole = !current.is_empty() && current.iter().all(|w| alive.contains(w));
-    if whole && !force {
+    let want = (t.spec.workers as usize).max(1);
+    let grow = current.len() < want
+        && alive.iter().any(|w| !current.contains(w))
+        && t.progress.checkpoint.is_some_and(|(_, step)| step == t.progress.step);
+    if whole && !force && !grow {
         return None;
     }
-    let want = (t.spec.workers as usize).max(1);
     let mut chosen: Vec<u64> = current.iter().copied().filter(|w| alive.contains(w)).take(want).collect();
     let mut others: Vec<u64> = alive.iter().copied().filter(|w| !chosen.contains(w)).collect();
     others.sort_by_key(|w| (busy.get(w).copied().unwrap_or(0), *w));
@@ -146,6 +151,20 @@ mod tests {
         assert_eq!(next_group(&t, &set(&[2, 5]), &busy, false), Some(vec![2, 5]));
         // Nobody alive: no group.
         assert_eq!(next_group(&t, &set(&[]), &busy, false), None);
+    }
+
+    #[test]
+    fn a_shrunken_group_grows_back_right_after_a_checkpoint() {
+        let mut t = training(&[2], 3);
+        t.progress.checkpoint = Some((4, 300));
+        t.progress.step = 340;
+        let alive = set(&[1, 2, 3]);
+        // Steps since the checkpoint would be redone: wait.
+        assert_eq!(next_group(&t, &alive, &BTreeMap::new(), false), None);
+        t.progress.step = 300;
+        assert_eq!(next_group(&t, &alive, &BTreeMap::new(), false), Some(vec![2, 1, 3]));
+        // Nobody spare: nothing to do.
+        assert_eq!(next_group(&t, &set(&[2]), &BTreeMap::new(), false), None);
     }
 
     #[test]
