@@ -352,7 +352,10 @@ impl Member<'_> {
     }
 
     /// One all-reduce round: local on rank 0, an RPC to rank 0 elsewhere.
+    /// The sum has as many values as were sent (the callers index into
+    /// it); a reply of any other length leaves the group stuck.
     async fn reduce(&mut self, round: u64, values: Vec<f32>) -> Result<Vec<f32>, Stop> {
+        let sent = values.len();
         let req = v1::ReduceRequest {
             job: self.t.spec.name.clone(),
             generation: self.t.group.generation,
@@ -384,7 +387,11 @@ impl Member<'_> {
             .into_inner()
             .values
         };
-        from_bytes(&bytes).map_err(Stop::Stuck)
+        let sum = from_bytes(&bytes).map_err(Stop::Stuck)?;
+        if sum.len() != sent {
+            return Err(Stop::Stuck(format!("round {round}: {} values came back for {sent} sent", sum.len())));
+        }
+        Ok(sum)
     }
 
     async fn client(&mut self) -> Result<&mut JobsClient<Channel>, Stop> {
