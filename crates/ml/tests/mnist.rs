@@ -1,5 +1,6 @@
 //! Training on the real MNIST in one process: the reference the
-//! data-parallel training is compared with.
+//! data-parallel training is compared with. (The CNN to 98.5% takes
+//! minutes: bench/training measures it, beside the cluster.)
 
 use std::sync::Arc;
 
@@ -42,13 +43,4 @@ fn train(arch: Arch, epochs: u64, batch: usize, lr: f32) -> (f64, Net) {
 fn an_mlp_learns_mnist_in_one_epoch() {
     let (acc, _) = train(Arch::Mlp, 1, 64, 1e-3);
     assert!(acc > 0.9, "test accuracy {acc}");
-}
-
-/// Slow (minutes): `cargo test --release -p idunno-ml -- --ignored`.
-#[test]
-#[ignore]
-fn a_cnn_learns_mnist() {
-    let epochs = std::env::var("EPOCHS").ok().and_then(|e| e.parse().ok()).unwrap_or(3);
-    let (acc, _) = train(Arch::Cnn, epochs, 64, 1e-3);
-    assert!(acc >= 0.985, "test accuracy {acc}");
 }

@@ -161,6 +161,22 @@ impl Reducer {
 mod tests {
     use super::*;
 
+    impl Reducer {
+        fn is_open(&self, generation: u64, round: u64) -> bool {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.get("j").is_some_and(|jr| jr.generation == generation && jr.open.contains_key(&round))
+        }
+    }
+
+    /// Until a spawned call has joined its round (5 s at most).
+    async fn until_open(r: &Reducer, generation: u64, round: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !r.is_open(generation, round) {
+            assert!(tokio::time::Instant::now() < deadline, "round {round} never opened");
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn req(round: u64, rank: u32, world: u32, v: &[f32]) -> v1::ReduceRequest {
         v1::ReduceRequest { job: "j".into(), generation: 1, round, rank, world, values: to_bytes(v) }
     }
@@ -186,7 +202,7 @@ mod tests {
         let r = Arc::new(Reducer::default());
         let r2 = r.clone();
         let first = tokio::spawn(async move { r2.reduce(req(2, 0, 2, &[1.0])).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_open(&r, 1, 2).await;
         assert!(r.reduce(req(2, 0, 2, &[1.0])).await.unwrap_err().message().contains("already sent"));
         assert!(r.reduce(req(2, 1, 2, &[1.0, 2.0])).await.unwrap_err().message().contains("values"));
         assert!(r.reduce(req(2, 1, 3, &[1.0])).await.unwrap_err().message().contains("members"));
@@ -199,7 +215,7 @@ mod tests {
         // A newer generation supersedes an open round.
         let r3 = r.clone();
         let open = tokio::spawn(async move { r3.reduce(req(5, 0, 2, &[1.0])).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_open(&r, 1, 5).await;
         let mut newer = req(0, 0, 1, &[5.0]);
         newer.generation = 2;
         assert_eq!(from_bytes(&r.reduce(newer).await.unwrap()).unwrap(), vec![5.0]);
