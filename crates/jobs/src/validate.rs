@@ -11,7 +11,7 @@ use tonic::Status;
 
 use crate::Jobs;
 
-fn latest(state: &ClusterState, name: &str, what: &str) -> Result<u64, Status> {
+pub(crate) fn latest(state: &ClusterState, name: &str, what: &str) -> Result<u64, Status> {
     state
         .files
         .get(name)

@@ -12,12 +12,8 @@ use super::{DEFAULT_CHECKPOINT_EVERY, DEFAULT_LR};
 use crate::{Jobs, now_ms};
 
 fn pinned(state: &ClusterState, name: &str, what: &str) -> Result<FileRef, Status> {
-    state
-        .files
-        .get(name)
-        .and_then(|f| f.versions.last())
-        .map(|v| FileRef { name: name.to_string(), version: v.version })
-        .ok_or_else(|| Status::not_found(format!("{what} {name} is not in SDFS (put it there first: idunno fs put)")))
+    let version = crate::validate::latest(state, name, what)?;
+    Ok(FileRef { name: name.to_string(), version })
 }
 
 /// Read and parse a pinned inputs/labels pair.
