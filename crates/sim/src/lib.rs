@@ -45,6 +45,8 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
+mod training;
+
 /// RPC (TCP) and SWIM (UDP) port of every simulated node.
 const PORT: u16 = 7000;
 /// Copies of every SDFS file.
@@ -139,48 +141,32 @@ fn node_addr(id: u64) -> String {
     format!("{}:{PORT}", turmoil::lookup(host_name(id)))
 }
 
+/// A version-1 `.npy` file of little-endian `data` (`descr` e.g. `<f4`,
+/// `shape` as numpy writes it, e.g. `(96, 16)`).
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out
+}
+
 /// The input set: row `i` holds `(7i + 3j) mod 16` at column `j`, so the
 /// model (`y = x + 1`) puts its largest value, the predicted class, at the
 /// one column where that is 15.
 fn input_set() -> Vec<u8> {
-    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({SAMPLES}, 16), }}");
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    out.extend_from_slice(&h);
-    for i in 0..SAMPLES {
-        for j in 0..16 {
-            out.extend_from_slice(&(((7 * i + 3 * j) % 16) as f32).to_le_bytes());
-        }
-    }
-    out
+    let data: Vec<u8> = (0..SAMPLES)
+        .flat_map(|i| (0..16).map(move |j| ((7 * i + 3 * j) % 16) as f32))
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    npy("<f4", &format!("({SAMPLES}, 16)"), &data)
 }
-
-/// The class of every row, as `.npy` int64: what the training job learns.
-fn labels() -> Vec<u8> {
-    let header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({SAMPLES},), }}");
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    out.extend_from_slice(&h);
-    for i in 0..SAMPLES {
-        out.extend_from_slice(&expected_class(i).to_le_bytes());
-    }
-    out
-}
-
-/// The training job: an MLP learning the rows' classes, data-parallel over
-/// two workers, a checkpoint every 10 steps (12 steps an epoch).
-const TRAIN: &str = "learn";
-const TRAIN_EPOCHS: u32 = 25;
 
 fn expected_class(i: usize) -> i64 {
     (0..16).find(|j| (7 * i + 3 * j) % 16 == 15).map(|j| j as i64).unwrap_or(-1)
@@ -372,14 +358,7 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
         };
         retry(&nodes, "add a job", |a| {
             let req = req.clone();
-            async move {
-                match jobs_client(&a).await?.add_job(req).await {
-                    Ok(_) => Ok(()),
-                    // A retry after a lost reply finds the job added.
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                    Err(s) => Err(s.message().to_string()),
-                }
-            }
+            async move { added(jobs_client(&a).await?.add_job(req).await) }
         })
         .await?;
         let start = v1::ControlRequest { job: job.into(), action: "start".into(), batch_size: 0 };
@@ -389,38 +368,7 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
         })
         .await?;
     }
-    let labels = labels();
-    retry(&nodes, "put the labels", |a| {
-        let labels = labels.clone();
-        async move { idunno_sdfs::client::put(&a, "labels.npy", &labels).await }
-    })
-    .await?;
-    let train = v1::TrainRequest {
-        name: TRAIN.into(),
-        arch: "mlp".into(),
-        inputs: "rows.npy".into(),
-        labels: "labels.npy".into(),
-        test_inputs: "rows.npy".into(),
-        test_labels: "labels.npy".into(),
-        epochs: TRAIN_EPOCHS,
-        batch_size: 8,
-        workers: 2,
-        lr: "0.01".into(),
-        out: "learned.model".into(),
-        checkpoint_every: 10,
-        seed: 1,
-    };
-    retry(&nodes, "add the training job", |a| {
-        let train = train.clone();
-        async move {
-            match jobs_client(&a).await?.train(train).await {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                Err(s) => Err(s.message().to_string()),
-            }
-        }
-    })
-    .await?;
+    training::submit(&nodes).await?;
     shared.started.set(true);
 
     while !shared.healed.get() {
@@ -457,10 +405,10 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
             }
         }
     }
-    match check_training(&nodes).await {
+    match training::check(&nodes).await {
         Ok((steps, groups)) => {
-            counted.insert(format!("{TRAIN} (steps)"), steps);
-            counted.insert(format!("{TRAIN} (groups)"), groups);
+            counted.insert(format!("{} (steps)", training::JOB), steps);
+            counted.insert(format!("{} (groups)", training::JOB), groups);
         }
         Err(e) => {
             *shared.verdict.borrow_mut() = Some(Err(e));
@@ -469,99 +417,6 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
     }
     *shared.verdict.borrow_mut() = Some(Ok(counted));
     Ok(())
-}
-
-/// The training ran every step, and its model, read back from SDFS and
-/// served, scores exactly the accuracy training reported. Its steps and
-/// how many groups it took.
-async fn check_training(nodes: &[u64]) -> Result<(u64, u64), String> {
-    let status = retry(nodes, "training status", |a| async move {
-        let q = v1::JobQuery { job: TRAIN.into(), explain: false };
-        let r = jobs_client(&a).await?.status(q).await.map_err(|s| s.message().to_string())?;
-        serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
-    })
-    .await?;
-    let t = &status[0];
-    let steps = t["steps"].as_u64().unwrap_or(0);
-    if t["step"].as_u64() != Some(steps) || steps == 0 {
-        return Err(format!("training {TRAIN} is done at step {} of {steps}: {t}", t["step"]));
-    }
-    let reported = t["test_accuracy"].as_f64().ok_or_else(|| format!("no test accuracy: {t}"))?;
-    let version = t["model_version"].as_u64().ok_or_else(|| format!("no model version: {t}"))?;
-    let (_, bytes) = retry(nodes, "read the trained model", |a| async move {
-        idunno_sdfs::client::get(&a, "learned.model", version).await
-    })
-    .await?;
-    let mut model = idunno_ml::Model::load(&bytes, 1).map_err(|e| format!("the trained model does not load: {e}"))?;
-    let rows = idunno_ml::read_array(&input_set()).map_err(|e| e.to_string())?;
-    let x = idunno_ml::onnx::fit(&model.inputs()[0], rows)?;
-    let logits = model.run(&[x]).map_err(|e| e.to_string())?.remove(0).to_f32();
-    let right = logits
-        .chunks(16)
-        .enumerate()
-        .filter(|(i, row)| {
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as i64);
-            best == Some(expected_class(*i))
-        })
-        .count();
-    let served = ((right as f64 / SAMPLES as f64) * 10_000.0).round() / 10_000.0;
-    if served != reported {
-        return Err(format!("the served model scores {served}, training reported {reported}"));
-    }
-    // However often the group re-formed, the weights are bit for bit those
-    // of one process computing the same steps: each group went on from a
-    // checkpoint that holds everything (weights, Adam's moments, the step),
-    // and a step's gradient is the sum of its shards (two at most here, so
-    // the order of the sum does not matter).
-    let groups: Vec<(u64, usize)> = t["regroups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| (r["from_step"].as_u64().unwrap_or(0), r["workers"].as_array().map_or(1, Vec::len)))
-        .collect();
-    let trained = idunno_ml::trained::Net::from_model_file(&bytes)?.params()?;
-    let reference = reference_training(steps, &groups)?;
-    if let Some(k) = trained.iter().zip(&reference).position(|(a, b)| a.to_bits() != b.to_bits()) {
-        return Err(format!(
-            "the trained weights differ from one process's at parameter {k} ({} vs {}); groups {groups:?}",
-            trained[k], reference[k]
-        ));
-    }
-    Ok((steps, groups.len() as u64))
-}
-
-/// The weights one process gets computing `steps` steps of the training
-/// job, each with as many shards as the group that last went on from at
-/// or before it (`groups`: from step, members, in the order formed).
-fn reference_training(steps: u64, groups: &[(u64, usize)]) -> Result<Vec<f32>, String> {
-    use idunno_ml::trained::{Arch, DataSet, Shape, Trainer};
-    let rows = idunno_ml::read_array(&input_set()).map_err(|e| e.to_string())?;
-    let labels = idunno_ml::read_array(&labels()).map_err(|e| e.to_string())?;
-    let data = Arc::new(DataSet::new(rows, &labels, "rows", "labels")?);
-    let shape = Shape::new(Arch::Mlp, &data.sample, data.classes(), data.dtype)?;
-    let mut t = Trainer::new(shape, data, 8, 0.01, 1)?;
-    // The group in charge of each step: the last one formed from at or
-    // before it (a later group going back to an earlier checkpoint takes
-    // over the steps it redoes).
-    let mut world = vec![1usize; steps as usize];
-    for &(from, k) in groups {
-        for w in world.iter_mut().skip(from as usize) {
-            *w = k;
-        }
-    }
-    while t.step < steps {
-        let k = world[t.step as usize];
-        let mut sum: Option<Vec<f32>> = None;
-        for rank in 0..k {
-            let g = t.shard_grads(rank, k)?.grads;
-            match &mut sum {
-                None => sum = Some(g),
-                Some(s) => s.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-            }
-        }
-        t.apply(&sum.unwrap_or_default())?;
-    }
-    t.net.params()
 }
 
 /// The job's status counts every query once, and its results hold every
@@ -626,6 +481,16 @@ async fn jobs_client(addr: &str) -> Result<JobsClient<tonic::transport::Channel>
 
 /// Try `f` on each node in turn until one succeeds; give up after a
 /// minute of simulated time.
+/// An add that went through, or that a retry after a lost reply finds
+/// already done.
+fn added<T>(reply: Result<T, tonic::Status>) -> Result<(), String> {
+    match reply {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(s.message().to_string()),
+    }
+}
+
 async fn retry<T, E: std::fmt::Display, F, Fut>(nodes: &[u64], what: &str, f: F) -> Result<T, String>
 where
     F: Fn(String) -> Fut,
