@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idunno_coordinator::state::{Command, FileRef, JobState, Refusal, Score, TrainReport, Training};
+use idunno_ml::read_array;
 use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
 use idunno_rpc::{JobsClient, v1};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{from_bytes, group, to_bytes, validate::data_set};
+use super::{from_bytes, group, to_bytes};
 use crate::{Jobs, now_ms};
 
 /// How long a member waits for the rest of its group in one round; the
@@ -36,6 +37,21 @@ const FIRST_ROUND_WAIT: Duration = Duration::from_secs(28);
 /// Rank 0 reports progress at least this often between checkpoints.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
+/// Read and parse a pinned inputs/labels pair.
+async fn data_set(local: &str, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
+    let read = |f: FileRef| async move {
+        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
+            .await
+            .map_err(|e| format!("reading {} v{} from SDFS: {e}", f.name, f.version))?;
+        tokio::task::spawn_blocking(move || read_array(&bytes).map_err(|e| format!("{}: {e}", f.name)))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let x = read(inputs.clone()).await?;
+    let y = read(labels.clone()).await?;
+    DataSet::new(x, &y, &inputs.name, &labels.name)
+}
+
 /// Data sets fetched for training, shared by this node's members.
 #[derive(Default)]
 pub(crate) struct DataCache {
@@ -43,7 +59,7 @@ pub(crate) struct DataCache {
 }
 
 impl DataCache {
-    async fn get(jobs: &Jobs, inputs: &FileRef, labels: &FileRef) -> Result<Arc<DataSet>, String> {
+    pub(crate) async fn get(jobs: &Jobs, inputs: &FileRef, labels: &FileRef) -> Result<Arc<DataSet>, String> {
         let key = (inputs.clone(), labels.clone());
         let mut cache = jobs.train_data.lock().await;
         if let Some(d) = cache.sets.get(&key) {

@@ -3,32 +3,17 @@
 //! names the problem and nothing starts.
 
 use idunno_coordinator::state::{ClusterState, Command, FileRef, TrainSpec};
-use idunno_ml::read_array;
-use idunno_ml::trained::{Arch, DataSet, Shape};
+use idunno_ml::trained::{Arch, Shape};
 use idunno_rpc::v1;
 use tonic::Status;
 
+use super::runner::DataCache;
 use super::{DEFAULT_CHECKPOINT_EVERY, DEFAULT_LR};
 use crate::{Jobs, now_ms};
 
 fn pinned(state: &ClusterState, name: &str, what: &str) -> Result<FileRef, Status> {
     let version = crate::validate::latest(state, name, what)?;
     Ok(FileRef { name: name.to_string(), version })
-}
-
-/// Read and parse a pinned inputs/labels pair.
-pub(crate) async fn data_set(local: &str, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
-    let read = |f: FileRef| async move {
-        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
-            .await
-            .map_err(|e| format!("reading {} v{} from SDFS: {e}", f.name, f.version))?;
-        tokio::task::spawn_blocking(move || read_array(&bytes).map_err(|e| format!("{}: {e}", f.name)))
-            .await
-            .map_err(|e| e.to_string())?
-    };
-    let x = read(inputs.clone()).await?;
-    let y = read(labels.clone()).await?;
-    DataSet::new(x, &y, &inputs.name, &labels.name)
 }
 
 pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Command, Status> {
@@ -72,7 +57,7 @@ pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Comm
     }
     let inputs = pinned(state, &req.inputs, "input set")?;
     let labels = pinned(state, &req.labels, "labels")?;
-    let train = data_set(&jobs.local, &inputs, &labels).await.map_err(bad)?;
+    let train = DataCache::get(jobs, &inputs, &labels).await.map_err(bad)?;
     if train.is_empty() {
         return Err(bad(format!("{} holds no samples", req.inputs)));
     }
@@ -83,7 +68,7 @@ pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Comm
     } else {
         let ti = pinned(state, &req.test_inputs, "test input set")?;
         let tl = pinned(state, &req.test_labels, "test labels")?;
-        let test = data_set(&jobs.local, &ti, &tl).await.map_err(bad)?;
+        let test = DataCache::get(jobs, &ti, &tl).await.map_err(bad)?;
         if test.sample != train.sample {
             return Err(bad(format!("test samples have shape {:?}, training samples {:?}", test.sample, train.sample)));
         }
