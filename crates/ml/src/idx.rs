@@ -2,6 +2,7 @@
 //! the number of dimensions, each dimension as a big-endian u32, then the
 //! elements, big-endian.
 
+use crate::limits::data_bytes;
 use crate::{DType, FormatError, Tensor};
 
 fn bad(why: impl Into<String>) -> FormatError {
@@ -26,8 +27,10 @@ pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
     let dims = bytes.get(4..dims_end).ok_or_else(|| bad(format!("it ends inside its {ndims} dimensions")))?;
     let shape: Vec<usize> =
         dims.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let data = &bytes[dims_end..];
-    let expected = shape.iter().product::<usize>() * dtype.size();
+    let data = bytes.get(dims_end..).unwrap_or_default();
+    // Checked before anything is allocated: the declared size must be
+    // the size present.
+    let expected = data_bytes("an IDX file", &shape, dtype.size())?;
     if data.len() != expected {
         return Err(FormatError::Length { what: "IDX", expected, actual: data.len() });
     }

@@ -6,8 +6,10 @@
 //! is what a worker serves: either kind, told apart by the file's bytes.
 
 pub mod idx;
+pub mod limits;
 pub mod npy;
 pub mod onnx;
+pub mod shapes;
 mod tensor;
 pub mod trained;
 

@@ -2,6 +2,7 @@
 //! header naming dtype, memory order and shape, then the raw elements.
 //! C order only; either byte order (big-endian data is swapped).
 
+use crate::limits::{MAX_NPY_HEADER, data_bytes};
 use crate::{DType, FormatError, Tensor};
 
 pub const MAGIC: &[u8] = b"\x93NUMPY";
@@ -30,10 +31,13 @@ fn field<'a>(header: &'a str, key: &str) -> Result<&'a str, FormatError> {
 
 fn dtype(descr: &str) -> Result<(DType, bool), FormatError> {
     let d = descr.trim_matches(|c| c == '\'' || c == '"');
-    let (order, code) = d.split_at(d.len().min(1));
+    // By characters, not bytes: the descr is whatever the file says.
+    let mut chars = d.chars();
+    let order = chars.next();
+    let code = chars.as_str();
     let big = match order {
-        "<" | "|" | "=" => false,
-        ">" => true,
+        Some('<' | '|' | '=') => false,
+        Some('>') => true,
         _ => return Err(FormatError::Unsupported { what: "npy dtype", value: d.to_string() }),
     };
     let t = match code {
@@ -74,6 +78,9 @@ pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
     };
     let len_field = bytes.get(8..8 + len_bytes).ok_or_else(|| bad("it ends inside the header length"))?;
     let header_len = len_field.iter().rev().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    if header_len > MAX_NPY_HEADER {
+        return Err(bad(format!("its header length is {header_len} bytes; at most {MAX_NPY_HEADER} are supported")));
+    }
     let header_bytes = bytes.get(start..start + header_len).ok_or_else(|| bad("it ends inside the header"))?;
     let header = std::str::from_utf8(header_bytes).map_err(|_| bad("the header is not text"))?;
     let (dt, swap) = dtype(field(header, "descr")?)?;
@@ -83,8 +90,10 @@ pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
         other => return Err(bad(format!("fortran_order is {other}"))),
     }
     let shape = shape(field(header, "shape")?)?;
-    let data = &bytes[start + header_len..];
-    let expected = shape.iter().product::<usize>() * dt.size();
+    let data = bytes.get(start + header_len..).unwrap_or_default();
+    // Checked before anything is allocated: the declared size must be
+    // the size present.
+    let expected = data_bytes("an .npy file", &shape, dt.size())?;
     if data.len() != expected {
         return Err(FormatError::Length { what: "npy", expected, actual: data.len() });
     }

@@ -13,6 +13,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 
+pub use crate::shapes::{check_fit, fit};
 use crate::{DType, Tensor};
 
 /// The library file name of the ONNX Runtime build idunno uses.
@@ -213,55 +214,4 @@ fn from_value(v: &DynValue) -> Result<Tensor, MlError> {
         }
         other => Err(MlError::Run(format!("outputs of type {other:?} are not supported yet"))),
     }
-}
-
-/// Whether samples of `dtype` and `sample_shape` can feed the model input
-/// `sig`: the per-sample dims match (free dims match anything), or the
-/// model's are all fixed and hold as many elements (a reshape: 28×28
-/// images into a 784-wide input); the element type is the model's or one
-/// [`fit`] converts (integers and f64 to f32, integers to i64). The error
-/// names both shapes.
-pub fn check_fit(sig: &Signature, dtype: DType, sample_shape: &[usize]) -> Result<(), String> {
-    let per_sample = sig.shape.get(1..).unwrap_or(&[]);
-    let set_shape = format!("[n, {}]", sample_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
-    let model_shape = shape_text(&sig.shape);
-    let same = per_sample.len() == sample_shape.len()
-        && per_sample.iter().zip(sample_shape).all(|(m, s)| *m < 0 || *m as usize == *s);
-    let fixed: Option<usize> = per_sample.iter().map(|d| usize::try_from(*d).ok()).product();
-    let reshape = fixed.is_some_and(|n| n == sample_shape.iter().product::<usize>());
-    if sig.shape.is_empty() || !(same || reshape) {
-        return Err(format!(
-            "the input set has shape {set_shape}, the model's input {} expects {model_shape}",
-            sig.name
-        ));
-    }
-    let convertible = match sig.dtype {
-        Some(want) if want == dtype => true,
-        Some(DType::F32) => true,
-        Some(DType::I64) => !matches!(dtype, DType::F32 | DType::F64),
-        _ => false,
-    };
-    if !convertible {
-        let want = sig.dtype.map_or("an unsupported type".to_string(), |d| d.to_string());
-        return Err(format!("the input set holds {dtype}, the model's input {} expects {want}", sig.name));
-    }
-    Ok(())
-}
-
-/// A batch of samples made into what the model input `sig` takes (see
-/// [`check_fit`]): converted and reshaped as needed.
-pub fn fit(sig: &Signature, batch: Tensor) -> Result<Tensor, String> {
-    check_fit(sig, batch.dtype, batch.sample_shape())?;
-    let n = batch.samples();
-    let per_sample = &sig.shape[1..];
-    let shape = if per_sample.iter().all(|d| *d >= 0) {
-        std::iter::once(n).chain(per_sample.iter().map(|d| *d as usize)).collect()
-    } else {
-        batch.shape.clone()
-    };
-    Ok(match sig.dtype {
-        Some(d) if d == batch.dtype => Tensor { shape, ..batch },
-        Some(DType::I64) => Tensor::from_i64(shape, &batch.to_i64()),
-        _ => Tensor::from_f32(shape, &batch.to_f32()),
-    })
 }

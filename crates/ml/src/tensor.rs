@@ -49,8 +49,10 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// The number of elements (saturating: the decoders never make a
+    /// tensor whose count overflows).
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        crate::limits::elements(&self.shape).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,17 +70,26 @@ impl Tensor {
     }
 
     /// Samples `start .. start + count` (clamped to the end) as a tensor.
+    ///
+    /// Clamped to the rows the data holds as well: the decoders only make
+    /// tensors whose data fits their shape, but the fields are public, and
+    /// a tensor built inconsistently by hand must not panic a worker.
     pub fn rows(&self, start: usize, count: usize) -> Tensor {
-        let n = self.samples();
+        let row_bytes = crate::limits::elements(self.sample_shape())
+            .and_then(|n| n.checked_mul(self.dtype.size()))
+            .unwrap_or(usize::MAX);
+        let held = self.data.len().checked_div(row_bytes).unwrap_or(self.samples());
+        let n = self.samples().min(held);
         let start = start.min(n);
         let end = start.saturating_add(count).min(n);
-        let row_bytes = self.sample_shape().iter().product::<usize>() * self.dtype.size();
         let mut shape = self.shape.clone();
         if shape.is_empty() {
             shape.push(1);
         }
         shape[0] = end - start;
-        Tensor { dtype: self.dtype, shape, data: self.data[start * row_bytes..end * row_bytes].to_vec() }
+        // In range: end <= held, so end * row_bytes <= data.len().
+        let data = self.data.get(start * row_bytes..end * row_bytes).unwrap_or_default().to_vec();
+        Tensor { dtype: self.dtype, shape, data }
     }
 
     /// Every element as f32 (integers are converted, f64 rounded).

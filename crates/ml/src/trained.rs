@@ -23,6 +23,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor as CTensor, Var};
 
+use crate::limits;
 use crate::onnx::{MlError, Signature};
 use crate::{DType, Tensor};
 
@@ -54,6 +55,10 @@ impl Arch {
 }
 
 const HIDDEN: usize = 128;
+
+/// Parameters a net may have: each is held several times over while
+/// training (weights, gradients, Adam's two moments, the all-reduce).
+pub const MAX_PARAMS: usize = 50_000_000;
 const C1: usize = 8;
 const C2: usize = 16;
 const K: usize = 5;
@@ -74,12 +79,23 @@ pub struct Shape {
 impl Shape {
     /// Check that the architecture can take samples of this shape.
     pub fn new(arch: Arch, sample: &[usize], classes: usize, input: DType) -> Result<Shape, String> {
-        let n: usize = sample.iter().product();
-        if sample.is_empty() || n == 0 {
+        // The shape may come from a file's metadata: checked before any
+        // size derived from it is used, let alone allocated.
+        let n = crate::limits::elements(sample).unwrap_or(usize::MAX);
+        if sample.is_empty() || n == 0 || sample.len() > limits::MAX_RANK {
             return Err(format!("samples of shape {sample:?} cannot be trained on"));
+        }
+        if n > limits::MAX_SAMPLE_ELEMENTS {
+            return Err(format!(
+                "samples of shape {sample:?} have {n} elements; at most {} are supported",
+                limits::MAX_SAMPLE_ELEMENTS
+            ));
         }
         if classes < 2 {
             return Err(format!("the labels name {classes} class(es); at least 2 are needed"));
+        }
+        if classes > limits::MAX_CLASSES {
+            return Err(format!("{classes} classes; at most {} are supported", limits::MAX_CLASSES));
         }
         if arch == Arch::Cnn {
             let (h, w) = match sample {
@@ -90,7 +106,16 @@ impl Shape {
                 return Err(format!("the cnn needs images of at least 4×4, not {h}×{w}"));
             }
         }
-        Ok(Shape { arch, sample: sample.to_vec(), classes, input })
+        let shape = Shape { arch, sample: sample.to_vec(), classes, input };
+        // Cannot overflow: samples and classes are bounded above.
+        if shape.size() > MAX_PARAMS {
+            return Err(format!(
+                "the {} over samples of shape {sample:?} with {classes} classes would have {} parameters; at most {MAX_PARAMS} are supported",
+                arch.name(),
+                shape.size()
+            ));
+        }
+        Ok(shape)
     }
 
     fn hw(&self) -> (usize, usize) {
@@ -148,17 +173,21 @@ impl Shape {
     fn from_metadata(m: &HashMap<String, String>) -> Result<Shape, String> {
         let get = |k: &str| m.get(k).ok_or_else(|| format!("its metadata has no {k}"));
         let arch = Arch::parse(get("arch")?)?;
+        // One axis more than allowed is enough for Shape::new to refuse.
         let sample = get("sample_shape")?
             .split(',')
-            .map(|d| d.parse::<usize>().map_err(|_| format!("bad sample_shape {d:?}")))
+            .take(limits::MAX_RANK + 1)
+            .map(|d| d.parse::<usize>().map_err(|_| format!("its metadata's sample_shape has a bad axis {d:?}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let classes = get("classes")?.parse::<usize>().map_err(|_| "bad classes".to_string())?;
-        let input = match get("input_dtype")?.as_str() {
-            "float32" => DType::F32,
-            "float64" => DType::F64,
-            _ => DType::U8,
-        };
-        Shape::new(arch, &sample, classes, input)
+        let classes = get("classes")?
+            .parse::<usize>()
+            .map_err(|_| format!("its metadata's classes is not a count: {:?}", m.get("classes")))?;
+        let dtype = get("input_dtype")?;
+        let input = [DType::U8, DType::I8, DType::I16, DType::I32, DType::I64, DType::F32, DType::F64]
+            .into_iter()
+            .find(|d| d.to_string() == *dtype)
+            .ok_or_else(|| format!("its metadata's input_dtype {dtype:?} is not an element type"))?;
+        Shape::new(arch, &sample, classes, input).map_err(|e| format!("its metadata does not describe a net: {e}"))
     }
 }
 
@@ -484,7 +513,18 @@ fn read_file(bytes: &[u8], format: &str) -> Result<File, String> {
         }
         Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
-    let mut params = Vec::with_capacity(shape.size());
+    // The metadata's shape is believed only as far as the file's bytes
+    // back it: its parameters must be in the file before room is made.
+    let size = shape.size();
+    if size.saturating_mul(4) > bytes.len() {
+        return Err(format!(
+            "its metadata describes a {} of {size} parameters ({} bytes) but the file has {} bytes",
+            shape.arch.name(),
+            size.saturating_mul(4),
+            bytes.len()
+        ));
+    }
+    let mut params = Vec::with_capacity(size);
     for (name, dims, _) in shape.layout() {
         params.extend(floats(name, Some(&dims))?);
     }

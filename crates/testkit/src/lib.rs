@@ -5,6 +5,7 @@
 //!
 //! This crate drives the binary from outside; it depends on no idunno crate.
 
+pub mod alloc;
 pub mod netns;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
