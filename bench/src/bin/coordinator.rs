@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use idunno_bench::{Cluster, cluster, kill9, median, status, summary};
-use idunno_rpc::{CoordinatorClient, v1};
+use idunno_rpc::{CoordinatorClient, Limited, v1};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -28,7 +28,7 @@ struct Args {
 const NODES: u16 = 5;
 
 async fn client(addr: &str) -> CoordinatorClient<Channel> {
-    CoordinatorClient::new(idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.expect("connect"))
+    CoordinatorClient::new(idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.expect("connect")).limited()
 }
 
 async fn apply(c: &mut CoordinatorClient<Channel>, json: &[u8]) -> Result<(), String> {

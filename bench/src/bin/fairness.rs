@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use idunno_bench::{Cluster, cluster, idunno_bin, kill9};
-use idunno_rpc::{JobsClient, v1};
+use idunno_rpc::{JobsClient, Limited, v1};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -76,6 +76,7 @@ impl Poller {
             let got = self.rt.block_on(async {
                 let ch = idunno_rpc::connect_channel(addr, Duration::from_millis(300)).await.ok()?;
                 let r = JobsClient::new(ch)
+                    .limited()
                     .status(v1::JobQuery { job: String::new(), explain: false })
                     .await
                     .ok()?

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use idunno_coordinator::state::{Applied, Command};
 use idunno_coordinator::store::SmData;
-use idunno_rpc::{CoordinatorClient, RpcError, v1};
+use idunno_rpc::{CoordinatorClient, Limited, RpcError, v1};
 use tonic::transport::Channel;
 
 use crate::error::CliError;
@@ -47,7 +47,7 @@ where
                 continue;
             }
         };
-        match call(addr.clone(), CoordinatorClient::new(channel)).await {
+        match call(addr.clone(), CoordinatorClient::new(channel).limited()).await {
             Err(e @ RpcError::Unreachable { .. }) => last = Some(e),
             other => return other.map_err(CliError::from),
         }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use idunno_rpc::{JobsClient, v1};
+use idunno_rpc::{JobsClient, Limited, v1};
 use serde_json::Value;
 
 use crate::cluster::{self, ClusterFile, UpArgs};
@@ -98,6 +98,7 @@ impl Story {
     async fn status_json(&self, node: &str) -> Result<Value, CliError> {
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
         let r = JobsClient::new(ch)
+            .limited()
             .status(v1::JobQuery { job: String::new(), explain: false })
             .await
             .map_err(|s| idunno_rpc::RpcError::from_status(node, s))?;
@@ -353,6 +354,7 @@ impl Story {
         }
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
         let r = JobsClient::new(ch)
+            .limited()
             .results(v1::JobQuery { job: "photos".into(), explain: false })
             .await
             .map_err(|s| idunno_rpc::RpcError::from_status(node, s))?;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use idunno_rpc::v1::{self, get_message, put_message};
-use idunno_rpc::{RpcError, SdfsClient};
+use idunno_rpc::limits::next_within;
+use idunno_rpc::{Limited, RpcError, SdfsClient};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,10 +48,16 @@ pub enum FsCommand {
 
 const CHUNK: usize = 1 << 20;
 
+/// A client whose calls must answer within `deadline` (an upload's comes
+/// from its size; a download's stream is bounded by its idle time, not by
+/// the call's deadline, which only covers its first answer).
+async fn client_within(addr: &str, deadline: Duration) -> Result<SdfsClient<Channel>, CliError> {
+    let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), deadline).await?;
+    Ok(SdfsClient::new(ch.clone()).limited())
+}
+
 async fn client(addr: &str) -> Result<SdfsClient<Channel>, CliError> {
-    // Transfers may be long: the call deadline is generous, connecting is not.
-    let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), Duration::from_secs(24 * 3600)).await?;
-    Ok(SdfsClient::new(ch.clone()).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20))
+    client_within(addr, idunno_rpc::limits::UNARY_DEADLINE + Duration::from_secs(5)).await
 }
 
 fn bar(len: u64, out: Output) -> ProgressBar {
@@ -215,7 +222,8 @@ async fn put(local: &Path, name: &str, node: Option<String>, out: Output) -> Res
         }
     });
     let addr = target::resolve(node);
-    let reply = client(&addr).await?.put(ReceiverStream::new(rx)).await;
+    let deadline = idunno_rpc::limits::transfer_deadline(size);
+    let reply = client_within(&addr, deadline).await?.put(ReceiverStream::new(rx)).await;
     pb.finish_and_clear();
     if let Ok(Err(e)) = reader.await {
         return Err(CliError::failed(format!("reading {}: {e}", local.display())));
@@ -274,14 +282,15 @@ async fn fetch(
         .await
         .map_err(|s| RpcError::from_status(addr, s))?
         .into_inner();
-    let header = match stream.message().await.map_err(|s| RpcError::from_status(addr, s))? {
+    let what = format!("reading {name}");
+    let header = match next_within(&mut stream, &what).await.map_err(|s| RpcError::from_status(addr, s))? {
         Some(v1::GetMessage { part: Some(get_message::Part::Header(h)) }) => h,
         _ => return Err(CliError::failed("the node sent no header")),
     };
     let pb = bar(header.size, out);
     let mut hasher = blake3::Hasher::new();
     let mut got = 0u64;
-    while let Some(msg) = stream.message().await.map_err(|s| RpcError::from_status(addr, s))? {
+    while let Some(msg) = next_within(&mut stream, &what).await.map_err(|s| RpcError::from_status(addr, s))? {
         if let Some(get_message::Part::Data(d)) = msg.part {
             hasher.update(&d);
             got += d.len() as u64;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
-use idunno_rpc::{JobsClient, RpcError, v1};
+use idunno_rpc::{JobsClient, Limited, RpcError, v1};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -62,7 +62,7 @@ pub enum JobCommand {
 async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
     // `job add` reads the model and the input set: allow it time.
     let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), Duration::from_secs(120)).await?;
-    Ok(JobsClient::new(ch).max_decoding_message_size(256 << 20))
+    Ok(JobsClient::new(ch).limited())
 }
 
 fn parse(bytes: &[u8]) -> Result<Value, CliError> {
@@ -237,9 +237,17 @@ fn print_status(doc: &Value) {
     if t.row_count() > 0 || train.is_empty() {
         println!("{t}");
     }
-    if train.is_empty() {
-        return;
+    if !train.is_empty() {
+        print_trainings(&train);
     }
+    for j in doc.as_array().into_iter().flatten() {
+        if let Some(e) = j["error"].as_str() {
+            println!("{}: {e}", j["job"].as_str().unwrap_or_default());
+        }
+    }
+}
+
+fn print_trainings(train: &[&Value]) {
     let pct = |v: &Value| v.as_f64().map_or("-".into(), |a| format!("{:.2}%", a * 100.0));
     let mut t = table(&[
         "TRAINING",
@@ -273,9 +281,4 @@ fn print_status(doc: &Value) {
         ]);
     }
     println!("{t}");
-    for j in doc.as_array().into_iter().flatten() {
-        if let Some(e) = j["error"].as_str() {
-            println!("{}: {e}", j["job"].as_str().unwrap_or_default());
-        }
-    }
 }

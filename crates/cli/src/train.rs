@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use idunno_rpc::{JobsClient, RpcError, v1};
+use idunno_rpc::{JobsClient, Limited, RpcError, v1};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -61,7 +61,7 @@ pub struct TrainArgs {
 async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
     // Adding reads and checks the data sets: allow it time.
     let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), Duration::from_secs(300)).await?;
-    Ok(JobsClient::new(ch).max_decoding_message_size(64 << 20))
+    Ok(JobsClient::new(ch).limited())
 }
 
 pub async fn run(args: TrainArgs, node: Option<String>, out: Output) -> Result<(), CliError> {
@@ -125,7 +125,7 @@ async fn status_of(job: &str, node: &Option<String>) -> Result<Value, CliError> 
     for addr in target::candidates(node.clone()) {
         let c = idunno_rpc::connect_channel_with(&addr, Duration::from_secs(1), Duration::from_secs(10)).await;
         let mut c = match c {
-            Ok(ch) => JobsClient::new(ch).max_decoding_message_size(64 << 20),
+            Ok(ch) => JobsClient::new(ch).limited(),
             Err(e) => {
                 last = e.into();
                 continue;

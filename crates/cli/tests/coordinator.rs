@@ -217,5 +217,5 @@ fn a_node_far_behind_catches_up_from_a_snapshot() {
     let log = std::fs::read_to_string(c.data_dir(behind).join("restart.log")).unwrap();
     // openraft logs this at info level when a follower installs one.
     assert!(log.contains("install_full_snapshot"), "no snapshot was installed");
-    assert!(c.data_dir(behind).join("raft/snapshot.json").exists());
+    assert!(c.data_dir(behind).join("raft/snapshot.bin").exists());
 }

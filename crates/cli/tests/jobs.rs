@@ -350,7 +350,7 @@ fn bad_jobs_are_refused_and_change_nothing() {
         (add("models/junk.onnx", photos, &["2"]), "models/junk.onnx is not a model idunno can serve"),
         (
             add(effnet, "data/mnist.idx", &["2"]),
-            "the input set has shape [n, 28, 28], the model's input images expects [?, 3, 224, 224]",
+            "data/mnist.idx: inputs are [28,28] per sample, the model wants [3,224,224] (model input images)",
         ),
         (add("models/nope.onnx", photos, &["2"]), "model models/nope.onnx is not in SDFS"),
         (

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idunno_membership::{MemberState, MembershipHandle};
-use idunno_rpc::{CoordinatorClient, v1};
+use idunno_rpc::{CoordinatorClient, Limited, v1};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::watch;
@@ -66,6 +66,11 @@ pub enum CoordError {
     Stopped(String),
     #[error("coordinator storage at {path}: {reason}")]
     Storage { path: String, reason: String },
+    /// This node did not catch up with the leader in time for a read (it
+    /// may be cut off from it); nothing was read. Retry, or ask another
+    /// node.
+    #[error("this node has applied the coordinator log up to {applied}, not yet to {index}, within {} s", LEADER_WAIT.as_secs())]
+    Behind { index: u64, applied: u64 },
 }
 
 /// A write that went through the log.
@@ -140,6 +145,16 @@ impl Coordinator {
             learners: membership.learner_ids().collect(),
             applied_index: m.last_applied.map(|l| l.index),
         }
+    }
+
+    /// Whether this node leads and every member of the group (voters and
+    /// learners) holds the log up to `index`: what every node will apply
+    /// before anything later. False on a follower.
+    pub fn replicated_everywhere(&self, index: u64) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(replication) = m.replication else { return false };
+        let members = m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.id);
+        members.into_iter().all(|id| replication.get(&id).is_some_and(|l| l.is_some_and(|l| l.index >= index)))
     }
 
     /// Every newly applied state, as this node applies it.
@@ -244,8 +259,37 @@ impl Coordinator {
         }
     }
 
+    /// The index a linearizable read must wait for, if this node leads
+    /// (after confirming with a quorum that it still does); `NotLeader`
+    /// otherwise.
+    pub async fn read_index_local(&self) -> Result<(u64, NodeId), CoordError> {
+        let Ok(confirmed) = tokio::time::timeout(LEADER_WAIT, self.raft.get_read_log_id()).await else {
+            return Err(CoordError::NoLeader);
+        };
+        match confirmed {
+            Ok((read, _applied)) => Ok((read.map_or(0, |l| l.index), self.id)),
+            Err(RaftError::Fatal(e)) => Err(CoordError::Stopped(e.to_string())),
+            Err(RaftError::APIError(_)) => Err(CoordError::NotLeader { node: self.id }),
+        }
+    }
+
+    /// The state as of now (linearizable), answered from this node's own
+    /// state: the leader names the index to wait for (read index), this
+    /// node waits until it has applied it. Nothing but that index crosses
+    /// the network, whatever the state's size.
     pub async fn read(&self) -> Result<(Arc<SmData>, NodeId), CoordError> {
-        self.at_leader("read", || self.read_local(), forward_read).await
+        let give_up = Instant::now() + LEADER_WAIT;
+        let (index, leader) = self.at_leader("read", || self.read_index_local(), forward_read_index).await?;
+        let mut state = self.state.clone();
+        loop {
+            let applied = state.borrow_and_update().last_applied.map_or(0, |l| l.index);
+            if applied >= index {
+                return Ok((self.local_state(), leader));
+            }
+            if tokio::time::timeout_at(give_up, state.changed()).await.is_err() {
+                return Err(CoordError::Behind { index, applied });
+            }
+        }
     }
 
     pub async fn shutdown(&self) {
@@ -345,7 +389,7 @@ impl Coordinator {
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let c = CoordinatorClient::new(idunno_net::lazy_channel(&endpoint));
+        let c = CoordinatorClient::new(idunno_net::lazy_channel(&endpoint)).limited();
         *slot = Some((addr.to_string(), c.clone()));
         Ok(c)
     }
@@ -364,12 +408,7 @@ async fn forward_apply(
     Ok(ApplyOutcome { applied, log_index: r.log_index, leader: r.leader })
 }
 
-async fn forward_read(mut c: CoordinatorClient<tonic::transport::Channel>) -> Result<(Arc<SmData>, NodeId), String> {
-    let r = c
-        .read_state(v1::ReadStateRequest { forwarded: true, local: false })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
-    let data: SmData = serde_json::from_slice(&r.state_json).map_err(|e| e.to_string())?;
-    Ok((Arc::new(data), r.leader))
+async fn forward_read_index(mut c: CoordinatorClient<tonic::transport::Channel>) -> Result<(u64, NodeId), String> {
+    let r = c.read_index(v1::ReadIndexRequest {}).await.map_err(|s| s.message().to_string())?.into_inner();
+    Ok((r.index, r.leader))
 }

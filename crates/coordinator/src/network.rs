@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use idunno_rpc::v1::RaftPayload;
-use idunno_rpc::{RaftClient, v1};
+use idunno_rpc::{Limited, RaftClient, v1};
 use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -59,12 +59,20 @@ impl Peer {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let c = RaftClient::new(idunno_net::lazy_channel(&endpoint));
+        let c = RaftClient::new(idunno_net::lazy_channel(&endpoint)).limited();
         self.client = Some(c.clone());
         Ok(c)
     }
 
-    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    /// One Raft call; `data` is a snapshot chunk's bytes, carried beside
+    /// the JSON.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -72,7 +80,7 @@ impl Peer {
     {
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let mut request = Request::new(RaftPayload { json });
+        let mut request = Request::new(RaftPayload { json, data });
         request.set_timeout(option.hard_ttl());
         if let Ok(v) = self.cluster.parse() {
             request.metadata_mut().insert(CLUSTER_HEADER, v);
@@ -114,15 +122,16 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Method::Append, &rpc, &option).await
+        self.call(Method::Append, &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        let data = std::mem::take(&mut rpc.data);
+        self.call(Method::Snapshot, &rpc, data, &option).await
     }
 
     async fn vote(
@@ -130,7 +139,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, Vec::new(), &option).await
     }
 }
 
@@ -142,7 +151,8 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+    /// The message and the bytes beside it, if it is for this cluster.
+    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<(T, Vec<u8>), Status> {
         let theirs = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
         if theirs != self.cluster {
             return Err(Status::permission_denied(format!(
@@ -154,30 +164,33 @@ impl RaftService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<(T, Vec<u8>), Status> {
+    let payload = req.into_inner();
+    let msg = serde_json::from_slice(&payload.json)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+    Ok((msg, payload.data))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     let json = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(v1::RaftPayload { json }))
+    Ok(Response::new(v1::RaftPayload { json, data: Vec::new() }))
 }
 
 #[tonic::async_trait]
 impl idunno_rpc::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.decode(req)?;
+        let (rpc, _): (AppendEntriesRequest<TypeConfig>, _) = self.decode(req)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<NodeId> = self.decode(req)?;
+        let (rpc, _): (VoteRequest<NodeId>, _) = self.decode(req)?;
         encode(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = self.decode(req)?;
+        let (mut rpc, data): (InstallSnapshotRequest<TypeConfig>, _) = self.decode(req)?;
+        rpc.data = data;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -15,9 +15,10 @@ pub struct CoordinatorService(pub Arc<Coordinator>);
 pub fn status_of(e: CoordError) -> Status {
     match e {
         CoordError::BadCommand(m) => Status::invalid_argument(m),
-        e @ (CoordError::NoLeader | CoordError::NotLeader { .. } | CoordError::NotCommitted) => {
-            Status::unavailable(e.to_string())
-        }
+        e @ (CoordError::NoLeader
+        | CoordError::NotLeader { .. }
+        | CoordError::NotCommitted
+        | CoordError::Behind { .. }) => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
     }
 }
@@ -34,10 +35,20 @@ impl idunno_rpc::Coordinator for CoordinatorService {
         Ok(Response::new(v1::ApplyReply { applied_json, log_index: out.log_index, leader: out.leader }))
     }
 
+    async fn read_index(&self, _: Request<v1::ReadIndexRequest>) -> Result<Response<v1::ReadIndexReply>, Status> {
+        let (index, leader) = self.0.read_index_local().await.map_err(status_of)?;
+        Ok(Response::new(v1::ReadIndexReply { index, leader }))
+    }
+
     async fn read_state(&self, req: Request<v1::ReadStateRequest>) -> Result<Response<v1::ReadStateReply>, Status> {
         let req = req.into_inner();
-        let (data, leader) =
-            if req.forwarded { self.0.read_local().await } else { self.0.read().await }.map_err(status_of)?;
+        let (data, leader) = if req.local {
+            (self.0.local_state(), self.0.status().leader.unwrap_or(0))
+        } else if req.forwarded {
+            self.0.read_local().await.map_err(status_of)?
+        } else {
+            self.0.read().await.map_err(status_of)?
+        };
         let state_json = serde_json::to_vec(&*data).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(v1::ReadStateReply {
             state_json,

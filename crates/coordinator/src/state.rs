@@ -18,6 +18,12 @@ pub use training::{EpochRecord, Regroup, Score, TrainGroup, TrainProgress, Train
 /// How many versions of a file are kept unless a command says otherwise.
 pub const DEFAULT_KEEP_VERSIONS: u32 = 5;
 
+/// The largest batch a job or a training may ask for: a query's inputs
+/// and outputs travel in single messages, and a batch is held in memory
+/// whole on a worker. A job may have a lower bound of its own
+/// ([`JobSpec::max_batch`]).
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// SDFS namespace: file name → its versions.
@@ -33,6 +39,12 @@ pub struct ClusterState {
     /// progress. Job names are one namespace with `jobs`.
     #[serde(default)]
     pub trainings: BTreeMap<String, Training>,
+    /// The first version of a file whose name is not in `files`: above
+    /// every version of a forgotten name (see [`Command::ForgetFiles`]),
+    /// so a version number never means two contents, even after a deleted
+    /// name's entry is collected.
+    #[serde(default)]
+    pub version_floor: u64,
 }
 
 /// What the scheduler measured and predicted for a job when it last
@@ -56,6 +68,10 @@ pub struct FileEntry {
     /// The number the next put gets: versions never repeat, even after a
     /// delete and a new put of the same name.
     pub next_version: u64,
+    /// The leader's clock when the file was deleted: the entry is then a
+    /// tombstone (no versions), kept until the leader forgets it.
+    #[serde(default)]
+    pub deleted_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +115,17 @@ pub struct JobSpec {
     pub passes: Option<u64>,
     #[serde(default)]
     pub output: OutputKind,
+    /// The largest batch whose outputs fit in one message, as `job add`
+    /// measured the model's outputs (0: not known, [`MAX_BATCH_SIZE`]).
+    #[serde(default)]
+    pub max_batch: u32,
+}
+
+impl JobSpec {
+    /// The largest batch size this job takes.
+    pub fn batch_limit(&self) -> u32 {
+        if self.max_batch == 0 { MAX_BATCH_SIZE } else { self.max_batch.min(MAX_BATCH_SIZE) }
+    }
 }
 
 /// One SDFS file version a job reads.
@@ -170,6 +197,9 @@ pub struct JobProgress {
     /// The leader's clock when the job last started (ms since epoch).
     #[serde(default)]
     pub started_at_ms: u64,
+    /// Why the job failed (cleared when it runs again).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The window of the query rate (SPEC: queries/s over the last 10 s).
@@ -327,6 +357,15 @@ pub enum Command {
     /// Forget every version of `name`.
     DeleteFile {
         name: String,
+        /// The leader's clock (when the tombstone may be collected).
+        #[serde(default)]
+        now_ms: u64,
+    },
+    /// Drop the tombstones of deleted names (entries without versions);
+    /// names that have versions again are left alone. Their version
+    /// numbers stay used: `version_floor` rises above them.
+    ForgetFiles {
+        names: Vec<String>,
     },
     /// Record where the replicas of one version now live (after repair).
     SetReplicas {
@@ -396,6 +435,12 @@ pub enum Command {
         report: TrainReport,
         now_ms: u64,
     },
+    /// An inference job cannot go on: its queries fail (its error is
+    /// shown by `job status`).
+    FailJob {
+        job: String,
+        error: String,
+    },
     /// A training job cannot go on (its error is shown by `job status`).
     FailTraining {
         job: String,
@@ -445,6 +490,8 @@ pub enum Refusal {
     NoSuchJob { job: String },
     #[error("batch size must be at least 1")]
     BatchSizeZero,
+    #[error("batch size {batch_size} is too large: at most {max} (a query's outputs must fit in one message)")]
+    BatchSizeTooLarge { batch_size: u32, max: u32 },
     #[error("job {job} is {from:?} and cannot become {to:?}")]
     BadTransition { job: String, from: JobState, to: JobState },
     #[error("job {job} is running: stop it first")]
@@ -496,7 +543,10 @@ impl ClusterState {
                 if keep == 0 {
                     return Err(Refusal::KeepZero);
                 }
-                let entry = self.files.entry(name).or_default();
+                let floor = self.version_floor;
+                let entry =
+                    self.files.entry(name).or_insert_with(|| FileEntry { next_version: floor, ..Default::default() });
+                entry.deleted_at_ms = None;
                 let version = entry.next_version.max(1);
                 entry.next_version = version + 1;
                 entry.versions.push(FileVersion { version, size, blake3, replicas, committed_at_ms: now_ms });
@@ -504,12 +554,23 @@ impl ClusterState {
                 let dropped = entry.versions.drain(..excess).map(|v| v.version).collect();
                 Ok(Reply::Committed { version, dropped })
             }
-            Command::DeleteFile { name } => {
+            Command::DeleteFile { name, now_ms } => {
                 let entry = self.files.get_mut(&name).filter(|e| !e.versions.is_empty());
                 let Some(entry) = entry else { return Err(Refusal::NoSuchFile { name }) };
-                // The entry stays (empty) so version numbers never repeat.
+                // The entry stays (empty) so version numbers never repeat,
+                // until the leader forgets it.
                 let versions = entry.versions.drain(..).map(|v| v.version).collect();
+                entry.deleted_at_ms = Some(now_ms);
                 Ok(Reply::Deleted { versions })
+            }
+            Command::ForgetFiles { names } => {
+                for name in names {
+                    if let Some(e) = self.files.get(&name).filter(|e| e.versions.is_empty()) {
+                        self.version_floor = self.version_floor.max(e.next_version);
+                        self.files.remove(&name);
+                    }
+                }
+                Ok(Reply::Done)
             }
             Command::SetReplicas { name, version, replicas } => {
                 distinct(&replicas)?;
@@ -527,6 +588,9 @@ impl ClusterState {
                 non_empty("inputs", &spec.inputs)?;
                 if spec.batch_size == 0 {
                     return Err(Refusal::BatchSizeZero);
+                }
+                if spec.batch_size > spec.batch_limit() {
+                    return Err(Refusal::BatchSizeTooLarge { batch_size: spec.batch_size, max: spec.batch_limit() });
                 }
                 if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
                     return Err(Refusal::JobExists { job: spec.name });
@@ -565,6 +629,7 @@ impl ClusterState {
                     }
                     j.progress.started_at_ms = now_ms;
                     j.progress.recent.clear();
+                    j.progress.error = None;
                 }
                 j.state = state;
                 Ok(Reply::Done)
@@ -576,7 +641,11 @@ impl ClusterState {
                 if batch_size == 0 {
                     return Err(Refusal::BatchSizeZero);
                 }
-                self.job_mut(&job)?.spec.batch_size = batch_size;
+                let spec = &mut self.job_mut(&job)?.spec;
+                if batch_size > spec.batch_limit() {
+                    return Err(Refusal::BatchSizeTooLarge { batch_size, max: spec.batch_limit() });
+                }
+                spec.batch_size = batch_size;
                 Ok(Reply::Done)
             }
             Command::RemoveJob { job } if self.trainings.contains_key(&job) => {
@@ -661,6 +730,9 @@ impl ClusterState {
                 if spec.batch_size == 0 {
                     return Err(Refusal::BatchSizeZero);
                 }
+                if spec.batch_size > MAX_BATCH_SIZE {
+                    return Err(Refusal::BatchSizeTooLarge { batch_size: spec.batch_size, max: MAX_BATCH_SIZE });
+                }
                 if spec.epochs == 0 || spec.workers == 0 || spec.samples == 0 || spec.checkpoint_every == 0 {
                     return Err(Refusal::BadTraining(
                         "epochs, workers, samples and checkpoint_every must be at least 1".into(),
@@ -740,6 +812,15 @@ impl ClusterState {
                 }
                 Ok(Reply::Done)
             }
+            Command::FailJob { job, error } => {
+                let j = self.job_mut(&job)?;
+                if j.state != JobState::Running {
+                    return Err(Refusal::JobNotRunning { job });
+                }
+                j.state = JobState::Failed;
+                j.progress.error = Some(error);
+                Ok(Reply::Done)
+            }
             Command::FailTraining { job, error } => {
                 let t = self.training_mut(&job)?;
                 if t.state != JobState::Running {
@@ -776,8 +857,8 @@ impl ClusterState {
             }
         }
         for (name, j) in &self.jobs {
-            if j.spec.batch_size == 0 {
-                return Err(format!("job {name}: batch size 0"));
+            if j.spec.batch_size == 0 || j.spec.batch_size > j.spec.batch_limit() {
+                return Err(format!("job {name}: batch size {} out of bounds", j.spec.batch_size));
             }
             let p = &j.progress;
             if p.done.windows(2).any(|w| w[0].1 >= w[1].0) || p.done.iter().any(|&(s, e)| s >= e) {

@@ -71,11 +71,40 @@ fn delete_then_put_never_reuses_a_version() {
     let st = run(vec![
         (put("a", &[1]), committed(1, &[])),
         (put("a", &[1]), committed(2, &[])),
-        (Command::DeleteFile { name: "a".into() }, Ok(Reply::Deleted { versions: vec![1, 2] })),
-        (Command::DeleteFile { name: "a".into() }, Err(Refusal::NoSuchFile { name: "a".into() })),
+        (Command::DeleteFile { name: "a".into(), now_ms: 5 }, Ok(Reply::Deleted { versions: vec![1, 2] })),
+        (Command::DeleteFile { name: "a".into(), now_ms: 6 }, Err(Refusal::NoSuchFile { name: "a".into() })),
         (put("a", &[2]), committed(3, &[])),
     ]);
     assert_eq!(st.files["a"].versions.len(), 1);
+}
+
+#[test]
+fn forgotten_tombstones_never_let_a_version_repeat() {
+    let forget = |names: &[&str]| Command::ForgetFiles { names: names.iter().map(|n| n.to_string()).collect() };
+    let st = run(vec![
+        (put("a", &[1]), committed(1, &[])),
+        (put("a", &[1]), committed(2, &[])),
+        (put("b", &[1]), committed(1, &[])),
+        (Command::DeleteFile { name: "a".into(), now_ms: 5 }, Ok(Reply::Deleted { versions: vec![1, 2] })),
+        // b has versions, c does not exist: both left alone.
+        (forget(&["a", "b", "c"]), Ok(Reply::Done)),
+    ]);
+    assert_eq!(st.files.keys().collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(st.version_floor, 3);
+    let mut st = st;
+    // A name put again after its tombstone went starts above every
+    // version it ever had; so does a new name.
+    assert_eq!(st.apply(put("a", &[1])), committed(3, &[]));
+    assert_eq!(st.apply(put("new", &[1])), committed(3, &[]));
+    assert_eq!(st.apply(put("b", &[1])), committed(2, &[]));
+    // A name deleted and put again before it is forgotten keeps its entry.
+    st.apply(Command::DeleteFile { name: "b".into(), now_ms: 9 }).unwrap();
+    assert!(st.files["b"].deleted_at_ms.is_some());
+    st.apply(put("b", &[1])).unwrap();
+    st.apply(forget(&["b"])).unwrap();
+    assert_eq!(st.files["b"].versions.len(), 1);
+    assert_eq!(st.files["b"].deleted_at_ms, None);
+    st.check_invariants().unwrap();
 }
 
 #[test]
@@ -106,6 +135,30 @@ fn file_commands_refuse_bad_input() {
         ),
         (Command::SetReplicas { name: "a".into(), version: 1, replicas: vec![2, 3] }, Ok(Reply::Done)),
     ]);
+}
+
+#[test]
+fn batch_sizes_are_bounded_by_what_a_message_carries() {
+    let big = idunno_coordinator::state::MAX_BATCH_SIZE + 1;
+    let mut small = job("small", 4);
+    if let Command::AddJob { spec } = &mut small {
+        spec.max_batch = 100;
+    }
+    let st = run(vec![
+        (job("j", big), Err(Refusal::BatchSizeTooLarge { batch_size: big, max: big - 1 })),
+        (job("j", 8), Ok(Reply::Done)),
+        (
+            Command::SetBatchSize { job: "j".into(), batch_size: u32::MAX },
+            Err(Refusal::BatchSizeTooLarge { batch_size: u32::MAX, max: big - 1 }),
+        ),
+        (small, Ok(Reply::Done)),
+        (
+            Command::SetBatchSize { job: "small".into(), batch_size: 101 },
+            Err(Refusal::BatchSizeTooLarge { batch_size: 101, max: 100 }),
+        ),
+        (Command::SetBatchSize { job: "small".into(), batch_size: 100 }, Ok(Reply::Done)),
+    ]);
+    assert_eq!(st.jobs["small"].spec.batch_size, 100);
 }
 
 #[test]

@@ -309,7 +309,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         }
         for (job, error) in failures {
             tracing::warn!(%job, %error, "marking the job failed");
-            let cmd = Command::SetJobState { job, state: JobState::Failed, now_ms: now_ms() };
+            let cmd = Command::FailJob { job, error };
             let _ = jobs.coordinator.apply(cmd).await;
         }
         if last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {

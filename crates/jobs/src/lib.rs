@@ -115,14 +115,59 @@ impl Jobs {
 
     /// Start the leader's query flow (active only while this node leads)
     /// and the worker.
+    ///
+    /// Each runs supervised: a task that panics (a bug that one request or
+    /// one query hit) is logged and started again, so the node keeps its
+    /// worker and its leader duties rather than carrying on without them.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<(&'static str, JoinHandle<()>)> {
+        let me = self.clone();
+        let worker = self.clone();
+        let groups = self.clone();
+        let member = self.clone();
         vec![
-            ("job leader", tokio::spawn(leader::run(self.clone(), shutdown.child_token()))),
-            ("worker", tokio::spawn(worker::run(self.clone(), shutdown.child_token()))),
-            ("training groups", tokio::spawn(train::group::run(self.clone(), shutdown.child_token()))),
-            ("training member", tokio::spawn(train::runner::run(self.clone(), shutdown.child_token()))),
+            ("job leader", supervise("job leader", shutdown.clone(), move |s| leader::run(me.clone(), s))),
+            ("worker", supervise("worker", shutdown.clone(), move |s| worker::run(worker.clone(), s))),
+            (
+                "training groups",
+                supervise("training groups", shutdown.clone(), move |s| train::group::run(groups.clone(), s)),
+            ),
+            ("training member", supervise("training member", shutdown, move |s| train::runner::run(member.clone(), s))),
         ]
     }
+}
+
+/// Run the task `make` builds (given a child of `shutdown`) until it
+/// returns, starting it again a second after it panics.
+fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, make: F) -> JoinHandle<()>
+where
+    F: Fn(CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make(shutdown.child_token())).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    let why = panic_text(e.into_panic().as_ref());
+                    tracing::error!(task = name, panic = %why, "task panicked: starting it again");
+                }
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}
+
+/// The message a panic carried, if it is text.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The wall clock in ms since the epoch (the leader's clock enters the
@@ -132,3 +177,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The encoded size of the results one `Work` call carries at most: a
+/// message, less room for the rest of the request. One query's outputs
+/// must fit in it on their own, which bounds a job's batch size; more
+/// results than fit go in the next calls.
+pub(crate) const RESULTS_BUDGET: usize = idunno_rpc::limits::MAX_MESSAGE - (1 << 20);

@@ -34,6 +34,15 @@ impl JobsService {
 
     fn json(v: &serde_json::Value) -> Result<Response<v1::JsonReply>, Status> {
         let json = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+        // Said here, rather than as tonic's "message too large".
+        let room = idunno_rpc::limits::MAX_MESSAGE - 1024;
+        if json.len() > room {
+            return Err(Status::resource_exhausted(format!(
+                "the answer is {} MiB, more than one message carries ({} MiB)",
+                json.len() >> 20,
+                room >> 20
+            )));
+        }
         Ok(Response::new(v1::JsonReply { json }))
     }
 }
@@ -115,7 +124,12 @@ impl idunno_rpc::Jobs for JobsService {
             .values()
             .map(|r| serde_json::json!({"query": r.query, "pass": r.pass, "input": r.input, "output": r.output}))
             .collect();
-        Self::json(&serde_json::Value::Array(rows))
+        Self::json(&serde_json::Value::Array(rows)).map_err(|e| {
+            Status::resource_exhausted(format!(
+                "results of job {job}: {}; the rows are in SDFS as {file} (idunno fs get {file} FILE)",
+                e.message()
+            ))
+        })
     }
 
     async fn work(&self, req: Request<v1::WorkRequest>) -> Result<Response<v1::WorkReply>, Status> {

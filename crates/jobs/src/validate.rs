@@ -2,9 +2,9 @@
 //! against each other; only a job that can run enters the job table.
 //! Every refusal names the file and, for shapes, both shapes.
 
-use idunno_coordinator::state::{ClusterState, Command, FileRef, JobSpec, OutputKind};
+use idunno_coordinator::state::{ClusterState, Command, FileRef, JobSpec, MAX_BATCH_SIZE, OutputKind};
 use idunno_ml::Model;
-use idunno_ml::onnx::check_fit;
+use idunno_ml::onnx::{Signature, check_fit};
 use idunno_ml::read_array;
 use idunno_rpc::v1;
 use tonic::Status;
@@ -25,6 +25,20 @@ async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> 
         .await
         .map(|(_, b)| b)
         .map_err(|e| Status::unavailable(format!("reading {name} from SDFS: {e}")))
+}
+
+/// The largest batch whose outputs fit in the worker's results budget, if
+/// the model's first output has a fixed size per input: a class is one
+/// small number, a vector as JSON takes up to 16 bytes a value.
+fn max_batch(first_output: Option<&Signature>, output: OutputKind) -> Option<u32> {
+    if output == OutputKind::Class {
+        return None;
+    }
+    let dims: Option<Vec<usize>> = first_output?.shape.get(1..)?.iter().map(|d| usize::try_from(*d).ok()).collect();
+    let values = idunno_ml::limits::elements(&dims?)?.max(1);
+    let per_input = values.saturating_mul(16);
+    let fit = (crate::RESULTS_BUDGET / per_input).clamp(1, MAX_BATCH_SIZE as usize);
+    Some(fit as u32)
 }
 
 /// Check the request against SDFS and the model; the command to commit.
@@ -66,7 +80,16 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
             other => Status::failed_precondition(other.to_string()),
         })?;
     let sigs = model.inputs().to_vec();
+    let max_batch = max_batch(model.outputs().first(), output);
     drop(model);
+    if req.batch_size > max_batch.unwrap_or(MAX_BATCH_SIZE) {
+        return Err(Status::invalid_argument(format!(
+            "batch size {} is too large for {}: at most {} (a query's outputs must fit in one message)",
+            req.batch_size,
+            req.model,
+            max_batch.unwrap_or(MAX_BATCH_SIZE)
+        )));
+    }
 
     // Input files in the model's input order: by position, or `input=file`.
     let names: Vec<&str> = sigs.iter().map(|s| s.name.as_str()).collect();
@@ -151,6 +174,7 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
         samples,
         passes: (req.passes > 0).then_some(req.passes),
         output,
+        max_batch: max_batch.unwrap_or(0),
     };
     Ok(Command::AddJob { spec })
 }

@@ -17,12 +17,12 @@ use idunno_coordinator::state::JobState;
 use idunno_ml::Model;
 use idunno_ml::onnx::fit;
 use idunno_ml::{Tensor, read_array};
-use idunno_rpc::{JobsClient, v1};
+use idunno_rpc::{JobsClient, Limited, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::{Jobs, RPC_TIMEOUT};
+use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
 type Key = (String, u64);
 
@@ -135,25 +135,53 @@ impl Slot {
         self.models.get_mut(&p.key).ok_or_else(|| "model cache".to_string())
     }
 
-    /// Load the model of `p` ahead of its queries.
+    /// Load the model of `p` ahead of its queries (a panic while loading
+    /// is logged; the query that needs the model meets it again).
     fn warm(&mut self, p: &Prepared) {
-        if let Err(e) = self.model(p) {
-            tracing::debug!(error = %e, "could not load a model ahead of its queries");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model(p).map(|_| ()))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not load a model ahead of its queries"),
+            Err(panic) => {
+                self.models.clear();
+                tracing::error!(panic = %crate::panic_text(panic.as_ref()), "loading a model panicked");
+            }
         }
     }
 
+    /// Run one query. A panic inside (a bug in a runtime, or one that a
+    /// model or an input set hit) fails this query only: the slot drops
+    /// the models it holds, which the panic may have left half-changed,
+    /// and goes on with the next query.
     fn run(&mut self, p: &Prepared) -> v1::QueryResult {
         let t = &p.task;
         let mut result =
             v1::QueryResult { job: t.job.clone(), pass: t.pass, start: t.start, len: t.len, ..Default::default() };
-        if let Err(e) = self.try_run(p, &mut result) {
-            result.error = e;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_run(p, &mut result)));
+        match ran {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result.error = e,
+            Err(panic) => {
+                self.models.clear();
+                let why = crate::panic_text(panic.as_ref());
+                tracing::error!(job = %t.job, start = t.start, panic = %why, "a query panicked the worker slot");
+                result = v1::QueryResult {
+                    job: t.job.clone(),
+                    pass: t.pass,
+                    start: t.start,
+                    len: t.len,
+                    error: format!("the worker failed running this query (it panicked: {why})"),
+                    ..Default::default()
+                };
+            }
         }
         result
     }
 
     fn try_run(&mut self, p: &Prepared, out: &mut v1::QueryResult) -> Result<(), String> {
         let t = &p.task;
+        if injected_panic(&t.job) {
+            panic!("injected by IDUNNO_TEST_PANIC_JOB for job {}", t.job);
+        }
         let (sets, labels) = (&p.inputs, &p.labels);
         let (start, len) = (t.first_input as usize, t.len as usize);
         let model = self.model(p)?;
@@ -196,9 +224,27 @@ impl Slot {
             };
             rows.push(output);
         }
-        out.outputs_json = serde_json::to_vec(&rows).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&rows).map_err(|e| e.to_string())?;
+        // A result must fit in a message on its own; a bigger one can never
+        // be delivered, so it is this query's (and its batch size's) error.
+        if json.len() > RESULTS_BUDGET {
+            return Err(format!(
+                "the outputs of a query of {len} inputs are {} MiB, more than one message carries ({} MiB): lower the batch size",
+                json.len() >> 20,
+                RESULTS_BUDGET >> 20
+            ));
+        }
+        out.outputs_json = json;
         Ok(())
     }
+}
+
+/// A test hook: every query of the job named by `IDUNNO_TEST_PANIC_JOB`
+/// (read once, at a node's first query) panics in the worker slot, so
+/// tests can show that a panicking query costs only its own job.
+fn injected_panic(job: &str) -> bool {
+    static JOB: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    JOB.get_or_init(|| std::env::var("IDUNNO_TEST_PANIC_JOB").ok()).as_deref() == Some(job)
 }
 
 /// Queries run at a lower CPU priority than the rest of the node: when
@@ -225,6 +271,20 @@ fn argmax(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// How many of `results`, from the front, fit in `budget` bytes (at least
+/// one: a single result is bounded by [`RESULTS_BUDGET`] when it is made),
+/// and whether any are left over.
+fn within_budget(results: &[v1::QueryResult], budget: usize) -> (usize, bool) {
+    let mut used = 0usize;
+    for (i, r) in results.iter().enumerate() {
+        used = used.saturating_add(prost::Message::encoded_len(r));
+        if used > budget && i > 0 {
+            return (i, true);
+        }
+    }
+    (results.len(), false)
 }
 
 /// How long a worker that could not fetch a query's files takes no work.
@@ -310,10 +370,13 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             continue;
         }
         let idle = outstanding == 0 && results.is_empty();
+        // Results beyond what one message carries go in the next calls
+        // (which ask for no new work until they are all delivered).
+        let (sent, more) = within_budget(&results, RESULTS_BUDGET);
         let req = v1::WorkRequest {
             worker: jobs.id,
-            results: results.clone(),
-            want: want as u32,
+            results: results[..sent].to_vec(),
+            want: if more { 0 } else { want as u32 },
             wait_ms: if idle { 1000 } else { 0 },
         };
         let reply = tokio::select! {
@@ -322,7 +385,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         };
         match reply {
             Ok(reply) => {
-                results.clear();
+                results.drain(..sent);
                 let got = reply.queries.len();
                 for q in reply.queries {
                     let p = match fetched.prepare(&jobs.local, q).await {
@@ -406,9 +469,30 @@ async fn call(
         let ch = idunno_rpc::connect_channel_with(&addr, Duration::from_secs(1), RPC_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let c = JobsClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let c = JobsClient::new(ch).limited();
         *client = Some((addr.clone(), c));
     }
     let Some((_, c)) = client.as_mut() else { return Err("no client".into()) };
     c.work(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(bytes: usize) -> v1::QueryResult {
+        v1::QueryResult { job: "j".into(), outputs_json: vec![b'1'; bytes], ..Default::default() }
+    }
+
+    #[test]
+    fn results_are_sent_in_calls_that_fit_a_message() {
+        let rs = vec![result(400), result(400), result(400)];
+        assert_eq!(within_budget(&rs, 10_000), (3, false));
+        assert_eq!(within_budget(&rs, 900), (2, true));
+        assert_eq!(within_budget(&rs[2..], 900), (1, false));
+        // A result over the budget on its own still goes (alone): results
+        // are bounded when they are made.
+        assert_eq!(within_budget(&[result(2000), result(1)], 900), (1, true));
+        assert_eq!(within_budget(&[], 900), (0, false));
+    }
 }

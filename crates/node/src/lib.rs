@@ -18,6 +18,7 @@ use std::time::Duration;
 use idunno_coordinator::Coordinator;
 use idunno_membership::{DriverOptions, MembershipHandle, NodeId, NodeIdentity, Swim};
 use idunno_net::{TcpListener, UdpSocket};
+use idunno_rpc::Limited;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -147,24 +148,28 @@ impl Node {
             coordinator: coordinator.clone(),
             stop: stop.clone(),
         };
+        // Unary calls are bounded by a deadline, bulk transfers by their
+        // progress (idunno_rpc::limits).
         let grpc = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
+            .layer(idunno_rpc::limits::DeadlineLayer)
             .initial_stream_window_size(Some(idunno_sdfs::WINDOW))
             .initial_connection_window_size(Some(4 * idunno_sdfs::WINDOW))
-            .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())))
-            .add_service(idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService {
-                raft: coordinator.raft().clone(),
-                cluster: config.cluster.clone(),
-            }))
-            .add_service(idunno_rpc::CoordinatorServer::new(idunno_coordinator::service::CoordinatorService(
-                coordinator.clone(),
-            )))
-            .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)))
+            .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())).limited())
             .add_service(
-                idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs))
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20),
+                idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService {
+                    raft: coordinator.raft().clone(),
+                    cluster: config.cluster.clone(),
+                })
+                .limited(),
             )
+            .add_service(
+                idunno_rpc::CoordinatorServer::new(idunno_coordinator::service::CoordinatorService(
+                    coordinator.clone(),
+                ))
+                .limited(),
+            )
+            .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)).limited())
+            .add_service(idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs)).limited())
             .serve_with_incoming_shutdown(rpc.incoming(), shutdown.child_token().cancelled_owned());
         tasks.push((
             "rpc",

@@ -15,6 +15,9 @@ pub mod v1 {
 }
 
 pub mod json;
+pub mod limits;
+
+pub use limits::Limited;
 
 pub use v1::coordinator_client::CoordinatorClient;
 pub use v1::coordinator_server::{Coordinator, CoordinatorServer};
@@ -104,7 +107,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// Connect to the node at `addr` (`host:port`). Every later call on the
 /// returned client fails after `timeout` if the node does not answer.
 pub async fn connect(addr: &str, timeout: Duration) -> Result<NodeClient<Channel>, RpcError> {
-    Ok(NodeClient::new(connect_channel(addr, timeout).await?))
+    Ok(NodeClient::new(connect_channel(addr, timeout).await?).limited())
 }
 
 /// A connection to `addr` for any of the node's services; `timeout` bounds

@@ -63,6 +63,9 @@ pub enum BlobError {
     Corrupt { hash: String, chunk: usize },
     #[error("blob store {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// A copy of a blob hashed to something else; nothing was stored.
+    #[error("the copy of blob {expected} is blob {got}; nothing was stored")]
+    Mismatch { expected: String, got: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,6 +131,7 @@ impl BlobStore {
             sums: Vec::new(),
             pending: Vec::with_capacity(CHUNK),
             size: 0,
+            installed: false,
         })
     }
 
@@ -201,6 +205,8 @@ pub struct BlobWriter {
     /// Bytes of the chunk being filled.
     pending: Vec<u8>,
     size: u64,
+    /// The blob is in place: dropping the writer must not remove it.
+    installed: bool,
 }
 
 impl BlobWriter {
@@ -238,46 +244,82 @@ impl BlobWriter {
 
     /// Make the blob durable and visible; returns its hash and size.
     pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
+        let hash = self.seal().await?;
+        self.install(&hash).await?;
+        Ok((hash, self.size))
+    }
+
+    /// Like [`Self::finish`], for a copy of blob `expected` (repair): bytes
+    /// that are not that blob are discarded before anything is stored, so
+    /// a bad copy never touches a blob already here.
+    pub async fn finish_as(mut self, expected: &str) -> Result<u64, BlobError> {
+        let hash = self.seal().await?;
+        if hash != expected {
+            return Err(BlobError::Mismatch { expected: expected.to_string(), got: hash });
+        }
+        self.install(&hash).await?;
+        Ok(self.size)
+    }
+
+    /// Write the last chunk and fsync; the content's hash.
+    async fn seal(&mut self) -> Result<String, BlobError> {
         self.flush_chunk().await?;
         let mut file = self.file.take().ok_or_else(|| BlobError::Missing("writer closed".into()))?;
         file.flush().await.map_err(io(&self.tmp))?;
         file.sync_all().await.map_err(io(&self.tmp))?;
         drop(file);
-        let hash = match self.cvs.len() {
+        Ok(match self.cvs.len() {
             0 => blake3::hash(b""),
             1 => self.first.unwrap_or_else(|| blake3::hash(b"")),
             _ => root_from_cvs(&self.cvs),
         }
         .to_hex()
-        .to_string();
-        let size = self.size;
-        if self.store.has(&hash) {
-            // Same content already stored: keep the one we have.
-            let _ = tokio::fs::remove_file(&self.tmp).await;
-            return Ok((hash, size));
+        .to_string())
+    }
+
+    /// Move the sealed blob into place under `hash`.
+    async fn install(&mut self, hash: &str) -> Result<(), BlobError> {
+        if self.store.has(hash) {
+            // Same content already stored: keep the one we have (the
+            // temporary file goes on drop).
+            return Ok(());
         }
-        let sums_path = self.store.sums_path(&hash);
-        let sums_tmp = self.tmp.with_extension("chunks");
+        let sums_path = self.store.sums_path(hash);
+        let sums_tmp = self.sums_tmp();
         let text = serde_json::to_vec(&self.sums).map_err(|e| io(&sums_path)(std::io::Error::other(e)))?;
         let mut f = File::create(&sums_tmp).await.map_err(io(&sums_tmp))?;
         f.write_all(&text).await.map_err(io(&sums_tmp))?;
         f.sync_all().await.map_err(io(&sums_tmp))?;
         // The checksums first: a blob without them is invisible.
         tokio::fs::rename(&sums_tmp, &sums_path).await.map_err(io(&sums_path))?;
-        let blob = self.store.blob_path(&hash);
-        tokio::fs::rename(&self.tmp, &blob).await.map_err(io(&blob))?;
+        let blob = self.store.blob_path(hash);
+        if let Err(e) = tokio::fs::rename(&self.tmp, &blob).await {
+            // Checksums without their blob would make a blob of this hash
+            // (written later) look corrupt.
+            let _ = std::fs::remove_file(&sums_path);
+            return Err(io(&blob)(e));
+        }
+        self.installed = true;
         // Persist the renames themselves.
         if let Ok(d) = std::fs::File::open(self.store.root.join("blobs")) {
             let _ = d.sync_all();
         }
-        Ok((hash, size))
+        Ok(())
+    }
+
+    fn sums_tmp(&self) -> PathBuf {
+        self.tmp.with_extension("chunks")
     }
 }
 
 impl Drop for BlobWriter {
+    /// Whatever happened before the blob was installed (an interrupted
+    /// stream, a full disk during a write, an fsync or a rename that
+    /// failed, a copy that did not verify), nothing is left behind.
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.installed {
             let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(self.sums_tmp());
         }
     }
 }
@@ -367,5 +409,52 @@ mod tests {
             }
         }
         assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    }
+
+    fn tmp_is_empty(root: &Path) -> bool {
+        std::fs::read_dir(root.join("tmp")).unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_does_not_verify_leaves_the_blob_already_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = data(CHUNK + 5);
+        let mut w = store.writer().await.unwrap();
+        w.write(&d).await.unwrap();
+        let (held, _) = w.finish().await.unwrap();
+
+        // A "copy" of the held blob that is in fact the same bytes: kept
+        // once, and the held one is untouched.
+        let mut w = store.writer().await.unwrap();
+        w.write(&d).await.unwrap();
+        assert_eq!(w.finish_as(&held).await.unwrap(), d.len() as u64);
+        // A copy that turns out to be other bytes is refused, and the held
+        // blob (with the same name as what was asked for) stays.
+        let mut w = store.writer().await.unwrap();
+        w.write(b"other bytes").await.unwrap();
+        let err = w.finish_as(&held).await.unwrap_err();
+        assert!(matches!(err, BlobError::Mismatch { .. }), "{err}");
+        let mut r = store.reader(&held, 0).await.unwrap();
+        let mut back = Vec::new();
+        while let Some(c) = r.next().await.unwrap() {
+            back.extend_from_slice(&c);
+        }
+        assert_eq!(back, d);
+        assert!(!store.has(blake3::hash(b"other bytes").to_hex().as_ref()));
+        assert!(tmp_is_empty(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_at_the_end_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = store.writer().await.unwrap();
+        w.write(&data(3 * CHUNK)).await.unwrap();
+        // The folder the blob is renamed into is gone: installing fails
+        // after the data was written and fsync'd.
+        std::fs::remove_dir_all(dir.path().join("blobs")).unwrap();
+        assert!(w.finish().await.is_err());
+        assert!(tmp_is_empty(dir.path()), "{:?}", std::fs::read_dir(dir.path().join("tmp")).unwrap().count());
     }
 }

@@ -28,12 +28,15 @@ use std::time::Duration;
 use idunno_coordinator::Coordinator;
 use idunno_coordinator::state::Command;
 use idunno_membership::MembershipHandle;
-use idunno_rpc::SdfsClient;
 use idunno_rpc::v1;
+use idunno_rpc::{Limited, SdfsClient};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use crate::blobs::{BlobError, BlobStore};
+
+/// Tombstones dropped by one command (a bounded log entry).
+const FORGET_BATCH: usize = 1000;
 
 /// HTTP/2 flow-control window for blob streams: several chunks in flight
 /// per stream, so a transfer is not paced by window updates.
@@ -50,8 +53,13 @@ pub struct SdfsConfig {
     /// A blob no version refers to is deleted once it is this old: old
     /// enough that it cannot be a put whose commit is still on its way.
     pub gc_grace_ms: u64,
-    /// How often each node looks for such blobs.
+    /// How often each node looks for such blobs (and the leader for
+    /// tombstones).
     pub gc_every_ms: u64,
+    /// A deleted name's entry (its tombstone, which keeps its version
+    /// numbers from being reused) is dropped this long after the delete,
+    /// once every member of the coordinator group holds the delete.
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for SdfsConfig {
@@ -61,6 +69,7 @@ impl Default for SdfsConfig {
             keep_versions: idunno_coordinator::state::DEFAULT_KEEP_VERSIONS,
             gc_grace_ms: 10 * 60 * 1000,
             gc_every_ms: 30 * 1000,
+            tombstone_grace_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -129,6 +138,7 @@ impl Sdfs {
         let me = self.clone();
         tokio::spawn(async move {
             let mut view = me.membership.watch();
+            let mut last_forget = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -137,6 +147,10 @@ impl Sdfs {
                 }
                 if me.coordinator.status().leader != Some(me.me) {
                     continue;
+                }
+                if last_forget.elapsed() >= Duration::from_millis(me.config.gc_every_ms) {
+                    last_forget = tokio::time::Instant::now();
+                    me.forget_tombstones().await;
                 }
                 let data = me.coordinator.local_state();
                 let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
@@ -150,6 +164,37 @@ impl Sdfs {
                 }
             }
         })
+    }
+
+    /// Drop the tombstones of names deleted more than `tombstone_grace_ms`
+    /// ago, in batches, once every member of the group holds the log up to
+    /// the state they were read from (so every node applies the delete
+    /// before the entry goes). Leader only.
+    async fn forget_tombstones(&self) {
+        let data = self.coordinator.local_state();
+        let now = idunno_net::now_ms();
+        let due: Vec<String> = data
+            .state
+            .files
+            .iter()
+            .filter(|(_, e)| e.versions.is_empty())
+            .filter(|(_, e)| e.deleted_at_ms.is_none_or(|at| at.saturating_add(self.config.tombstone_grace_ms) <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let applied = data.last_applied.map_or(0, |l| l.index);
+        if due.is_empty() || !self.coordinator.replicated_everywhere(applied) {
+            return;
+        }
+        for names in due.chunks(FORGET_BATCH) {
+            let n = names.len();
+            match self.coordinator.apply(Command::ForgetFiles { names: names.to_vec() }).await {
+                Ok(_) => tracing::info!(tombstones = n, "deleted names forgotten"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not forget deleted names");
+                    return;
+                }
+            }
+        }
     }
 
     /// Delete, every `gc_every_ms`, the local blobs that no version in the
@@ -198,9 +243,10 @@ impl Sdfs {
         for node in &task.add {
             let Some(addr) = self.addr_of(*node) else { continue };
             let mut client = self.peer(&addr)?;
-            let mut req =
-                tonic::Request::new(v1::FetchBlobRequest { blake3: task.blake3.clone(), sources: sources.clone() });
-            req.set_timeout(Duration::from_secs(300));
+            // No deadline: the copy takes as long as it keeps moving (the
+            // holder gives up on a silent source after STREAM_IDLE), and a
+            // holder that vanished is noticed by the connection's pings.
+            let req = v1::FetchBlobRequest { blake3: task.blake3.clone(), sources: sources.clone() };
             match client.fetch_blob(req).await {
                 Ok(_) => holders.push(*node),
                 Err(e) => tracing::warn!(node, file = task.name, error = %e, "repair copy failed"),
@@ -227,7 +273,7 @@ impl Sdfs {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(4 * WINDOW));
-        let c = SdfsClient::new(idunno_net::lazy_channel(&endpoint));
+        let c = SdfsClient::new(idunno_net::lazy_channel(&endpoint)).limited();
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }

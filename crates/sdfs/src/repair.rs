@@ -62,7 +62,10 @@ mod tests {
                 committed_at_ms: 0,
             })
             .collect();
-        BTreeMap::from([("f".to_string(), FileEntry { versions, next_version: holders.len() as u64 + 1 })])
+        BTreeMap::from([(
+            "f".to_string(),
+            FileEntry { versions, next_version: holders.len() as u64 + 1, deleted_at_ms: None },
+        )])
     }
 
     #[test]

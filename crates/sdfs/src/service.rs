@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use idunno_coordinator::CoordError;
 use idunno_coordinator::state::{Command, FileVersion, Reply};
+use idunno_rpc::limits::{STREAM_IDLE, next_within};
 use idunno_rpc::v1::{self, get_message, put_message};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -29,9 +30,6 @@ const REPLICA_STALL: Duration = Duration::from_secs(10);
 /// How long a replica may take to confirm a complete blob (its fsync).
 const REPLICA_ANSWER: Duration = Duration::from_secs(60);
 
-/// How long a replica waits for the next chunk of a blob it is writing.
-const WRITE_IDLE: Duration = Duration::from_secs(60);
-
 fn coord_status(e: CoordError) -> Status {
     match e {
         CoordError::BadCommand(m) => Status::invalid_argument(m),
@@ -42,7 +40,7 @@ fn coord_status(e: CoordError) -> Status {
 fn blob_status(e: BlobError) -> Status {
     match e {
         BlobError::Missing(_) => Status::not_found(e.to_string()),
-        BlobError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        BlobError::Corrupt { .. } | BlobError::Mismatch { .. } => Status::data_loss(e.to_string()),
         BlobError::Io { .. } => Status::internal(e.to_string()),
     }
 }
@@ -69,11 +67,13 @@ struct Relay {
 }
 
 impl Relay {
-    /// Pass one chunk on; false once the client has gone away.
+    /// Pass one chunk on; false once the client has gone away, or has
+    /// taken nothing for [`STREAM_IDLE`].
     async fn forward(&mut self, chunk: Bytes) -> bool {
         self.hasher.update(&chunk);
         self.offset += chunk.len() as u64;
-        self.tx.send(Ok(v1::GetMessage { part: Some(get_message::Part::Data(chunk)) })).await.is_ok()
+        let msg = Ok(v1::GetMessage { part: Some(get_message::Part::Data(chunk)) });
+        matches!(tokio::time::timeout(STREAM_IDLE, self.tx.send(msg)).await, Ok(Ok(())))
     }
 }
 
@@ -142,7 +142,7 @@ impl Sdfs {
         let mut size = 0u64;
         let mut buf = BytesMut::new();
         loop {
-            let msg = match incoming.message().await {
+            let msg = match next_within(&mut incoming, "the upload").await {
                 Ok(m) => m,
                 Err(e) => {
                     abort(&mut writes);
@@ -306,7 +306,8 @@ impl Sdfs {
         let mut client = self.peer(&addr).map_err(Status::unavailable)?;
         let req = v1::ReadBlobRequest { blake3: hash.to_string(), offset: relay.offset };
         let mut stream = client.read_blob(req).await?.into_inner();
-        while let Some(chunk) = stream.message().await? {
+        // A holder that stops sending is left for the next one.
+        while let Some(chunk) = next_within(&mut stream, &format!("reading from node {node}")).await? {
             if !relay.forward(chunk.data).await {
                 return Ok(());
             }
@@ -328,15 +329,13 @@ impl Sdfs {
                 let mut stream =
                     client.read_blob(v1::ReadBlobRequest { blake3: hash.to_string(), offset: 0 }).await?.into_inner();
                 let mut w = self.store.writer().await.map_err(blob_status)?;
-                while let Some(chunk) = stream.message().await? {
+                while let Some(chunk) = next_within(&mut stream, &format!("copying from {addr}")).await? {
                     w.write(&chunk.data).await.map_err(blob_status)?;
                 }
-                let (got, size) = w.finish().await.map_err(blob_status)?;
-                if got != hash {
-                    let _ = self.store.remove(&got);
-                    return Err(Status::data_loss(format!("{addr} sent {got}, not {hash}")));
-                }
-                Ok(v1::WriteBlobReply { blake3: got, size })
+                // A copy that is not the blob asked for is discarded before
+                // it is stored: a copy already here is never touched.
+                let size = w.finish_as(hash).await.map_err(blob_status)?;
+                Ok(v1::WriteBlobReply { blake3: hash.to_string(), size })
             };
             match copy.await {
                 Ok(r) => return Ok(r),
@@ -392,7 +391,14 @@ impl idunno_rpc::Sdfs for SdfsService {
     async fn delete(&self, req: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteReply>, Status> {
         let name = req.into_inner().name;
         check_name(&name)?;
-        match self.0.coordinator.apply(Command::DeleteFile { name }).await.map_err(coord_status)?.applied {
+        match self
+            .0
+            .coordinator
+            .apply(Command::DeleteFile { name, now_ms: now_ms() })
+            .await
+            .map_err(coord_status)?
+            .applied
+        {
             Ok(Reply::Deleted { versions }) => Ok(Response::new(v1::DeleteReply { versions })),
             Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
             Err(refusal) => Err(Status::not_found(refusal.to_string())),
@@ -412,10 +418,7 @@ impl idunno_rpc::Sdfs for SdfsService {
         let mut written = 0u64;
         loop {
             // A sender that goes quiet is treated like one that went away.
-            let next = tokio::time::timeout(WRITE_IDLE, incoming.message())
-                .await
-                .map_err(|_| Status::deadline_exceeded("no data for 60 s; nothing stored"))??;
-            let Some(chunk) = next else {
+            let Some(chunk) = next_within(&mut incoming, "a replica write (nothing stored)").await? else {
                 return Err(Status::cancelled("the upload ended before its last chunk; nothing stored"));
             };
             w.write(&chunk.data).await.map_err(blob_status)?;
@@ -450,7 +453,10 @@ impl idunno_rpc::Sdfs for SdfsService {
             loop {
                 match r.next().await {
                     Ok(Some(data)) => {
-                        if tx.send(Ok(v1::Chunk { data, ..Default::default() })).await.is_err() {
+                        // A reader that takes nothing for a while is gone.
+                        let sent =
+                            tokio::time::timeout(STREAM_IDLE, tx.send(Ok(v1::Chunk { data, ..Default::default() })));
+                        if !matches!(sent.await, Ok(Ok(()))) {
                             return;
                         }
                     }

@@ -39,7 +39,7 @@ use std::time::Duration;
 use idunno_coordinator::store::SmData;
 use idunno_jobs::Jobs;
 use idunno_node::{Node, NodeConfig, NodeOptions};
-use idunno_rpc::{JobsClient, v1};
+use idunno_rpc::{JobsClient, Limited, v1};
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -476,7 +476,7 @@ async fn check_results(nodes: &[u64], job: &str, batch: u32, passes: u64) -> Res
 
 async fn jobs_client(addr: &str) -> Result<JobsClient<tonic::transport::Channel>, String> {
     let ch = idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
-    Ok(JobsClient::new(ch))
+    Ok(JobsClient::new(ch).limited())
 }
 
 /// Try `f` on each node in turn until one succeeds; give up after a

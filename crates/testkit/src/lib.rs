@@ -17,9 +17,16 @@ use std::time::{Duration, Instant};
 /// a command that hangs is a failure of its own). Its output is drained
 /// as it comes: a child blocked on a full pipe would look hung.
 pub fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
+    run_with_env(bin, args, &[], limit)
+}
+
+/// [`run`] with extra environment variables (inherited by whatever the
+/// command starts: `idunno up`'s nodes).
+pub fn run_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     use std::io::Read;
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,6 +178,12 @@ impl Cluster {
     /// `idunno up --nodes n`, optionally with a node config (TOML text).
     /// Retries on other ports if another process took one meanwhile.
     pub fn up(bin: &Path, n: u16, config: Option<&str>) -> Cluster {
+        Cluster::up_with_env(bin, n, config, &[])
+    }
+
+    /// [`Cluster::up`] with extra environment variables for every node
+    /// (test hooks such as `IDUNNO_TEST_PANIC_JOB`).
+    pub fn up_with_env(bin: &Path, n: u16, config: Option<&str>, env: &[(&str, &str)]) -> Cluster {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let base = free_ports(2 * n);
@@ -194,7 +207,7 @@ impl Cluster {
                 args.extend(["--config".to_string(), p.display().to_string()]);
             }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = run(bin, &argv, Duration::from_secs(60));
+            let out = run_with_env(bin, &argv, env, Duration::from_secs(60));
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             if !out.status.success() {
                 if stderr.contains("in use") {
@@ -266,6 +279,19 @@ impl Cluster {
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.path().join(format!("n{id}"))
+    }
+
+    /// Start a new node (the next id, fresh ports and data folder) that
+    /// joins the group through `via`; it is listed in `nodes`.
+    pub fn add_node(&mut self, via: &str) -> ClusterNode {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let base = free_ports(2);
+        let node =
+            ClusterNode { id, rpc: format!("127.0.0.1:{base}"), http: format!("127.0.0.1:{}", base + 1), pid: 0 };
+        std::fs::create_dir_all(self.data_dir(id)).expect("data folder");
+        self.nodes.push(node.clone());
+        let pid = self.restart(id, via);
+        ClusterNode { pid, ..node }
     }
 
     /// Start node `id` again on its addresses and data folder, joining the

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use idunno_coordinator::state::{Command, FileRef, JobState, Refusal, Score, TrainReport, Training};
 use idunno_ml::read_array;
 use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
-use idunno_rpc::{JobsClient, v1};
+use idunno_rpc::{JobsClient, Limited, v1};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -425,8 +425,7 @@ impl Member<'_> {
             let ch = idunno_rpc::connect_channel_with(&addr, Duration::from_secs(2), FIRST_ROUND_WAIT)
                 .await
                 .map_err(|e| Stop::Stuck(e.to_string()))?;
-            self.client =
-                Some(JobsClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20));
+            self.client = Some(JobsClient::new(ch).limited());
         }
         self.client.as_mut().ok_or_else(|| Stop::Stuck("no client".into()))
     }
