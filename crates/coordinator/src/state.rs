@@ -24,10 +24,16 @@ pub const DEFAULT_KEEP_VERSIONS: u32 = 5;
 /// ([`JobSpec::max_batch`]).
 pub const MAX_BATCH_SIZE: u32 = 65_536;
 
+/// The SDFS namespace: file name → its versions. A persistent map, so a
+/// copy of the state (published after every applied batch, taken for
+/// every snapshot) shares its entries instead of copying them: a commit
+/// costs O(log n), not O(n).
+pub type Files = imbl::OrdMap<String, FileEntry>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// SDFS namespace: file name → its versions.
-    pub files: BTreeMap<String, FileEntry>,
+    pub files: Files,
     /// Job table: job name → definition, state and progress.
     pub jobs: BTreeMap<String, Job>,
     /// Which workers serve which job (the scheduler's last decision).

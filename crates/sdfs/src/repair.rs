@@ -6,9 +6,7 @@
 //! **Invariant:** [`plan`] is a pure function of the namespace and the
 //! live nodes.
 
-use std::collections::BTreeMap;
-
-use idunno_coordinator::state::FileEntry;
+use idunno_coordinator::state::Files;
 
 use crate::placement::repair_targets;
 
@@ -26,7 +24,7 @@ pub struct RepairTask {
 /// Every version held by fewer than `replicas` live nodes (or by fewer
 /// than all live nodes, when there are fewer of them) and still held by
 /// at least one, with the nodes to copy it to.
-pub fn plan(files: &BTreeMap<String, FileEntry>, live: &[u64], replicas: usize) -> Vec<RepairTask> {
+pub fn plan(files: &Files, live: &[u64], replicas: usize) -> Vec<RepairTask> {
     let want = replicas.min(live.len());
     let mut tasks = Vec::new();
     for (name, entry) in files {
@@ -46,11 +44,11 @@ pub fn plan(files: &BTreeMap<String, FileEntry>, live: &[u64], replicas: usize) 
 
 #[cfg(test)]
 mod tests {
-    use idunno_coordinator::state::FileVersion;
+    use idunno_coordinator::state::{FileEntry, FileVersion};
 
     use super::*;
 
-    fn files(holders: &[&[u64]]) -> BTreeMap<String, FileEntry> {
+    fn files(holders: &[&[u64]]) -> Files {
         let versions = holders
             .iter()
             .enumerate()
@@ -62,10 +60,10 @@ mod tests {
                 committed_at_ms: 0,
             })
             .collect();
-        BTreeMap::from([(
+        Files::unit(
             "f".to_string(),
             FileEntry { versions, next_version: holders.len() as u64 + 1, deleted_at_ms: None },
-        )])
+        )
     }
 
     #[test]
