@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
-use idunno_rpc::v1::{self, get_message, put_message};
 use idunno_rpc::limits::next_within;
+use idunno_rpc::v1::{self, get_message, put_message};
 use idunno_rpc::{Limited, RpcError, SdfsClient};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;

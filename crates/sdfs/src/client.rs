@@ -54,7 +54,10 @@ pub async fn put(addr: &str, name: &str, data: &[u8]) -> Result<u64, RpcError> {
         msgs.push(v1::PutMessage { part: Some(put_message::Part::Data(bytes::Bytes::copy_from_slice(c))) });
     }
     let deadline = limits::transfer_deadline(data.len() as u64);
-    let reply =
-        client(addr, deadline).await?.put(tokio_stream::iter(msgs)).await.map_err(|s| RpcError::from_status(addr, s))?;
+    let reply = client(addr, deadline)
+        .await?
+        .put(tokio_stream::iter(msgs))
+        .await
+        .map_err(|s| RpcError::from_status(addr, s))?;
     Ok(reply.into_inner().version)
 }
