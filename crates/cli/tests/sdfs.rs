@@ -300,6 +300,42 @@ fn garbage_is_collected_on_every_replica() {
     assert_eq!(names, vec!["rolling"], "no version of the interrupted upload is visible");
 }
 
+#[test]
+fn deleted_names_are_forgotten_and_the_state_stays_bounded() {
+    let config = "[sdfs]\ntombstone_grace_ms = 0\ngc_every_ms = 300\n";
+    let c = Cluster::up(common::bin(), 3, Some(config));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = make_file(tmp.path(), "src", 1000, 5);
+    // A put/delete loop over many names: each leaves a tombstone.
+    let names: Vec<String> = (0..60).map(|i| format!("churn/{i}")).collect();
+    let mut had = Vec::new();
+    for round in 0..2 {
+        for name in &names {
+            let put = fs_json(&c, 1 + round, &["put", s(&src), name]);
+            if name == "churn/0" {
+                had.push(put["version"].as_u64().unwrap());
+            }
+            fs_json(&c, 2, &["delete", name]);
+        }
+    }
+    fs_json(&c, 1, &["put", s(&src), "kept"]);
+    let entries = || ok_state(&c)["state"]["files"].as_object().unwrap().len();
+    let bounded = wait_for(Duration::from_secs(20), || entries() == 1);
+    assert!(bounded.is_some(), "{} namespace entries left after the deletes", entries());
+    // A forgotten name, put again, never gets a version it had before.
+    let again = fs_json(&c, 3, &["put", s(&src), "churn/0"])["version"].as_u64().unwrap();
+    assert!(had.iter().all(|v| again > *v), "version {again} after {had:?}");
+    let kept = fs_json(&c, 1, &["get", "kept", s(&tmp.path().join("back"))]);
+    assert_eq!(hash(&tmp.path().join("back")), hash(&src), "{kept}");
+}
+
+/// The replicated state, read through node 1.
+fn ok_state(c: &Cluster) -> Value {
+    let out = run(&["coord", "state", "--json", "--node", &c.node(1).rpc], Duration::from_secs(20));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Two broken uploads straight over gRPC: one whose client vanishes after
 /// 3 MiB of an announced 64 MiB, one that ends early.
 fn interrupted_uploads(addr: &str) {
@@ -370,6 +406,7 @@ fn a_full_disk_is_a_clear_error_and_leaks_nothing() {
             let _ = self.0.wait();
         }
     }
+    let node_pid = node.id();
     let _guard = Kill(&mut node);
     let up = wait_for(Duration::from_secs(15), || {
         run(&["status", "--node", &addr], Duration::from_secs(5)).status.success()
@@ -384,6 +421,16 @@ fn a_full_disk_is_a_clear_error_and_leaks_nothing() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let list = run(&["fs", "list", "--json", "--node", &addr], Duration::from_secs(20));
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]", "nothing visible");
+    // Nothing half-written is left in the node's folder either (seen from
+    // inside its mount namespace, where the small disk is).
+    let tmp_dir = data.join("sdfs/tmp");
+    let left = std::process::Command::new("nsenter")
+        .args(["-t", &node_pid.to_string(), "-m", "ls", "-A"])
+        .arg(&tmp_dir)
+        .output()
+        .expect("nsenter");
+    assert!(left.status.success(), "{}", String::from_utf8_lossy(&left.stderr));
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "temporary files left after a full disk");
 
     // Nothing leaked: a file that fits in the space left goes through.
     let fits = make_file(tmp.path(), "fits", 14 << 20, 2);
