@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Cluster, alive, run, wait_for};
+use common::{Cluster, alive, wait_for};
 use serde_json::Value;
 
 fn asset(rel: &str) -> PathBuf {
@@ -18,18 +18,14 @@ fn asset(rel: &str) -> PathBuf {
     p
 }
 
+/// Every client command goes through node 2 (not the one `up` started
+/// first, which leads).
 fn idunno(c: &Cluster, args: &[&str]) -> std::process::Output {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--node", &c.node(2).rpc]);
-    run(&full, Duration::from_secs(60))
+    common::via(c, 2, args, Duration::from_secs(60))
 }
 
 fn ok(c: &Cluster, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.push("--json");
-    let out = idunno(c, &full);
-    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    common::json_via(c, 2, args, Duration::from_secs(60))
 }
 
 fn put(c: &Cluster, local: &Path, name: &str) {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Cluster, kill9, run, up, wait_for};
+use common::{Cluster, kill9, up, wait_for};
 use serde_json::Value;
 
 fn asset(rel: &str) -> PathBuf {
@@ -18,17 +18,11 @@ fn asset(rel: &str) -> PathBuf {
 }
 
 fn idunno(c: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--node", &c.node(via).rpc]);
-    run(&full, Duration::from_secs(120))
+    common::via(c, via, args, Duration::from_secs(120))
 }
 
 fn ok(c: &Cluster, via: u64, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.push("--json");
-    let out = idunno(c, via, &full);
-    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_via(c, via, args, Duration::from_secs(120))
 }
 
 fn put(c: &Cluster, asset_path: &str, name: &str) {

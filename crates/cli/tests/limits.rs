@@ -8,23 +8,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, alive, run, wait_for};
+use common::{Cluster, alive, wait_for};
 use idunno_rpc::v1::{self, put_message};
 use idunno_rpc::{CoordinatorClient, Limited, SdfsClient};
 use serde_json::Value;
 
 fn idunno(c: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--node", &c.node(via).rpc]);
-    run(&full, Duration::from_secs(120))
+    common::via(c, via, args, Duration::from_secs(120))
 }
 
 fn ok(c: &Cluster, via: u64, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.push("--json");
-    let out = idunno(c, via, &full);
-    assert!(out.status.success(), "idunno {args:?} via {via}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    common::json_via(c, via, args, Duration::from_secs(120))
 }
 
 /// How long `f` takes, with its result.

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Cluster, kill9, run, up, wait_for};
+use common::{Cluster, kill9, up, wait_for};
 use serde_json::Value;
 
 fn mnist(file: &str) -> PathBuf {
@@ -17,17 +17,11 @@ fn mnist(file: &str) -> PathBuf {
 }
 
 fn idunno(c: &Cluster, via: u64, args: &[&str], limit: Duration) -> std::process::Output {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--node", &c.node(via).rpc]);
-    run(&full, limit)
+    common::via(c, via, args, limit)
 }
 
 fn ok(c: &Cluster, via: u64, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.push("--json");
-    let out = idunno(c, via, &full, Duration::from_secs(300));
-    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_via(c, via, args, Duration::from_secs(300))
 }
 
 const TRAIN_X: &str = "mnist/train-images";

@@ -289,8 +289,9 @@ impl Histogram {
     pub fn record(&mut self, us: u64) {
         *self.buckets.entry(Self::bucket(us)).or_default() += 1;
         self.count += 1;
-        self.sum_us += us;
-        let sq: u128 = self.sum_sq_us.parse().unwrap_or(0) + (us as u128) * (us as u128);
+        // Times come from workers: a wrong one must not wrap the sum.
+        self.sum_us = self.sum_us.saturating_add(us);
+        let sq: u128 = self.sum_sq_us.parse::<u128>().unwrap_or(0).saturating_add((us as u128) * (us as u128));
         self.sum_sq_us = sq.to_string();
     }
 
@@ -708,8 +709,10 @@ impl ClusterState {
                     p.mark_done(q.start, q.len);
                     p.queries_done += 1;
                     p.inputs_done += q.len;
-                    p.labeled += q.labeled;
-                    p.correct += q.correct.min(q.labeled);
+                    // A query's own counts are at most its inputs.
+                    let labeled = q.labeled.min(q.len);
+                    p.labeled += labeled;
+                    p.correct += q.correct.min(labeled);
                     p.latency.record(q.latency_us);
                 }
                 let slot = now_ms / RATE_SLOT_MS;
@@ -726,8 +729,8 @@ impl ClusterState {
             }
             Command::RecordProgress { job, queries, inputs } => {
                 let p = &mut self.job_mut(&job)?.progress;
-                p.queries_done += queries;
-                p.inputs_done += inputs;
+                p.queries_done = p.queries_done.saturating_add(queries);
+                p.inputs_done = p.inputs_done.saturating_add(inputs);
                 Ok(Reply::Done)
             }
             Command::AddTraining { spec, now_ms } => {

@@ -270,6 +270,23 @@ fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
 }
 
 #[test]
+fn a_workers_counts_cannot_wrap_or_exceed_its_inputs() {
+    let wild = DoneQuery { start: 0, len: 4, latency_us: u64::MAX, labeled: u64::MAX, correct: u64::MAX };
+    let st = run(vec![
+        (sized_job("j", 10, None), Ok(Reply::Done)),
+        (Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 1 }, Ok(Reply::Done)),
+        (complete(0, vec![wild.clone()], 100), Ok(Reply::Completed { first_query: 1, finished: false })),
+        (
+            complete(1, vec![DoneQuery { start: 4, ..wild }], 100),
+            Ok(Reply::Completed { first_query: 2, finished: false }),
+        ),
+    ]);
+    let p = &st.jobs["j"].progress;
+    assert_eq!((p.labeled, p.correct), (8, 8));
+    assert_eq!(p.latency.sum_us, u64::MAX, "saturated, not wrapped");
+}
+
+#[test]
 fn each_query_counts_once_and_passes_end_the_job() {
     let repeat = |start, len| Err(Refusal::RepeatedQuery { job: "j".into(), start, len });
     let st = run(vec![

@@ -30,6 +30,24 @@ pub fn json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("idunno {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// `idunno ARGS --node ADDR` with the address of node `id`, killed (and
+/// the test failed) if it runs past `limit`.
+pub fn via(c: &Cluster, id: u64, args: &[&str], limit: Duration) -> Output {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--node", &c.node(id).rpc]);
+    run(&full, limit)
+}
+
+/// [`via`] with `--json`: the command must succeed; its JSON.
+pub fn json_via(c: &Cluster, id: u64, args: &[&str], limit: Duration) -> Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.push("--json");
+    let out = via(c, id, &full, limit);
+    assert!(out.status.success(), "idunno {args:?} via node {id}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("idunno {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// `member list --json` as node `id` sees it.
 pub fn members(c: &Cluster, id: u64) -> Vec<Value> {
     json(&["member", "list", "--json", "--node", &c.node(id).rpc]).as_array().expect("array").clone()

@@ -41,7 +41,7 @@ impl TrainSpec {
     }
 
     pub fn total_steps(&self) -> u64 {
-        self.steps_per_epoch() * u64::from(self.epochs)
+        self.steps_per_epoch().saturating_mul(u64::from(self.epochs))
     }
 
     /// Where the checkpoints of this job live in SDFS.
