@@ -159,6 +159,7 @@ impl Story {
             batch_size: batch,
             passes: None,
             output: None,
+            transpose: Vec::new(),
         };
         let photos = add(
             "photos",

@@ -37,6 +37,11 @@ pub enum JobCommand {
         /// What a result holds per input: class (with labels, the default) or vector.
         #[arg(long)]
         output: Option<String>,
+        /// Give the model each sample's axes in this order: axis i of what
+        /// the model gets is axis P[i] of a sample (channels-last photos for
+        /// a channels-first model: 2,0,1). Single-input models only.
+        #[arg(long, value_delimiter = ',')]
+        transpose: Vec<u32>,
     },
     /// Start (or resume) a job.
     Start { job: String },
@@ -74,7 +79,7 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
     let mut c = client(&addr).await?;
     let status = |s| CliError::from(RpcError::from_status(&addr, s));
     match cmd {
-        JobCommand::Add { job, model, inputs, labels, batch_size, passes, output } => {
+        JobCommand::Add { job, model, inputs, labels, batch_size, passes, output, transpose } => {
             let req = v1::AddJobRequest {
                 name: job.clone(),
                 model,
@@ -83,6 +88,7 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
                 batch_size,
                 passes: passes.unwrap_or(0),
                 output: output.unwrap_or_default(),
+                transpose,
             };
             let r = c.add_job(req).await.map_err(status)?.into_inner();
             done(out, &job, "added", &r.message)

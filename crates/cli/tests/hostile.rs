@@ -134,6 +134,7 @@ fn crafted_files_and_sizes_are_refused_and_cost_nothing_else() {
             vec![
                 "data/nhwc.npy: inputs are [224,224,3] per sample, the model wants [3,224,224]",
                 "channels-last data for a channels-first model; transpose with (2,0,1)",
+                "or let the workers do it: --transpose 2,0,1",
             ],
         ),
         (
@@ -208,4 +209,76 @@ fn a_query_that_panics_fails_its_job_not_the_workers() {
     // broken by the first time.
     ok(&c, &["job", "start", "doomed"]);
     assert!(wait_for(Duration::from_secs(30), || status(&c, "doomed")["state"] == "failed").is_some());
+}
+
+/// The explicit opt-in the refusal points to: channels-last photos, given
+/// to the channels-first model with `--transpose 2,0,1` (the workers move
+/// the axes), are classified exactly as the channels-first photos are by
+/// the same model in this process.
+#[test]
+fn channels_last_photos_run_with_an_explicit_transpose() {
+    let c = common::up(3);
+    put(&c, &asset("models/efficientnet-lite0.onnx"), "models/effnet.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let nhwc = tmp.path().join("nhwc.npy");
+    std::fs::write(&nhwc, photos_channels_last()).unwrap();
+    put(&c, &nhwc, "data/nhwc.npy");
+    let add = |transpose: &str| {
+        idunno(
+            &c,
+            &[
+                "job",
+                "add",
+                "nhwc",
+                "--model",
+                "models/effnet.onnx",
+                "--inputs",
+                "data/nhwc.npy",
+                "--batch-size",
+                "2",
+                "--passes",
+                "1",
+                "--transpose",
+                transpose,
+            ],
+        )
+    };
+    for (bad, words) in [
+        ("0,1", "is not an order of the 3 axes"),
+        ("1,2,0", "makes samples [224, 3, 224], which do not fit; inputs are [224,224,3] per sample"),
+    ] {
+        let out = add(bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(words), "{bad}: {err}");
+    }
+    assert!(add("2,0,1").status.success());
+    ok(&c, &["job", "start", "nhwc"]);
+    let done = wait_for(Duration::from_secs(120), || status(&c, "nhwc")["state"] == "done");
+    assert!(done.is_some(), "{}", status(&c, "nhwc"));
+    assert_eq!(status(&c, "nhwc")["transpose"], serde_json::json!([2, 0, 1]));
+    let rows = ok(&c, &["job", "results", "nhwc"]);
+    let served: Vec<usize> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v: Vec<f32> = r["output"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+        })
+        .collect();
+
+    let photos = idunno_ml::npy::read(&std::fs::read(asset("datasets/photos/photos.npy")).unwrap()).unwrap();
+    let mut model =
+        idunno_ml::onnx::OnnxModel::load(&std::fs::read(asset("models/efficientnet-lite0.onnx")).unwrap(), 1).unwrap();
+    let mut want = Vec::new();
+    for i in (0..photos.samples()).step_by(2) {
+        let out = model.run(&[photos.rows(i, 2)]).unwrap().remove(0);
+        let per = out.len() / out.samples();
+        for row in out.to_f32().chunks(per) {
+            want.push(row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0);
+        }
+    }
+    assert_eq!(served, want, "classes of the transposed photos");
+    assert!(want.contains(&967), "the espresso photo is among them: {want:?}");
 }

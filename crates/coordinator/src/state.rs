@@ -125,6 +125,11 @@ pub struct JobSpec {
     /// measured the model's outputs (0: not known, [`MAX_BATCH_SIZE`]).
     #[serde(default)]
     pub max_batch: u32,
+    /// The order in which a sample's axes are given to the model (empty:
+    /// as they are): asked for explicitly (`job add --transpose`), never
+    /// guessed.
+    #[serde(default)]
+    pub transpose: Vec<u32>,
 }
 
 impl JobSpec {
@@ -499,6 +504,8 @@ pub enum Refusal {
     BatchSizeZero,
     #[error("batch size {batch_size} is too large: at most {max} (a query's outputs must fit in one message)")]
     BatchSizeTooLarge { batch_size: u32, max: u32 },
+    #[error("transpose {transpose:?} is not an order of axes 0, 1, …")]
+    BadTranspose { transpose: Vec<u32> },
     #[error("job {job} is {from:?} and cannot become {to:?}")]
     BadTransition { job: String, from: JobState, to: JobState },
     #[error("job {job} is running: stop it first")]
@@ -523,6 +530,12 @@ pub type Applied = Result<Reply, Refusal>;
 
 fn non_empty(what: &str, s: &str) -> Result<(), Refusal> {
     if s.trim().is_empty() { Err(Refusal::Empty { what: what.to_string() }) } else { Ok(()) }
+}
+
+/// Whether `p` holds each of `0..p.len()` once (empty: yes).
+fn is_permutation(p: &[u32]) -> bool {
+    let mut seen = vec![false; p.len()];
+    p.iter().all(|&i| seen.get_mut(i as usize).is_some_and(|s| !std::mem::replace(s, true)))
 }
 
 fn distinct(replicas: &[u64]) -> Result<(), Refusal> {
@@ -598,6 +611,9 @@ impl ClusterState {
                 }
                 if spec.batch_size > spec.batch_limit() {
                     return Err(Refusal::BatchSizeTooLarge { batch_size: spec.batch_size, max: spec.batch_limit() });
+                }
+                if !is_permutation(&spec.transpose) {
+                    return Err(Refusal::BadTranspose { transpose: spec.transpose });
                 }
                 if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
                     return Err(Refusal::JobExists { job: spec.name });

@@ -162,6 +162,23 @@ fn batch_sizes_are_bounded_by_what_a_message_carries() {
 }
 
 #[test]
+fn a_transpose_is_an_order_of_axes() {
+    let with = |name: &str, t: &[u32]| {
+        let mut c = job(name, 4);
+        if let Command::AddJob { spec } = &mut c {
+            spec.transpose = t.to_vec();
+        }
+        c
+    };
+    run(vec![
+        (with("a", &[0, 2]), Err(Refusal::BadTranspose { transpose: vec![0, 2] })),
+        (with("a", &[1, 1]), Err(Refusal::BadTranspose { transpose: vec![1, 1] })),
+        (with("a", &[2, 0, 1]), Ok(Reply::Done)),
+        (with("b", &[]), Ok(Reply::Done)),
+    ]);
+}
+
+#[test]
 fn job_life_cycle() {
     let st = run(vec![
         (job("j", 8), Ok(Reply::Done)),

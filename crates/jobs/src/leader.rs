@@ -208,6 +208,7 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
             idunno_coordinator::state::OutputKind::Class => "class".into(),
             idunno_coordinator::state::OutputKind::Vector => "vector".into(),
         },
+        transpose: spec.transpose.clone(),
     }
 }
 

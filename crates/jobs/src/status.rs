@@ -48,6 +48,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
         "passes": job.spec.passes,
         "output": match job.spec.output { OutputKind::Class => "class", OutputKind::Vector => "vector" },
         "error": p.error,
+        "transpose": job.spec.transpose,
     })
 }
 

@@ -41,6 +41,32 @@ fn max_batch(first_output: Option<&Signature>, output: OutputKind) -> Option<u32
     Some(fit as u32)
 }
 
+/// The `--transpose` argument that would make samples of shape `sample`
+/// fit the model input `sig`, if their axes are the model's in another
+/// order.
+fn opt_in(sig: &Signature, sample: &[usize]) -> Option<String> {
+    let model: Option<Vec<usize>> = sig.shape.get(1..)?.iter().map(|d| usize::try_from(*d).ok()).collect();
+    let p = idunno_ml::shapes::permutation(sample, &model?)?;
+    Some(p.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","))
+}
+
+/// The shape of a sample once its axes are given in the order `perm`
+/// (none: as it is).
+fn transposed(sample: &[usize], perm: &[usize]) -> Result<Vec<usize>, String> {
+    if perm.is_empty() {
+        return Ok(sample.to_vec());
+    }
+    let mut sorted = perm.to_vec();
+    sorted.sort_unstable();
+    if sorted != (0..sample.len()).collect::<Vec<_>>() {
+        return Err(format!(
+            "--transpose {perm:?} is not an order of the {} axes of its samples {sample:?}",
+            sample.len()
+        ));
+    }
+    Ok(perm.iter().map(|p| sample[*p]).collect())
+}
+
 /// Check the request against SDFS and the model; the command to commit.
 pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Command, Status> {
     let name = req.name.trim().to_string();
@@ -118,6 +144,14 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
             None => files[i] = Some(spec.clone()),
         }
     }
+    if !req.transpose.is_empty() && sigs.len() != 1 {
+        return Err(Status::invalid_argument(format!(
+            "--transpose applies to a model with one input; {} takes {}",
+            req.model,
+            sigs.len()
+        )));
+    }
+    let perm: Vec<usize> = req.transpose.iter().map(|p| *p as usize).collect();
     let mut input_files = Vec::new();
     let mut samples: Option<(u64, String)> = None;
     for (sig, file) in sigs.iter().zip(files) {
@@ -128,7 +162,20 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
         if t.shape.is_empty() {
             return Err(Status::invalid_argument(format!("{file} is a scalar, not an input set")));
         }
-        check_fit(sig, t.dtype, t.sample_shape()).map_err(|e| Status::invalid_argument(format!("{file}: {e}")))?;
+        let sample =
+            transposed(t.sample_shape(), &perm).map_err(|e| Status::invalid_argument(format!("{file}: {e}")))?;
+        check_fit(sig, t.dtype, &sample).map_err(|e| {
+            // Said in terms of the file's own axes, whatever was asked.
+            let why = match (perm.is_empty(), check_fit(sig, t.dtype, t.sample_shape())) {
+                (true, _) => match opt_in(sig, t.sample_shape()) {
+                    Some(p) => format!("{e}; or let the workers do it: --transpose {p}"),
+                    None => e,
+                },
+                (false, Ok(())) => format!("--transpose {perm:?} makes samples {sample:?}: {e}; as they are, they fit"),
+                (false, Err(raw)) => format!("--transpose {perm:?} makes samples {sample:?}, which do not fit; {raw}"),
+            };
+            Status::invalid_argument(format!("{file}: {why}"))
+        })?;
         let n = t.samples() as u64;
         if let Some((m, other)) = &samples
             && *m != n
@@ -175,6 +222,7 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
         passes: (req.passes > 0).then_some(req.passes),
         output,
         max_batch: max_batch.unwrap_or(0),
+        transpose: req.transpose,
     };
     Ok(Command::AddJob { spec })
 }

@@ -194,7 +194,14 @@ impl Slot {
             if start + len > set.samples() {
                 return Err(format!("inputs {start}..{} beyond the input set of {}", start + len, set.samples()));
             }
-            batch.push(fit(sig, set.rows(start, len))?);
+            let rows = set.rows(start, len);
+            let rows = if t.transpose.is_empty() {
+                rows
+            } else {
+                let perm: Vec<usize> = t.transpose.iter().map(|p| *p as usize).collect();
+                rows.permute_samples(&perm)?
+            };
+            batch.push(fit(sig, rows)?);
         }
         let outputs = model.run(&batch).map_err(|e| e.to_string())?;
         out.latency_us = started.elapsed().as_micros() as u64;

@@ -92,6 +92,53 @@ impl Tensor {
         Tensor { dtype: self.dtype, shape, data }
     }
 
+    /// The samples with their axes reordered: axis `i` of each output
+    /// sample is axis `perm[i]` of the input's (numpy:
+    /// `x.transpose(0, 1 + perm[0], 1 + perm[1], …)`). `perm` must be a
+    /// permutation of the sample axes; the tensor must hold what its shape
+    /// says.
+    pub fn permute_samples(&self, perm: &[usize]) -> Result<Tensor, String> {
+        let sample = self.sample_shape();
+        let mut seen = vec![false; sample.len()];
+        let valid = perm.len() == sample.len()
+            && perm.iter().all(|p| *p < seen.len() && !std::mem::replace(&mut seen[*p], true));
+        if !valid {
+            return Err(format!("{perm:?} is not an order of the {} axes of samples {sample:?}", sample.len()));
+        }
+        let elem = self.dtype.size();
+        let per = crate::limits::elements(sample).unwrap_or(usize::MAX);
+        if crate::limits::elements(&self.shape).and_then(|n| n.checked_mul(elem)) != Some(self.data.len()) {
+            return Err(format!("a tensor of shape {:?} does not hold {} bytes", self.shape, self.data.len()));
+        }
+        // Strides of the input sample, in elements, then read in output order.
+        let mut strides = vec![1usize; sample.len()];
+        for i in (0..sample.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * sample[i + 1];
+        }
+        let out_dims: Vec<usize> = perm.iter().map(|p| sample[*p]).collect();
+        let out_strides: Vec<usize> = perm.iter().map(|p| strides[*p]).collect();
+        let mut data = Vec::with_capacity(self.data.len());
+        let mut index = vec![0usize; out_dims.len()];
+        for s in 0..self.samples() {
+            let base = s * per;
+            for _ in 0..per {
+                let at = base + index.iter().zip(&out_strides).map(|(i, st)| i * st).sum::<usize>();
+                data.extend_from_slice(&self.data[at * elem..(at + 1) * elem]);
+                // The next index in row-major order of the output.
+                for axis in (0..index.len()).rev() {
+                    index[axis] += 1;
+                    if index[axis] < out_dims[axis] {
+                        break;
+                    }
+                    index[axis] = 0;
+                }
+            }
+        }
+        let mut shape = vec![self.samples()];
+        shape.extend(out_dims);
+        Ok(Tensor { dtype: self.dtype, shape, data })
+    }
+
     /// Every element as f32 (integers are converted, f64 rounded).
     pub fn to_f32(&self) -> Vec<f32> {
         let d = &self.data;
@@ -126,5 +173,32 @@ impl Tensor {
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Tensor {
         Tensor { dtype: DType::I64, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_permuted_like_numpy_transpose() {
+        // Two samples of [2, 3, 2] (h, w, c), values 0..24.
+        let x = Tensor::from_f32(vec![2, 2, 3, 2], &(0..24).map(|v| v as f32).collect::<Vec<_>>());
+        let y = x.permute_samples(&[2, 0, 1]).unwrap();
+        assert_eq!(y.shape, vec![2, 2, 2, 3]);
+        // numpy: np.arange(24).reshape(2, 2, 3, 2).transpose(0, 3, 1, 2).ravel()
+        let want = [
+            0., 2., 4., 6., 8., 10., 1., 3., 5., 7., 9., 11., 12., 14., 16., 18., 20., 22., 13., 15., 17., 19., 21.,
+            23.,
+        ];
+        assert_eq!(y.to_f32(), want);
+        // The identity changes nothing; the inverse order undoes it.
+        assert_eq!(x.permute_samples(&[0, 1, 2]).unwrap(), x);
+        assert_eq!(y.permute_samples(&[1, 2, 0]).unwrap(), x);
+        for bad in [&[0, 1][..], &[0, 1, 1], &[0, 1, 3]] {
+            assert!(x.permute_samples(bad).unwrap_err().contains("is not an order"), "{bad:?}");
+        }
+        let short = Tensor { dtype: DType::U8, shape: vec![2, 3], data: vec![0; 5] };
+        assert!(short.permute_samples(&[0]).is_err());
     }
 }
