@@ -19,9 +19,13 @@ pub const MAX_CLASSES: usize = 1_000_000;
 /// Elements one sample of a trained model may have.
 pub const MAX_SAMPLE_ELEMENTS: usize = 1 << 28;
 
-/// The number of elements of `shape`, or an error naming the shape if the
-/// product does not fit in a `usize`.
+/// The number of elements of `shape`, or `None` if the product does not
+/// fit in a `usize` (a shape with a zero axis has none, whatever the
+/// others say).
 pub fn elements(shape: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
     shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d))
 }
 
@@ -49,6 +53,7 @@ mod tests {
         assert_eq!(elements(&[2, 3, 4]), Some(24));
         assert_eq!(elements(&[]), Some(1));
         assert_eq!(elements(&[1 << 32, 1 << 32]), None);
+        assert_eq!(elements(&[2, usize::MAX, 0]), Some(0));
         let err = data_bytes("an .npy file", &[1 << 32, 1 << 31], 4).unwrap_err().to_string();
         assert!(err.contains("more bytes than any file can hold"), "{err}");
         assert!(data_bytes("x", &[1; 33], 1).unwrap_err().to_string().contains("33 axes"));

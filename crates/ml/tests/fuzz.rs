@@ -238,10 +238,15 @@ proptest! {
         count in prop_oneof![4 => 0..8usize, 1 => Just(usize::MAX)],
         model in prop::collection::vec(prop_oneof![3 => 1..6i64, 1 => Just(-1i64)], 0..4),
         to_i64 in any::<bool>(),
+        perm in prop::collection::vec(0..4usize, 0..4),
     ) {
         let t = Tensor { dtype: DType::U8, shape, data: vec![1; data_len] };
         let rows = t.rows(start, count);
         prop_assert!(rows.data.len() <= t.data.len());
+        if let Ok(p) = rows.permute_samples(&perm) {
+            consistent(&p)?;
+            prop_assert_eq!(p.data.len(), rows.data.len());
+        }
         let dtype = Some(if to_i64 { DType::I64 } else { DType::F32 });
         let sig = Signature { name: "x".into(), dtype, shape: model };
         if idunno_ml::limits::elements(&rows.shape).and_then(|n| n.checked_mul(1)) == Some(rows.data.len())
