@@ -10,8 +10,13 @@ use std::time::Duration;
 pub use idunno_testkit::{Cluster, alive, free_ports, http_get, kill9, signal, wait_for};
 use serde_json::Value;
 
+/// The binary under test: this build's, or the one `IDUNNO_BIN` names
+/// (to run the suite against another build, say the last release).
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_idunno"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("IDUNNO_BIN").map_or_else(|| env!("CARGO_BIN_EXE_idunno").into(), std::path::PathBuf::from)
+    })
 }
 
 pub fn up(n: u16) -> Cluster {
