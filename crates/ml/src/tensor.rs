@@ -122,6 +122,8 @@ impl Tensor {
         for s in 0..self.samples() {
             let base = s * per;
             for _ in 0..per {
+                // In range: the shape was checked to hold data.len() bytes,
+                // and every index stays below its axis.
                 let at = base + index.iter().zip(&out_strides).map(|(i, st)| i * st).sum::<usize>();
                 data.extend_from_slice(&self.data[at * elem..(at + 1) * elem]);
                 // The next index in row-major order of the output.

@@ -1,0 +1,96 @@
+//! Query processing times as the replicated state keeps them: an
+//! integer-only histogram, so every replica computes the same bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A latency histogram in microseconds with ~1.6% relative precision
+/// (HDR-style: exact below 128 µs, then 64 sub-buckets per power of two),
+/// with exact count, sum and sum of squares for mean and deviation.
+/// Integer-only, so every replica computes the same bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: BTreeMap<u32, u64>,
+    pub count: u64,
+    pub sum_us: u64,
+    /// Sum of squares, in µs², as a decimal string (it outgrows u64 and
+    /// JSON numbers).
+    pub sum_sq_us: String,
+}
+
+/// The summary `job status` shows (C2).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub avg: f64,
+    pub std: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+impl Histogram {
+    fn bucket(us: u64) -> u32 {
+        if us < 128 {
+            return us as u32;
+        }
+        let e = 63 - us.leading_zeros() - 6;
+        (e << 6) + (us >> e) as u32
+    }
+
+    /// The middle of a bucket's range.
+    fn value(bucket: u32) -> u64 {
+        if bucket < 128 {
+            return bucket as u64;
+        }
+        let e = (bucket >> 6) - 1;
+        let m = (bucket & 63) as u64 + 64;
+        (m << e) + (1u64 << e) / 2
+    }
+
+    pub fn record(&mut self, us: u64) {
+        *self.buckets.entry(Self::bucket(us)).or_default() += 1;
+        self.count += 1;
+        // Times come from workers: a wrong one must not wrap the sum.
+        self.sum_us = self.sum_us.saturating_add(us);
+        let sq: u128 = self.sum_sq_us.parse::<u128>().unwrap_or(0).saturating_add((us as u128) * (us as u128));
+        self.sum_sq_us = sq.to_string();
+    }
+
+    /// The value at quantile `q` (0..=1), in µs.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (&b, &c) in &self.buckets {
+            seen += c;
+            if seen >= rank {
+                return Self::value(b);
+            }
+        }
+        0
+    }
+
+    /// Average, deviation and percentiles in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        if self.count == 0 {
+            return LatencySummary::default();
+        }
+        let n = self.count as f64;
+        let mean = self.sum_us as f64 / n;
+        let sq: u128 = self.sum_sq_us.parse().unwrap_or(0);
+        let var = (sq as f64 / n - mean * mean).max(0.0);
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            avg: mean / 1000.0,
+            std: var.sqrt() / 1000.0,
+            median: ms(self.quantile(0.5)),
+            p90: ms(self.quantile(0.9)),
+            p95: ms(self.quantile(0.95)),
+            p99: ms(self.quantile(0.99)),
+        }
+    }
+}
