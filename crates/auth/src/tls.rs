@@ -1,0 +1,264 @@
+//! TLS credentials derived from the secret, and the two roles.
+//!
+//! Each secret yields two certificate authorities whose Ed25519 keys are
+//! HKDF outputs of the secret: one issues node certificates, the other
+//! client certificates. Every process issues itself a fresh leaf (a new
+//! key each start) from the authority of its role, under its primary
+//! secret; it trusts the authorities of every secret in its keyring.
+//!
+//! - A node's server asks for a client certificate but accepts a
+//!   connection without one, so that the gRPC layer can answer such a
+//!   call with UNAUTHENTICATED instead of a bare handshake failure; a
+//!   certificate that does not verify fails the handshake.
+//! - A peer's role is the authority that issued its certificate
+//!   ([`ServerCredentials::role_of`]).
+//! - Clients check that a server holds a node certificate of the cluster:
+//!   a node with another secret, or an impostor, fails the handshake.
+//!
+//! TLS 1.3 only, ring as the crypto provider.
+
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::{Keyring, Secret};
+
+/// The name every node certificate carries and every client checks.
+pub const NODE_NAME: &str = "idunno-node";
+const CLIENT_NAME: &str = "idunno-client";
+
+/// Who a TLS peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Holds a node certificate: may call node-to-node methods.
+    Node,
+    /// Holds a client certificate: may call client methods only.
+    Client,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Why credentials could not be built. A bug or a broken crypto library,
+/// never a matter of input: everything is derived.
+#[derive(Debug, thiserror::Error)]
+#[error("tls credentials: {0}")]
+pub struct TlsError(String);
+
+fn err(e: impl std::fmt::Display) -> TlsError {
+    TlsError(e.to_string())
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// One authority: its certificate and the issuer that signs with its key.
+struct Authority {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// PKCS#8 v1 framing of an Ed25519 private key (RFC 8410): a fixed
+/// prefix and the 32-byte seed.
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    der.extend_from_slice(seed);
+    der
+}
+
+fn authority(secret: &Secret, role: Role) -> Result<Authority, TlsError> {
+    let seed = secret.derive(&format!("idunno v1 {} certificate authority", role.label()));
+    let der = ed25519_pkcs8(&seed);
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der), &rcgen::PKCS_ED25519).map_err(err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    // The key id in the name keeps two secrets' authorities apart in a
+    // keyring (a verifier looks an issuer up by name).
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("idunno {} CA {}", role.label(), crate::secret::hex(&secret.key_id())),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[1]));
+    let cert = params.self_signed(&key).map_err(err)?.der().clone();
+    Ok(Authority { cert, issuer: Issuer::new(params, key) })
+}
+
+/// A fresh key and a certificate for it from `ca`.
+fn leaf(ca: &Authority, role: Role) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(err)?;
+    let name = match role {
+        Role::Node => NODE_NAME,
+        Role::Client => CLIENT_NAME,
+    };
+    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = match role {
+        Role::Node => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, &ca.issuer).map_err(err)?.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((cert, key))
+}
+
+fn roots(ring: &Keyring, roles: &[Role]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for secret in ring.all() {
+        for role in roles {
+            store.add(authority(secret, *role)?.cert).map_err(err)?;
+        }
+    }
+    Ok(Arc::new(store))
+}
+
+fn client_config(ring: &Keyring, role: Role) -> Result<Arc<ClientConfig>, TlsError> {
+    let (cert, key) = leaf(&authority(&ring.primary, role)?, role)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(err)?
+        .with_root_certificates(roots(ring, &[Role::Node])?)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(err)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a client process presents and trusts.
+#[derive(Clone)]
+pub struct ClientCredentials {
+    /// For gRPC to nodes (ALPN h2).
+    pub config: Arc<ClientConfig>,
+}
+
+impl ClientCredentials {
+    pub fn new(ring: &Keyring, role: Role) -> Result<ClientCredentials, TlsError> {
+        Ok(ClientCredentials { config: client_config(ring, role)? })
+    }
+
+    /// The name servers are checked against.
+    pub fn server_name() -> ServerName<'static> {
+        ServerName::DnsName(rustls::pki_types::DnsName::try_from(NODE_NAME).expect("a valid DNS name"))
+    }
+}
+
+/// What a node's servers present and accept.
+#[derive(Clone)]
+pub struct ServerCredentials {
+    /// gRPC: asks for (but does not require) a certificate of either role.
+    pub grpc: Arc<ServerConfig>,
+    /// HTTP: no client certificate (browsers log in with the token);
+    /// ALPN offers h2 and http/1.1.
+    pub http: Arc<ServerConfig>,
+    /// Verifies against the node authorities only: tells roles apart.
+    nodes_only: Arc<dyn ClientCertVerifier>,
+}
+
+impl ServerCredentials {
+    pub fn new(ring: &Keyring) -> Result<ServerCredentials, TlsError> {
+        let (cert, key) = leaf(&authority(&ring.primary, Role::Node)?, Role::Node)?;
+        let either = WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node, Role::Client])?, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(err)?;
+        let nodes_only =
+            WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node])?, provider()).build().map_err(err)?;
+        let builder = || {
+            ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13]).map_err(err)
+        };
+        let mut grpc =
+            builder()?.with_client_cert_verifier(either).with_single_cert(vec![cert.clone()], key.clone_key()).map_err(err)?;
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
+        let mut http = builder()?.with_no_client_auth().with_single_cert(vec![cert], key).map_err(err)?;
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(ServerCredentials { grpc: Arc::new(grpc), http: Arc::new(http), nodes_only })
+    }
+
+    /// The role of a peer from the certificates it presented in a
+    /// handshake that succeeded (so they verified against one of our
+    /// authorities); `None` when it presented none.
+    pub fn role_of(&self, certs: Option<&[CertificateDer<'_>]>) -> Option<Role> {
+        let (end, rest) = certs?.split_first()?;
+        match self.nodes_only.verify_client_cert(end, rest, UnixTime::now()) {
+            Ok(_) => Some(Role::Node),
+            Err(_) => Some(Role::Client),
+        }
+    }
+}
+
+
+/// The authorities' certificates in PEM, for tools outside idunno (curl's
+/// `--cacert`, a browser's trust store): the node authority of every
+/// secret in the ring.
+pub fn node_ca_pem(ring: &Keyring) -> Result<String, TlsError> {
+    let mut out = String::new();
+    for secret in ring.all() {
+        let cert = authority(secret, Role::Node)?.cert;
+        out.push_str(&pem(&cert));
+    }
+    Ok(out)
+}
+
+fn pem(cert: &CertificateDer<'_>) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in cert.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_are_the_same_wherever_derived() {
+        let s = Secret::from_bytes([9; 32]);
+        let a = authority(&s, Role::Node).unwrap();
+        let b = authority(&s, Role::Node).unwrap();
+        assert_eq!(a.cert, b.cert);
+        assert_ne!(a.cert, authority(&s, Role::Client).unwrap().cert);
+        assert_ne!(a.cert, authority(&Secret::from_bytes([8; 32]), Role::Node).unwrap().cert);
+    }
+
+    #[test]
+    fn roles_follow_the_issuing_authority() {
+        let ring = Keyring::new(Secret::from_bytes([9; 32]));
+        let server = ServerCredentials::new(&ring).unwrap();
+        let (node, _) = leaf(&authority(&ring.primary, Role::Node).unwrap(), Role::Node).unwrap();
+        let (client, _) = leaf(&authority(&ring.primary, Role::Client).unwrap(), Role::Client).unwrap();
+        assert_eq!(server.role_of(Some(&[node])), Some(Role::Node));
+        assert_eq!(server.role_of(Some(&[client])), Some(Role::Client));
+        assert_eq!(server.role_of(None), None);
+        assert!(node_ca_pem(&ring).unwrap().starts_with("-----BEGIN CERTIFICATE-----\nMII"));
+    }
+}
