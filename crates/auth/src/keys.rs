@@ -67,3 +67,9 @@ impl KeysCell {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 }
+
+impl std::fmt::Debug for KeysCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeysCell({:?})", self.current().ring.primary)
+    }
+}

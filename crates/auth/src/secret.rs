@@ -109,6 +109,11 @@ impl Secret {
         out
     }
 
+    /// [`Secret::key_id`] in hex, as `status` shows it.
+    pub fn key_id_hex(&self) -> String {
+        hex(&self.key_id())
+    }
+
     /// A short public name of the secret: says which key sealed a
     /// datagram without saying anything about the key.
     pub fn key_id(&self) -> [u8; 4] {

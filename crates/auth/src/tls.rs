@@ -202,6 +202,23 @@ impl ServerCredentials {
 }
 
 
+/// A server configuration that refuses every handshake (it has no
+/// certificate): what a server falls back to should it ever be started
+/// without server credentials.
+pub fn unusable_server_config() -> ServerConfig {
+    #[derive(Debug)]
+    struct NoCert;
+    impl rustls::server::ResolvesServerCert for NoCert {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map(|b| b.with_no_client_auth().with_cert_resolver(Arc::new(NoCert)))
+        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
+}
+
 /// The authorities' certificates in PEM, for tools outside idunno (curl's
 /// `--cacert`, a browser's trust store): the node authority of every
 /// secret in the ring.

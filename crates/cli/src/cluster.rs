@@ -56,6 +56,10 @@ pub struct ClusterFile {
     #[serde(default)]
     pub cluster: String,
     pub nodes: Vec<ClusterNode>,
+    /// The cluster secret's file (absolute): nodes were started with it,
+    /// and clients that find the cluster here use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -127,7 +131,18 @@ struct Spawned {
     log: PathBuf,
 }
 
-fn spawn_node(exe: &Path, args: &UpArgs, cluster: &str, dir: &Path, i: u16) -> Result<Spawned, CliError> {
+/// What every node of a local cluster is started with.
+struct Common<'a> {
+    exe: &'a Path,
+    args: &'a UpArgs,
+    cluster: &'a str,
+    dir: &'a Path,
+    secret: &'a Path,
+    accept: &'a [PathBuf],
+}
+
+fn spawn_node(c: &Common<'_>, i: u16) -> Result<Spawned, CliError> {
+    let Common { exe, args, cluster, dir, .. } = *c;
     let rpc = args.base_port + 2 * (i - 1);
     let http = rpc + 1;
     let node_dir = dir.join(format!("n{i}"));
@@ -149,6 +164,12 @@ fn spawn_node(exe: &Path, args: &UpArgs, cluster: &str, dir: &Path, i: u16) -> R
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
+    cmd.arg("--secret-file").arg(c.secret);
+    for a in c.accept {
+        cmd.arg("--accept-secret-file").arg(a);
+    }
+    // The flags above are the secret; an inherited variable must not differ.
+    cmd.env_remove("IDUNNO_SECRET_FILE");
     // Its own process group: a Ctrl-C meant for `up` must not kill the cluster.
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     let child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start {}: {e}", exe.display())))?;
@@ -209,7 +230,25 @@ fn cluster_name(dir: &Path, given: Option<&str>) -> Result<String, CliError> {
     Ok(name)
 }
 
-pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
+/// The secret file given, else `dir/secret` (made if missing), checked
+/// and made absolute.
+fn secret_file(dir: &Path, given: Option<&Path>) -> Result<PathBuf, CliError> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = dir.join("secret");
+            if !p.exists() {
+                let secret = idunno_auth::Secret::generate().map_err(|e| CliError::failed(e.to_string()))?;
+                secret.write_new(&p).map_err(|e| CliError::failed(e.to_string()))?;
+            }
+            p
+        }
+    };
+    idunno_auth::Secret::read(&path).map_err(|e| CliError::bad_input(e.to_string()))?;
+    std::fs::canonicalize(&path).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+}
+
+pub async fn up(args: UpArgs, secrets: &crate::secret::SecretArgs, out: Output) -> Result<(), CliError> {
     if args.nodes == 0 || args.nodes > 64 {
         return Err(CliError::bad_input(format!("--nodes {}: must be between 1 and 64", args.nodes)));
     }
@@ -246,19 +285,30 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
         }
     }
     let cluster = cluster_name(dir, args.cluster.as_deref())?;
+    let secret = secret_file(dir, secrets.secret_file.as_deref())?;
+    let accept: Vec<PathBuf> = secrets
+        .accept
+        .iter()
+        .map(|p| std::fs::canonicalize(p).map_err(|e| CliError::bad_input(format!("{}: {e}", p.display()))))
+        .collect::<Result<_, _>>()?;
+    // `up` itself asks the nodes how they are doing, as a client.
+    crate::secret::SecretArgs { secret_file: Some(secret.clone()), accept: accept.clone() }
+        .install(idunno_auth::Role::Client)?;
     let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let common = Common { exe: &exe, args: &args, cluster: &cluster, dir, secret: &secret, accept: &accept };
 
-    let mut spawned = vec![spawn_node(&exe, &args, &cluster, dir, 1)?];
+    let mut spawned = vec![spawn_node(&common, 1)?];
     let result = async {
         wait_node(&mut spawned[0], deadline, 1).await?;
         for i in 2..=args.nodes {
-            spawned.push(spawn_node(&exe, &args, &cluster, dir, i)?);
+            spawned.push(spawn_node(&common, i)?);
         }
         let file = ClusterFile {
             dir: dir.display().to_string(),
             cluster: cluster.clone(),
             nodes: spawned.iter().map(|s| s.node.clone()).collect(),
+            secret_file: Some(secret.display().to_string()),
         };
         file.save(dir)?;
         for s in spawned.iter_mut() {
@@ -283,7 +333,7 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
     }
     let mut t = table(&["ID", "RPC", "HTTP", "PID"]);
     for n in &file.nodes {
-        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("http://{}/", n.http), n.pid.to_string()]);
+        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("https://{}/", n.http), n.pid.to_string()]);
     }
     println!("{t}");
     println!(
@@ -292,7 +342,8 @@ pub async fn up(args: UpArgs, out: Output) -> Result<(), CliError> {
         file.nodes.len(),
         dir.display()
     );
-    println!("try `idunno member list`; stop with `idunno down`");
+    println!("cluster secret: {} (clients here find it; elsewhere pass --secret-file)", secret.display());
+    println!("try `idunno member list`, `idunno dashboard-url`; stop with `idunno down`");
     Ok(())
 }
 

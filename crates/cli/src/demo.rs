@@ -61,7 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let _ = cluster::down(&args.dir, Output { json: true }).await;
     let _ = std::fs::remove_dir_all(&args.dir);
     say("idunno up --nodes 5");
-    cluster::up(UpArgs::local(5, args.dir.clone(), args.base_port), table).await?;
+    cluster::up(UpArgs::local(5, args.dir.clone(), args.base_port), &Default::default(), table).await?;
     let file = ClusterFile::load(&args.dir)?;
     let story = Story { file, assets, out: table, dir: args.dir.clone() };
     let result = story.tell().await;

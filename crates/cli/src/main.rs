@@ -11,6 +11,7 @@ mod job;
 mod member;
 mod node;
 mod output;
+mod secret;
 mod status;
 mod target;
 mod train;
@@ -31,6 +32,12 @@ struct Cli {
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The cluster secret [default: the secret of ./.idunno/cluster.json's cluster, if any].
+    #[arg(long, global = true, env = "IDUNNO_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// A further secret to accept while keys rotate (repeatable).
+    #[arg(long, global = true)]
+    accept_secret_file: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +72,11 @@ enum Command {
     /// The coordinator's replicated state (low level).
     #[command(subcommand)]
     Coord(coord::CoordCommand),
+    /// The cluster secret: make one, or print its certificate authority.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// The answering node's dashboard address, with a login token when the cluster has a secret.
+    DashboardUrl,
 }
 
 fn main() -> ExitCode {
@@ -97,9 +109,23 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     let out = output::Output { json: cli.json };
+    let secrets = secret::SecretArgs { secret_file: cli.secret_file, accept: cli.accept_secret_file };
+    // A node, `up`, `down` and `demo` find their secrets themselves;
+    // `coord apply` writes commands as the nodes do, so it presents node
+    // credentials (derived from the same secret); every other command is
+    // a client.
+    let role = match &cli.command {
+        Command::Node(_) | Command::Up(_) | Command::Down { .. } | Command::Demo(_) | Command::Secret(_) => None,
+        Command::Coord(coord::CoordCommand::Apply { .. }) => Some(idunno_auth::Role::Node),
+        _ => Some(idunno_auth::Role::Client),
+    };
+    let ring = match role {
+        Some(role) => secrets.install(role)?,
+        None => None,
+    };
     match cli.command {
-        Command::Node(args) => node::run(args).await,
-        Command::Up(args) => cluster::up(args, out).await,
+        Command::Node(args) => node::run(args, &secrets).await,
+        Command::Up(args) => cluster::up(args, &secrets, out).await,
         Command::Down { dir } => cluster::down(&dir, out).await,
         Command::Member(cmd) => member::run(cmd, cli.node, out).await,
         Command::Status => status::run(cli.node, out).await,
@@ -108,6 +134,8 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Job(cmd) => job::run(cmd, cli.node, out).await,
         Command::Train(args) => train::run(args, cli.node, out).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Secret(cmd) => secret::run(cmd, &secrets, out).await,
+        Command::DashboardUrl => secret::dashboard_url(cli.node, ring.as_ref(), out).await,
     }
 }
 

@@ -47,7 +47,7 @@ pub struct NodeArgs {
     slots: Option<usize>,
 }
 
-pub async fn run(args: NodeArgs) -> Result<(), CliError> {
+pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<(), CliError> {
     let file = match &args.config {
         Some(p) => NodeOptions::from_file(p).map_err(|e| CliError::bad_input(e.to_string()))?,
         None => NodeOptions::default(),
@@ -67,6 +67,8 @@ pub async fn run(args: NodeArgs) -> Result<(), CliError> {
         swim: None,
         raft: None,
         worker: args.slots.map(|slots| idunno_jobs::WorkerConfig { slots, ..Default::default() }),
+        secret_file: secrets.secret_file.clone(),
+        accept_secret_files: (!secrets.accept.is_empty()).then(|| secrets.accept.clone()),
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http_get, kill9, members, state_of, up, wait_for};
+use common::{http_token, https_get, kill9, members, state_of, up, wait_for};
 
 #[test]
 fn five_nodes_each_list_five_alive() {
@@ -29,12 +29,13 @@ fn five_nodes_each_list_five_alive() {
     assert_eq!(s["members_alive"], 5);
     assert_eq!(s["jobs_running"], 0);
     assert!(s["leader"].is_u64() && s["term"].is_u64() && s["voters"].is_array(), "{s}");
-    // The HTTP API shows the same view.
-    let (code, body) = http_get(&c.node(2).http, "/api/members");
-    assert_eq!(code, 200);
+    // The HTTP API shows the same view, over HTTPS with the token.
+    let token = http_token(common::bin(), &c.node(2).rpc);
+    let (code, body) = https_get(common::bin(), &c.node(2).http, "/api/members", Some(&token));
+    assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count(), 5);
-    let (code, _) = http_get(&c.node(2).http, "/api/nope");
+    let (code, _) = https_get(common::bin(), &c.node(2).http, "/api/nope", Some(&token));
     assert_eq!(code, 404);
 }
 

@@ -390,10 +390,11 @@ fn a_full_disk_is_a_clear_error_and_leaks_nothing() {
     let addr = format!("127.0.0.1:{port}");
     let script = format!(
         "mount -t tmpfs -o size=24m tmpfs {d} && exec {bin} node --cluster full-disk --id 1 --addr {addr} \
-         --http 127.0.0.1:{http} --data-dir {d} --replicas 1",
+         --http 127.0.0.1:{http} --data-dir {d} --replicas 1 --secret-file {secret}",
         d = data.display(),
         bin = common::bin().display(),
-        http = port + 1
+        http = port + 1,
+        secret = common::secret_file().display()
     );
     let log = std::fs::File::create(tmp.path().join("node.log")).unwrap();
     let mut node = std::process::Command::new("unshare")

@@ -155,14 +155,38 @@ impl RaftService {
     fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<(T, Vec<u8>), Status> {
         let theirs = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
         if theirs != self.cluster {
-            return Err(Status::permission_denied(format!(
-                "raft message for cluster {theirs:?}; this node is in cluster {:?}",
-                self.cluster
-            )));
+            // Naming neither cluster: a refusal teaches a stranger nothing.
+            return Err(Status::permission_denied("raft message for another cluster"));
         }
         decode(req)
     }
+
+    /// Refuses a message whose terms could not come from a working
+    /// member: a vote beyond this node's term + [`MAX_TERM_JUMP`], or log
+    /// entries from a term later than the sender's vote. Raft would take
+    /// such a term as the truth and keep it on disk; one forged or buggy
+    /// message could end the group for good (openraft overflows at
+    /// `u64::MAX`).
+    fn check_terms(&self, vote_term: u64, log_terms: impl IntoIterator<Item = u64>) -> Result<(), Status> {
+        let current = self.raft.metrics().borrow().current_term;
+        if vote_term > current.saturating_add(MAX_TERM_JUMP) {
+            return Err(Status::invalid_argument(format!(
+                "raft message with term {vote_term}, more than 2^32 beyond this node's term {current}; refused"
+            )));
+        }
+        if let Some(t) = log_terms.into_iter().find(|&t| t > vote_term) {
+            return Err(Status::invalid_argument(format!(
+                "raft message carries a log entry of term {t}, later than its own term {vote_term}; refused"
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// How far past this node's term a message's term may be. Terms grow by
+/// one per election; no real group gets near 2^32 elections ahead of a
+/// member, and the bound is far below overflow.
+pub const MAX_TERM_JUMP: u64 = 1 << 32;
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<(T, Vec<u8>), Status> {
     let payload = req.into_inner();
@@ -180,16 +204,21 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 impl idunno_rpc::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let (rpc, _): (AppendEntriesRequest<TypeConfig>, _) = self.decode(req)?;
+        let log_terms = rpc.prev_log_id.iter().chain(rpc.leader_commit.iter()).map(|l| l.leader_id.term);
+        let entry_terms = rpc.entries.iter().map(|e| e.log_id.leader_id.term);
+        self.check_terms(rpc.vote.leader_id.term, log_terms.chain(entry_terms))?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let (rpc, _): (VoteRequest<NodeId>, _) = self.decode(req)?;
+        self.check_terms(rpc.vote.leader_id.term, rpc.last_log_id.iter().map(|l| l.leader_id.term))?;
         encode(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let (mut rpc, data): (InstallSnapshotRequest<TypeConfig>, _) = self.decode(req)?;
+        self.check_terms(rpc.vote.leader_id.term, rpc.meta.last_log_id.iter().map(|l| l.leader_id.term))?;
         rpc.data = data;
         encode(&self.raft.install_snapshot(rpc).await)
     }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foca::{BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, State};
+
+use crate::codec::BoundedCodec;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -177,7 +179,9 @@ impl Runtime<NodeIdentity> for Collect<'_> {
 
 /// One node's view of the group.
 pub struct Swim {
-    foca: Foca<NodeIdentity, PostcardCodec, SmallRng, LeaveNotices>,
+    foca: Foca<NodeIdentity, BoundedCodec, SmallRng, LeaveNotices>,
+    /// The highest generation a datagram may name (see `codec.rs`).
+    generation_ceiling: Arc<std::sync::atomic::AtomicU64>,
     /// Identities known to have left on purpose (ours included once we leave).
     left: Arc<Mutex<HashSet<NodeIdentity>>>,
     /// Effects produced since the last [`Swim::drain_effects`].
@@ -197,15 +201,17 @@ impl Swim {
     /// (probe order, gossip targets), so a test can replay a run.
     pub fn new(identity: NodeIdentity, config: &SwimConfig, seed: u64) -> Result<Self, SwimError> {
         let left = Arc::new(Mutex::new(HashSet::new()));
+        let (codec, generation_ceiling) = BoundedCodec::new();
         let foca = Foca::with_custom_broadcast(
             identity,
             config.to_foca()?,
             SmallRng::seed_from_u64(seed),
-            PostcardCodec,
+            codec,
             LeaveNotices { left: left.clone() },
         );
         Ok(Self {
             foca,
+            generation_ceiling,
             left,
             effects: Vec::new(),
             notifications: Vec::new(),
@@ -250,7 +256,15 @@ impl Swim {
         })
     }
 
-    /// A datagram was refused before reaching the protocol (wrong cluster).
+    /// The time now, as far as generations from the wire are concerned:
+    /// none may be more than a day ahead of it (see `codec.rs`). Until
+    /// called, only generations a renewal could overflow are refused.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.generation_ceiling.store(crate::codec::ceiling_at(now_ms), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A datagram was refused before reaching the protocol (wrong
+    /// cluster, or it did not verify under the cluster secret).
     pub fn count_rejected(&mut self) {
         self.stats.datagrams_in += 1;
         self.stats.datagrams_rejected += 1;
@@ -336,7 +350,7 @@ impl Swim {
     /// notifications into membership events.
     fn with_runtime<R>(
         &mut self,
-        f: impl FnOnce(&mut Foca<NodeIdentity, PostcardCodec, SmallRng, LeaveNotices>, &mut Collect<'_>) -> R,
+        f: impl FnOnce(&mut Foca<NodeIdentity, BoundedCodec, SmallRng, LeaveNotices>, &mut Collect<'_>) -> R,
     ) -> R {
         let left_before = self.lock_left().clone();
         let mut rt =

@@ -102,6 +102,10 @@ pub struct DriverOptions {
     /// benchmarks and tests. 0 in production.
     pub loss: f64,
     pub seed: u64,
+    /// The cluster secret's keys: every datagram is sealed with the
+    /// primary and must open under one of them (`idunno_auth::seal`).
+    /// `None`: plaintext, for a loopback-only cluster without a secret.
+    pub keys: Option<idunno_auth::KeysCell>,
 }
 
 /// Start the driver on a bound socket. It runs until `shutdown` fires.
@@ -122,6 +126,7 @@ pub fn spawn(
         timer_payloads: HashMap::new(),
         next_timer: 0,
         rng: SmallRng::seed_from_u64(options.seed ^ 0x5eed),
+        replay: idunno_auth::seal::ReplayGuard::default(),
         options,
         view: view_tx,
         events: events_tx,
@@ -141,6 +146,8 @@ struct Driver {
     /// Only for loss injection.
     rng: SmallRng,
     options: DriverOptions,
+    /// Sealed datagrams already received (replay protection).
+    replay: idunno_auth::seal::ReplayGuard,
     view: watch::Sender<View>,
     events: broadcast::Sender<MembershipEvent>,
 }
@@ -153,15 +160,7 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
-                        let ours = n >= 8 && buf[..8] == self.options.cluster_tag.to_be_bytes();
-                        if !ours {
-                            tracing::debug!(%from, "datagram from another cluster dropped");
-                            self.swim.count_rejected();
-                        } else if let Err(e) = self.swim.handle_datagram(&buf[8..n]) {
-                            tracing::debug!(%from, error = %e, "datagram refused");
-                        }
-                    }
+                    Ok((n, from)) => self.receive(&buf[..n], from),
                     // ICMP errors from a peer that went away surface here.
                     Err(e) => tracing::trace!(error = %e, "udp recv"),
                 },
@@ -191,6 +190,33 @@ impl Driver {
         }
     }
 
+    /// One datagram: its cluster tag, then (with a secret) its seal, then
+    /// the protocol. Nothing that fails a check is decoded.
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr) {
+        let tag = self.options.cluster_tag.to_be_bytes();
+        if datagram.len() < 8 || datagram[..8] != tag {
+            tracing::debug!(%from, "datagram from another cluster dropped");
+            self.swim.count_rejected();
+            return;
+        }
+        let now = idunno_net::now_ms();
+        self.swim.set_now_ms(now);
+        let r = match &self.options.keys {
+            None => self.swim.handle_datagram(&datagram[8..]),
+            Some(keys) => match keys.current().swim.open(&tag, &datagram[8..], now, &mut self.replay) {
+                Ok(payload) => self.swim.handle_datagram(&payload),
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "datagram refused");
+                    self.swim.count_rejected();
+                    return;
+                }
+            },
+        };
+        if let Err(e) = r {
+            tracing::debug!(%from, error = %e, "datagram refused");
+        }
+    }
+
     async fn apply_effects(&mut self) {
         let mut events = Vec::new();
         for effect in self.swim.drain_effects() {
@@ -199,9 +225,16 @@ impl Driver {
                     if self.options.loss > 0.0 && self.rng.random::<f64>() < self.options.loss {
                         continue;
                     }
-                    let mut framed = Vec::with_capacity(8 + data.len());
-                    framed.extend_from_slice(&self.options.cluster_tag.to_be_bytes());
-                    framed.extend_from_slice(&data);
+                    let tag = self.options.cluster_tag.to_be_bytes();
+                    let mut framed = Vec::with_capacity(8 + idunno_auth::seal::OVERHEAD + data.len());
+                    framed.extend_from_slice(&tag);
+                    match &self.options.keys {
+                        None => framed.extend_from_slice(&data),
+                        Some(keys) => {
+                            let nonce: [u8; 24] = rand::random();
+                            framed.extend_from_slice(&keys.current().swim.seal(&tag, &data, idunno_net::now_ms(), nonce));
+                        }
+                    }
                     if let Err(e) = self.socket.send_to(&framed, to).await {
                         tracing::debug!(%to, error = %e, "udp send");
                     }

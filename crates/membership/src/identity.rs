@@ -53,7 +53,7 @@ impl foca::Identity for NodeIdentity {
     /// A node declared dead while it is in fact alive comes back at once
     /// under a fresh generation instead of waiting to be forgotten.
     fn renew(&self) -> Option<Self> {
-        Some(Self { generation: self.generation + 1, ..self.clone() })
+        Some(Self { generation: self.generation.saturating_add(1), ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {

@@ -7,6 +7,7 @@
 //! This crate knows nothing of RPC, storage or jobs; other layers learn
 //! about members through [`MembershipHandle`].
 
+mod codec;
 mod config;
 mod core;
 mod driver;

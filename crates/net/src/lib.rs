@@ -17,6 +17,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub mod tls;
+pub use tls::{PeerInfo, keys, use_keys};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -116,6 +119,35 @@ impl TcpListener {
         }
     }
 
+    /// Accepted TLS connections with the role each peer proved, for
+    /// `serve_with_incoming` (gRPC). Failed handshakes count in `refused`.
+    /// A simulated listener stays plaintext (simulated nodes have no
+    /// secret).
+    pub fn incoming_tls(
+        self,
+        keys: idunno_auth::KeysCell,
+        refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
+        match self {
+            TcpListener::Os(l) => {
+                let config_keys = keys.clone();
+                let config = move || match config_keys.current().server.as_ref() {
+                    Some(s) => s.grpc.clone(),
+                    // A node's keys always have server credentials; should they
+                    // not, handshakes fail and nothing is served.
+                    None => std::sync::Arc::new(idunno_auth::tls::unusable_server_config()),
+                };
+                let rx = tls::accept_tls(l, config, refused);
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(move |(tls, _)| {
+                    let role = keys.current().server.as_ref().and_then(|s| s.role_of(tls.get_ref().1.peer_certificates()));
+                    Ok(Conn::Tls(Box::new(tls), role))
+                }))
+            }
+            #[cfg(feature = "sim")]
+            l @ TcpListener::Sim(_) => l.incoming(),
+        }
+    }
+
     /// Accepted connections, for `serve_with_incoming`. TCP_NODELAY is set
     /// on each: the protocol's small request/response messages would
     /// otherwise wait on Nagle's algorithm against delayed ACKs (~40 ms).
@@ -152,19 +184,27 @@ fn futures_accept(l: turmoil::net::TcpListener) -> impl Stream<Item = io::Result
 /// One accepted connection.
 pub enum Conn {
     Os(tokio::net::TcpStream),
+    /// TLS, with the role the peer's certificate proved.
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>, Option<idunno_auth::Role>),
     #[cfg(feature = "sim")]
     Sim(turmoil::net::TcpStream),
 }
 
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = ();
-    fn connect_info(&self) {}
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            Conn::Tls(_, role) => PeerInfo { secured: true, role: *role },
+            _ => PeerInfo::default(),
+        }
+    }
 }
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Os(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
             #[cfg(feature = "sim")]
             Conn::Sim(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -175,6 +215,7 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Os(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
             #[cfg(feature = "sim")]
             Conn::Sim(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -183,6 +224,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Os(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
             #[cfg(feature = "sim")]
             Conn::Sim(s) => Pin::new(s).poll_flush(cx),
         }
@@ -191,6 +233,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Os(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
             #[cfg(feature = "sim")]
             Conn::Sim(s) => Pin::new(s).poll_shutdown(cx),
         }
@@ -217,6 +260,9 @@ fn keepalive(endpoint: &Endpoint) -> Endpoint {
 /// A channel that connects on first use and reconnects after failures.
 pub fn lazy_channel(endpoint: &Endpoint) -> Channel {
     let endpoint = keepalive(endpoint);
+    if tls::keys().is_some() {
+        return endpoint.connect_with_connector_lazy(tower::service_fn(tls::connect_tls));
+    }
     #[cfg(feature = "sim")]
     if simulated() {
         return endpoint.connect_with_connector_lazy(sim_connector());
@@ -227,6 +273,9 @@ pub fn lazy_channel(endpoint: &Endpoint) -> Channel {
 /// A channel connected now.
 pub async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
     let endpoint = keepalive(endpoint);
+    if tls::keys().is_some() {
+        return endpoint.connect_with_connector(tower::service_fn(tls::connect_tls)).await;
+    }
     #[cfg(feature = "sim")]
     if simulated() {
         return endpoint.connect_with_connector(sim_connector()).await;

@@ -44,6 +44,11 @@ pub struct NodeOptions {
     pub raft: Option<RaftSettings>,
     /// How this node runs queries (`[worker]`: slots, threads, …).
     pub worker: Option<idunno_jobs::WorkerConfig>,
+    /// The cluster secret (64 hex characters; `idunno secret new FILE`).
+    /// Without one the node listens on loopback only.
+    pub secret_file: Option<PathBuf>,
+    /// Secrets accepted beside the primary one while keys rotate.
+    pub accept_secret_files: Option<Vec<PathBuf>>,
 }
 
 impl NodeOptions {
@@ -77,6 +82,8 @@ impl NodeOptions {
             swim: flags.swim.or(self.swim),
             raft: flags.raft.or(self.raft),
             worker: flags.worker.or(self.worker),
+            secret_file: flags.secret_file.or(self.secret_file),
+            accept_secret_files: flags.accept_secret_files.or(self.accept_secret_files),
         }
     }
 }
@@ -106,6 +113,22 @@ pub struct NodeConfig {
     pub swim: SwimConfig,
     pub raft: RaftSettings,
     pub worker: idunno_jobs::WorkerConfig,
+    /// Where the keyring comes from, read again on SIGHUP; `None`: no
+    /// secret (loopback only).
+    pub secret: Option<SecretFiles>,
+}
+
+/// The files of a node's keyring.
+#[derive(Clone, Debug)]
+pub struct SecretFiles {
+    pub primary: PathBuf,
+    pub accepted: Vec<PathBuf>,
+}
+
+impl SecretFiles {
+    pub fn read(&self) -> Result<idunno_auth::Keyring, idunno_auth::SecretError> {
+        idunno_auth::Keyring::read(&self.primary, &self.accepted)
+    }
 }
 
 /// Parse `host:port`, resolving a host name.
@@ -163,7 +186,31 @@ impl NodeConfig {
         if cluster.is_empty() || cluster.len() > 64 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::Invalid(format!("cluster: {cluster:?} must be 1 to 64 visible ASCII characters")));
         }
+        let secret = match opts.secret_file {
+            Some(primary) => Some(SecretFiles { primary, accepted: opts.accept_secret_files.unwrap_or_default() }),
+            None if opts.accept_secret_files.as_ref().is_some_and(|a| !a.is_empty()) => {
+                return Err(ConfigError::Invalid(
+                    "accept_secret_files needs secret_file: which secret is the primary one?".into(),
+                ));
+            }
+            None => None,
+        };
+        if let Some(files) = &secret {
+            files.read().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        } else if !idunno_net::simulated() {
+            // (A simulated network is no network: its hosts need no secret.)
+            for (what, a) in [("addr", addr), ("http", http)] {
+                if !a.ip().is_loopback() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}: {a} is not a loopback address, and without a cluster secret a node listens on \
+                         loopback only. Make a secret with `idunno secret new FILE` and give it to every node \
+                         and client with --secret-file FILE (or IDUNNO_SECRET_FILE)"
+                    )));
+                }
+            }
+        }
         Ok(NodeConfig {
+            secret,
             cluster,
             id: opts.id.map(NodeId),
             addr,

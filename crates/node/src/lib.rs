@@ -46,12 +46,16 @@ pub enum NodeError {
     Sdfs(String),
     #[error("coordinator: {0}")]
     Coordinator(#[from] idunno_coordinator::CoordError),
+    #[error("{0}")]
+    Secret(#[from] idunno_auth::SecretError),
+    #[error(transparent)]
+    Tls(#[from] idunno_auth::tls::TlsError),
 }
 
 impl NodeError {
     /// The operator's input was wrong (as opposed to the environment).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, NodeError::Config(_) | NodeError::IdMismatch { .. })
+        matches!(self, NodeError::Config(_) | NodeError::IdMismatch { .. } | NodeError::Secret(_))
     }
 }
 
@@ -65,6 +69,8 @@ pub struct Node {
     pub coordinator: Arc<Coordinator>,
     /// Inference jobs: the query flow (when leading) and the worker.
     pub jobs: Arc<idunno_jobs::Jobs>,
+    /// The cluster secret's keys, replaced on SIGHUP (`None`: no secret).
+    pub keys: Option<idunno_auth::KeysCell>,
     /// Cancelled to stop every task of the node.
     shutdown: CancellationToken,
     /// Cancelled when the node was asked to leave over RPC.
@@ -82,6 +88,21 @@ impl Node {
         let identity = NodeIdentity { id, addr: config.addr, generation };
         tracing::info!(?identity, data_dir = %dir.display(), "starting node");
 
+        // The keys first: everything that talks to another node uses them.
+        let keys = match &config.secret {
+            Some(files) => {
+                let ring = files.read()?;
+                tracing::info!(primary = %ring.primary.key_id_hex(), accepted = ring.accepted.len(), "cluster secret loaded");
+                Some(idunno_auth::KeysCell::new(idunno_auth::Keys::for_node(ring)?))
+            }
+            None => {
+                tracing::warn!("no cluster secret: listening on loopback only, without encryption");
+                None
+            }
+        };
+        idunno_net::use_keys(keys.clone());
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
         let udp = bind_udp(config.addr).await?;
         let rpc = bind_tcp("rpc", config.addr).await?;
         let http = bind_tcp("http", config.http).await?;
@@ -95,6 +116,7 @@ impl Node {
             cluster_tag: idunno_membership::cluster_tag(&config.cluster),
             loss: config.udp_loss,
             seed: generation,
+            keys: keys.clone(),
         };
         if config.udp_loss > 0.0 {
             tracing::warn!(loss = config.udp_loss, "dropping outgoing SWIM datagrams on purpose");
@@ -147,10 +169,17 @@ impl Node {
             membership: membership.clone(),
             coordinator: coordinator.clone(),
             stop: stop.clone(),
+            keys: keys.clone(),
+            refused: refused.clone(),
         };
         // Unary calls are bounded by a deadline, bulk transfers by their
         // progress (idunno_rpc::limits).
+        let incoming = match &keys {
+            Some(k) => rpc.incoming_tls(k.clone(), refused.clone()),
+            None => rpc.incoming(),
+        };
         let grpc = tonic::transport::Server::builder()
+            .layer(idunno_rpc::auth::AuthLayer::new(keys.is_some(), refused.clone()))
             .layer(idunno_rpc::limits::DeadlineLayer)
             .initial_stream_window_size(Some(idunno_sdfs::WINDOW))
             .initial_connection_window_size(Some(4 * idunno_sdfs::WINDOW))
@@ -170,7 +199,7 @@ impl Node {
             )
             .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)).limited())
             .add_service(idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs)).limited())
-            .serve_with_incoming_shutdown(rpc.incoming(), shutdown.child_token().cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, shutdown.child_token().cancelled_owned());
         tasks.push((
             "rpc",
             tokio::spawn(async move {
@@ -181,10 +210,11 @@ impl Node {
         ));
         // A simulated host has no HTTP server (nothing in a simulation reads it).
         if let Some(http) = http.into_os() {
-            tasks.push(("http", tokio::spawn(http::serve(http, shared, shutdown.child_token()))));
+            let serve = http::serve(http, shared, keys.clone(), refused.clone(), shutdown.child_token());
+            tasks.push(("http", tokio::spawn(serve)));
         }
 
-        let node = Node { config, identity, membership, coordinator, jobs: jobs_layer, shutdown, stop, tasks };
+        let node = Node { config, identity, membership, coordinator, jobs: jobs_layer, keys, shutdown, stop, tasks };
         if let Some(introducer) = node.config.join.clone()
             && let Err(e) = node.join(&introducer).await
         {
@@ -209,12 +239,22 @@ impl Node {
     /// Serve until SIGTERM, Ctrl-C, or a client's `member leave`; then
     /// leave the group gracefully and stop.
     pub async fn run(self) -> Result<(), NodeError> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
             .map_err(|e| NodeError::Membership(format!("cannot watch SIGTERM: {e}")))?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: leaving the group"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: leaving the group"),
-            _ = self.stop.cancelled() => {}
+        let mut hup =
+            signal(SignalKind::hangup()).map_err(|e| NodeError::Membership(format!("cannot watch SIGHUP: {e}")))?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: leaving the group"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: leaving the group"),
+                _ = self.stop.cancelled() => {}
+                _ = hup.recv() => {
+                    self.reload_keys();
+                    continue;
+                }
+            }
+            break;
         }
         // A no-op if a client's leave already did it.
         let _ = self.membership.leave().await;
@@ -223,6 +263,27 @@ impl Node {
         self.stop_tasks().await;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// SIGHUP: read the secret files again and use the keys they give from
+    /// now on (a key rotation step, `docs/security.md`). Connections
+    /// already open keep their keys. A file that cannot be read changes
+    /// nothing.
+    pub fn reload_keys(&self) {
+        let (Some(cell), Some(files)) = (&self.keys, &self.config.secret) else {
+            tracing::warn!("SIGHUP: this node has no cluster secret; nothing to reload");
+            return;
+        };
+        match files.read().map_err(NodeError::from).and_then(|ring| {
+            let ids: Vec<String> = ring.all().map(|s| s.key_id_hex()).collect();
+            Ok((idunno_auth::Keys::for_node(ring)?, ids))
+        }) {
+            Ok((keys, ids)) => {
+                cell.replace(keys);
+                tracing::info!(keys = ?ids, "SIGHUP: keys reloaded (primary first)");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: keys not reloaded; keeping the old ones"),
+        }
     }
 
     async fn stop_tasks(self) {

@@ -21,6 +21,10 @@ pub struct Shared {
     /// Cancelled when a client asks this node to leave: `Node::run` then
     /// shuts the node down.
     pub stop: CancellationToken,
+    /// The node's keys when it has a cluster secret.
+    pub keys: Option<idunno_auth::KeysCell>,
+    /// Connections and calls refused (TLS handshakes, roles, tokens).
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -94,6 +98,11 @@ impl Shared {
             }),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
+            security: Some(v1::Security {
+                secured: self.keys.is_some(),
+                refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+                key_ids: self.keys.as_ref().map(|k| k.current().ring.all().map(|s| s.key_id_hex()).collect()).unwrap_or_default(),
+            }),
         }
     }
 }

@@ -70,6 +70,14 @@ pub struct StatusJson {
     pub applied_index: Option<u64>,
     pub learners: Vec<u64>,
     pub swim: SwimStatsJson,
+    pub security: SecurityJson,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SecurityJson {
+    pub secured: bool,
+    pub refused: u64,
+    pub key_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -103,6 +111,11 @@ impl From<&v1::StatusReply> for StatusJson {
             applied_index: s.applied_index,
             learners: s.learners.clone(),
             swim: swim.unwrap_or_default(),
+            security: s
+                .security
+                .as_ref()
+                .map(|x| SecurityJson { secured: x.secured, refused: x.refused, key_ids: x.key_ids.clone() })
+                .unwrap_or_default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod v1 {
     tonic::include_proto!("idunno.v1");
 }
 
+pub mod auth;
 pub mod json;
 pub mod limits;
 

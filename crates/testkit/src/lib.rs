@@ -20,13 +20,49 @@ pub fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
     run_with_env(bin, args, &[], limit)
 }
 
+/// The cluster secret of every cluster and every command this test
+/// process starts (`IDUNNO_SECRET_FILE`): one per process, so commands
+/// need not say which cluster they are for; clusters stay apart by name.
+/// Removed when the process exits.
+pub fn secret_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("idunno-test-{}.secret", std::process::id()));
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("secret file");
+        std::io::Write::write_all(&mut f, format!("{hex}\n").as_bytes()).expect("write secret");
+        extern "C" fn remove() {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("idunno-test-{}.secret", std::process::id())));
+        }
+        // SAFETY: atexit only records the function pointer.
+        unsafe {
+            libc::atexit(remove);
+        }
+        path
+    })
+}
+
 /// [`run`] with extra environment variables (inherited by whatever the
-/// command starts: `idunno up`'s nodes).
+/// command starts: `idunno up`'s nodes). `IDUNNO_SECRET_FILE` is
+/// [`secret_file`] unless `env` says otherwise; an empty value removes it.
 pub fn run_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     use std::io::Read;
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    cmd.env("IDUNNO_SECRET_FILE", secret_file());
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
         .args(args)
-        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -137,6 +173,36 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// A GET over HTTPS with the token of [`secret_file`]'s cluster (curl, with
+/// the certificate checked against the secret's node authority): (status,
+/// body). `token` None sends none.
+pub fn https_get(bin: &Path, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    let out = run(bin, &["secret", "ca"], Duration::from_secs(10));
+    assert!(out.status.success(), "secret ca: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&ca, &out.stdout).expect("write ca");
+    let port = addr.rsplit_once(':').map(|(_, p)| p).expect("host:port");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
+    cmd.args(["--resolve", &format!("idunno-node:{port}:127.0.0.1")]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(format!("https://idunno-node:{port}{path}")).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The HTTP token of node `addr`'s cluster, from `idunno dashboard-url`.
+pub fn http_token(bin: &Path, addr: &str) -> String {
+    let out = run(bin, &["dashboard-url", "--node", addr], Duration::from_secs(10));
+    assert!(out.status.success(), "dashboard-url: {}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    url.rsplit_once("token=").map(|(_, t)| t.to_string()).unwrap_or_else(|| panic!("no token in {url}"))
 }
 
 /// A bare HTTP/1.1 GET on loopback: (status, body).
@@ -301,6 +367,7 @@ impl Cluster {
         let data = self.data_dir(id);
         let log = std::fs::File::create(data.join("restart.log")).expect("log");
         let mut cmd = Command::new(&self.bin);
+        cmd.env("IDUNNO_SECRET_FILE", secret_file());
         cmd.args(["node", "--cluster", &self.cluster, "--id", &id.to_string(), "--addr", &n.rpc, "--http", &n.http])
             .args(["--join", via])
             .arg("--data-dir")
