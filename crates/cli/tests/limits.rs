@@ -32,6 +32,8 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 /// bytes behind them: the namespace is what is being measured), from
 /// concurrent clients.
 fn commit_many(addr: &str, n: usize) {
+    // Apply is a node-to-node method: these calls present node credentials.
+    common::use_secret(idunno_auth::Role::Node);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();
     rt.block_on(async {
@@ -127,6 +129,7 @@ fn an_upload_takes_as_long_as_it_keeps_moving() {
     let addr = c.node(1).rpc.clone();
     let chunk = |i: u8| bytes::Bytes::from(vec![i; 1 << 20]);
     let n = 36u8;
+    common::use_secret(idunno_auth::Role::Client);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (reply, took) = timed(|| {
         rt.block_on(async {

@@ -343,6 +343,7 @@ fn ok_state(c: &Cluster) -> Value {
 /// 3 MiB of an announced 64 MiB, one that ends early.
 fn interrupted_uploads(addr: &str) {
     use idunno_rpc::v1::{self, put_message};
+    common::use_secret(idunno_auth::Role::Client);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let header = |name: &str| v1::PutMessage {

@@ -89,6 +89,7 @@ impl NetnsCluster {
         std::fs::create_dir_all(&data).expect("data dir");
         let log = std::fs::File::create(data.join("node.log")).expect("log");
         let mut cmd = Command::new("ip");
+        cmd.env("IDUNNO_SECRET_FILE", crate::secret_file());
         cmd.args(["netns", "exec", &self.ns(i)])
             .arg(&self.bin)
             .args(["node", "--id", &i.to_string(), "--addr", &self.addr(i)])
@@ -117,6 +118,7 @@ impl NetnsCluster {
         let addr = self.addr(i);
         full.extend(["--node", &addr]);
         let mut child = Command::new("ip")
+            .env("IDUNNO_SECRET_FILE", crate::secret_file())
             .args(&full)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

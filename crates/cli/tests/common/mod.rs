@@ -19,6 +19,18 @@ pub fn bin() -> &'static Path {
     })
 }
 
+/// Make this test process's own gRPC clients (tests that call the
+/// protocol directly) use the test clusters' secret, in `role`.
+pub fn use_secret(role: idunno_auth::Role) {
+    let ring = idunno_auth::Keyring::read(secret_file(), &[]).expect("test secret");
+    let keys = match role {
+        idunno_auth::Role::Node => idunno_auth::Keys::for_node(ring),
+        idunno_auth::Role::Client => idunno_auth::Keys::for_client(ring),
+    }
+    .expect("keys");
+    idunno_net::use_keys(Some(idunno_auth::KeysCell::new(keys)));
+}
+
 pub fn up(n: u16) -> Cluster {
     Cluster::up(bin(), n, None)
 }
