@@ -67,36 +67,9 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    pub fn read(path: &Path) -> Result<Secret, SecretError> {
-        let io = |source| SecretError::Io { path: path.to_path_buf(), source };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        // A secret file is 65 bytes; refusing big files early keeps a wrong
-        // path (a model, a disk image) from being read whole.
-        if meta.len() > 4096 {
-            return Err(SecretError::Malformed {
-                path: path.to_path_buf(),
-                reason: format!("{} bytes is too long for a secret (64 hex characters)", meta.len()),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| SecretError::Malformed { path: path.to_path_buf(), reason: "not text".into() })?;
-        Secret::parse(text).map_err(|reason| SecretError::Malformed { path: path.to_path_buf(), reason })
-    }
-
     /// Write a new secret to `path` (mode 0600), never replacing a file.
     pub fn write_new(&self, path: &Path) -> Result<(), SecretError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                SecretError::Exists { path: path.to_path_buf() }
-            } else {
-                SecretError::Io { path: path.to_path_buf(), source }
-            }
-        })?;
-        let io = |source| SecretError::Io { path: path.to_path_buf(), source };
-        f.write_all(format!("{}\n", hex(&self.0)).as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)
+        write_private(path, &format!("{}\n", hex(&self.0)), false)
     }
 
     /// 32 bytes for one purpose. Labels are versioned ("idunno v1 …"), so
@@ -135,24 +108,104 @@ impl Keyring {
         Keyring { primary, accepted: Vec::new() }
     }
 
-    /// Read the primary from `primary` and the accepted ones from
-    /// `accepted` (each a secret file).
+    /// Parse a secret file: one secret per line, 64 hex characters each,
+    /// the first the primary and any others accepted; blank lines and
+    /// lines starting with `#` are skipped. A file of one line is the
+    /// plain secret `idunno secret new` writes.
+    pub fn parse(text: &str) -> Result<Keyring, String> {
+        let mut secrets = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let s = Secret::parse(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+            if !secrets.contains(&s) {
+                secrets.push(s);
+            }
+        }
+        let mut it = secrets.into_iter();
+        let primary = it.next().ok_or("no secret in it (expected 64 hex characters)")?;
+        Ok(Keyring { primary, accepted: it.collect() })
+    }
+
+    /// Read one secret file.
+    pub fn read_file(path: &Path) -> Result<Keyring, SecretError> {
+        let io = |source| SecretError::Io { path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        // A secret is 65 bytes; refusing big files early keeps a wrong
+        // path (a model, a disk image) from being read whole.
+        if meta.len() > 64 * 1024 {
+            return Err(SecretError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!("{} bytes is too long for a secret file", meta.len()),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| SecretError::Malformed { path: path.to_path_buf(), reason: "not text".into() })?;
+        Keyring::parse(text).map_err(|reason| SecretError::Malformed { path: path.to_path_buf(), reason })
+    }
+
+    /// The keyring of `primary` (its first secret is the primary) plus
+    /// every secret of the `accepted` files.
     pub fn read(primary: &Path, accepted: &[PathBuf]) -> Result<Keyring, SecretError> {
-        let primary = Secret::read(primary)?;
-        let mut ring = Keyring::new(primary);
+        let mut ring = Keyring::read_file(primary)?;
         for p in accepted {
-            let s = Secret::read(p)?;
-            if s != ring.primary && !ring.accepted.contains(&s) {
-                ring.accepted.push(s);
+            for s in Keyring::read_file(p)?.all() {
+                if *s != ring.primary && !ring.accepted.contains(s) {
+                    ring.accepted.push(s.clone());
+                }
             }
         }
         Ok(ring)
+    }
+
+    /// Replace the file at `path` with this keyring (mode 0600; written
+    /// aside and renamed, so a reader sees the old file or the new one).
+    pub fn write(&self, path: &Path) -> Result<(), SecretError> {
+        let mut text = String::from("# idunno cluster secrets: the first is the primary, the others are accepted\n");
+        for s in self.all() {
+            text.push_str(&hex(&s.0));
+            text.push('\n');
+        }
+        write_private(path, &text, true)
     }
 
     /// Every secret, the primary first.
     pub fn all(&self) -> impl Iterator<Item = &Secret> {
         std::iter::once(&self.primary).chain(self.accepted.iter())
     }
+
+    /// The secret whose key id (hex) is `id`.
+    pub fn find(&self, id: &str) -> Option<&Secret> {
+        self.all().find(|s| s.key_id_hex() == id)
+    }
+}
+
+/// Write `text` to `path` with mode 0600: replacing it (through a
+/// temporary file and a rename) or only if it does not exist.
+fn write_private(path: &Path, text: &str, replace: bool) -> Result<(), SecretError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| SecretError::Io { path: path.to_path_buf(), source };
+    let target = if replace { path.with_extension("tmp") } else { path.to_path_buf() };
+    if replace {
+        let _ = std::fs::remove_file(&target);
+    }
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(|source| {
+            if !replace && source.kind() == std::io::ErrorKind::AlreadyExists {
+                SecretError::Exists { path: path.to_path_buf() }
+            } else {
+                SecretError::Io { path: target.clone(), source }
+            }
+        })?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if replace {
+        std::fs::rename(&target, path).map_err(io)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -178,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn keyring_files_list_the_primary_first() {
+        let (a, b) = (hex(&[1; 32]), hex(&[2; 32]));
+        let ring = Keyring::parse(&format!("# comment\n\n{a}\n  {b}  \n{a}\n")).unwrap();
+        assert_eq!(ring.primary, Secret::from_bytes([1; 32]));
+        assert_eq!(ring.accepted, vec![Secret::from_bytes([2; 32])]);
+        assert_eq!(Keyring::parse("# nothing\n").unwrap_err(), "no secret in it (expected 64 hex characters)");
+        assert!(Keyring::parse(&format!("{a}\nxyz\n")).unwrap_err().starts_with("line 2:"));
+    }
+
+    #[test]
     fn derivations_differ_by_label_and_secret() {
         let a = Secret::from_bytes([1; 32]);
         let b = Secret::from_bytes([2; 32]);
@@ -197,9 +260,15 @@ mod tests {
         let s = Secret::generate().unwrap();
         s.write_new(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(Secret::read(&path).unwrap(), s);
+        assert_eq!(Keyring::read_file(&path).unwrap(), Keyring::new(s.clone()));
         assert!(matches!(Secret::generate().unwrap().write_new(&path), Err(SecretError::Exists { .. })));
-        assert_eq!(Secret::read(&path).unwrap(), s);
+        assert_eq!(Keyring::read_file(&path).unwrap().primary, s);
+        // A keyring replaces the file, still private, and reads back.
+        let mut ring = Keyring::new(Secret::generate().unwrap());
+        ring.accepted.push(s.clone());
+        ring.write(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Keyring::read_file(&path).unwrap(), ring);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,7 +19,9 @@
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -81,15 +83,15 @@ fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
 fn authority(secret: &Secret, role: Role) -> Result<Authority, TlsError> {
     let seed = secret.derive(&format!("idunno v1 {} certificate authority", role.label()));
     let der = ed25519_pkcs8(&seed);
-    let key = KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der), &rcgen::PKCS_ED25519).map_err(err)?;
+    let key =
+        KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der), &rcgen::PKCS_ED25519).map_err(err)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     // The key id in the name keeps two secrets' authorities apart in a
     // keyring (a verifier looks an issuer up by name).
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("idunno {} CA {}", role.label(), crate::secret::hex(&secret.key_id())),
-    );
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("idunno {} CA {}", role.label(), crate::secret::hex(&secret.key_id())));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&[1]));
@@ -176,13 +178,18 @@ impl ServerCredentials {
             .allow_unauthenticated()
             .build()
             .map_err(err)?;
-        let nodes_only =
-            WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node])?, provider()).build().map_err(err)?;
+        let nodes_only = WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node])?, provider())
+            .build()
+            .map_err(err)?;
         let builder = || {
-            ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13]).map_err(err)
+            ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(err)
         };
-        let mut grpc =
-            builder()?.with_client_cert_verifier(either).with_single_cert(vec![cert.clone()], key.clone_key()).map_err(err)?;
+        let mut grpc = builder()?
+            .with_client_cert_verifier(either)
+            .with_single_cert(vec![cert.clone()], key.clone_key())
+            .map_err(err)?;
         grpc.alpn_protocols = vec![b"h2".to_vec()];
         let mut http = builder()?.with_no_client_auth().with_single_cert(vec![cert], key).map_err(err)?;
         http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -200,7 +207,6 @@ impl ServerCredentials {
         }
     }
 }
-
 
 /// A server configuration that refuses every handshake (it has no
 /// certificate): what a server falls back to should it ever be started

@@ -38,13 +38,17 @@ pub struct UpArgs {
     /// How long to wait for every node to see every other one.
     #[arg(long, default_value_t = 30)]
     wait_secs: u64,
+    /// No cluster secret: plaintext on loopback (for measuring what the
+    /// secret costs, and for showing what it hides).
+    #[arg(long, hide = true)]
+    insecure: bool,
 }
 
 impl UpArgs {
     /// A local cluster of `nodes` in `dir` from `base_port`, defaults
     /// otherwise (for `idunno demo`).
     pub fn local(nodes: u16, dir: PathBuf, base_port: u16) -> UpArgs {
-        UpArgs { nodes, dir, base_port, config: None, cluster: None, wait_secs: 30 }
+        UpArgs { nodes, dir, base_port, config: None, cluster: None, wait_secs: 30, insecure: false }
     }
 }
 
@@ -137,7 +141,8 @@ struct Common<'a> {
     args: &'a UpArgs,
     cluster: &'a str,
     dir: &'a Path,
-    secret: &'a Path,
+    /// `None`: an insecure cluster (`--insecure`).
+    secret: Option<&'a Path>,
     accept: &'a [PathBuf],
 }
 
@@ -164,7 +169,9 @@ fn spawn_node(c: &Common<'_>, i: u16) -> Result<Spawned, CliError> {
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
-    cmd.arg("--secret-file").arg(c.secret);
+    if let Some(secret) = c.secret {
+        cmd.arg("--secret-file").arg(secret);
+    }
     for a in c.accept {
         cmd.arg("--accept-secret-file").arg(a);
     }
@@ -244,7 +251,7 @@ fn secret_file(dir: &Path, given: Option<&Path>) -> Result<PathBuf, CliError> {
             p
         }
     };
-    idunno_auth::Secret::read(&path).map_err(|e| CliError::bad_input(e.to_string()))?;
+    idunno_auth::Keyring::read_file(&path).map_err(|e| CliError::bad_input(e.to_string()))?;
     std::fs::canonicalize(&path).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
 }
 
@@ -285,18 +292,23 @@ pub async fn up(args: UpArgs, secrets: &crate::secret::SecretArgs, out: Output) 
         }
     }
     let cluster = cluster_name(dir, args.cluster.as_deref())?;
-    let secret = secret_file(dir, secrets.secret_file.as_deref())?;
+    let secret = if args.insecure { None } else { Some(secret_file(dir, secrets.secret_file.as_deref())?) };
     let accept: Vec<PathBuf> = secrets
         .accept
         .iter()
         .map(|p| std::fs::canonicalize(p).map_err(|e| CliError::bad_input(format!("{}: {e}", p.display()))))
         .collect::<Result<_, _>>()?;
     // `up` itself asks the nodes how they are doing, as a client.
-    crate::secret::SecretArgs { secret_file: Some(secret.clone()), accept: accept.clone() }
-        .install(idunno_auth::Role::Client)?;
+    match &secret {
+        Some(s) => {
+            crate::secret::SecretArgs { secret_file: Some(s.clone()), accept: accept.clone() }
+                .install(idunno_auth::Role::Client)?;
+        }
+        None => idunno_net::use_keys(None),
+    }
     let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find own binary: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
-    let common = Common { exe: &exe, args: &args, cluster: &cluster, dir, secret: &secret, accept: &accept };
+    let common = Common { exe: &exe, args: &args, cluster: &cluster, dir, secret: secret.as_deref(), accept: &accept };
 
     let mut spawned = vec![spawn_node(&common, 1)?];
     let result = async {
@@ -308,7 +320,7 @@ pub async fn up(args: UpArgs, secrets: &crate::secret::SecretArgs, out: Output) 
             dir: dir.display().to_string(),
             cluster: cluster.clone(),
             nodes: spawned.iter().map(|s| s.node.clone()).collect(),
-            secret_file: Some(secret.display().to_string()),
+            secret_file: secret.as_ref().map(|s| s.display().to_string()),
         };
         file.save(dir)?;
         for s in spawned.iter_mut() {
@@ -333,7 +345,8 @@ pub async fn up(args: UpArgs, secrets: &crate::secret::SecretArgs, out: Output) 
     }
     let mut t = table(&["ID", "RPC", "HTTP", "PID"]);
     for n in &file.nodes {
-        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("https://{}/", n.http), n.pid.to_string()]);
+        let scheme = if secret.is_some() { "https" } else { "http" };
+        t.add_row(vec![n.id.to_string(), n.rpc.clone(), format!("{scheme}://{}/", n.http), n.pid.to_string()]);
     }
     println!("{t}");
     println!(
@@ -342,7 +355,10 @@ pub async fn up(args: UpArgs, secrets: &crate::secret::SecretArgs, out: Output) 
         file.nodes.len(),
         dir.display()
     );
-    println!("cluster secret: {} (clients here find it; elsewhere pass --secret-file)", secret.display());
+    match &secret {
+        Some(s) => println!("cluster secret: {} (clients here find it; elsewhere pass --secret-file)", s.display()),
+        None => println!("no cluster secret (--insecure): plaintext, loopback only"),
+    }
     println!("try `idunno member list`, `idunno dashboard-url`; stop with `idunno down`");
     Ok(())
 }

@@ -23,7 +23,22 @@ impl CliError {
 impl From<RpcError> for CliError {
     fn from(e: RpcError) -> Self {
         let code = if e.is_bad_input() { 2 } else { 1 };
-        CliError { code, message: e.to_string() }
+        let mut message = e.to_string();
+        if idunno_net::keys().is_none() && speaks_tls(&e) {
+            message
+                .push_str(" (the node may need the cluster secret: pass --secret-file FILE or set IDUNNO_SECRET_FILE)");
+        }
+        CliError { code, message }
+    }
+}
+
+/// What a plaintext client sees of a node that speaks TLS: the node's TLS
+/// alert read as an HTTP/2 frame, or a connection that never gets going.
+fn speaks_tls(e: &RpcError) -> bool {
+    match e {
+        RpcError::Unreachable { reason, .. } => !reason.contains("refused"),
+        RpcError::Remote { message, .. } => message.contains("h2 protocol error"),
+        RpcError::BadAddress { .. } => false,
     }
 }
 

@@ -19,12 +19,47 @@ use crate::target;
 #[derive(Subcommand)]
 pub enum SecretCommand {
     /// Write a new cluster secret (32 random bytes as 64 hex characters, mode 0600) to FILE.
-    New {
-        file: PathBuf,
-    },
+    New { file: PathBuf },
     /// Print the certificate of the secret's node authority (PEM), for curl's
     /// --cacert or a browser's trust store.
     Ca,
+    /// The key ids in a secret file, the primary first.
+    List { file: PathBuf },
+    /// Rotation, step 1: add a new secret to FILE as an accepted key.
+    Add { file: PathBuf },
+    /// Rotation, step 2: make the secret KEY_ID the primary one in FILE.
+    Use { file: PathBuf, key_id: String },
+    /// Rotation, step 3: remove the secret KEY_ID (not the primary) from FILE.
+    Remove { file: PathBuf, key_id: String },
+}
+
+fn read_ring(file: &Path) -> Result<Keyring, CliError> {
+    Keyring::read_file(file).map_err(|e| CliError::bad_input(e.to_string()))
+}
+
+fn write_ring(ring: &Keyring, file: &Path) -> Result<(), CliError> {
+    ring.write(file).map_err(|e| CliError::failed(e.to_string()))
+}
+
+fn print_ring(ring: &Keyring, file: &Path, out: Output) -> Result<(), CliError> {
+    let rows: Vec<serde_json::Value> = ring
+        .all()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({ "key_id": s.key_id_hex(), "primary": i == 0 }))
+        .collect();
+    if out.json {
+        return out.json(&rows);
+    }
+    for (i, s) in ring.all().enumerate() {
+        println!("{}  {}", s.key_id_hex(), if i == 0 { "primary" } else { "accepted" });
+    }
+    println!("({}; nodes read it again on SIGHUP)", file.display());
+    Ok(())
+}
+
+/// The secret named by `key_id` in `ring`, or a clear refusal.
+fn named<'a>(ring: &'a Keyring, key_id: &str, file: &Path) -> Result<&'a Secret, CliError> {
+    ring.find(key_id).ok_or_else(|| CliError::bad_input(format!("{}: no key with id {key_id:?}", file.display())))
 }
 
 /// The secret files a client command was given.
@@ -43,7 +78,9 @@ impl SecretArgs {
         };
         let Some(primary) = primary else {
             if !self.accept.is_empty() {
-                return Err(CliError::bad_input("--accept-secret-file needs --secret-file: which secret is the primary one?"));
+                return Err(CliError::bad_input(
+                    "--accept-secret-file needs --secret-file: which secret is the primary one?",
+                ));
             }
             return Ok(None);
         };
@@ -74,11 +111,40 @@ pub async fn run(cmd: SecretCommand, secrets: &SecretArgs, out: Output) -> Resul
                 e => CliError::failed(e.to_string()),
             })?;
             if out.json {
-                return out.json(&serde_json::json!({ "file": file.display().to_string(), "key_id": secret.key_id_hex() }));
+                return out
+                    .json(&serde_json::json!({ "file": file.display().to_string(), "key_id": secret.key_id_hex() }));
             }
             println!("wrote a new cluster secret to {} (key id {})", file.display(), secret.key_id_hex());
             println!("give it to every node and client: --secret-file {} (or IDUNNO_SECRET_FILE)", file.display());
             Ok(())
+        }
+        SecretCommand::List { file } => print_ring(&read_ring(&file)?, &file, out),
+        SecretCommand::Add { file } => {
+            let mut ring = read_ring(&file)?;
+            ring.accepted.push(Secret::generate().map_err(|e| CliError::failed(e.to_string()))?);
+            write_ring(&ring, &file)?;
+            print_ring(&ring, &file, out)
+        }
+        SecretCommand::Use { file, key_id } => {
+            let ring = read_ring(&file)?;
+            let primary = named(&ring, &key_id, &file)?.clone();
+            let accepted = ring.all().filter(|s| **s != primary).cloned().collect();
+            let ring = Keyring { primary, accepted };
+            write_ring(&ring, &file)?;
+            print_ring(&ring, &file, out)
+        }
+        SecretCommand::Remove { file, key_id } => {
+            let mut ring = read_ring(&file)?;
+            let gone = named(&ring, &key_id, &file)?.clone();
+            if gone == ring.primary {
+                return Err(CliError::bad_input(format!(
+                    "{key_id} is the primary key of {}: make another key primary first (`idunno secret use`)",
+                    file.display()
+                )));
+            }
+            ring.accepted.retain(|s| *s != gone);
+            write_ring(&ring, &file)?;
+            print_ring(&ring, &file, out)
         }
         SecretCommand::Ca => {
             let Some(ring) = secrets.keyring()? else {

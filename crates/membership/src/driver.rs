@@ -232,7 +232,12 @@ impl Driver {
                         None => framed.extend_from_slice(&data),
                         Some(keys) => {
                             let nonce: [u8; 24] = rand::random();
-                            framed.extend_from_slice(&keys.current().swim.seal(&tag, &data, idunno_net::now_ms(), nonce));
+                            framed.extend_from_slice(&keys.current().swim.seal(
+                                &tag,
+                                &data,
+                                idunno_net::now_ms(),
+                                nonce,
+                            ));
                         }
                     }
                     if let Err(e) = self.socket.send_to(&framed, to).await {

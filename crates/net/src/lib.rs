@@ -139,7 +139,8 @@ impl TcpListener {
                 };
                 let rx = tls::accept_tls(l, config, refused);
                 Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(move |(tls, _)| {
-                    let role = keys.current().server.as_ref().and_then(|s| s.role_of(tls.get_ref().1.peer_certificates()));
+                    let role =
+                        keys.current().server.as_ref().and_then(|s| s.role_of(tls.get_ref().1.peer_certificates()));
                     Ok(Conn::Tls(Box::new(tls), role))
                 }))
             }

@@ -55,7 +55,9 @@ pub const MAX_HANDSHAKES: usize = 256;
 
 /// Connects to `http://HOST:PORT` over TLS with the process's keys, as of
 /// each connection.
-pub(crate) async fn connect_tls(uri: tonic::codegen::http::Uri) -> io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+pub(crate) async fn connect_tls(
+    uri: tonic::codegen::http::Uri,
+) -> io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
     let keys = keys().ok_or_else(|| io::Error::other("no cluster secret"))?.current();
     let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(80);
@@ -67,7 +69,10 @@ pub(crate) async fn connect_tls(uri: tonic::codegen::http::Uri) -> io::Result<hy
         // node holds another secret; say what that means.
         let text = e.to_string();
         if text.contains("UnknownIssuer") || text.contains("BadSignature") || text.contains("certificate") {
-            io::Error::new(io::ErrorKind::PermissionDenied, "the node does not hold this cluster's secret (TLS certificate refused)")
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the node does not hold this cluster's secret (TLS certificate refused)",
+            )
         } else if text.contains("alert") {
             io::Error::new(io::ErrorKind::PermissionDenied, "the node refused this secret (TLS handshake refused)")
         } else {

@@ -240,8 +240,8 @@ impl Node {
     /// leave the group gracefully and stop.
     pub async fn run(self) -> Result<(), NodeError> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|e| NodeError::Membership(format!("cannot watch SIGTERM: {e}")))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| NodeError::Membership(format!("cannot watch SIGTERM: {e}")))?;
         let mut hup =
             signal(SignalKind::hangup()).map_err(|e| NodeError::Membership(format!("cannot watch SIGHUP: {e}")))?;
         loop {

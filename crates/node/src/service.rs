@@ -101,7 +101,11 @@ impl Shared {
             security: Some(v1::Security {
                 secured: self.keys.is_some(),
                 refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
-                key_ids: self.keys.as_ref().map(|k| k.current().ring.all().map(|s| s.key_id_hex()).collect()).unwrap_or_default(),
+                key_ids: self
+                    .keys
+                    .as_ref()
+                    .map(|k| k.current().ring.all().map(|s| s.key_id_hex()).collect())
+                    .unwrap_or_default(),
             }),
         }
     }

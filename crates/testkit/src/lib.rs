@@ -34,10 +34,12 @@ pub fn secret_file() -> &'static Path {
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("secret file");
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("secret file");
         std::io::Write::write_all(&mut f, format!("{hex}\n").as_bytes()).expect("write secret");
         extern "C" fn remove() {
-            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("idunno-test-{}.secret", std::process::id())));
+            let _ =
+                std::fs::remove_file(std::env::temp_dir().join(format!("idunno-test-{}.secret", std::process::id())));
         }
         // SAFETY: atexit only records the function pointer.
         unsafe {
@@ -236,6 +238,8 @@ pub struct Cluster {
     config: Option<PathBuf>,
     /// The cluster's name (`idunno up` chose it).
     pub cluster: String,
+    /// The cluster secret's file (`None`: an `--insecure` cluster).
+    pub secret: Option<PathBuf>,
     /// Nodes restarted by hand (children of this process).
     restarted: Vec<Child>,
 }
@@ -250,6 +254,12 @@ impl Cluster {
     /// [`Cluster::up`] with extra environment variables for every node
     /// (test hooks such as `IDUNNO_TEST_PANIC_JOB`).
     pub fn up_with_env(bin: &Path, n: u16, config: Option<&str>, env: &[(&str, &str)]) -> Cluster {
+        Cluster::up_with(bin, n, config, env, &[])
+    }
+
+    /// [`Cluster::up_with_env`] with extra arguments for `idunno up`
+    /// (`--insecure`).
+    pub fn up_with(bin: &Path, n: u16, config: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Cluster {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let base = free_ports(2 * n);
@@ -272,6 +282,7 @@ impl Cluster {
             if let Some(p) = &config_path {
                 args.extend(["--config".to_string(), p.display().to_string()]);
             }
+            args.extend(extra.iter().map(|a| a.to_string()));
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run_with_env(bin, &argv, env, Duration::from_secs(60));
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -299,6 +310,7 @@ impl Cluster {
                 .collect();
             let cluster = doc["cluster"].as_str().expect("cluster name").to_string();
             return Cluster {
+                secret: doc["secret_file"].as_str().map(PathBuf::from),
                 cluster,
                 bin: bin.to_path_buf(),
                 dir,
@@ -367,7 +379,10 @@ impl Cluster {
         let data = self.data_dir(id);
         let log = std::fs::File::create(data.join("restart.log")).expect("log");
         let mut cmd = Command::new(&self.bin);
-        cmd.env("IDUNNO_SECRET_FILE", secret_file());
+        match &self.secret {
+            Some(s) => cmd.env("IDUNNO_SECRET_FILE", s),
+            None => cmd.env_remove("IDUNNO_SECRET_FILE"),
+        };
         cmd.args(["node", "--cluster", &self.cluster, "--id", &id.to_string(), "--addr", &n.rpc, "--http", &n.http])
             .args(["--join", via])
             .arg("--data-dir")

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-pub use idunno_testkit::{Cluster, alive, free_ports, http_get, http_token, https_get, kill9, secret_file, signal, wait_for};
+pub use idunno_testkit::{
+    Cluster, alive, free_ports, http_get, http_token, https_get, kill9, secret_file, signal, wait_for,
+};
 use serde_json::Value;
 
 /// The binary under test: this build's, or the one `IDUNNO_BIN` names
