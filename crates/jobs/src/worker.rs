@@ -349,7 +349,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let mut outstanding = 0usize;
     let mut results: Vec<v1::QueryResult> = Vec::new();
     let mut client: Option<(String, JobsClient<Channel>)> = None;
-    let mut warmed: HashSet<Key> = HashSet::new();
+    let mut warmed = Warmed::default();
     loop {
         warm(&jobs, &mut fetched, &mut warmed, &mut exec, slots).await;
         while let Ok(r) = res_rx.try_recv() {
@@ -435,22 +435,39 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     }
 }
 
+/// Models loaded ahead of their first query, and when fetching one last
+/// failed.
+#[derive(Default)]
+struct Warmed {
+    done: HashSet<Key>,
+    /// A model whose files could not be fetched is tried again after
+    /// [`WARM_RETRY`], not at every round of the loop (every query): one
+    /// job with a missing file would otherwise cost every query a fetch.
+    failed: HashMap<Key, tokio::time::Instant>,
+}
+
+const WARM_RETRY: Duration = Duration::from_secs(2);
+
 /// Fetch the files of every added or running job whose model this node has
 /// not loaded yet, and have each slot load the model: the first query of a
 /// job that just started then waits for neither (it used to take over a
-/// second for MiniLM). A failed fetch is tried again on the next round.
-async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut HashSet<Key>, exec: &mut Exec, slots: usize) {
+/// second for MiniLM). A failed fetch is tried again after [`WARM_RETRY`].
+async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mut Exec, slots: usize) {
     let state = jobs.coordinator.local_state();
     for job in state.state.jobs.values() {
         if !matches!(job.state, JobState::Added | JobState::Running) {
             continue;
         }
         let key = (job.spec.model.clone(), job.spec.model_version);
-        if warmed.contains(&key) {
+        if warmed.done.contains(&key) || warmed.failed.get(&key).is_some_and(|t| t.elapsed() < WARM_RETRY) {
             continue;
         }
         let probe = idunno_scheduler::Query { job: String::new(), pass: 0, start: 0, len: 0 };
-        let Ok(mut p) = fetched.prepare(&jobs.local, crate::leader::task(job, &probe)).await else { continue };
+        let Ok(mut p) = fetched.prepare(&jobs.local, crate::leader::task(job, &probe)).await else {
+            warmed.failed.insert(key, tokio::time::Instant::now());
+            continue;
+        };
+        warmed.failed.remove(&key);
         p.warm = true;
         match exec {
             Exec::Inline(slot) => slot.warm(&p),
@@ -461,7 +478,7 @@ async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut HashSet<Key>, exe
                 let _ = tx.send(p);
             }
         }
-        warmed.insert(key);
+        warmed.done.insert(key);
     }
 }
 
