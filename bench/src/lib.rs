@@ -17,6 +17,28 @@ pub fn idunno_bin() -> PathBuf {
     me.parent().expect("exe folder").join("idunno")
 }
 
+/// Make this process's own gRPC clients use the benchmark clusters'
+/// secret (the testkit's), in `role`; `None`: plaintext, for clusters
+/// started `--insecure`.
+pub fn use_secret(role: Option<idunno_auth::Role>) {
+    let keys = role.map(|role| {
+        let ring = idunno_auth::Keyring::read_file(idunno_testkit::secret_file()).expect("bench secret");
+        let keys = match role {
+            idunno_auth::Role::Node => idunno_auth::Keys::for_node(ring),
+            idunno_auth::Role::Client => idunno_auth::Keys::for_client(ring),
+        };
+        idunno_auth::KeysCell::new(keys.expect("keys"))
+    });
+    idunno_net::use_keys(keys);
+}
+
+/// `idunno` as a command, with the benchmark clusters' secret.
+pub fn command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(idunno_bin());
+    cmd.env("IDUNNO_SECRET_FILE", idunno_testkit::secret_file());
+    cmd
+}
+
 /// A cluster of the benchmarked binary.
 pub fn cluster(n: u16, config: Option<&str>) -> Cluster {
     Cluster::up(&idunno_bin(), n, config)

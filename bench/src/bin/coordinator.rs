@@ -62,6 +62,7 @@ const PROGRESS: &str = r#"{"op":"record_progress","job":"bench","queries":1,"inp
 
 #[tokio::main]
 async fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Node));
     let args = Args::parse();
     let mut c = cluster(NODES, None);
     wait_voters(&c, 1, NODES as usize).await;

@@ -163,6 +163,7 @@ fn stats(name: &str, xs: &[f64], unit: &str) {
 }
 
 fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
     let (mut ratio, mut first, mut one, mut two, mut coord, mut split) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

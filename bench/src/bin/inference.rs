@@ -124,6 +124,7 @@ fn idunno(case: &Case, seconds: f64) -> (f64, f64, f64) {
 }
 
 fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
     println!(
         "bench/inference: bare ONNX Runtime (this process) vs one idunno worker; 1 thread each, {} s each",

@@ -38,6 +38,7 @@ const NODES: u16 = 5;
 
 #[tokio::main]
 async fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
     println!("bench/membership: {NODES}-node local cluster, binary {}", idunno_bench::idunno_bin().display());
     detection(&args).await;

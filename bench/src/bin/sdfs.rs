@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use idunno_bench::{cluster, idunno_bin, kill9, states, status};
+use idunno_bench::{cluster, kill9, states, status};
 
 #[derive(Parser)]
 struct Args {
@@ -63,13 +63,14 @@ fn vm(pid: u32, key: &str) -> f64 {
 }
 
 fn holders(addr: &str, name: &str) -> Vec<u64> {
-    let out = Command::new(idunno_bin()).args(["fs", "ls", name, "--json", "--node", addr]).output().expect("ls");
+    let out = idunno_bench::command().args(["fs", "ls", name, "--json", "--node", addr]).output().expect("ls");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["versions"][0]["replicas"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default()
 }
 
 #[tokio::main]
 async fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
     let c = cluster(5, None);
     let work = tempfile::tempdir_in(c.path()).expect("work dir");
@@ -88,9 +89,9 @@ async fn main() {
     )));
     std::fs::remove_file(&copy).ok();
     let addr = c.node(1).rpc.clone();
-    let t_put = timed(Command::new(idunno_bin()).args(["fs", "put", src.to_str().unwrap(), "big", "--node", &addr]));
+    let t_put = timed(idunno_bench::command().args(["fs", "put", src.to_str().unwrap(), "big", "--node", &addr]));
     let back = work.path().join("back");
-    let t_get = timed(Command::new(idunno_bin()).args(["fs", "get", "big", back.to_str().unwrap(), "--node", &addr]));
+    let t_get = timed(idunno_bench::command().args(["fs", "get", "big", back.to_str().unwrap(), "--node", &addr]));
     assert_eq!(std::fs::metadata(&back).unwrap().len() as usize, len);
     println!("cp + fsync:          {:.2}s  {:.0} MiB/s", t_cp, mib / t_cp);
     println!(
@@ -112,7 +113,7 @@ async fn main() {
     // Re-replication.
     let small = work.path().join("small");
     make_file(&small, args.repair_mib << 20);
-    timed(Command::new(idunno_bin()).args(["fs", "put", small.to_str().unwrap(), "repair-me", "--node", &addr]));
+    timed(idunno_bench::command().args(["fs", "put", small.to_str().unwrap(), "repair-me", "--node", &addr]));
     let leader = status(&addr).await.and_then(|s| s.leader).expect("leader");
     let before = holders(&addr, "repair-me");
     let victim = *before.iter().find(|h| **h != leader).expect("a holder that is not the leader");

@@ -158,6 +158,7 @@ fn kill_run(args: &Args) -> (f64, f64, Value) {
 }
 
 fn main() {
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
     println!(
         "bench/training: {} on MNIST (60k train, 10k test), {} epoch(s), batch {}, Adam lr {}",
