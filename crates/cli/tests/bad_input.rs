@@ -142,3 +142,38 @@ fn up_refuses_a_second_cluster_in_the_same_folder() {
     // The first cluster is untouched.
     assert_eq!(common::members(&c, 1).len(), 1);
 }
+
+#[test]
+fn a_node_without_a_secret_listens_on_loopback_only() {
+    let base = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = idunno_testkit::run_with_env(
+        common::bin(),
+        &["node", "--addr", &format!("0.0.0.0:{base}"), "--data-dir", dir.path().to_str().unwrap()],
+        &[("IDUNNO_SECRET_FILE", "")],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a loopback address") && err.contains("idunno secret new"), "{err}");
+    // Nothing was started: no data folder contents, the port is free.
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", base)).is_ok());
+
+    // A secret file that is not one is refused, naming the file, not its content.
+    let bad = dir.path().join("secret");
+    std::fs::write(&bad, "not-a-secret\n").unwrap();
+    let out = idunno_testkit::run_with_env(
+        common::bin(),
+        &["node", "--addr", &format!("127.0.0.1:{base}"), "--data-dir", dir.path().to_str().unwrap()],
+        &[("IDUNNO_SECRET_FILE", bad.to_str().unwrap())],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("secret file") && err.contains("found 12 characters") && !err.contains("not-a-secret\n"),
+        "{err}"
+    );
+}

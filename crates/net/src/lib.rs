@@ -247,6 +247,13 @@ impl AsyncWrite for Conn {
 /// packets) would otherwise leave calls on them waiting for their own
 /// deadlines, or for TCP's retransmission timeout (minutes) where they
 /// have none; a new call then makes a new connection.
+/// The largest HTTP/2 frame a node or client accepts (both ends advertise
+/// it). HTTP/2's default, 16 KiB, cuts every 1 MiB SDFS chunk into 64
+/// frames, and over TLS each frame's 9-byte header tends to become a TLS
+/// record of its own: larger frames halve the records and their
+/// encryption calls on bulk transfers.
+pub const MAX_FRAME: u32 = 1 << 20;
+
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -183,6 +183,7 @@ impl Node {
             .layer(idunno_rpc::limits::DeadlineLayer)
             .initial_stream_window_size(Some(idunno_sdfs::WINDOW))
             .initial_connection_window_size(Some(4 * idunno_sdfs::WINDOW))
+            .max_frame_size(idunno_net::MAX_FRAME)
             .add_service(idunno_rpc::NodeServer::new(NodeService(shared.clone())).limited())
             .add_service(
                 idunno_rpc::RaftServer::new(idunno_coordinator::network::RaftService {

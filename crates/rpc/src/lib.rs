@@ -130,6 +130,7 @@ pub async fn connect_channel_with(addr: &str, timeout: Duration, call_timeout: D
         // Room for several 1 MiB file chunks in flight (SDFS transfers).
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(idunno_net::MAX_FRAME)
         .tcp_nodelay(true);
     let channel = match tokio_timeout(timeout, idunno_net::connect(&endpoint)).await {
         Some(Ok(channel)) => channel,

@@ -272,7 +272,8 @@ impl Sdfs {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(WINDOW))
-            .initial_connection_window_size(Some(4 * WINDOW));
+            .initial_connection_window_size(Some(4 * WINDOW))
+            .max_frame_size(idunno_net::MAX_FRAME);
         let c = SdfsClient::new(idunno_net::lazy_channel(&endpoint)).limited();
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
