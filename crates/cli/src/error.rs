@@ -37,7 +37,9 @@ impl From<RpcError> for CliError {
 fn speaks_tls(e: &RpcError) -> bool {
     match e {
         RpcError::Unreachable { reason, .. } => !reason.contains("refused"),
-        RpcError::Remote { message, .. } => message.contains("h2 protocol error"),
+        RpcError::Remote { message, .. } => {
+            ["h2 protocol error", "transport error", "connection reset"].iter().any(|m| message.contains(m))
+        }
         RpcError::BadAddress { .. } => false,
     }
 }
