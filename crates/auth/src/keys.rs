@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::seal::SwimKeys;
-use crate::tls::{ClientCredentials, Role, ServerCredentials, TlsError};
+use crate::tls::{ClientCredentials, OperatorCert, Role, ServerCredentials, TlsError};
 use crate::{Keyring, TokenCheck};
 
 /// A process's keys. Built once per keyring (deriving the authorities and
@@ -23,10 +23,15 @@ pub struct Keys {
 impl Keys {
     /// A node's keys: it serves, and calls other nodes as a node.
     pub fn for_node(ring: Keyring) -> Result<Keys, TlsError> {
+        Keys::for_node_with(ring, None)
+    }
+
+    /// [`Keys::for_node`] with an operator's certificate for HTTPS.
+    pub fn for_node_with(ring: Keyring, http: Option<&OperatorCert>) -> Result<Keys, TlsError> {
         Ok(Keys {
             swim: SwimKeys::new(&ring),
             client: ClientCredentials::new(&ring, Role::Node)?,
-            server: Some(ServerCredentials::new(&ring)?),
+            server: Some(ServerCredentials::new(&ring, http)?),
             tokens: TokenCheck::new(&ring),
             role: Role::Node,
             ring,

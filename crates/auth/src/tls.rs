@@ -167,6 +167,46 @@ impl ClientCredentials {
     }
 }
 
+/// A certificate chain and key an operator gives for the node's HTTPS
+/// server (one a browser trusts), in place of the derived one.
+pub struct OperatorCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for OperatorCert {
+    fn clone(&self) -> Self {
+        OperatorCert { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl OperatorCert {
+    /// Read PEM files: the chain (leaf first) and its private key. The
+    /// error names the file and what is wrong with it.
+    pub fn read(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<OperatorCert, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(cert_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError(format!("certificate file {}: {e}", cert_file.display())))?;
+        if chain.is_empty() {
+            return Err(TlsError(format!("certificate file {}: no certificate in it", cert_file.display())));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| TlsError(format!("key file {}: {e}", key_file.display())))?;
+        // The pair must go together: a server built with a key that does
+        // not match its certificate would fail every handshake instead.
+        let signer = provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| TlsError(format!("key file {}: {e}", key_file.display())))?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), signer);
+        certified.keys_match().map_err(|e| {
+            TlsError(format!("key file {} does not belong to {}: {e}", key_file.display(), cert_file.display()))
+        })?;
+        Ok(OperatorCert { chain, key })
+    }
+}
+
 /// What a node's servers present and accept.
 #[derive(Clone)]
 pub struct ServerCredentials {
@@ -180,7 +220,9 @@ pub struct ServerCredentials {
 }
 
 impl ServerCredentials {
-    pub fn new(ring: &Keyring) -> Result<ServerCredentials, TlsError> {
+    /// `http`: an operator's certificate for the HTTPS server; `None`: the
+    /// derived node certificate serves HTTPS too.
+    pub fn new(ring: &Keyring, http: Option<&OperatorCert>) -> Result<ServerCredentials, TlsError> {
         let (cert, key) = leaf(&authority(&ring.primary, Role::Node)?, Role::Node)?;
         let either = WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node, Role::Client])?, provider())
             .allow_unauthenticated()
@@ -199,7 +241,11 @@ impl ServerCredentials {
             .with_single_cert(vec![cert.clone()], key.clone_key())
             .map_err(err)?;
         grpc.alpn_protocols = vec![b"h2".to_vec()];
-        let mut http = builder()?.with_no_client_auth().with_single_cert(vec![cert], key).map_err(err)?;
+        let (http_chain, http_key) = match http {
+            Some(op) => (op.chain.clone(), op.key.clone_key()),
+            None => (vec![cert], key),
+        };
+        let mut http = builder()?.with_no_client_auth().with_single_cert(http_chain, http_key).map_err(err)?;
         http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerCredentials { grpc: Arc::new(grpc), http: Arc::new(http), nodes_only })
     }
@@ -284,7 +330,7 @@ mod tests {
     #[test]
     fn roles_follow_the_issuing_authority() {
         let ring = Keyring::new(Secret::from_bytes([9; 32]));
-        let server = ServerCredentials::new(&ring).unwrap();
+        let server = ServerCredentials::new(&ring, None).unwrap();
         let (node, _) = leaf(&authority(&ring.primary, Role::Node).unwrap(), Role::Node).unwrap();
         let (client, _) = leaf(&authority(&ring.primary, Role::Client).unwrap(), Role::Client).unwrap();
         assert_eq!(server.role_of(Some(&[node])), Some(Role::Node));

@@ -69,6 +69,7 @@ pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<
         worker: args.slots.map(|slots| idunno_jobs::WorkerConfig { slots, ..Default::default() }),
         secret_file: secrets.secret_file.clone(),
         accept_secret_files: (!secrets.accept.is_empty()).then(|| secrets.accept.clone()),
+        tls: None,
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

@@ -412,3 +412,63 @@ fn keys_rotate_under_a_running_job_without_losing_a_query() {
         assert_eq!(s["swim"]["dead_events"], 0, "a member was declared dead during the rotation: {s}");
     }
 }
+
+#[test]
+fn an_operators_certificate_serves_https_and_a_wrong_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let openssl = |key: &str, cert: &str| {
+        std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout"])
+            .arg(d.join(key))
+            .arg("-out")
+            .arg(d.join(cert))
+            .output()
+    };
+    match openssl("key.pem", "cert.pem") {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            println!("SKIPPED: operator certificates need openssl(1) to make one");
+            return;
+        }
+    }
+    assert!(openssl("other-key.pem", "other-cert.pem").unwrap().status.success());
+    let config = |key: &str| format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", d.join("cert.pem"), d.join(key));
+    let c = Cluster::up(bin(), 1, Some(&config("key.pem")));
+    let token = common::http_token(bin(), &c.node(1).rpc);
+    let port = c.node(1).http.rsplit_once(':').unwrap().1.to_string();
+    let get = |auth: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(d.join("cert.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1"), "-H", auth])
+            .arg(format!("https://localhost:{port}/api/status"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The operator's certificate verifies against its own CA (what a
+    // browser would trust); the token is still needed.
+    assert_eq!(get(&format!("Authorization: Bearer {token}")), "200");
+    assert_eq!(get("Authorization: Bearer nope"), "401");
+
+    // A key that does not belong to the certificate: refused at start.
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, config("other-key.pem")).unwrap();
+    let port = common::free_ports(2);
+    let out = run_env(
+        &[
+            "node",
+            "--config",
+            bad.to_str().unwrap(),
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            d.join("n").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not belong to"), "{}", stderr(&out));
+}

@@ -186,7 +186,7 @@ fn futures_accept(l: turmoil::net::TcpListener) -> impl Stream<Item = io::Result
 pub enum Conn {
     Os(tokio::net::TcpStream),
     /// TLS, with the role the peer's certificate proved.
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>, Option<idunno_auth::Role>),
+    Tls(Box<tokio_rustls::server::TlsStream<tls::Buffered>>, Option<idunno_auth::Role>),
     #[cfg(feature = "sim")]
     Sim(turmoil::net::TcpStream),
 }

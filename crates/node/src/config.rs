@@ -49,6 +49,25 @@ pub struct NodeOptions {
     pub secret_file: Option<PathBuf>,
     /// Secrets accepted beside the primary one while keys rotate.
     pub accept_secret_files: Option<Vec<PathBuf>>,
+    /// An operator's certificate for the HTTPS server (`[tls]`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[tls]`: a certificate chain and key (PEM) the node's HTTPS server
+/// presents instead of the one derived from the secret, e.g. one a
+/// browser trusts. Read again on SIGHUP, so a renewed certificate needs no
+/// restart. gRPC keeps the derived certificates (they carry the roles).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn read(&self) -> Result<idunno_auth::tls::OperatorCert, idunno_auth::tls::TlsError> {
+        idunno_auth::tls::OperatorCert::read(&self.cert_file, &self.key_file)
+    }
 }
 
 impl NodeOptions {
@@ -84,6 +103,7 @@ impl NodeOptions {
             worker: flags.worker.or(self.worker),
             secret_file: flags.secret_file.or(self.secret_file),
             accept_secret_files: flags.accept_secret_files.or(self.accept_secret_files),
+            tls: flags.tls.or(self.tls),
         }
     }
 }
@@ -116,6 +136,8 @@ pub struct NodeConfig {
     /// Where the keyring comes from, read again on SIGHUP; `None`: no
     /// secret (loopback only).
     pub secret: Option<SecretFiles>,
+    /// An operator's HTTPS certificate (needs a secret).
+    pub tls: Option<TlsFiles>,
 }
 
 /// The files of a node's keyring.
@@ -195,6 +217,15 @@ impl NodeConfig {
             }
             None => None,
         };
+        if let Some(tls) = &opts.tls {
+            if secret.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[tls] needs a cluster secret (secret_file): without one the node serves plain HTTP on loopback"
+                        .into(),
+                ));
+            }
+            tls.read().map_err(|e| ConfigError::Invalid(format!("[tls] {e}")))?;
+        }
         if let Some(files) = &secret {
             files.read().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         } else if !idunno_net::simulated() {
@@ -210,6 +241,7 @@ impl NodeConfig {
             }
         }
         Ok(NodeConfig {
+            tls: opts.tls,
             secret,
             cluster,
             id: opts.id.map(NodeId),

@@ -93,7 +93,8 @@ impl Node {
             Some(files) => {
                 let ring = files.read()?;
                 tracing::info!(primary = %ring.primary.key_id_hex(), accepted = ring.accepted.len(), "cluster secret loaded");
-                Some(idunno_auth::KeysCell::new(idunno_auth::Keys::for_node(ring)?))
+                let http = config.tls.as_ref().map(|t| t.read()).transpose()?;
+                Some(idunno_auth::KeysCell::new(idunno_auth::Keys::for_node_with(ring, http.as_ref())?))
             }
             None => {
                 tracing::warn!("no cluster secret: listening on loopback only, without encryption");
@@ -277,7 +278,8 @@ impl Node {
         };
         match files.read().map_err(NodeError::from).and_then(|ring| {
             let ids: Vec<String> = ring.all().map(|s| s.key_id_hex()).collect();
-            Ok((idunno_auth::Keys::for_node(ring)?, ids))
+            let http = self.config.tls.as_ref().map(|t| t.read()).transpose()?;
+            Ok((idunno_auth::Keys::for_node_with(ring, http.as_ref())?, ids))
         }) {
             Ok((keys, ids)) => {
                 cell.replace(keys);
