@@ -228,7 +228,7 @@ fn capture_unavailable() -> Option<String> {
 }
 
 /// Capture loopback traffic on the cluster's ports while `work` runs;
-/// the packets' bytes.
+/// the capture file's bytes (pcap).
 fn capture(c: &Cluster, dir: &Path, work: impl FnOnce()) -> Vec<u8> {
     let pcap = dir.join("cap.pcap");
     let ports: Vec<String> = c
@@ -252,6 +252,29 @@ fn capture(c: &Cluster, dir: &Path, work: impl FnOnce()) -> Vec<u8> {
     common::signal(dump.id(), libc::SIGINT);
     let _ = dump.wait();
     std::fs::read(&pcap).expect("capture file")
+}
+
+/// The UDP datagrams of a capture (pcap, Ethernet framing as `-i lo`
+/// records it, IPv4): (destination port, payload).
+fn udp_datagrams(pcap: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        // Ethernet (14) then IPv4 with protocol 17 (UDP).
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let udp = &frame[14 + ihl..];
+        if udp.len() < 8 {
+            continue;
+        }
+        out.push((u16::from_be_bytes([udp[2], udp[3]]), udp[8..].to_vec()));
+    }
+    out
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -307,6 +330,27 @@ fn the_wire_carries_no_plaintext() {
         }
         varint.push(v as u8);
         assert!(!contains(&bytes, &varint), "a generation crossed the wire in plaintext");
+    }
+
+    // Every captured SWIM datagram sent again (a replay, within its
+    // freshness window): each is refused, and nothing changes.
+    let rpc_ports: Vec<u16> = c.nodes.iter().map(|n| n.rpc.rsplit_once(':').unwrap().1.parse().unwrap()).collect();
+    let swim: Vec<(u16, Vec<u8>)> = udp_datagrams(&bytes).into_iter().filter(|(p, _)| rpc_ports.contains(p)).collect();
+    assert!(swim.len() > 20, "the capture holds SWIM datagrams ({})", swim.len());
+    let rejected = |c: &Cluster| -> u64 {
+        c.nodes.iter().map(|n| status(c, n.id)["swim"]["datagrams_rejected"].as_u64().unwrap()).sum()
+    };
+    let before = rejected(&c);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (port, payload) in &swim {
+        sock.send_to(payload, ("127.0.0.1", *port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rejected(&c);
+    assert!(after >= before + swim.len() as u64, "replays refused: {before} -> {after} of {}", swim.len());
+    for n in &c.nodes {
+        let s = status(&c, n.id);
+        assert_eq!((s["members_alive"].as_u64(), s["swim"]["dead_events"].as_u64()), (Some(3), Some(0)), "{s}");
     }
     drop(c);
 
