@@ -95,6 +95,29 @@ fn outsiders_are_refused_and_change_nothing() {
     let out = run_env(&["fs", "list", "--node", &rpc1], &[("IDUNNO_SECRET_FILE", wrong.to_str().unwrap())]);
     refused(&out, "does not hold this cluster's secret");
 
+    // TLS without a certificate (curl speaking gRPC): UNAUTHENTICATED
+    // (grpc-status 16), and nothing about the cluster.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-m",
+            "10",
+            "-i",
+            "--http2",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ])
+        .args(["--data-binary", "", &format!("https://{rpc1}/idunno.v1.Node/Status")])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(answer.contains("grpc-status: 16"), "{answer}");
+    assert!(!answer.contains(&c.cluster.to_lowercase()), "{answer}");
+
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Plaintext gRPC: no call gets through (the node speaks TLS only).
@@ -496,6 +519,20 @@ fn an_operators_certificate_serves_https_and_a_wrong_key_is_refused() {
     // browser would trust); the token is still needed.
     assert_eq!(get(&format!("Authorization: Bearer {token}")), "200");
     assert_eq!(get("Authorization: Bearer nope"), "401");
+    assert_eq!(get(&format!("Cookie: idunno_token={token}")), "200");
+    // The login URL sets the cookie and sends the browser to the page
+    // without the token.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-i", "--cacert"])
+        .arg(d.join("cert.pem"))
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/api/members?token={token}"))
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(answer.starts_with("http/2 303"), "{answer}");
+    assert!(answer.contains(&format!("set-cookie: idunno_token={token}; path=/; httponly; secure")), "{answer}");
+    assert!(answer.contains("location: /api/members\r\n"), "{answer}");
 
     // A key that does not belong to the certificate: refused at start.
     let bad = d.join("bad.toml");
