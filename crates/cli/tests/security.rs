@@ -172,7 +172,14 @@ fn outsiders_are_refused_and_change_nothing() {
         sock.send_to(&forged, &c.node(2).rpc).unwrap();
         sock.send_to(&sealed, &c.node(2).rpc).unwrap();
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait until node 2 has dealt with them (every one is refused).
+    let dealt =
+        wait_for(Duration::from_secs(10), || status(&c, 2)["swim"]["datagrams_rejected"].as_u64().unwrap_or(0) >= 10);
+    assert!(dealt.is_some(), "the forged datagrams were not counted: {}", status(&c, 2));
+    // Then a window longer than SWIM's suspicion timeout (900 ms), in which
+    // a forged identity that had been believed would get node 1 declared
+    // dead: nothing may change in it.
+    std::thread::sleep(Duration::from_secs(2));
 
     // Nothing changed: every node up, all alive, same term, node 1 still
     // its own generation; the refusals were counted.
@@ -368,7 +375,8 @@ fn the_wire_carries_no_plaintext() {
     for (port, payload) in &swim {
         sock.send_to(payload, ("127.0.0.1", *port)).unwrap();
     }
-    std::thread::sleep(Duration::from_secs(1));
+    let target = before + swim.len() as u64;
+    wait_for(Duration::from_secs(10), || rejected(&c) >= target);
     let after = rejected(&c);
     assert!(after >= before + swim.len() as u64, "replays refused: {before} -> {after} of {}", swim.len());
     for n in &c.nodes {
