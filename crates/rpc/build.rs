@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     // File bytes as `bytes::Bytes`: a chunk fanned out to four replicas is
     // shared, not copied.
-    config.bytes([".idunno.v1.Chunk.data", ".idunno.v1.PutMessage.data", ".idunno.v1.GetMessage.data"]);
+    config.bytes([
+        ".idunno.v1.Chunk.data",
+        ".idunno.v1.PutMessage.data",
+        ".idunno.v1.GetMessage.data",
+        ".idunno.v1.QueryResult.outputs",
+    ]);
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

@@ -354,12 +354,10 @@ impl Story {
             );
         }
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;
-        let r = JobsClient::new(ch)
-            .limited()
-            .results(v1::JobQuery { job: "photos".into(), explain: false })
+        let rows = idunno_jobs::results::fetch(&mut JobsClient::new(ch).limited(), "photos")
             .await
             .map_err(|s| idunno_rpc::RpcError::from_status(node, s))?;
-        let rows: Value = serde_json::from_slice(&r.into_inner().json).map_err(|e| CliError::failed(e.to_string()))?;
+        let rows = Value::Array(rows.iter().map(|r| r.to_json()).collect());
         let names = std::fs::read_to_string(self.assets.join("datasets/photos/photos.txt")).unwrap_or_default();
         let names: Vec<&str> = names.lines().collect();
         let seen = ["espresso", "a cat", "missile", "tripod", "moped", "palace"];

@@ -153,35 +153,45 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             Ok(())
         }
         JobCommand::Results { job, out: file } => {
-            let r = c.results(v1::JobQuery { job, explain: false }).await.map_err(status)?.into_inner();
-            let doc = parse(&r.json)?;
+            let rows = idunno_jobs::results::fetch(&mut c, &job).await.map_err(status)?;
             if let Some(path) = file {
-                let text = serde_json::to_vec_pretty(&doc).map_err(|e| CliError::failed(e.to_string()))?;
-                std::fs::write(&path, text)
-                    .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
-                let n = doc.as_array().map_or(0, Vec::len);
+                let written = std::fs::File::create(&path).and_then(|f| write_rows(std::io::BufWriter::new(f), &rows));
+                written.map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
                 if out.json {
-                    return out.json(&serde_json::json!({"file": path, "rows": n}));
+                    return out.json(&serde_json::json!({"file": path, "rows": rows.len()}));
                 }
-                println!("{n} rows -> {}", path.display());
+                println!("{} rows -> {}", rows.len(), path.display());
                 return Ok(());
             }
             if out.json {
-                return out.json(&doc);
+                return write_rows(std::io::BufWriter::new(std::io::stdout().lock()), &rows)
+                    .map_err(|e| CliError::failed(format!("writing the rows: {e}")));
             }
             let mut t = table(&["QUERY", "PASS", "INPUT", "OUTPUT"]);
-            for row in doc.as_array().into_iter().flatten() {
-                let mut o = row["output"].to_string();
+            for row in &rows {
+                let mut o = row.output.to_json().to_string();
                 if o.len() > 60 {
                     o.truncate(57);
                     o.push_str("...");
                 }
-                t.add_row(vec![row["query"].to_string(), row["pass"].to_string(), row["input"].to_string(), o]);
+                t.add_row(vec![row.query.to_string(), row.pass.to_string(), row.input.to_string(), o]);
             }
             println!("{t}");
             Ok(())
         }
     }
+}
+
+/// Rows as SPEC's JSON array, one row per line, written as they go
+/// (millions of rows never become one document in memory).
+fn write_rows(mut w: impl std::io::Write, rows: &[idunno_jobs::results::Row]) -> std::io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, r) in rows.iter().enumerate() {
+        w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut w, &r.to_json())?;
+    }
+    w.write_all(b"\n]\n")?;
+    w.flush()
 }
 
 async fn control(

@@ -78,7 +78,8 @@ fn photo_labels() -> Vec<i64> {
 
 #[test]
 fn efficientnet_job_runs_across_the_workers_and_classifies_the_photos() {
-    let c = up(3);
+    // Segments no job names are deleted 1 s after (not a minute).
+    let c = Cluster::up(common::bin(), 3, Some("[worker]\nsegment_grace_ms = 1000\n"));
     put_photos(&c);
     let add = ok(
         &c,
@@ -142,9 +143,19 @@ fn efficientnet_job_runs_across_the_workers_and_classifies_the_photos() {
     }
     assert_eq!(labels[0], 967, "the first photo is the espresso");
 
-    // The same rows are a file in SDFS.
+    // Once stopped, the job's result segments are compacted into one
+    // file in SDFS, and reading gives the same rows; the segments are
+    // deleted once no job names them (and no count of theirs can still be
+    // on its way: 30 s after they were written).
+    let compacted = wait_for(Duration::from_secs(30), || idunno(&c, 1, &["fs", "ls", "photos.results"]).status.success());
+    assert!(compacted.is_some(), "photos.results written within 30 s of the stop");
     let ls = ok(&c, 1, &["fs", "ls", "photos.results"]);
-    assert!(ls["versions"][0]["size"].as_u64().unwrap() > 0);
+    assert_eq!(ls["versions"][0]["size"].as_u64(), Some(16 + 14 * 32), "a header and 14 rows of 32 bytes");
+    assert_eq!(&ok(&c, 3, &["job", "results", "photos"]), &Value::Array(rows.clone()));
+    let segments = || ok(&c, 1, &["fs", "list", "photos.results."]).as_array().unwrap().len();
+    assert!(segments() > 0, "the compacted segments are kept a while for readers");
+    let deleted = wait_for(Duration::from_secs(60), || segments() == 0);
+    assert!(deleted.is_some(), "the segments are deleted within 60 s");
     let out = idunno(&c, 1, &["job", "remove", "photos"]);
     assert!(out.status.success());
     assert!(ok(&c, 1, &["job", "status"]).as_array().unwrap().is_empty());

@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod histogram;
+mod results;
 mod training;
 
 pub use histogram::{Histogram, LatencySummary};
+pub use results::{JobResults, ResultSegment, is_current, pass_done};
 
 pub use training::{EpochRecord, Regroup, Score, TrainGroup, TrainProgress, TrainReport, TrainSpec, Training};
 
@@ -176,6 +178,9 @@ pub struct Job {
     pub spec: JobSpec,
     pub state: JobState,
     pub progress: JobProgress,
+    /// Where the counted queries' outputs are (see [`JobResults`]).
+    #[serde(default)]
+    pub results: JobResults,
 }
 
 /// How far a job got, changed only by committed query completions: the
@@ -330,6 +335,24 @@ pub enum Command {
         expect_done: u64,
         queries: Vec<DoneQuery>,
         now_ms: u64,
+        /// The file holding these queries' rows, written before the
+        /// command: it joins the job's results with the count.
+        #[serde(default)]
+        segment: Option<ResultSegment>,
+    },
+    /// Result segments whose rows later passes all replaced: gone from
+    /// the job's results (the leader then deletes the files).
+    DropResults {
+        job: String,
+        files: Vec<FileRef>,
+    },
+    /// `base` holds the rows of the job's base `expect_base` and of its
+    /// first segments `segments`, which it replaces.
+    CompactResults {
+        job: String,
+        expect_base: Option<FileRef>,
+        base: FileRef,
+        segments: Vec<FileRef>,
     },
     /// Count finished work of a job (no exactly-once check; benchmarks).
     RecordProgress {
@@ -435,6 +458,8 @@ pub enum Refusal {
     BadStep { job: String, current: u64, given: u64, total: u64 },
     #[error("{0}")]
     BadTraining(String),
+    #[error("results of job {job}: {reason}")]
+    BadResults { job: String, reason: String },
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a
@@ -532,7 +557,8 @@ impl ClusterState {
                     return Err(Refusal::JobExists { job: spec.name });
                 }
                 let name = spec.name.clone();
-                self.jobs.insert(name, Job { spec, state: JobState::Added, progress: JobProgress::default() });
+                let job = Job { spec, state: JobState::Added, progress: JobProgress::default(), results: JobResults::default() };
+                self.jobs.insert(name, job);
                 Ok(Reply::Done)
             }
             Command::SetJobState { job, state, .. } if self.trainings.contains_key(&job) => {
@@ -562,6 +588,8 @@ impl ClusterState {
                     if j.state == JobState::Done {
                         j.progress.pass = 0;
                         j.progress.done.clear();
+                        // Its rows would be taken for the new run's.
+                        j.results = JobResults::default();
                     }
                     j.progress.started_at_ms = now_ms;
                     j.progress.recent.clear();
@@ -611,7 +639,7 @@ impl ClusterState {
                 self.assignment_notes = notes;
                 Ok(Reply::Done)
             }
-            Command::CompleteQueries { job, expect_done, queries, now_ms } => {
+            Command::CompleteQueries { job, expect_done, queries, now_ms, segment } => {
                 let j = self.job_mut(&job)?;
                 if j.state != JobState::Running {
                     return Err(Refusal::JobNotRunning { job });
@@ -619,6 +647,10 @@ impl ClusterState {
                 let p = &j.progress;
                 if p.queries_done != expect_done {
                     return Err(Refusal::StaleCount { job, expected: expect_done, actual: p.queries_done });
+                }
+                if let Some(s) = &segment {
+                    let rows = queries.iter().fold(0u64, |n, q| n.saturating_add(q.len));
+                    j.check_segment(s, expect_done + 1, queries.len() as u64, rows)?;
                 }
                 // Check every query against the done set (and each other)
                 // before changing anything.
@@ -651,10 +683,21 @@ impl ClusterState {
                 let prefix = p.done.first().filter(|(s, _)| *s == 0).map_or(0, |(_, e)| *e);
                 p.pass = prefix / samples;
                 let finished = prefix >= end;
+                if let Some(s) = segment {
+                    j.results.segments.push_back(s);
+                }
                 if finished {
                     j.state = JobState::Done;
                 }
                 Ok(Reply::Completed { first_query: expect_done + 1, finished })
+            }
+            Command::DropResults { job, files } => {
+                self.job_mut(&job)?.drop_segments(&files);
+                Ok(Reply::Done)
+            }
+            Command::CompactResults { job, expect_base, base, segments } => {
+                self.job_mut(&job)?.compact(expect_base, base, &segments)?;
+                Ok(Reply::Done)
             }
             Command::RecordProgress { job, queries, inputs } => {
                 let p = &mut self.job_mut(&job)?.progress;
@@ -808,6 +851,11 @@ impl ClusterState {
             }
             if p.correct > p.labeled || p.latency.count > p.queries_done {
                 return Err(format!("job {name}: counts disagree"));
+            }
+            let segs = &j.results.segments;
+            let ordered = segs.iter().zip(segs.iter().skip(1)).all(|(a, b)| a.first_query + a.queries <= b.first_query);
+            if !ordered || segs.last().is_some_and(|s| s.first_query + s.queries > p.queries_done + 1) {
+                return Err(format!("job {name}: result segments out of order or beyond the count"));
             }
         }
         for (name, t) in &self.trainings {

@@ -3,7 +3,8 @@
 //! leave the state exactly as it was.
 
 use idunno_coordinator::state::{
-    AssignmentNote, ClusterState, Command, DoneQuery, Histogram, JobSpec, JobState, Refusal, Reply,
+    AssignmentNote, ClusterState, Command, DoneQuery, FileRef, Histogram, JobResults, JobSpec, JobState, Refusal, Reply,
+    ResultSegment,
 };
 
 fn put(name: &str, replicas: &[u64]) -> Command {
@@ -257,6 +258,7 @@ fn commands_and_replies_round_trip_as_json() {
         expect_done: 3,
         queries: vec![DoneQuery { start: 1, len: 2, latency_us: 3, labeled: 4, correct: 5 }],
         now_ms: 6,
+        segment: Some(seg("j.results.000000000004-00", 4, 1, 2, 0)),
     };
     assert_eq!(serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(), c);
     let r: Result<Reply, Refusal> = Err(Refusal::NoSuchJob { job: "x".into() });
@@ -283,7 +285,73 @@ fn q(start: u64, len: u64) -> DoneQuery {
 }
 
 fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
-    Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms }
+    Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms, segment: None }
+}
+
+fn seg(name: &str, first_query: u64, queries: u64, rows: u64, last_pass: u64) -> ResultSegment {
+    let file = FileRef { name: name.into(), version: 1 };
+    ResultSegment { file, first_query, queries, rows, bytes: 16 + 32 * rows, last_pass }
+}
+
+fn complete_with(expect_done: u64, queries: Vec<DoneQuery>, segment: ResultSegment) -> Command {
+    Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: 1, segment: Some(segment) }
+}
+
+fn file(name: &str) -> FileRef {
+    FileRef { name: name.into(), version: 1 }
+}
+
+#[test]
+fn result_segments_join_with_their_count_and_leave_by_compaction() {
+    let counted = |first| Ok(Reply::Completed { first_query: first, finished: false });
+    let bad = |reason: &str| Err(Refusal::BadResults { job: "j".into(), reason: reason.into() });
+    let st = run(vec![
+        (sized_job("j", 8, None), Ok(Reply::Done)),
+        (state("j", JobState::Running), Ok(Reply::Done)),
+        (complete_with(0, vec![q(0, 4), q(4, 4)], seg("s1", 1, 2, 8, 0)), counted(1)),
+        // A segment that does not describe the queries it comes with is
+        // refused, and nothing is counted.
+        (
+            complete_with(2, vec![q(8, 4)], seg("s2", 3, 1, 5, 1)),
+            bad("segment s2 (queries 3 +1, 5 rows) does not describe queries 3 +1 (4 rows)"),
+        ),
+        (complete_with(2, vec![q(8, 4)], seg("s2", 3, 1, 4, 1)), counted(3)),
+        (complete_with(3, vec![q(12, 4)], seg("s3", 4, 1, 4, 1)), counted(4)),
+        // Compaction replaces a prefix of the segments, against the base
+        // it read.
+        (
+            Command::CompactResults { job: "j".into(), expect_base: None, base: file("b"), segments: vec![file("s2")] },
+            bad("the results changed while they were compacted"),
+        ),
+        (
+            Command::CompactResults {
+                job: "j".into(),
+                expect_base: None,
+                base: file("b"),
+                segments: vec![file("s1"), file("s2")],
+            },
+            Ok(Reply::Done),
+        ),
+        (
+            Command::CompactResults { job: "j".into(), expect_base: None, base: file("b2"), segments: vec![] },
+            bad("the results changed while they were compacted"),
+        ),
+    ]);
+    let r = &st.jobs["j"].results;
+    assert_eq!(r.base, Some(file("b")));
+    assert_eq!(r.segments.iter().map(|s| s.file.name.as_str()).collect::<Vec<_>>(), ["s3"]);
+    let mut st = st;
+    assert_eq!(st.apply(Command::DropResults { job: "j".into(), files: vec![file("s3")] }), Ok(Reply::Done));
+    assert!(st.jobs["j"].results.segments.is_empty());
+    // A finished job run again starts with no results.
+    let mut st = run(vec![
+        (sized_job("j", 4, Some(1)), Ok(Reply::Done)),
+        (state("j", JobState::Running), Ok(Reply::Done)),
+        (complete_with(0, vec![q(0, 4)], seg("s1", 1, 1, 4, 0)), Ok(Reply::Completed { first_query: 1, finished: true })),
+    ]);
+    assert_eq!(st.jobs["j"].results.segments.len(), 1);
+    st.apply(Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 2 }).unwrap();
+    assert_eq!(st.jobs["j"].results, JobResults::default());
 }
 
 #[test]

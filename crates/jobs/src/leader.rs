@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use idunno_coordinator::state::{AssignmentNote, Command, DoneQuery, Job, JobState, Reply};
+use idunno_coordinator::state::{AssignmentNote, Command, DoneQuery, FileRef, Job, JobState, Reply, ResultSegment};
 use idunno_rpc::v1;
 use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
 use tokio::sync::Notify;
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::results::{self, Row, Table};
+use crate::results::{self, Layout, Writer};
 use crate::{Jobs, WorkerConfig, now_ms};
 
 /// How often the assignment notes (costs, shares) are recorded at most.
@@ -56,12 +56,14 @@ fn assignment_table(
 /// Failed queries of a job, with no success between, that fail the job.
 const FAILURES_IN_A_ROW: u32 = 5;
 
-/// A finished query waiting for its commit.
+/// A finished query waiting for its commit, with its outputs as the
+/// worker sent them (rows of a results file, less their first columns).
 #[derive(Clone)]
 struct Pending {
     query: Query,
     done: DoneQuery,
-    outputs: Vec<serde_json::Value>,
+    layout: Layout,
+    outputs: bytes::Bytes,
 }
 
 #[derive(Default)]
@@ -135,18 +137,16 @@ impl Leader {
                     }
                     continue;
                 }
-                let outputs: Vec<serde_json::Value> = match serde_json::from_slice(&r.outputs_json) {
-                    Ok(v) => v,
-                    Err(e) => {
+                let layout = Layout::from_width(r.output_width);
+                let fits = |l: &Layout| Some(r.outputs.len() as u64) == r.len.checked_mul(l.output_bytes() as u64);
+                let layout = match layout {
+                    Ok(l) if fits(&l) => l,
+                    _ => {
                         inner.dispatcher.release(worker, &query);
-                        tracing::warn!(worker, error = %e, "unreadable query outputs");
+                        tracing::warn!(worker, job = %r.job, "query outputs of the wrong size");
                         continue;
                     }
                 };
-                if outputs.len() as u64 != r.len {
-                    inner.dispatcher.release(worker, &query);
-                    continue;
-                }
                 inner.failing.remove(&r.job);
                 if inner.dispatcher.report(worker, &query, r.latency_us, now_ms()) == Report::Accepted {
                     accepted += 1;
@@ -157,7 +157,8 @@ impl Leader {
                         labeled: r.labeled,
                         correct: r.correct,
                     };
-                    inner.pending.entry(r.job).or_default().push(Pending { query, done, outputs });
+                    let p = Pending { query, done, layout, outputs: r.outputs };
+                    inner.pending.entry(r.job).or_default().push(p);
                 }
             }
         }
@@ -217,7 +218,7 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let leader = &jobs.leader;
     leader.reset(false);
-    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut upkeep = crate::compact::Upkeep::default();
     let mut last_flush = Instant::now();
     let mut last_notes = Instant::now();
     let mut gone_seen: BTreeSet<u64> = BTreeSet::new();
@@ -233,7 +234,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             if leader.lock().active {
                 tracing::info!("no longer the coordinator leader: dropping the query flow");
                 leader.reset(false);
-                tables.clear();
+                upkeep = crate::compact::Upkeep::default();
             }
             continue;
         }
@@ -294,10 +295,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             (assignment_table(&shares), failures, newly_active)
         };
         gone_seen = gone;
-        if newly_active {
-            tables.clear();
-        }
-        tables.retain(|name, _| running.contains_key(name));
+        let _ = newly_active;
         let (assignments, notes) = assignments;
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
@@ -315,20 +313,21 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         }
         if last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
             last_flush = Instant::now();
-            flush(&jobs, &mut tables).await;
+            flush(&jobs).await;
+            upkeep.run(&jobs).await;
         }
     }
 }
 
 /// Write and count every job's finished queries.
-async fn flush(jobs: &Jobs, tables: &mut BTreeMap<String, Table>) {
+async fn flush(jobs: &Jobs) {
     let pending = std::mem::take(&mut jobs.leader.lock().pending);
     for (job, items) in pending {
         if items.is_empty() {
             continue;
         }
         let queries: Vec<Query> = items.iter().map(|p| p.query.clone()).collect();
-        match flush_job(jobs, tables, &job, items).await {
+        match flush_job(jobs, &job, items).await {
             Ok(n) => tracing::debug!(%job, queries = n, "counted"),
             Err(Unflushed::Retry(e, items)) => {
                 // The results could not be written (a replica that died
@@ -359,14 +358,10 @@ enum Unflushed {
     Drop(String),
 }
 
-async fn flush_job(
-    jobs: &Jobs,
-    tables: &mut BTreeMap<String, Table>,
-    job: &str,
-    items: Vec<Pending>,
-) -> Result<usize, Unflushed> {
-    let file = results::file_name(job);
-    let (expect_done, samples, items) = {
+/// Write the rows of `items` as one segment, then count the queries with
+/// the segment named in the same command: all or none.
+async fn flush_job(jobs: &Jobs, job: &str, items: Vec<Pending>) -> Result<usize, Unflushed> {
+    let (expect_done, samples, mut items) = {
         let state = jobs.coordinator.local_state();
         let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
         // Work counted meanwhile by someone else (a leader that lost its
@@ -376,51 +371,62 @@ async fn flush_job(
             items.into_iter().filter(|p| !j.progress.overlaps_done(p.query.start, p.query.len)).collect();
         (j.progress.queries_done, j.spec.samples, items)
     };
-    if items.is_empty() {
-        return Ok(0);
+    let Some(layout) = items.first().map(|p| p.layout) else { return Ok(0) };
+    if items.iter().any(|p| p.layout != layout) {
+        return Err(Unflushed::Drop("queries of one job with outputs of different widths".into()));
     }
-    if !tables.contains_key(job) {
-        let table = match idunno_sdfs::client::get(&jobs.local, &file, 0).await {
-            Ok((_, bytes)) => Table::parse(&bytes, expect_done).unwrap_or_else(|e| {
-                tracing::warn!(%job, error = %e, "unreadable results file: starting a new one");
-                Table::default()
-            }),
-            Err(e) if e.is_bad_input() => Table::default(),
-            Err(e) => return Err(Unflushed::Retry(format!("reading {file}: {e}"), items)),
-        };
-        tables.insert(job.to_string(), table);
-    }
-    // In stream order, so a later pass's row for an input wins.
-    let mut items = items;
+    // In stream order: query numbers follow it.
     items.sort_by_key(|p| p.query.start);
-    let originals = items.clone();
-    let mut rows = Vec::new();
+    let mut writer = Writer::new(layout);
     let mut done = Vec::with_capacity(items.len());
-    for (i, p) in items.into_iter().enumerate() {
-        let query = expect_done + 1 + i as u64;
-        let first = p.query.first_input(samples);
-        for (k, output) in p.outputs.into_iter().enumerate() {
-            rows.push(Row { query, pass: p.query.pass, input: first + k as u64, output });
-        }
-        done.push(p.done);
+    let mut last_pass = 0;
+    for (i, p) in items.iter().enumerate() {
+        writer.push_query(expect_done + 1 + i as u64, p.query.pass, p.query.first_input(samples), &p.outputs);
+        done.push(p.done.clone());
+        last_pass = last_pass.max(p.query.pass);
     }
-    let Some(table) = tables.get_mut(job) else { return Err(Unflushed::Drop("no results table".into())) };
-    let bytes = table.render_with(&rows);
-    if let Err(e) = idunno_sdfs::client::put(&jobs.local, &file, &bytes).await {
-        return Err(Unflushed::Retry(format!("writing {file}: {e}"), originals));
-    }
+    let rows = writer.rows() as u64;
+    let bytes = writer.into_bytes();
+    let name = results::segment_name(job, expect_done + 1, &bytes);
+    let version = match idunno_sdfs::client::put(&jobs.local, &name, &bytes).await {
+        Ok(v) => v,
+        Err(e) => return Err(Unflushed::Retry(format!("writing {name}: {e}"), items)),
+    };
+    let segment = ResultSegment {
+        file: FileRef { name: name.clone(), version },
+        first_query: expect_done + 1,
+        queries: done.len() as u64,
+        rows,
+        bytes: bytes.len() as u64,
+        last_pass,
+    };
     let n = done.len();
-    let cmd = Command::CompleteQueries { job: job.to_string(), expect_done, queries: done, now_ms: now_ms() };
-    let applied = jobs.coordinator.apply(cmd).await.map_err(|e| Unflushed::Drop(e.to_string()))?.applied;
+    let cmd = Command::CompleteQueries {
+        job: job.to_string(),
+        expect_done,
+        queries: done,
+        now_ms: now_ms(),
+        segment: Some(segment),
+    };
+    let applied = match jobs.coordinator.apply(cmd).await {
+        Ok(out) => out.applied,
+        // Not known to be committed: the segment may yet be counted, so
+        // it stays (the sweep removes it if it never is).
+        Err(e) => return Err(Unflushed::Drop(e.to_string())),
+    };
     match applied {
         Ok(Reply::Completed { finished, .. }) => {
-            table.apply(rows);
             if finished {
                 tracing::info!(%job, "job done");
             }
             Ok(n)
         }
-        Ok(other) => Err(Unflushed::Drop(format!("unexpected reply {other:?}"))),
-        Err(refusal) => Err(Unflushed::Drop(refusal.to_string())),
+        other => {
+            crate::compact::delete(jobs, &name).await;
+            match other {
+                Ok(other) => Err(Unflushed::Drop(format!("unexpected reply {other:?}"))),
+                Err(refusal) => Err(Unflushed::Drop(refusal.to_string())),
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! reports awaiting their commit, caches) is rebuilt or redone after a
 //! failure, and the replicated done-ranges make a redone query count once.
 
+mod compact;
 mod leader;
 pub mod results;
 pub mod service;
@@ -50,11 +51,15 @@ pub struct WorkerConfig {
     /// How long a query may stay with a live worker before it is handed
     /// to another.
     pub lease_ms: u64,
+    /// How long a results segment no job names any more (compacted,
+    /// replaced by a later pass) is kept for readers that started before,
+    /// before the leader deletes it.
+    pub segment_grace_ms: u64,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000 }
+        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000, segment_grace_ms: 60_000 }
     }
 }
 

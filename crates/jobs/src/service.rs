@@ -8,7 +8,7 @@ use idunno_coordinator::state::{Command, JobState, Refusal};
 use idunno_rpc::v1;
 use tonic::{Request, Response, Status};
 
-use crate::results::{self, Table};
+use crate::results;
 use crate::{Jobs, now_ms, status};
 
 pub struct JobsService(pub Arc<Jobs>);
@@ -103,7 +103,9 @@ impl idunno_rpc::Jobs for JobsService {
         Self::json(&status::assignments(&data.state))
     }
 
-    async fn results(&self, req: Request<v1::JobQuery>) -> Result<Response<v1::JsonReply>, Status> {
+    type ResultsStream = tokio_stream::wrappers::ReceiverStream<Result<v1::ResultRows, Status>>;
+
+    async fn results(&self, req: Request<v1::JobQuery>) -> Result<Response<Self::ResultsStream>, Status> {
         let job = req.into_inner().job;
         let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
         if let Some(t) = data.state.trainings.get(&job) {
@@ -113,23 +115,28 @@ impl idunno_rpc::Jobs for JobsService {
             )));
         }
         let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
-        let file = results::file_name(&job);
-        let table = match idunno_sdfs::client::get(&self.0.local, &file, 0).await {
-            Ok((_, bytes)) => Table::parse(&bytes, j.progress.queries_done).map_err(Status::internal)?,
-            Err(e) if e.is_bad_input() => Table::default(),
-            Err(e) => return Err(Status::unavailable(format!("reading {file}: {e}"))),
-        };
-        let rows: Vec<serde_json::Value> = table
-            .rows
-            .values()
-            .map(|r| serde_json::json!({"query": r.query, "pass": r.pass, "input": r.input, "output": r.output}))
-            .collect();
-        Self::json(&serde_json::Value::Array(rows)).map_err(|e| {
-            Status::resource_exhausted(format!(
-                "results of job {job}: {}; the rows are in SDFS as {file} (idunno fs get {file} FILE)",
-                e.message()
-            ))
-        })
+        let files: Vec<_> = j.results.base.iter().cloned().chain(j.results.segments.iter().map(|s| s.file.clone())).collect();
+        let current = results::Current { done: j.progress.done.clone(), samples: j.spec.samples };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let addr = self.0.local.clone();
+        tokio::spawn(async move {
+            let mut reading = crate::compact::CurrentRows::new(&addr, files, current);
+            let sent: Result<(), String> = async {
+                while let Some((layout, rows)) = reading.next().await? {
+                    for part in rows.chunks(results::rows_per_message(layout)) {
+                        let msg = Ok(results::to_message(layout, part));
+                        tx.send(msg).await.map_err(|_| "the client went away".to_string())?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = sent {
+                // A segment dropped meanwhile (a later pass replaced it).
+                let _ = tx.send(Err(Status::unavailable(format!("reading the results of {job}: {e}; try again")))).await;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn work(&self, req: Request<v1::WorkRequest>) -> Result<Response<v1::WorkReply>, Status> {

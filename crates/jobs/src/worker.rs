@@ -213,35 +213,38 @@ impl Slot {
         let values = first.to_f32();
         let ints = (first.dtype != idunno_ml::DType::F32).then(|| first.to_i64());
         let labels = labels.as_ref().map(|l| l.rows(start, len).to_i64());
-        let mut rows = Vec::with_capacity(len);
-        for k in 0..len {
-            let row = &values[k * per_row..(k + 1) * per_row];
-            let output = if t.output == "vector" {
-                serde_json::json!(row)
-            } else {
-                let class = match &ints {
-                    Some(i) if per_row == 1 => i[k],
-                    _ => argmax(row) as i64,
-                };
-                if let Some(label) = labels.as_ref().and_then(|l| l.get(k)).filter(|l| **l >= 0) {
-                    out.labeled += 1;
-                    out.correct += u64::from(class == *label);
-                }
-                serde_json::json!(class)
-            };
-            rows.push(output);
-        }
-        let json = serde_json::to_vec(&rows).map_err(|e| e.to_string())?;
+        let vector = t.output == "vector";
+        let width = if vector { u32::try_from(per_row).map_err(|_| "an output row too wide")? } else { 0 };
+        let layout = crate::results::Layout::from_width(width)?;
         // A result must fit in a message on its own; a bigger one can never
         // be delivered, so it is this query's (and its batch size's) error.
-        if json.len() > RESULTS_BUDGET {
+        let bytes = len.saturating_mul(layout.output_bytes());
+        if bytes > RESULTS_BUDGET {
             return Err(format!(
                 "the outputs of a query of {len} inputs are {} MiB, more than one message carries ({} MiB): lower the batch size",
-                json.len() >> 20,
+                bytes >> 20,
                 RESULTS_BUDGET >> 20
             ));
         }
-        out.outputs_json = json;
+        let mut outputs = Vec::with_capacity(bytes);
+        for k in 0..len {
+            let row = &values[k * per_row..(k + 1) * per_row];
+            if vector {
+                row.iter().for_each(|v| outputs.extend_from_slice(&v.to_le_bytes()));
+                continue;
+            }
+            let class = match &ints {
+                Some(i) if per_row == 1 => i[k],
+                _ => argmax(row) as i64,
+            };
+            if let Some(label) = labels.as_ref().and_then(|l| l.get(k)).filter(|l| **l >= 0) {
+                out.labeled += 1;
+                out.correct += u64::from(class == *label);
+            }
+            outputs.extend_from_slice(&class.to_le_bytes());
+        }
+        out.output_width = width;
+        out.outputs = outputs.into();
         Ok(())
     }
 }
@@ -505,7 +508,7 @@ mod tests {
     use super::*;
 
     fn result(bytes: usize) -> v1::QueryResult {
-        v1::QueryResult { job: "j".into(), outputs_json: vec![b'1'; bytes], ..Default::default() }
+        v1::QueryResult { job: "j".into(), outputs: vec![1u8; bytes].into(), ..Default::default() }
     }
 
     #[test]

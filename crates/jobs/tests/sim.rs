@@ -149,7 +149,7 @@ impl Sim {
             .iter()
             .map(|q| DoneQuery { start: q.start, len: q.len, latency_us: 1000, labeled: 0, correct: 0 })
             .collect();
-        let cmd = Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: self.now };
+        let cmd = Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: self.now, segment: None };
         match self.state.apply(cmd) {
             Ok(Reply::Completed { .. }) => {
                 for q in &items {

@@ -20,6 +20,29 @@ async fn client(addr: &str, deadline: Duration) -> Result<SdfsClient<Channel>, R
 /// A version of `name` (0: the newest) read through the node at `addr`:
 /// its version number and bytes, checked end to end by the service.
 pub async fn get(addr: &str, name: &str, version: u64) -> Result<(u64, Vec<u8>), RpcError> {
+    let mut download = open(addr, name, version).await?;
+    // The bytes are counted as they come rather than reserved up front on
+    // the header's word.
+    let mut data = Vec::new();
+    while let Some(piece) = download.next().await? {
+        data.extend_from_slice(&piece);
+    }
+    Ok((download.version, data))
+}
+
+/// A file being read, piece by piece: memory stays bounded whatever its
+/// size.
+pub struct Download {
+    pub version: u64,
+    pub size: u64,
+    addr: String,
+    what: String,
+    stream: tonic::Streaming<v1::GetMessage>,
+}
+
+/// Start reading a version of `name` (0: the newest) through the node at
+/// `addr`; the version and size are known once this returns.
+pub async fn open(addr: &str, name: &str, version: u64) -> Result<Download, RpcError> {
     let status = |s| RpcError::from_status(addr, s);
     let mut stream = client(addr, limits::UNARY_DEADLINE)
         .await?
@@ -27,21 +50,49 @@ pub async fn get(addr: &str, name: &str, version: u64) -> Result<(u64, Vec<u8>),
         .await
         .map_err(status)?
         .into_inner();
-    let mut got_version = 0;
-    let mut data = Vec::new();
     let what = format!("reading {name}");
+    // The service sends its header first.
     while let Some(msg) = limits::next_within(&mut stream, &what).await.map_err(status)? {
-        match msg.part {
-            Some(get_message::Part::Header(h)) => {
-                got_version = h.version;
-                // The bytes are counted as they come rather than reserved
-                // up front on the header's word.
-            }
-            Some(get_message::Part::Data(d)) => data.extend_from_slice(&d),
-            None => {}
+        if let Some(get_message::Part::Header(h)) = msg.part {
+            return Ok(Download { version: h.version, size: h.size, addr: addr.to_string(), what, stream });
         }
     }
-    Ok((got_version, data))
+    Err(RpcError::from_status(addr, tonic::Status::data_loss(format!("{what}: the reply had no header"))))
+}
+
+impl Download {
+    /// The next piece of the file; `None` at its end (the service checked
+    /// it whole by then).
+    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>, RpcError> {
+        loop {
+            let msg = limits::next_within(&mut self.stream, &self.what)
+                .await
+                .map_err(|s| RpcError::from_status(&self.addr, s))?;
+            match msg {
+                None => return Ok(None),
+                Some(v1::GetMessage { part: Some(get_message::Part::Data(d)) }) => return Ok(Some(d)),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Store a new version of `name` of `size` bytes, given in pieces as they
+/// are made (memory stays bounded); the pieces must add up to `size`.
+pub async fn put_stream<S>(addr: &str, name: &str, size: u64, pieces: S) -> Result<u64, RpcError>
+where
+    S: tokio_stream::Stream<Item = bytes::Bytes> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let header = v1::PutHeader { name: name.to_string(), size };
+    let first = tokio_stream::once(v1::PutMessage { part: Some(put_message::Part::Header(header)) });
+    let data = pieces.map(|d| v1::PutMessage { part: Some(put_message::Part::Data(d)) });
+    let reply = client(addr, limits::transfer_deadline(size))
+        .await?
+        .put(first.chain(data))
+        .await
+        .map_err(|s| RpcError::from_status(addr, s))?;
+    Ok(reply.into_inner().version)
 }
 
 /// Store `data` as a new version of `name` through the node at `addr`;

@@ -442,21 +442,19 @@ async fn check_results(nodes: &[u64], job: &str, batch: u32, passes: u64) -> Res
             SAMPLES as u64 * passes
         ));
     }
-    let rows = retry(nodes, "job results", |a| {
-        let query = query.clone();
-        async move {
-            let r = jobs_client(&a).await?.results(query).await.map_err(|s| s.message().to_string())?;
-            serde_json::from_slice::<serde_json::Value>(&r.into_inner().json).map_err(|e| e.to_string())
-        }
+    let rows = retry(nodes, "job results", |a| async move {
+        idunno_jobs::results::fetch(&mut jobs_client(&a).await?, job).await.map_err(|s| s.message().to_string())
     })
     .await
     .map_err(|e| e.to_string())?;
-    let rows = rows.as_array().cloned().unwrap_or_default();
     let mut seen = BTreeMap::new();
     for row in &rows {
-        let input = row["input"].as_u64().ok_or(format!("job {job}: a result row without an input: {row}"))?;
-        if seen.insert(input, row["output"].as_i64()).is_some() {
-            return Err(format!("job {job}: input {input} appears twice in the results"));
+        let out = match row.output {
+            idunno_jobs::results::Output::Class(c) => Some(c),
+            _ => None,
+        };
+        if seen.insert(row.input, out).is_some() {
+            return Err(format!("job {job}: input {} appears twice in the results", row.input));
         }
     }
     for i in 0..SAMPLES {
