@@ -95,6 +95,8 @@ pub struct Coordinator {
     id: NodeId,
     raft: Raft,
     state: watch::Receiver<Arc<SmData>>,
+    /// The term this node leads, while it leads.
+    leadership: watch::Receiver<Option<u64>>,
     /// The connection forwarded requests use, kept while the leader's
     /// address stays the same (a new TCP connection per request would
     /// double a forwarded write's latency).
@@ -128,7 +130,14 @@ impl Coordinator {
             let members = BTreeMap::from([(id, BasicNode { addr: addr.to_string() })]);
             raft.initialize(members).await.map_err(|e| CoordError::Stopped(e.to_string()))?;
         }
-        Ok(Coordinator { id, raft, state, to_leader: std::sync::Mutex::new(None) })
+        let leadership = watch_leadership(id, &raft);
+        Ok(Coordinator { id, raft, state, leadership, to_leader: std::sync::Mutex::new(None) })
+    }
+
+    /// The term this node leads (`None` while it does not), as it changes:
+    /// what leader-only duties start and stop with (see [`leader_duty`]).
+    pub fn leadership(&self) -> watch::Receiver<Option<u64>> {
+        self.leadership.clone()
     }
 
     pub fn raft(&self) -> &Raft {
@@ -308,10 +317,11 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
-            let mut view = membership.watch();
-            loop {
-                if me.status().leader == Some(me.id) {
+        tokio::spawn(leader_duty(self.leadership(), shutdown, move |_term, stop| {
+            let (me, membership) = (me.clone(), membership.clone());
+            async move {
+                let mut view = membership.watch();
+                loop {
                     let v = me.group_view(&membership, max_voters);
                     if let Some(action) = group::next_action(&v) {
                         match me.carry_out(action.clone()).await {
@@ -322,14 +332,14 @@ impl Coordinator {
                             Err(e) => tracing::warn!(?action, error = %e, "coordinator group change failed"),
                         }
                     }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = view.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = view.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
-        })
+        }))
     }
 
     fn group_view(&self, membership: &MembershipHandle, max_voters: usize) -> GroupView {
@@ -395,6 +405,62 @@ impl Coordinator {
     }
 }
 
+/// Follow Raft's metrics: the term this node leads, while it leads. The
+/// task ends with Raft.
+fn watch_leadership(id: NodeId, raft: &Raft) -> watch::Receiver<Option<u64>> {
+    let mut metrics = raft.metrics();
+    let leads = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+        (m.current_leader == Some(id)).then_some(m.current_term)
+    };
+    let (tx, rx) = watch::channel(leads(&metrics.borrow()));
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let now = leads(&metrics.borrow_and_update());
+            tx.send_if_modified(|old| std::mem::replace(old, now) != now);
+        }
+    });
+    rx
+}
+
+/// Run a leader-only duty for each term this node leads: `duty(term,
+/// stop)` starts when the term starts and `stop` is cancelled when it
+/// ends (or at `shutdown`); the next term starts only after the duty
+/// returned. One owner per duty, no polling for leadership.
+pub async fn leader_duty<F, Fut>(mut leadership: watch::Receiver<Option<u64>>, shutdown: CancellationToken, duty: F)
+where
+    F: Fn(u64, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let term = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            led = leadership.wait_for(Option::is_some) => match led {
+                Ok(term) => term.unwrap_or_default(),
+                Err(_) => return,
+            },
+        };
+        let stop = shutdown.child_token();
+        let run = duty(term, stop.clone());
+        tokio::pin!(run);
+        let mut ran_out = false;
+        loop {
+            tokio::select! {
+                _ = &mut run, if !ran_out => ran_out = true,
+                changed = leadership.changed() => {
+                    if changed.is_err() || *leadership.borrow() != Some(term) {
+                        break;
+                    }
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        stop.cancel();
+        if !ran_out {
+            run.await;
+        }
+    }
+}
+
 async fn forward_apply(
     mut c: CoordinatorClient<tonic::transport::Channel>,
     json: &[u8],
@@ -411,4 +477,56 @@ async fn forward_apply(
 async fn forward_read_index(mut c: CoordinatorClient<tonic::transport::Channel>) -> Result<(u64, NodeId), String> {
     let r = c.read_index(v1::ReadIndexRequest {}).await.map_err(|s| s.message().to_string())?.into_inner();
     Ok((r.index, r.leader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A duty runs once per term this node leads, is stopped when the term
+    /// ends, and the next term's starts only after it returned.
+    #[tokio::test]
+    async fn a_leader_duty_starts_and_stops_with_each_term() {
+        let (tx, rx) = watch::channel(None);
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (log, shutdown) = (log.clone(), shutdown.clone());
+            tokio::spawn(leader_duty(rx, shutdown, move |term, stop| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(format!("start {term}"));
+                    stop.cancelled().await;
+                    // A duty winding down is waited for.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    log.lock().unwrap().push(format!("stop {term}"));
+                }
+            }))
+        };
+        let seen = |n: usize| {
+            let log = log.clone();
+            async move {
+                for _ in 0..200 {
+                    if log.lock().unwrap().len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        tx.send(Some(3)).unwrap();
+        seen(1).await;
+        tx.send(None).unwrap();
+        seen(2).await;
+        // Re-elected straight into a later term: the old term's duty ends
+        // before the new one starts.
+        tx.send(Some(5)).unwrap();
+        seen(3).await;
+        tx.send(Some(6)).unwrap();
+        seen(5).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["start 3", "stop 3", "start 5", "stop 5", "start 6", "stop 6"]);
+    }
 }

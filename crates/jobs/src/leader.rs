@@ -213,11 +213,27 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
     }
 }
 
-/// The leader's loop: follow the state, keep leases honest, keep the
-/// assignment table current, flush finished queries.
+/// The query flow, for each term this node leads the coordinator group.
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
+    jobs.leader.reset(false);
+    let leadership = jobs.coordinator.leadership();
+    idunno_coordinator::leader_duty(leadership, shutdown, |term, stop| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.leader.reset(true);
+            tracing::info!(term, "coordinator leader: running the query flow");
+            lead(&jobs, stop).await;
+            jobs.leader.reset(false);
+            tracing::info!(term, "no longer the coordinator leader: the query flow stops");
+        }
+    })
+    .await
+}
+
+/// The leader's loop for one term: follow the state, keep leases honest,
+/// keep the assignment table current, flush finished queries.
+async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
     let leader = &jobs.leader;
-    leader.reset(false);
     let mut upkeep = crate::compact::Upkeep::default();
     let mut last_flush = Instant::now();
     let mut last_notes = Instant::now();
@@ -225,18 +241,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let mut state_rx = jobs.coordinator.watch_state();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = state_rx.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-        let leads = jobs.coordinator.status().leader == Some(jobs.id);
-        if !leads {
-            if leader.lock().active {
-                tracing::info!("no longer the coordinator leader: dropping the query flow");
-                leader.reset(false);
-                upkeep = crate::compact::Upkeep::default();
-            }
-            continue;
         }
         let state = jobs.coordinator.local_state();
         let running: BTreeMap<String, Job> = state
@@ -261,14 +268,8 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         live.push(jobs.id);
         let gone: BTreeSet<u64> =
             members.iter().filter(|m| !m.state.is_up()).map(|m| m.identity.id.0).filter(|id| *id != jobs.id).collect();
-        let (assignments, failures, newly_active) = {
+        let (assignments, failures) = {
             let mut inner = leader.lock();
-            let newly_active = !inner.active;
-            if newly_active {
-                inner.active = true;
-                inner.pending.clear();
-                tracing::info!(jobs = running.len(), "coordinator leader: running the query flow");
-            }
             let more_work = running.iter().any(|(n, j)| {
                 inner
                     .running
@@ -292,10 +293,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             }
             let failures = std::mem::take(&mut inner.failures);
             let shares = inner.dispatcher.explain(&live, jobs.config.slots, now_ms());
-            (assignment_table(&shares), failures, newly_active)
+            (assignment_table(&shares), failures)
         };
         gone_seen = gone;
-        let _ = newly_active;
         let (assignments, notes) = assignments;
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.

@@ -130,40 +130,41 @@ impl Sdfs {
         self.membership.view().members.into_iter().find(|m| m.identity.id.0 == id).map(|m| m.identity.addr.to_string())
     }
 
-    /// While this node is the coordinator leader, restore the replication
-    /// factor of every version that lost holders: after each membership
-    /// change, and every second (which also picks up copies dropped as
-    /// corrupt).
+    /// For each term this node leads the coordinator group, restore the
+    /// replication factor of every version that lost holders: after each
+    /// membership change, and every second (which also picks up copies
+    /// dropped as corrupt).
     pub fn spawn_repair(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
-            let mut view = me.membership.watch();
-            let mut last_forget = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = view.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                if me.coordinator.status().leader != Some(me.me) {
-                    continue;
-                }
-                if last_forget.elapsed() >= Duration::from_millis(me.config.gc_every_ms) {
-                    last_forget = tokio::time::Instant::now();
-                    me.forget_tombstones().await;
-                }
-                let data = me.coordinator.local_state();
-                let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
-                for task in repair::plan(&data.state.files, &live, me.config.replicas) {
-                    if shutdown.is_cancelled() {
-                        return;
+        let leadership = self.coordinator.leadership();
+        tokio::spawn(idunno_coordinator::leader_duty(leadership, shutdown, move |_term, stop| {
+            let me = me.clone();
+            async move {
+                let mut view = me.membership.watch();
+                let mut last_forget = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = view.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    if let Err(e) = me.repair(&task).await {
-                        tracing::warn!(file = task.name, version = task.version, error = %e, "repair failed");
+                    if last_forget.elapsed() >= Duration::from_millis(me.config.gc_every_ms) {
+                        last_forget = tokio::time::Instant::now();
+                        me.forget_tombstones().await;
+                    }
+                    let data = me.coordinator.local_state();
+                    let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
+                    for task in repair::plan(&data.state.files, &live, me.config.replicas) {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        if let Err(e) = me.repair(&task).await {
+                            tracing::warn!(file = task.name, version = task.version, error = %e, "repair failed");
+                        }
                     }
                 }
             }
-        })
+        }))
     }
 
     /// Drop the tombstones of names deleted more than `tombstone_grace_ms`

@@ -87,20 +87,17 @@ pub(crate) async fn regroup(jobs: &Jobs, job: &str, force: bool) -> bool {
     }
 }
 
-/// On the coordinator leader: form groups for trainings that need one.
+/// On the coordinator leader, for each of its terms: form groups for
+/// trainings that need one.
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
+    let leadership = jobs.coordinator.leadership();
+    idunno_coordinator::leader_duty(leadership, shutdown, |_term, stop| lead(jobs.clone(), stop)).await
+}
+
+async fn lead(jobs: Arc<Jobs>, stop: CancellationToken) {
     let mut state_rx = jobs.coordinator.watch_state();
     let mut members_rx = jobs.membership.watch();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = state_rx.changed() => {}
-            _ = members_rx.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        if jobs.coordinator.status().leader != Some(jobs.id) {
-            continue;
-        }
         let state = jobs.coordinator.local_state();
         let alive = alive(&jobs);
         let busy = busy(&state.state);
@@ -113,6 +110,12 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             .collect();
         for job in needing {
             regroup(&jobs, &job, false).await;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = state_rx.changed() => {}
+            _ = members_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
