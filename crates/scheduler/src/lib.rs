@@ -15,7 +15,7 @@
 //! **Invariant:** an input range is at most once in `leased ∪ pending`,
 //! and never overlaps what the replicated state has done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 
@@ -78,31 +78,71 @@ struct JobQueue {
     vtime: u64,
     /// Processing time per query, moving average (µs).
     cost_us: Option<f64>,
+    /// Every position below this one is done, leased or pending: where
+    /// the search for free work starts (so handing out a query costs
+    /// O(log n), not a walk over everything held).
+    free_from: u64,
+}
+
+/// The end of the range of `ranges` (start → length) that holds `pos`,
+/// if one does. The ranges are disjoint.
+fn covering(ranges: &BTreeMap<u64, u64>, pos: u64) -> Option<u64> {
+    ranges.range(..=pos).next_back().map(|(&s, &l)| s + l).filter(|&e| e > pos)
+}
+
+/// Whether any of the disjoint `ranges` (start → length) overlaps
+/// `[start, end)`.
+fn overlaps(ranges: &BTreeMap<u64, u64>, start: u64, end: u64) -> bool {
+    ranges.range(..end).next_back().is_some_and(|(&s, &l)| s + l > start)
 }
 
 impl JobQueue {
+    fn new(view: JobView, vtime: u64) -> JobQueue {
+        let mut q = JobQueue { view, leased: BTreeMap::new(), pending: BTreeMap::new(), vtime, cost_us: None, free_from: 0 };
+        q.free_from = q.skip_taken(0);
+        q
+    }
+
+    fn done_covering(&self, pos: u64) -> Option<u64> {
+        let done = &self.view.done;
+        let i = done.partition_point(|&(s, _)| s <= pos);
+        i.checked_sub(1).map(|i| done[i].1).filter(|&e| e > pos)
+    }
+
+    fn leased_covering(&self, pos: u64) -> Option<u64> {
+        self.leased.range(..=pos).next_back().map(|(&s, l)| s + l.len).filter(|&e| e > pos)
+    }
+
+    /// The first position at or after `pos` that is not done, leased or
+    /// pending.
+    fn skip_taken(&self, mut pos: u64) -> u64 {
+        while let Some(e) =
+            self.done_covering(pos).or_else(|| self.leased_covering(pos)).or_else(|| covering(&self.pending, pos))
+        {
+            pos = e;
+        }
+        pos
+    }
+
     fn busy(&self, start: u64, len: u64) -> bool {
         let end = start + len;
-        let overlaps = |s: u64, l: u64| s < end && start < s + l;
-        self.view.done.iter().any(|&(s, e)| s < end && start < e)
-            || self.leased.iter().any(|(&s, l)| overlaps(s, l.len))
-            || self.pending.iter().any(|(&s, &l)| overlaps(s, l))
+        let i = self.view.done.partition_point(|&(s, _)| s < end);
+        let in_done = i.checked_sub(1).is_some_and(|i| self.view.done[i].1 > start);
+        let in_leased = self.leased.range(..end).next_back().is_some_and(|(&s, l)| s + l.len > start);
+        in_done || in_leased || overlaps(&self.pending, start, end)
+    }
+
+    /// Positions from `start` are free again (a lease or a report given
+    /// up): the search for free work must look there.
+    fn freed(&mut self, start: u64) {
+        self.free_from = self.free_from.min(start);
     }
 
     /// The first range of up to `batch_size` positions that nobody has
     /// done, holds or reported, within one pass and the job's passes.
-    fn next_free(&self) -> Option<(u64, u64)> {
-        let mut taken: Vec<(u64, u64)> = self.view.done.clone();
-        taken.extend(self.leased.iter().map(|(&s, l)| (s, s + l.len)));
-        taken.extend(self.pending.iter().map(|(&s, &l)| (s, s + l)));
-        taken.sort_unstable();
-        let mut cursor = 0;
-        for (s, e) in taken {
-            if s > cursor {
-                break;
-            }
-            cursor = cursor.max(e);
-        }
+    fn next_free(&mut self) -> Option<(u64, u64)> {
+        let cursor = self.skip_taken(self.free_from);
+        self.free_from = cursor;
         let samples = self.view.samples.max(1);
         let end = self.view.end();
         if cursor >= end {
@@ -115,10 +155,11 @@ impl JobQueue {
     }
 
     fn first_taken_after(&self, at: u64) -> Option<u64> {
-        let done = self.view.done.iter().map(|&(s, _)| s);
-        let leased = self.leased.keys().copied();
-        let pending = self.pending.keys().copied();
-        done.chain(leased).chain(pending).filter(|&s| s > at).min()
+        let i = self.view.done.partition_point(|&(s, _)| s <= at);
+        let done = self.view.done.get(i).map(|&(s, _)| s);
+        let leased = self.leased.range(at + 1..).next().map(|(&s, _)| s);
+        let pending = self.pending.range(at + 1..).next().map(|(&s, _)| s);
+        [done, leased, pending].into_iter().flatten().min()
     }
 }
 
@@ -149,9 +190,13 @@ impl Default for DispatcherConfig {
 pub struct Dispatcher {
     config: DispatcherConfig,
     jobs: BTreeMap<String, JobQueue>,
+    /// The jobs by virtual time: the next free slot goes to the first one
+    /// here with free work.
+    order: BTreeSet<(u64, String)>,
     /// Accepted reports of the last [`SHARE_WINDOW_MS`]: (worker, job) →
-    /// (when, processing time µs). What `explain` measures shares from.
-    served: BTreeMap<(WorkerId, String), Vec<(u64, u64)>>,
+    /// (when, processing time µs), oldest first. What `explain` measures
+    /// shares from.
+    served: BTreeMap<(WorkerId, String), VecDeque<(u64, u64)>>,
 }
 
 /// The window over which workers' time shares are measured.
@@ -159,13 +204,14 @@ pub const SHARE_WINDOW_MS: u64 = 10_000;
 
 impl Dispatcher {
     pub fn new(config: DispatcherConfig) -> Dispatcher {
-        Dispatcher { config, jobs: BTreeMap::new(), served: BTreeMap::new() }
+        Dispatcher { config, jobs: BTreeMap::new(), order: BTreeSet::new(), served: BTreeMap::new() }
     }
 
     /// Follow the replicated state: jobs that stopped are dropped with
     /// their leases; committed work leaves the pending set.
     pub fn sync(&mut self, running: &[JobView]) {
         self.jobs.retain(|name, _| running.iter().any(|j| &j.name == name));
+        self.order.retain(|(_, name)| self.jobs.contains_key(name));
         for view in running {
             match self.jobs.get_mut(&view.name) {
                 Some(q) => {
@@ -179,19 +225,16 @@ impl Dispatcher {
                     q.pending.retain(|&s, &mut l| !overlaps(s, l));
                     q.leased.retain(|&s, lease| !overlaps(s, lease.len));
                     q.view = view.clone();
+                    // What was dropped may be free again in part, and the
+                    // done ranges may have shrunk (a finished job run again).
+                    q.free_from = q.skip_taken(0);
                 }
                 None => {
                     // A job that joins starts level with the least served
                     // one: no burst to "catch up" on the others.
                     let vtime = self.jobs.values().map(|q| q.vtime).min().unwrap_or(0);
-                    let q = JobQueue {
-                        view: view.clone(),
-                        leased: BTreeMap::new(),
-                        pending: BTreeMap::new(),
-                        vtime,
-                        cost_us: None,
-                    };
-                    self.jobs.insert(view.name.clone(), q);
+                    self.jobs.insert(view.name.clone(), JobQueue::new(view.clone(), vtime));
+                    self.order.insert((vtime, view.name.clone()));
                 }
             }
         }
@@ -243,16 +286,23 @@ impl Dispatcher {
     pub fn take(&mut self, worker: WorkerId, max: usize, now_ms: u64) -> Vec<Query> {
         let mut out = Vec::new();
         while out.len() < max {
-            let pick = self
-                .jobs
-                .iter()
-                .filter_map(|(name, q)| q.next_free().map(|free| (q.vtime, name.clone(), free)))
-                .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-            let Some((_, name, (start, len))) = pick else { break };
+            // The job with the smallest virtual time that has free work
+            // (ties by name): jobs without any are passed over.
+            let mut pick = None;
+            for (vtime, name) in &self.order {
+                let Some(q) = self.jobs.get_mut(name) else { continue };
+                if let Some(free) = q.next_free() {
+                    pick = Some((*vtime, name.clone(), free));
+                    break;
+                }
+            }
+            let Some((vtime, name, (start, len))) = pick else { break };
             let Some(q) = self.jobs.get_mut(&name) else { break };
             q.leased.insert(start, Lease { len, worker, deadline_ms: now_ms + self.config.lease_ms });
             q.vtime += 1;
             let pass = start / q.view.samples.max(1);
+            self.order.remove(&(vtime, name.clone()));
+            self.order.insert((vtime + 1, name.clone()));
             out.push(Query { job: name, pass, start, len });
         }
         out
@@ -274,14 +324,18 @@ impl Dispatcher {
             q.leased.remove(&query.start);
         }
         if q.busy(query.start, query.len) {
+            // Its lease, if it was one, no longer holds the positions.
+            q.freed(query.start);
             return Report::Repeat;
         }
         q.pending.insert(query.start, query.len);
         let l = latency_us as f64;
         q.cost_us = Some(q.cost_us.map_or(l, |c| 0.9 * c + 0.1 * l));
         let served = self.served.entry((worker, query.job.clone())).or_default();
-        served.push((now_ms, latency_us));
-        served.retain(|(t, _)| t + SHARE_WINDOW_MS > now_ms);
+        served.push_back((now_ms, latency_us));
+        while served.front().is_some_and(|(t, _)| t + SHARE_WINDOW_MS <= now_ms) {
+            served.pop_front();
+        }
         Report::Accepted
     }
 
@@ -293,17 +347,23 @@ impl Dispatcher {
                 && q.pending.get(&query.start) == Some(&query.len)
             {
                 q.pending.remove(&query.start);
+                q.freed(query.start);
             }
         }
     }
 
     /// `worker` gave `query` back without running it (it failed there).
-    pub fn release(&mut self, worker: WorkerId, query: &Query) {
+    /// False if the worker did not hold it (its lease was over: a query of
+    /// a job stopped or failed meanwhile, or handed out again).
+    pub fn release(&mut self, worker: WorkerId, query: &Query) -> bool {
         if let Some(q) = self.jobs.get_mut(&query.job)
             && q.leased.get(&query.start).is_some_and(|l| l.worker == worker && l.len == query.len)
         {
             q.leased.remove(&query.start);
+            q.freed(query.start);
+            return true;
         }
+        false
     }
 
     /// `worker` is dead or left: its queries go back to the queue.
@@ -311,8 +371,12 @@ impl Dispatcher {
         let mut n = 0;
         for q in self.jobs.values_mut() {
             let before = q.leased.len();
+            let first = q.leased.iter().find(|(_, l)| l.worker == worker).map(|(&s, _)| s);
             q.leased.retain(|_, l| l.worker != worker);
             n += before - q.leased.len();
+            if let Some(s) = first {
+                q.freed(s);
+            }
         }
         n
     }
@@ -322,8 +386,12 @@ impl Dispatcher {
         let mut n = 0;
         for q in self.jobs.values_mut() {
             let before = q.leased.len();
+            let first = q.leased.iter().find(|(_, l)| l.deadline_ms <= now_ms).map(|(&s, _)| s);
             q.leased.retain(|_, l| l.deadline_ms > now_ms);
             n += before - q.leased.len();
+            if let Some(s) = first {
+                q.freed(s);
+            }
         }
         n
     }
@@ -396,4 +464,96 @@ pub fn plan(costs: &[(String, f64)], slots: usize) -> Plan {
     let rate = slots as f64 / total_s;
     let jobs = costs.iter().map(|(n, c)| (n.clone(), PlannedJob { rate, workers: rate * c / 1e6 })).collect();
     Plan { rate, jobs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first free position by brute force over everything held.
+    fn first_free(q: &JobQueue) -> u64 {
+        let mut taken: Vec<(u64, u64)> = q.view.done.clone();
+        taken.extend(q.leased.iter().map(|(&s, l)| (s, s + l.len)));
+        taken.extend(q.pending.iter().map(|(&s, &l)| (s, s + l)));
+        taken.sort_unstable();
+        let mut cursor = 0;
+        for (s, e) in taken {
+            if s > cursor {
+                break;
+            }
+            cursor = cursor.max(e);
+        }
+        cursor
+    }
+
+    /// Random events (a fixed-seed generator), and after each one the
+    /// search that starts from `free_from` finds what a walk over
+    /// everything held finds.
+    #[test]
+    fn the_search_for_free_work_agrees_with_a_walk_over_everything_held() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        let mut d = Dispatcher::new(DispatcherConfig { lease_ms: 100 });
+        let mut view = JobView { name: "j".into(), samples: 50, passes: Some(6), batch_size: 3, done: vec![] };
+        d.sync(std::slice::from_ref(&view));
+        let mut now = 0;
+        let mut held: Vec<(WorkerId, Query)> = Vec::new();
+        let mut reported: Vec<Query> = Vec::new();
+        for step in 0..20_000 {
+            now += rand(20);
+            match rand(8) {
+                0..=2 => {
+                    let w = rand(4);
+                    held.extend(d.take(w, 1 + rand(2) as usize, now).into_iter().map(|q| (w, q)));
+                }
+                3 | 4 if !held.is_empty() => {
+                    let (w, q) = held.swap_remove(rand(held.len() as u64) as usize);
+                    if d.report(w, &q, 10, now) == Report::Accepted {
+                        reported.push(q);
+                    }
+                }
+                5 if !held.is_empty() => {
+                    let (w, q) = held.swap_remove(rand(held.len() as u64) as usize);
+                    d.release(w, &q);
+                }
+                6 => {
+                    // A flush: commit some reports, abandon others.
+                    let (commit, give_up): (Vec<Query>, Vec<Query>) = reported.drain(..).partition(|_| rand(4) > 0);
+                    d.abandon(&give_up);
+                    view.done.extend(commit.iter().map(|q| (q.start, q.start + q.len)));
+                    view.done.sort_unstable();
+                    view.done = view.done.iter().fold(Vec::new(), |mut m: Vec<(u64, u64)>, &(s, e)| {
+                        match m.last_mut() {
+                            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                            _ => m.push((s, e)),
+                        }
+                        m
+                    });
+                    if rand(50) == 0 {
+                        // The job finished and runs again from the start.
+                        view.done.clear();
+                    }
+                    d.sync(std::slice::from_ref(&view));
+                }
+                _ => {
+                    if rand(2) == 0 {
+                        d.expire(now);
+                    } else {
+                        d.worker_gone(rand(4));
+                    }
+                }
+            }
+            d.check().unwrap();
+            if let Some(q) = d.jobs.get_mut("j") {
+                let want = first_free(q);
+                let got = q.next_free().map_or(q.view.end(), |(s, _)| s);
+                assert_eq!(got, want.min(q.view.end()), "step {step}");
+            }
+        }
+    }
 }
