@@ -15,6 +15,7 @@ onnxruntime from pinned wheels); never run directly by users.
       the tokens the attention mask keeps, then L2 normalisation), so its
       output is one 384-vector per sentence: `sentence_embedding`.
   convert.py tiny <out.onnx> <out.npy>
+  convert.py widen <out.onnx>
       A one-operator model (y = x + 1 over [batch, 16] f32) and 4096 inputs
       for it: what a query costs when the model costs nothing.
   convert.py minilm <tokenizer.json> <out-dir>
@@ -384,6 +385,26 @@ def tiny(model_path, inputs_path):
     save_npy(inputs_path, x)
 
 
+def widen(model_path):
+    """y = x repeated 4096 times along its second axis, whose length is
+    free: a cheap model whose outputs (256 KiB per input of 16 floats) a
+    job cannot bound when it is added."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "widen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])],
+        [onnx.numpy_helper.from_array(np.array([1, 4096], dtype=np.int64), "repeats")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="idunno-assets")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    write_atomic(model_path, m.SerializeToString())
+
+
 def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "efficientnet":
@@ -392,6 +413,8 @@ def main():
         photos(args[0], args[1], args[2], args[3:])
     elif what == "tiny":
         tiny(*args)
+    elif what == "widen":
+        widen(*args)
     elif what == "minilm-embed":
         minilm_embed(*args)
     elif what == "minilm":

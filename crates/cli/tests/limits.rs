@@ -168,33 +168,28 @@ fn an_upload_takes_as_long_as_it_keeps_moving() {
 fn outputs_no_message_can_carry_fail_the_job_with_the_reason() {
     let c = common::up(3);
     let assets = idunno_ml::onnx::assets_dir();
+    // 16 floats in, 65,536 out per input (256 KiB); the model's input
+    // length is free, so `job add` cannot bound its outputs: a query of
+    // 300 inputs has 75 MiB of them.
+    ok(&c, 1, &["fs", "put", assets.join("models/widen.onnx").to_str().unwrap(), "models/widen.onnx"]);
+    // 400 inputs: queries of 300 and 100.
+    let x = idunno_ml::npy::read(&std::fs::read(assets.join("datasets/tiny/x.npy")).unwrap()).unwrap();
+    let rows = idunno_ml::Tensor { dtype: x.dtype, shape: vec![400, 16], data: x.data[..400 * 16 * 4].to_vec() };
     let tmp = tempfile::tempdir().unwrap();
-    let model = assets.join("models/minilm-int8.onnx");
-    ok(&c, 1, &["fs", "put", model.to_str().unwrap(), "models/minilm.onnx"]);
-    let mut inputs = Vec::new();
-    for name in ["input_ids", "attention_mask", "token_type_ids"] {
-        let t =
-            idunno_ml::npy::read(&std::fs::read(assets.join(format!("datasets/minilm/{name}.npy"))).unwrap()).unwrap();
-        // The 16 sentences eight times over.
-        let rows: Vec<u8> = (0..8).flat_map(|_| t.data.iter().copied()).collect();
-        let big = idunno_ml::Tensor { dtype: t.dtype, shape: vec![t.shape[0] * 8, t.shape[1]], data: rows };
-        let local = tmp.path().join(format!("{name}.npy"));
-        std::fs::write(&local, idunno_ml::npy::write(&big)).unwrap();
-        ok(&c, 1, &["fs", "put", local.to_str().unwrap(), &format!("data/{name}.npy")]);
-        inputs.push(format!("{name}=data/{name}.npy"));
-    }
-    let mut add = vec!["job", "add", "states", "--model", "models/minilm.onnx", "--batch-size", "128", "--passes", "1"];
-    add.extend(inputs.iter().flat_map(|i| ["--inputs", i.as_str()]));
-    ok(&c, 1, &add);
-    ok(&c, 1, &["job", "start", "states"]);
-    let failed = wait_for(Duration::from_secs(120), || ok(&c, 2, &["job", "status", "states"])[0]["state"] == "failed");
-    let st = ok(&c, 2, &["job", "status", "states"])[0].clone();
+    let local = tmp.path().join("x.npy");
+    std::fs::write(&local, idunno_ml::npy::write(&rows)).unwrap();
+    ok(&c, 1, &["fs", "put", local.to_str().unwrap(), "data/x.npy"]);
+    let add = ["job", "add", "wide", "--model", "models/widen.onnx", "--inputs", "data/x.npy"];
+    ok(&c, 1, &[&add[..], &["--batch-size", "300", "--passes", "1"]].concat());
+    ok(&c, 1, &["job", "start", "wide"]);
+    let failed = wait_for(Duration::from_secs(120), || ok(&c, 2, &["job", "status", "wide"])[0]["state"] == "failed");
+    let st = ok(&c, 2, &["job", "status", "wide"])[0].clone();
     assert!(failed.is_some(), "the job never failed: {st}");
     let error = st["error"].as_str().unwrap_or_default();
     assert!(error.contains("more than one message carries") && error.contains("lower the batch size"), "{st}");
     // Smaller batches of the same job go through.
-    ok(&c, 1, &["job", "set-batch-size", "states", "16"]);
-    ok(&c, 1, &["job", "start", "states"]);
-    let done = wait_for(Duration::from_secs(120), || ok(&c, 2, &["job", "status", "states"])[0]["state"] == "done");
-    assert!(done.is_some(), "{}", ok(&c, 2, &["job", "status", "states"]));
+    ok(&c, 1, &["job", "set-batch-size", "wide", "100"]);
+    ok(&c, 1, &["job", "start", "wide"]);
+    let done = wait_for(Duration::from_secs(120), || ok(&c, 2, &["job", "status", "wide"])[0]["state"] == "done");
+    assert!(done.is_some(), "{}", ok(&c, 2, &["job", "status", "wide"]));
 }

@@ -119,9 +119,12 @@ impl Leader {
             for r in req.results {
                 let query = Query { job: r.job.clone(), pass: r.pass, start: r.start, len: r.len };
                 if !r.error.is_empty() {
-                    inner.dispatcher.release(worker, &query);
+                    let held = inner.dispatcher.release(worker, &query);
                     tracing::warn!(job = %r.job, worker, error = %r.error, "a query failed");
-                    if r.transient {
+                    // A query the worker no longer held (of a job stopped or
+                    // failed meanwhile, a batch size since changed) says
+                    // nothing about the job as it runs now.
+                    if r.transient || !held {
                         continue;
                     }
                     // One failure may be a node's hiccup; failures in a row,

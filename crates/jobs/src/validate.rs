@@ -29,14 +29,14 @@ async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> 
 
 /// The largest batch whose outputs fit in the worker's results budget, if
 /// the model's first output has a fixed size per input: a class is one
-/// small number, a vector as JSON takes up to 16 bytes a value.
+/// small number, a vector 4 bytes a value.
 fn max_batch(first_output: Option<&Signature>, output: OutputKind) -> Option<u32> {
     if output == OutputKind::Class {
         return None;
     }
     let dims: Option<Vec<usize>> = first_output?.shape.get(1..)?.iter().map(|d| usize::try_from(*d).ok()).collect();
     let values = idunno_ml::limits::elements(&dims?)?.max(1);
-    let per_input = values.saturating_mul(16);
+    let per_input = values.saturating_mul(4);
     let fit = (crate::RESULTS_BUDGET / per_input).clamp(1, MAX_BATCH_SIZE as usize);
     Some(fit as u32)
 }
