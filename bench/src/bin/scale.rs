@@ -133,6 +133,24 @@ async fn puts(c: &Cluster, tag: usize, n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// p50 of 50 `Stat`s of `name` and of 50 `List`s of `prefix` (its 400
+/// names) through `addr`, in ms.
+async fn stat_and_list(addr: &str, name: &str, prefix: &str) -> (f64, f64) {
+    let ch = idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.expect("connect");
+    let mut c = idunno_rpc::SdfsClient::new(ch).limited();
+    let (mut stats, mut lists) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        c.stat(v1::StatRequest { name: name.into(), local: false }).await.expect("stat");
+        stats.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let page = c.list(v1::ListRequest { prefix: prefix.into(), ..Default::default() }).await.expect("list");
+        assert!(page.into_inner().files.len() >= 100);
+        lists.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (median(&stats), median(&lists))
+}
+
 /// p50 of 200 gets of `name` through `addr`, in ms.
 async fn gets(addr: &str, name: &str) -> f64 {
     let mut times = Vec::new();
@@ -162,10 +180,12 @@ async fn namespace(args: &Args) -> Option<Cluster> {
         let rate = puts(&c, size, args.puts).await;
         let name = format!("put/{size}/00000");
         let (f, ld) = (gets(&follower, &name).await, gets(&leader_addr, &name).await);
+        let (stat, list) = stat_and_list(&follower, &name, &format!("put/{size}/")).await;
         let rss = rss_mib(c.node(l).pid).unwrap_or(f64::NAN);
         println!(
-            "  {:>7} files: puts {rate:>6.1}/s   get p50 follower {f:>6.2} ms  leader {ld:>6.2} ms   (fill {fill_rate:.0} commits/s; leader RSS {rss:.0} MiB)",
-            filled + args.puts * rows.len().max(1),
+            "  {:>7} files: puts {rate:>6.1}/s   get p50 follower {f:>6.2} ms  leader {ld:>6.2} ms   stat {stat:.2} ms, list of {} {list:.2} ms (follower)   (fill {fill_rate:.0} commits/s; leader RSS {rss:.0} MiB)",
+            filled + args.puts * (rows.len() + 1),
+            args.puts,
         );
         rows.push((size, rate, f, ld));
     }

@@ -6,8 +6,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use clap::Subcommand;
-use idunno_coordinator::state::{Applied, Command};
-use idunno_coordinator::store::SmData;
 use idunno_rpc::{CoordinatorClient, Limited, RpcError, v1};
 use tonic::transport::Channel;
 
@@ -55,21 +53,12 @@ where
     Err(last.map(CliError::from).unwrap_or_else(|| CliError::failed("no node to talk to")))
 }
 
-/// The replicated state, fresh from the leader (through any node).
-pub async fn read_state(node: Option<String>) -> Result<SmData, CliError> {
-    let reply = on_any_node(node, |addr, mut c| async move {
-        let mut req = tonic::Request::new(v1::ReadStateRequest { forwarded: false, local: false });
-        req.set_timeout(CALL_TIMEOUT);
-        c.read_state(req).await.map(|r| r.into_inner()).map_err(|s| RpcError::from_status(&addr, s))
-    })
-    .await?;
-    serde_json::from_slice(&reply.state_json).map_err(|e| CliError::failed(format!("unreadable state: {e}")))
-}
-
 pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result<(), CliError> {
     match cmd {
         CoordCommand::Apply { command } => {
-            let parsed: Command = serde_json::from_str(&command)
+            // The node decodes and checks the command (it answers
+            // INVALID_ARGUMENT naming what is wrong).
+            let parsed: serde_json::Value = serde_json::from_str(&command)
                 .map_err(|e| CliError::bad_input(format!("not a coordinator command: {e}")))?;
             let json = serde_json::to_vec(&parsed).map_err(|e| CliError::failed(e.to_string()))?;
             let reply = on_any_node(node, |addr, mut c| {
@@ -81,20 +70,21 @@ pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result
                 }
             })
             .await?;
-            let applied: Applied = serde_json::from_slice(&reply.applied_json)
+            let applied: serde_json::Value = serde_json::from_slice(&reply.applied_json)
                 .map_err(|e| CliError::failed(format!("unreadable reply: {e}")))?;
-            match applied {
-                Ok(r) => {
+            match (applied.get("Ok"), applied.get("Err")) {
+                (Some(r), _) => {
                     if out.json {
                         return out.json(&serde_json::json!({
                             "reply": r, "log_index": reply.log_index, "leader": reply.leader
                         }));
                     }
-                    println!("applied at log index {} by leader {}: {r:?}", reply.log_index, reply.leader);
+                    println!("applied at log index {} by leader {}: {r}", reply.log_index, reply.leader);
                     Ok(())
                 }
                 // A refusal changed nothing: the caller's input was wrong.
-                Err(refusal) => Err(CliError::bad_input(format!("refused: {refusal}"))),
+                (None, Some(_)) => Err(CliError::bad_input(format!("refused: {}", reply.refusal))),
+                (None, None) => Err(CliError::failed(format!("unreadable reply: {applied}"))),
             }
         }
         CoordCommand::State { local } => {
@@ -104,19 +94,21 @@ pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result
                 c.read_state(req).await.map(|r| r.into_inner()).map_err(|s| RpcError::from_status(&addr, s))
             })
             .await?;
-            let data: SmData = serde_json::from_slice(&reply.state_json)
+            let data: serde_json::Value = serde_json::from_slice(&reply.state_json)
                 .map_err(|e| CliError::failed(format!("unreadable state: {e}")))?;
+            let state = &data["state"];
             if out.json {
                 return out.json(&serde_json::json!({
                     "leader": reply.leader,
                     "applied_index": reply.applied_index,
-                    "state": data.state,
+                    "state": state,
                 }));
             }
+            let count = |what: &str| state[what].as_object().map_or(0, |m| m.len()).to_string();
             let mut t = table(&["WHAT", "COUNT"]);
-            t.add_row(vec!["files".to_string(), data.state.files.len().to_string()]);
-            t.add_row(vec!["jobs".to_string(), data.state.jobs.len().to_string()]);
-            t.add_row(vec!["assignments".to_string(), data.state.assignments.len().to_string()]);
+            for what in ["files", "jobs", "trainings", "assignments"] {
+                t.add_row(vec![what.to_string(), count(what)]);
+            }
             println!("{t}");
             println!("as of log index {} at leader {}", reply.applied_index, reply.leader);
             Ok(())

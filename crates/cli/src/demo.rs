@@ -241,7 +241,8 @@ impl Story {
         );
 
         say("SDFS after the kills: the model re-replicated on the survivors");
-        crate::fs::run(FsCommand::Ls { name: "models/effnet-lite0.onnx".into() }, Some(via), self.out).await?;
+        let ls = FsCommand::Ls { name: "models/effnet-lite0.onnx".into(), local: false };
+        crate::fs::run(ls, Some(via), self.out).await?;
 
         say("the four measurements (bench/fairness repeats them over many trials)");
         println!(

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::error::CliError;
 use crate::output::{Output, table};
-use crate::{coord, target};
+use crate::target;
 
 #[derive(Subcommand)]
 pub enum FsCommand {
@@ -35,9 +35,20 @@ pub enum FsCommand {
     /// Delete every version of NAME.
     Delete { name: String },
     /// The versions of NAME: size, checksum, holders.
-    Ls { name: String },
+    Ls {
+        name: String,
+        /// The answering node's own view (no round trip to the leader; may
+        /// lag it).
+        #[arg(long)]
+        local: bool,
+    },
     /// Every file, or those whose name starts with PREFIX.
-    List { prefix: Option<String> },
+    List {
+        prefix: Option<String>,
+        /// The answering node's own view (may lag the leader).
+        #[arg(long)]
+        local: bool,
+    },
     /// The files held by one node: the answering node, or the node with id
     /// N given as `--node N`.
     Store,
@@ -112,15 +123,8 @@ pub async fn run(cmd: FsCommand, node: Option<String>, out: Output) -> Result<()
             println!("deleted {name} (versions {:?})", r.versions);
             Ok(())
         }
-        FsCommand::Ls { name } => {
-            let data = coord::read_state(node).await?;
-            let entry = data
-                .state
-                .files
-                .get(&name)
-                .filter(|e| !e.versions.is_empty())
-                .ok_or_else(|| CliError::bad_input(format!("no such file: {name}")))?;
-            let versions: Vec<_> = entry.versions.iter().rev().collect();
+        FsCommand::Ls { name, local } => {
+            let versions = stat(&name, local, node).await?;
             if out.json {
                 let vs: Vec<_> = versions
                     .iter()
@@ -136,54 +140,51 @@ pub async fn run(cmd: FsCommand, node: Option<String>, out: Output) -> Result<()
             println!("{name}\n{t}");
             Ok(())
         }
-        FsCommand::List { prefix } => {
-            let data = coord::read_state(node).await?;
-            let rows: Vec<_> = data
-                .state
-                .files
-                .iter()
-                .filter(|(n, e)| !e.versions.is_empty() && prefix.as_deref().is_none_or(|p| n.starts_with(p)))
-                .filter_map(|(n, e)| e.versions.last().map(|v| (n.clone(), v.version, v.size)))
-                .collect();
+        FsCommand::List { prefix, local } => {
+            let addr = target::resolve(node);
+            let mut c = client(&addr).await?;
+            let mut rows = Vec::new();
+            let mut after = String::new();
+            // Page by page: no message holds the whole namespace.
+            loop {
+                let req = v1::ListRequest { prefix: prefix.clone().unwrap_or_default(), after, limit: 0, local };
+                let page = c.list(req).await.map_err(|s| RpcError::from_status(&addr, s))?.into_inner();
+                rows.extend(page.files);
+                if page.next.is_empty() {
+                    break;
+                }
+                after = page.next;
+            }
             if out.json {
                 let doc: Vec<_> =
-                    rows.iter().map(|(n, v, s)| json!({"name": n, "latest_version": v, "size": s})).collect();
+                    rows.iter().map(|f| json!({"name": f.name, "latest_version": f.version, "size": f.size})).collect();
                 return out.json(&doc);
             }
             let mut t = table(&["NAME", "LATEST VERSION", "SIZE"]);
-            for (n, v, s) in &rows {
-                t.add_row(vec![n.clone(), v.to_string(), s.to_string()]);
+            for f in &rows {
+                t.add_row(vec![f.name.clone(), f.version.to_string(), f.size.to_string()]);
             }
             println!("{t}\n{} file(s)", rows.len());
             Ok(())
         }
         FsCommand::Store => {
             let addr = node_addr(node).await?.unwrap_or_else(|| target::resolve(None));
-            let blobs = client(&addr)
+            let r = client(&addr)
                 .await?
                 .store(v1::StoreRequest {})
                 .await
                 .map_err(|s| RpcError::from_status(&addr, s))?
-                .into_inner()
-                .blobs;
-            let data = coord::read_state(Some(addr.clone())).await?;
-            let mut files = Vec::new();
-            for (name, e) in &data.state.files {
-                for v in &e.versions {
-                    if blobs.iter().any(|b| b.blake3 == v.blake3) {
-                        files.push((name.clone(), v.version, v.size));
-                    }
-                }
-            }
+                .into_inner();
             if out.json {
-                let doc: Vec<_> = files.iter().map(|(n, v, s)| json!({"name": n, "version": v, "size": s})).collect();
-                return out.json(&json!({"node": addr, "files": doc, "blobs": blobs.len()}));
+                let doc: Vec<_> =
+                    r.files.iter().map(|f| json!({"name": f.name, "version": f.version, "size": f.size})).collect();
+                return out.json(&json!({"node": addr, "files": doc, "blobs": r.blobs.len()}));
             }
             let mut t = table(&["NAME", "VERSION", "SIZE"]);
-            for (n, v, s) in &files {
-                t.add_row(vec![n.clone(), v.to_string(), s.to_string()]);
+            for f in &r.files {
+                t.add_row(vec![f.name.clone(), f.version.to_string(), f.size.to_string()]);
             }
-            println!("{t}\n{} file version(s) on {addr}", files.len());
+            println!("{t}\n{} file version(s) on {addr}", r.files.len());
             Ok(())
         }
         FsCommand::Versions { name, count, local } => versions(&name, count, &local, node, out).await,
@@ -329,18 +330,23 @@ async fn get(
     Ok(h)
 }
 
+/// The versions of `name`, newest first; a name with none is bad input.
+async fn stat(name: &str, local: bool, node: Option<String>) -> Result<Vec<v1::FileVersionInfo>, CliError> {
+    let addr = target::resolve(node);
+    let req = v1::StatRequest { name: name.to_string(), local };
+    match client(&addr).await?.stat(req).await {
+        Ok(r) => Ok(r.into_inner().versions),
+        Err(s) if s.code() == tonic::Code::NotFound => Err(CliError::bad_input(s.message().to_string())),
+        Err(s) => Err(RpcError::from_status(&addr, s).into()),
+    }
+}
+
 async fn versions(name: &str, count: usize, local: &Path, node: Option<String>, out: Output) -> Result<(), CliError> {
     if count == 0 {
         return Err(CliError::bad_input("count must be at least 1"));
     }
-    let data = coord::read_state(node.clone()).await?;
-    let entry = data
-        .state
-        .files
-        .get(name)
-        .filter(|e| !e.versions.is_empty())
-        .ok_or_else(|| CliError::bad_input(format!("no such file: {name}")))?;
-    let wanted: Vec<u64> = entry.versions.iter().rev().take(count).map(|v| v.version).collect();
+    let kept = stat(name, false, node.clone()).await?;
+    let wanted: Vec<u64> = kept.iter().take(count).map(|v| v.version).collect();
     let addr = target::resolve(node);
     let mut partial = Partial { path: partial_path(local), keep: false };
     let mut f = tokio::fs::File::create(&partial.path)
@@ -348,7 +354,7 @@ async fn versions(name: &str, count: usize, local: &Path, node: Option<String>, 
         .map_err(|e| CliError::bad_input(format!("cannot write {}: {e}", local.display())))?;
     let mut done = Vec::new();
     for v in &wanted {
-        let v_meta = entry.versions.iter().find(|x| x.version == *v).map(|x| (x.size, x.blake3.clone()));
+        let v_meta = kept.iter().find(|x| x.version == *v).map(|x| (x.size, x.blake3.clone()));
         let (size, hash) = v_meta.unwrap_or_default();
         let delim = format!("==> idunno: {name} version {v} ({size} bytes, blake3 {hash}) <==\n");
         f.write_all(delim.as_bytes()).await.map_err(|e| CliError::failed(e.to_string()))?;

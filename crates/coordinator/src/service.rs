@@ -32,7 +32,8 @@ impl idunno_rpc::Coordinator for CoordinatorService {
         let out = if req.forwarded { self.0.apply_local(cmd).await } else { self.0.apply(cmd).await };
         let out = out.map_err(status_of)?;
         let applied_json = serde_json::to_vec(&out.applied).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(v1::ApplyReply { applied_json, log_index: out.log_index, leader: out.leader }))
+        let refusal = out.applied.as_ref().err().map(|r| r.to_string()).unwrap_or_default();
+        Ok(Response::new(v1::ApplyReply { applied_json, log_index: out.log_index, leader: out.leader, refusal }))
     }
 
     async fn read_index(&self, _: Request<v1::ReadIndexRequest>) -> Result<Response<v1::ReadIndexReply>, Status> {

@@ -20,6 +20,10 @@ use crate::placement::{place, write_quorum};
 
 pub struct SdfsService(pub Arc<Sdfs>);
 
+/// Names per page of `List`, by default and at most.
+const LIST_PAGE: usize = 10_000;
+const LIST_PAGE_MAX: usize = 100_000;
+
 type GetStream = Pin<Box<dyn Stream<Item = Result<v1::GetMessage, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::Chunk, Status>> + Send>>;
 
@@ -237,6 +241,15 @@ impl Sdfs {
         }
     }
 
+    /// The namespace as of now (linearizable), or as this node has it
+    /// (`local`: may lag).
+    async fn read(&self, local: bool) -> Result<Arc<idunno_coordinator::store::SmData>, Status> {
+        if local {
+            return Ok(self.coordinator.local_state());
+        }
+        Ok(self.coordinator.read().await.map_err(coord_status)?.0)
+    }
+
     /// The version `version` (0: newest) of `name`, from a fresh read of
     /// the namespace at the leader.
     pub async fn find(&self, name: &str, version: u64) -> Result<FileVersion, Status> {
@@ -407,10 +420,71 @@ impl idunno_rpc::Sdfs for SdfsService {
 
     async fn store(&self, _: Request<v1::StoreRequest>) -> Result<Response<v1::StoreReply>, Status> {
         let blobs = self.0.store.list().map_err(blob_status)?;
+        let held: std::collections::BTreeSet<&str> = blobs.iter().map(|(b, _)| b.as_str()).collect();
+        let data = self.0.coordinator.local_state();
+        let mut files = Vec::new();
+        for (name, e) in data.state.files.iter() {
+            for v in e.versions.iter().filter(|v| held.contains(v.blake3.as_str())) {
+                files.push(v1::ListedFile { name: name.clone(), version: v.version, size: v.size });
+            }
+        }
         Ok(Response::new(v1::StoreReply {
             blobs: blobs.into_iter().map(|(blake3, size)| v1::StoredBlob { blake3, size }).collect(),
+            files,
         }))
     }
+
+    async fn stat(&self, req: Request<v1::StatRequest>) -> Result<Response<v1::StatReply>, Status> {
+        let req = req.into_inner();
+        check_name(&req.name)?;
+        let data = self.0.read(req.local).await?;
+        let entry = data.state.files.get(&req.name).filter(|e| !e.versions.is_empty());
+        let entry = entry.ok_or_else(|| Status::not_found(format!("no such file: {}", req.name)))?;
+        let versions = entry
+            .versions
+            .iter()
+            .rev()
+            .map(|v| v1::FileVersionInfo {
+                version: v.version,
+                size: v.size,
+                blake3: v.blake3.clone(),
+                replicas: v.replicas.clone(),
+                committed_at_ms: v.committed_at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::StatReply { name: req.name, versions }))
+    }
+
+    async fn list(&self, req: Request<v1::ListRequest>) -> Result<Response<v1::ListReply>, Status> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => LIST_PAGE,
+            n => (n as usize).min(LIST_PAGE_MAX),
+        };
+        let data = self.0.read(req.local).await?;
+        let after = std::ops::Bound::Excluded(req.after.clone());
+        let from = if req.after.is_empty() || req.after < req.prefix {
+            std::ops::Bound::Included(req.prefix.clone())
+        } else {
+            after
+        };
+        let mut files = Vec::new();
+        let mut next = String::new();
+        // From the prefix on, in name order, until a name without it.
+        for (name, e) in data.state.files.range((from, std::ops::Bound::Unbounded)) {
+            if !name.starts_with(&req.prefix) {
+                break;
+            }
+            let Some(v) = e.versions.last() else { continue };
+            if files.len() == limit {
+                next = files.last().map_or_else(String::new, |f: &v1::ListedFile| f.name.clone());
+                break;
+            }
+            files.push(v1::ListedFile { name: name.clone(), version: v.version, size: v.size });
+        }
+        Ok(Response::new(v1::ListReply { files, next }))
+    }
+
 
     async fn write_blob(&self, req: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::WriteBlobReply>, Status> {
         let mut incoming = req.into_inner();
