@@ -35,12 +35,17 @@ pub const MAX_BATCH_SIZE: u32 = 65_536;
 /// costs O(log n), not O(n).
 pub type Files = imbl::OrdMap<String, FileEntry>;
 
+/// The job tables, persistent for the same reason: a commit that changes
+/// one job copies that job, not the table.
+pub type Jobs = imbl::OrdMap<String, Job>;
+pub type Trainings = imbl::OrdMap<String, Training>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// SDFS namespace: file name → its versions.
     pub files: Files,
     /// Job table: job name → definition, state and progress.
-    pub jobs: BTreeMap<String, Job>,
+    pub jobs: Jobs,
     /// Which workers serve which job (the scheduler's last decision).
     pub assignments: BTreeMap<String, Vec<u64>>,
     /// Why: the measurements behind `assignments`, per job.
@@ -49,7 +54,7 @@ pub struct ClusterState {
     /// Training jobs (`idunno train`): job name → definition, group and
     /// progress. Job names are one namespace with `jobs`.
     #[serde(default)]
-    pub trainings: BTreeMap<String, Training>,
+    pub trainings: Trainings,
     /// The first version of a file whose name is not in `files`: above
     /// every version of a forgotten name (see [`Command::ForgetFiles`]),
     /// so a version number never means two contents, even after a deleted
