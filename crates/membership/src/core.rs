@@ -309,6 +309,21 @@ impl Swim {
         self.leaving = true;
     }
 
+    /// How this node sees the member at `addr` (the newest identity
+    /// there), without building the whole member list.
+    pub fn state_of(&self, addr: SocketAddr) -> Option<MemberState> {
+        if addr == self.identity().addr {
+            return Some(if self.leaving { MemberState::Left } else { MemberState::Alive });
+        }
+        let m = self.foca.iter_membership_state().filter(|m| m.id().addr == addr).max_by_key(|m| m.id().generation)?;
+        Some(match m.state() {
+            State::Alive => MemberState::Alive,
+            State::Suspect => MemberState::Suspect,
+            State::Down if self.lock_left().contains(m.id()) => MemberState::Left,
+            State::Down => MemberState::Dead,
+        })
+    }
+
     /// Every member this node knows of, itself included, sorted by id.
     pub fn members(&self) -> Vec<MemberInfo> {
         let left = self.lock_left();
