@@ -61,7 +61,7 @@ fn main() {
     let wall = Instant::now();
     let mut sim = Sim::with_config(n, args.seed, 0.0, config.clone());
     println!(
-        "bench/swim-sim: {n} members, probe period {} ms, probe timeout {} ms, {} indirect probes, suspicion {} ms, {} transmissions per update, seed {}",
+        "bench/swim-sim: {n} members, probe period {} ms, probe timeout {} ms, {} indirect probes, suspicion {} ms and {} transmissions per update for up to 7 members (scaled with the group's size), seed {}",
         config.probe_period_ms,
         config.probe_rtt_ms,
         config.indirect_probes,
