@@ -409,9 +409,8 @@ impl Coordinator {
 /// task ends with Raft.
 fn watch_leadership(id: NodeId, raft: &Raft) -> watch::Receiver<Option<u64>> {
     let mut metrics = raft.metrics();
-    let leads = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
-        (m.current_leader == Some(id)).then_some(m.current_term)
-    };
+    let leads =
+        move |m: &openraft::RaftMetrics<NodeId, BasicNode>| (m.current_leader == Some(id)).then_some(m.current_term);
     let (tx, rx) = watch::channel(leads(&metrics.borrow()));
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {

@@ -11,9 +11,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod histogram;
+mod jobs;
 mod results;
 mod training;
+mod trainings;
 
 pub use histogram::{Histogram, LatencySummary};
 pub use results::{JobResults, ResultSegment, is_current, pass_done};
@@ -497,142 +500,22 @@ impl ClusterState {
     pub fn apply(&mut self, cmd: Command) -> Applied {
         match cmd {
             Command::CommitFileVersion { name, size, blake3, replicas, keep, now_ms } => {
-                non_empty("file name", &name)?;
-                non_empty("checksum", &blake3)?;
-                distinct(&replicas)?;
-                if replicas.is_empty() {
-                    return Err(Refusal::Empty { what: "replica list".into() });
-                }
-                if keep == 0 {
-                    return Err(Refusal::KeepZero);
-                }
-                let floor = self.version_floor;
-                let entry =
-                    self.files.entry(name).or_insert_with(|| FileEntry { next_version: floor, ..Default::default() });
-                entry.deleted_at_ms = None;
-                let version = entry.next_version.max(1);
-                entry.next_version = version + 1;
-                entry.versions.push(FileVersion { version, size, blake3, replicas, committed_at_ms: now_ms });
-                let excess = entry.versions.len().saturating_sub(keep as usize);
-                let dropped = entry.versions.drain(..excess).map(|v| v.version).collect();
-                Ok(Reply::Committed { version, dropped })
+                self.commit_file_version(name, size, blake3, replicas, keep, now_ms)
             }
-            Command::DeleteFile { name, now_ms } => {
-                let entry = self.files.get_mut(&name).filter(|e| !e.versions.is_empty());
-                let Some(entry) = entry else { return Err(Refusal::NoSuchFile { name }) };
-                // The entry stays (empty) so version numbers never repeat,
-                // until the leader forgets it.
-                let versions = entry.versions.drain(..).map(|v| v.version).collect();
-                entry.deleted_at_ms = Some(now_ms);
-                Ok(Reply::Deleted { versions })
-            }
-            Command::ForgetFiles { names } => {
-                for name in names {
-                    if let Some(e) = self.files.get(&name).filter(|e| e.versions.is_empty()) {
-                        self.version_floor = self.version_floor.max(e.next_version);
-                        self.files.remove(&name);
-                    }
-                }
-                Ok(Reply::Done)
-            }
-            Command::SetReplicas { name, version, replicas } => {
-                distinct(&replicas)?;
-                let entry = self.files.get_mut(&name).filter(|e| !e.versions.is_empty());
-                let Some(entry) = entry else { return Err(Refusal::NoSuchFile { name }) };
-                let Some(v) = entry.versions.iter_mut().find(|v| v.version == version) else {
-                    return Err(Refusal::NoSuchVersion { name, version });
-                };
-                v.replicas = replicas;
-                Ok(Reply::Done)
-            }
-            Command::AddJob { spec } => {
-                non_empty("job name", &spec.name)?;
-                non_empty("model", &spec.model)?;
-                non_empty("inputs", &spec.inputs)?;
-                if spec.batch_size == 0 {
-                    return Err(Refusal::BatchSizeZero);
-                }
-                if spec.batch_size > spec.batch_limit() {
-                    return Err(Refusal::BatchSizeTooLarge { batch_size: spec.batch_size, max: spec.batch_limit() });
-                }
-                if !is_permutation(&spec.transpose) {
-                    return Err(Refusal::BadTranspose { transpose: spec.transpose });
-                }
-                if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
-                    return Err(Refusal::JobExists { job: spec.name });
-                }
-                let name = spec.name.clone();
-                let job = Job { spec, state: JobState::Added, progress: JobProgress::default(), results: JobResults::default() };
-                self.jobs.insert(name, job);
-                Ok(Reply::Done)
-            }
+            Command::DeleteFile { name, now_ms } => self.delete_file(name, now_ms),
+            Command::ForgetFiles { names } => self.forget_files(names),
+            Command::SetReplicas { name, version, replicas } => self.set_replicas(name, version, replicas),
+            Command::AddJob { spec } => self.add_job(spec),
             Command::SetJobState { job, state, .. } if self.trainings.contains_key(&job) => {
-                let t = self.training_mut(&job)?;
-                // A finished training is done for good (train again under a
-                // new name); its state only changes through its reports.
-                let refused = !allowed(t.state, state) || state == JobState::Done || t.state == JobState::Done;
-                if refused {
-                    return Err(Refusal::BadTransition { job, from: t.state, to: state });
-                }
-                if state == JobState::Running {
-                    t.progress.error = None;
-                }
-                // Stopped or failed, the group dissolves (its members see
-                // they are out); started again, the leader forms a new one.
-                t.group.workers.clear();
-                t.state = state;
-                Ok(Reply::Done)
+                self.set_training_state(job, state)
             }
-            Command::SetJobState { job, state, now_ms } => {
-                let j = self.job_mut(&job)?;
-                if !allowed(j.state, state) {
-                    return Err(Refusal::BadTransition { job, from: j.state, to: state });
-                }
-                if state == JobState::Running {
-                    // A finished job runs again from its first pass.
-                    if j.state == JobState::Done {
-                        j.progress.pass = 0;
-                        j.progress.done.clear();
-                        // Its rows would be taken for the new run's.
-                        j.results = JobResults::default();
-                    }
-                    j.progress.started_at_ms = now_ms;
-                    j.progress.recent.clear();
-                    j.progress.error = None;
-                }
-                j.state = state;
-                Ok(Reply::Done)
-            }
+            Command::SetJobState { job, state, now_ms } => self.set_job_state(job, state, now_ms),
             Command::SetBatchSize { job, .. } if self.trainings.contains_key(&job) => {
                 Err(Refusal::BadTraining(format!("{job} is a training job: its batch size is fixed when it is added")))
             }
-            Command::SetBatchSize { job, batch_size } => {
-                if batch_size == 0 {
-                    return Err(Refusal::BatchSizeZero);
-                }
-                let spec = &mut self.job_mut(&job)?.spec;
-                if batch_size > spec.batch_limit() {
-                    return Err(Refusal::BatchSizeTooLarge { batch_size, max: spec.batch_limit() });
-                }
-                spec.batch_size = batch_size;
-                Ok(Reply::Done)
-            }
-            Command::RemoveJob { job } if self.trainings.contains_key(&job) => {
-                if self.trainings.get(&job).is_some_and(|t| t.state == JobState::Running) {
-                    return Err(Refusal::JobRunning { job });
-                }
-                self.trainings.remove(&job);
-                Ok(Reply::Done)
-            }
-            Command::RemoveJob { job } => {
-                if self.job_mut(&job)?.state == JobState::Running {
-                    return Err(Refusal::JobRunning { job });
-                }
-                self.jobs.remove(&job);
-                self.assignments.remove(&job);
-                self.assignment_notes.remove(&job);
-                Ok(Reply::Done)
-            }
+            Command::SetBatchSize { job, batch_size } => self.set_batch_size(job, batch_size),
+            Command::RemoveJob { job } if self.trainings.contains_key(&job) => self.remove_training(job),
+            Command::RemoveJob { job } => self.remove_job(job),
             Command::SetAssignments { assignments, notes } => {
                 if let Some(job) = assignments.keys().chain(notes.keys()).find(|j| !self.jobs.contains_key(*j)) {
                     return Err(Refusal::NoSuchJob { job: job.clone() });
@@ -645,56 +528,7 @@ impl ClusterState {
                 Ok(Reply::Done)
             }
             Command::CompleteQueries { job, expect_done, queries, now_ms, segment } => {
-                let j = self.job_mut(&job)?;
-                if j.state != JobState::Running {
-                    return Err(Refusal::JobNotRunning { job });
-                }
-                let p = &j.progress;
-                if p.queries_done != expect_done {
-                    return Err(Refusal::StaleCount { job, expected: expect_done, actual: p.queries_done });
-                }
-                if let Some(s) = &segment {
-                    let rows = queries.iter().fold(0u64, |n, q| n.saturating_add(q.len));
-                    j.check_segment(s, expect_done + 1, queries.len() as u64, rows)?;
-                }
-                // Check every query against the done set (and each other)
-                // before changing anything.
-                let samples = j.spec.samples.max(1);
-                let end = j.spec.passes.map_or(u64::MAX, |n| n.saturating_mul(samples));
-                let mut check = p.clone();
-                for q in &queries {
-                    let last = q.start.saturating_add(q.len);
-                    let spans_passes = q.len == 0 || q.start / samples != (last - 1) / samples;
-                    if spans_passes || last > end || check.overlaps_done(q.start, q.len) {
-                        return Err(Refusal::RepeatedQuery { job, start: q.start, len: q.len });
-                    }
-                    check.mark_done(q.start, q.len);
-                }
-                let p = &mut j.progress;
-                for q in &queries {
-                    p.mark_done(q.start, q.len);
-                    p.queries_done += 1;
-                    p.inputs_done += q.len;
-                    // A query's own counts are at most its inputs.
-                    let labeled = q.labeled.min(q.len);
-                    p.labeled += labeled;
-                    p.correct += q.correct.min(labeled);
-                    p.latency.record(q.latency_us);
-                }
-                let slot = now_ms / RATE_SLOT_MS;
-                *p.recent.entry(slot).or_default() += queries.len() as u64;
-                let oldest = now_ms.saturating_sub(RATE_WINDOW_MS) / RATE_SLOT_MS;
-                p.recent.retain(|s, _| *s > oldest);
-                let prefix = p.done.first().filter(|(s, _)| *s == 0).map_or(0, |(_, e)| *e);
-                p.pass = prefix / samples;
-                let finished = prefix >= end;
-                if let Some(s) = segment {
-                    j.results.segments.push_back(s);
-                }
-                if finished {
-                    j.state = JobState::Done;
-                }
-                Ok(Reply::Completed { first_query: expect_done + 1, finished })
+                self.complete_queries(job, expect_done, queries, now_ms, segment)
             }
             Command::DropResults { job, files } => {
                 self.job_mut(&job)?.drop_segments(&files);
@@ -710,93 +544,12 @@ impl ClusterState {
                 p.inputs_done = p.inputs_done.saturating_add(inputs);
                 Ok(Reply::Done)
             }
-            Command::AddTraining { spec, now_ms } => {
-                non_empty("job name", &spec.name)?;
-                non_empty("output model name", &spec.out)?;
-                if spec.batch_size == 0 {
-                    return Err(Refusal::BatchSizeZero);
-                }
-                if spec.batch_size > MAX_BATCH_SIZE {
-                    return Err(Refusal::BatchSizeTooLarge { batch_size: spec.batch_size, max: MAX_BATCH_SIZE });
-                }
-                if spec.epochs == 0 || spec.workers == 0 || spec.samples == 0 || spec.checkpoint_every == 0 {
-                    return Err(Refusal::BadTraining(
-                        "epochs, workers, samples and checkpoint_every must be at least 1".into(),
-                    ));
-                }
-                if self.jobs.contains_key(&spec.name) || self.trainings.contains_key(&spec.name) {
-                    return Err(Refusal::JobExists { job: spec.name });
-                }
-                let progress = TrainProgress { started_at_ms: now_ms, ..Default::default() };
-                let t = Training { spec, state: JobState::Running, group: TrainGroup::default(), progress };
-                self.trainings.insert(t.spec.name.clone(), t);
-                Ok(Reply::Done)
-            }
+            Command::AddTraining { spec, now_ms } => self.add_training(spec, now_ms),
             Command::SetTrainGroup { job, generation, workers, now_ms } => {
-                distinct(&workers)?;
-                let t = self.training_mut(&job)?;
-                if t.state != JobState::Running {
-                    return Err(Refusal::JobNotRunning { job });
-                }
-                if generation != t.group.generation + 1 {
-                    let current = t.group.generation;
-                    return Err(Refusal::StaleGeneration { job, current, given: generation, wanted: "next".into() });
-                }
-                if workers.is_empty() {
-                    return Err(Refusal::Empty { what: "training group".into() });
-                }
-                let from_step = t.progress.checkpoint.map_or(0, |(_, step)| step);
-                // Work after the checkpoint is redone by the new group.
-                t.progress.step = from_step;
-                t.progress.train = Score::default();
-                t.group = TrainGroup { generation, workers: workers.clone() };
-                t.progress.regroups.push(Regroup { generation, workers, from_step, at_ms: now_ms });
-                Ok(Reply::Done)
+                self.set_train_group(job, generation, workers, now_ms)
             }
             Command::ReportTraining { job, generation, report, now_ms } => {
-                let t = self.training_mut(&job)?;
-                if t.state != JobState::Running {
-                    return Err(Refusal::JobNotRunning { job });
-                }
-                if generation != t.group.generation || t.group.workers.is_empty() {
-                    let current = t.group.generation;
-                    return Err(Refusal::StaleGeneration {
-                        job,
-                        current,
-                        given: generation,
-                        wanted: "current one".into(),
-                    });
-                }
-                let total = t.spec.total_steps();
-                if report.step < t.progress.step || report.step > total {
-                    return Err(Refusal::BadStep { job, current: t.progress.step, given: report.step, total });
-                }
-                let spe = t.spec.steps_per_epoch().max(1);
-                if report.epoch_end.is_some() && (report.step % spe != 0 || report.step == 0) {
-                    return Err(Refusal::BadTraining(format!("step {} does not end an epoch", report.step)));
-                }
-                if report.model_version.is_some() && report.step != total {
-                    return Err(Refusal::BadTraining(format!("a model after {} of {total} steps", report.step)));
-                }
-                if let Some(test) = report.epoch_end {
-                    let epoch = (report.step / spe) as u32;
-                    t.progress.epochs.retain(|e| e.epoch < epoch);
-                    t.progress.epochs.push(EpochRecord { epoch, train: report.train, test, at_ms: now_ms });
-                    t.progress.train = Score::default();
-                } else {
-                    t.progress.train = report.train;
-                }
-                if let Some(version) = report.checkpoint_version {
-                    t.progress.checkpoint = Some((version, report.step));
-                }
-                t.progress.step = report.step;
-                if let Some(version) = report.model_version {
-                    t.progress.model_version = Some(version);
-                    t.progress.finished_at_ms = now_ms;
-                    t.state = JobState::Done;
-                    t.group.workers.clear();
-                }
-                Ok(Reply::Done)
+                self.report_training(job, generation, report, now_ms)
             }
             Command::FailJob { job, error } => {
                 let j = self.job_mut(&job)?;
@@ -807,16 +560,7 @@ impl ClusterState {
                 j.progress.error = Some(error);
                 Ok(Reply::Done)
             }
-            Command::FailTraining { job, error } => {
-                let t = self.training_mut(&job)?;
-                if t.state != JobState::Running {
-                    return Err(Refusal::JobNotRunning { job });
-                }
-                t.state = JobState::Failed;
-                t.group.workers.clear();
-                t.progress.error = Some(error);
-                Ok(Reply::Done)
-            }
+            Command::FailTraining { job, error } => self.fail_training(job, error),
         }
     }
 

@@ -3,8 +3,8 @@
 //! leave the state exactly as it was.
 
 use idunno_coordinator::state::{
-    AssignmentNote, ClusterState, Command, DoneQuery, FileRef, Histogram, JobResults, JobSpec, JobState, Refusal, Reply,
-    ResultSegment,
+    AssignmentNote, ClusterState, Command, DoneQuery, FileRef, Histogram, JobResults, JobSpec, JobState, Refusal,
+    Reply, ResultSegment,
 };
 
 fn put(name: &str, replicas: &[u64]) -> Command {
@@ -347,7 +347,10 @@ fn result_segments_join_with_their_count_and_leave_by_compaction() {
     let mut st = run(vec![
         (sized_job("j", 4, Some(1)), Ok(Reply::Done)),
         (state("j", JobState::Running), Ok(Reply::Done)),
-        (complete_with(0, vec![q(0, 4)], seg("s1", 1, 1, 4, 0)), Ok(Reply::Completed { first_query: 1, finished: true })),
+        (
+            complete_with(0, vec![q(0, 4)], seg("s1", 1, 1, 4, 0)),
+            Ok(Reply::Completed { first_query: 1, finished: true }),
+        ),
     ]);
     assert_eq!(st.jobs["j"].results.segments.len(), 1);
     st.apply(Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 2 }).unwrap();
