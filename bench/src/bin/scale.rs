@@ -270,7 +270,10 @@ async fn jobs(args: &Args) {
         write_inputs(&x, n);
         cli(&c, &["fs", "put", assets.join("models/tiny-add.onnx").to_str().unwrap(), "tiny.onnx"]);
         cli(&c, &["fs", "put", x.to_str().unwrap(), "x.npy"]);
-        cli(&c, &["job", "add", "big", "--model", "tiny.onnx", "--inputs", "x.npy", "--batch-size", "1", "--passes", "1"]);
+        cli(
+            &c,
+            &["job", "add", "big", "--model", "tiny.onnx", "--inputs", "x.npy", "--batch-size", "1", "--passes", "1"],
+        );
         let before = written(&c);
         let mut peak = 0f64;
         let start = Instant::now();
@@ -295,7 +298,8 @@ async fn jobs(args: &Args) {
         // The results are compacted into big.results once the job is done.
         let compacted = Instant::now();
         let ls = loop {
-            let out = idunno_bench::command().args(["fs", "ls", "big.results", "--json", "--node", &c.node(1).rpc]).output();
+            let out =
+                idunno_bench::command().args(["fs", "ls", "big.results", "--json", "--node", &c.node(1).rpc]).output();
             if let Ok(out) = out
                 && out.status.success()
             {
@@ -379,7 +383,9 @@ fn dispatch() {
         }
     }
     let rate = decisions as f64 / start.elapsed().as_secs_f64();
-    println!("dispatch: 1,000 workers, 100 jobs: {rate:.0} decisions/s (a query handed out and its report taken; target ≥ 100,000)");
+    println!(
+        "dispatch: 1,000 workers, 100 jobs: {rate:.0} decisions/s (a query handed out and its report taken; target ≥ 100,000)"
+    );
 }
 
 #[tokio::main]

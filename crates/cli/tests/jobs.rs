@@ -147,7 +147,8 @@ fn efficientnet_job_runs_across_the_workers_and_classifies_the_photos() {
     // file in SDFS, and reading gives the same rows; the segments are
     // deleted once no job names them (and no count of theirs can still be
     // on its way: 30 s after they were written).
-    let compacted = wait_for(Duration::from_secs(30), || idunno(&c, 1, &["fs", "ls", "photos.results"]).status.success());
+    let compacted =
+        wait_for(Duration::from_secs(30), || idunno(&c, 1, &["fs", "ls", "photos.results"]).status.success());
     assert!(compacted.is_some(), "photos.results written within 30 s of the stop");
     let ls = ok(&c, 1, &["fs", "ls", "photos.results"]);
     assert_eq!(ls["versions"][0]["size"].as_u64(), Some(16 + 14 * 32), "a header and 14 rows of 32 bytes");

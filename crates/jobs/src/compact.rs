@@ -116,7 +116,8 @@ impl Upkeep {
         let mut unnamed = std::collections::BTreeMap::new();
         for (name, entry) in state.state.files.iter() {
             let Some(job) = name.rsplit_once(".results.").map(|(j, _)| j) else { continue };
-            let named = || state.state.jobs.get(job).is_some_and(|j| j.results.segments.iter().any(|s| s.file.name == *name));
+            let named =
+                || state.state.jobs.get(job).is_some_and(|j| j.results.segments.iter().any(|s| s.file.name == *name));
             if entry.versions.is_empty() || !results::is_segment_of(job, name) || named() {
                 continue;
             }

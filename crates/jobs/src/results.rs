@@ -286,7 +286,11 @@ pub fn from_message(m: idunno_rpc::v1::ResultRows) -> Result<Vec<Row>, String> {
             query: m.query[i],
             pass: m.pass[i],
             input: m.input[i],
-            output: if w == 0 { Output::Class(m.classes[i]) } else { Output::Vector(m.values[i * w..(i + 1) * w].to_vec()) },
+            output: if w == 0 {
+                Output::Class(m.classes[i])
+            } else {
+                Output::Vector(m.values[i * w..(i + 1) * w].to_vec())
+            },
         })
         .collect())
 }
@@ -363,11 +367,9 @@ mod tests {
         let outputs: Vec<u8> = [7i64, 8, 9].iter().flat_map(|c| c.to_le_bytes()).collect();
         w.push_query(4, 1, 10, &outputs);
         let (_, rows) = parse(&w.into_bytes()).unwrap();
-        let got: Vec<(u64, u64, u64, Output)> = rows.into_iter().map(|r| (r.query, r.pass, r.input, r.output)).collect();
-        assert_eq!(
-            got,
-            [(4, 1, 10, Output::Class(7)), (4, 1, 11, Output::Class(8)), (4, 1, 12, Output::Class(9))]
-        );
+        let got: Vec<(u64, u64, u64, Output)> =
+            rows.into_iter().map(|r| (r.query, r.pass, r.input, r.output)).collect();
+        assert_eq!(got, [(4, 1, 10, Output::Class(7)), (4, 1, 11, Output::Class(8)), (4, 1, 12, Output::Class(9))]);
     }
 
     #[test]

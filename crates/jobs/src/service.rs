@@ -115,7 +115,8 @@ impl idunno_rpc::Jobs for JobsService {
             )));
         }
         let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
-        let files: Vec<_> = j.results.base.iter().cloned().chain(j.results.segments.iter().map(|s| s.file.clone())).collect();
+        let files: Vec<_> =
+            j.results.base.iter().cloned().chain(j.results.segments.iter().map(|s| s.file.clone())).collect();
         let current = results::Current { done: j.progress.done.clone(), samples: j.spec.samples };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let addr = self.0.local.clone();
@@ -133,7 +134,8 @@ impl idunno_rpc::Jobs for JobsService {
             .await;
             if let Err(e) = sent {
                 // A segment dropped meanwhile (a later pass replaced it).
-                let _ = tx.send(Err(Status::unavailable(format!("reading the results of {job}: {e}; try again")))).await;
+                let _ =
+                    tx.send(Err(Status::unavailable(format!("reading the results of {job}: {e}; try again")))).await;
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))

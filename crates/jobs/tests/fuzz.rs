@@ -26,8 +26,12 @@ fn file() -> impl Strategy<Value = (Layout, Vec<Row>)> {
             Layout::Class => any::<i64>().prop_map(Output::Class).boxed(),
             Layout::Vector(w) => prop::collection::vec(any::<f32>(), w as usize).prop_map(Output::Vector).boxed(),
         };
-        let row = (n.clone(), n.clone(), n.clone(), output)
-            .prop_map(|(query, pass, input, output)| Row { query, pass, input, output });
+        let row = (n.clone(), n.clone(), n.clone(), output).prop_map(|(query, pass, input, output)| Row {
+            query,
+            pass,
+            input,
+            output,
+        });
         (Just(layout), prop::collection::vec(row, 0..12))
     })
 }

@@ -251,7 +251,12 @@ impl Swim {
         let class = (members as u32 + 1).next_power_of_two().trailing_zeros();
         if class != self.scaled_for {
             let c = scaled(&self.base, members);
-            tracing::debug!(members, transmissions = c.max_transmissions.get(), suspicion_ms = c.suspect_to_down_after.as_millis() as u64, "SWIM scaled to the group's size");
+            tracing::debug!(
+                members,
+                transmissions = c.max_transmissions.get(),
+                suspicion_ms = c.suspect_to_down_after.as_millis() as u64,
+                "SWIM scaled to the group's size"
+            );
             if self.foca.set_config(c).is_ok() {
                 self.scaled_for = class;
             }
@@ -485,7 +490,10 @@ mod scale_tests {
         let base = SwimConfig::default().to_foca().unwrap();
         for n in [1, 5, 7] {
             let c = scaled(&base, n);
-            assert_eq!((c.max_transmissions, c.suspect_to_down_after), (base.max_transmissions, base.suspect_to_down_after));
+            assert_eq!(
+                (c.max_transmissions, c.suspect_to_down_after),
+                (base.max_transmissions, base.suspect_to_down_after)
+            );
         }
         let c = scaled(&base, 1000);
         assert_eq!(c.max_transmissions.get(), 27);

@@ -98,7 +98,8 @@ fn overlaps(ranges: &BTreeMap<u64, u64>, start: u64, end: u64) -> bool {
 
 impl JobQueue {
     fn new(view: JobView, vtime: u64) -> JobQueue {
-        let mut q = JobQueue { view, leased: BTreeMap::new(), pending: BTreeMap::new(), vtime, cost_us: None, free_from: 0 };
+        let mut q =
+            JobQueue { view, leased: BTreeMap::new(), pending: BTreeMap::new(), vtime, cost_us: None, free_from: 0 };
         q.free_from = q.skip_taken(0);
         q
     }

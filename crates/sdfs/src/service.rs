@@ -485,7 +485,6 @@ impl idunno_rpc::Sdfs for SdfsService {
         Ok(Response::new(v1::ListReply { files, next }))
     }
 
-
     async fn write_blob(&self, req: Request<Streaming<v1::Chunk>>) -> Result<Response<v1::WriteBlobReply>, Status> {
         let mut incoming = req.into_inner();
         let mut w = self.0.store.writer().await.map_err(blob_status)?;

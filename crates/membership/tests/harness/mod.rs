@@ -202,4 +202,3 @@ impl Sim {
         .expect("group formed")
     }
 }
-
