@@ -431,7 +431,11 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         let term = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             led = leadership.wait_for(Option::is_some) => match led {
                 Ok(term) => term.unwrap_or_default(),
