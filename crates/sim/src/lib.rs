@@ -16,6 +16,12 @@
 //!   never one already done;
 //! - a training's generation and its checkpoint's step never go back.
 //!
+//! Meanwhile the client writes small files through one node and, each
+//! time a write is acknowledged, reads the file's versions through
+//! another: a read that answers must never be older than a write
+//! acknowledged before it began (reads are linearizable wherever they
+//! arrive).
+//!
 //! Then the faults stop, every node comes back, and the run must finish
 //! both jobs (every input exactly once in the results, with the right
 //! outputs) and the training (its model in SDFS, scoring when served what
@@ -371,7 +377,27 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
     training::submit(&nodes).await?;
     shared.started.set(true);
 
+    // While the faults run: writes acknowledged through one node must be
+    // seen by a read through another that begins after the ack.
+    let mut reads = 0u64;
+    let mut k = 0usize;
     while !shared.healed.get() {
+        k += 1;
+        let (a, b) = (node_addr(nodes[k % nodes.len()]), node_addr(nodes[(k + 1) % nodes.len()]));
+        let name = format!("probe/{k}");
+        if let Ok(version) = idunno_sdfs::client::put(&a, &name, b"probe").await {
+            match read_versions(&b, &name).await {
+                Ok(seen) if seen < version => {
+                    let what = format!("a read through {b} saw {name} at version {seen} after version {version} was acknowledged through {a}");
+                    *shared.verdict.borrow_mut() = Some(Err(what));
+                    return Ok(());
+                }
+                Ok(_) => reads += 1,
+                // A node that cannot answer (down, cut off, behind) says so:
+                // that is allowed; a stale answer is not.
+                Err(_) => {}
+            }
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Wait for both jobs to be done.
@@ -415,8 +441,25 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
             return Ok(());
         }
     }
+    if reads == 0 {
+        *shared.verdict.borrow_mut() = Some(Err("no read after an acknowledged write answered".into()));
+        return Ok(());
+    }
+    counted.insert("reads after acknowledged writes".into(), reads);
     *shared.verdict.borrow_mut() = Some(Ok(counted));
     Ok(())
+}
+
+/// The newest version of `name` as the node at `addr` answers a
+/// (linearizable) read of it; 0 if it says there is none.
+async fn read_versions(addr: &str, name: &str) -> Result<u64, String> {
+    let ch = idunno_rpc::connect_channel(addr, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+    let req = v1::StatRequest { name: name.into(), local: false };
+    match idunno_rpc::SdfsClient::new(ch).limited().stat(req).await {
+        Ok(r) => Ok(r.into_inner().versions.first().map_or(0, |v| v.version)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(0),
+        Err(s) => Err(s.message().to_string()),
+    }
 }
 
 /// The job's status counts every query once, and its results hold every
