@@ -114,11 +114,11 @@ impl Upkeep {
         let state = jobs.coordinator.local_state();
         let now = now_ms();
         let mut unnamed = std::collections::BTreeMap::new();
+        let named: std::collections::HashSet<&str> =
+            state.state.jobs.values().flat_map(|j| j.results.segments.iter().map(|s| s.file.name.as_str())).collect();
         for (name, entry) in state.state.files.iter() {
             let Some(job) = name.rsplit_once(".results.").map(|(j, _)| j) else { continue };
-            let named =
-                || state.state.jobs.get(job).is_some_and(|j| j.results.segments.iter().any(|s| s.file.name == *name));
-            if entry.versions.is_empty() || !results::is_segment_of(job, name) || named() {
+            if entry.versions.is_empty() || !results::is_segment_of(job, name) || named.contains(name.as_str()) {
                 continue;
             }
             let since = self.unnamed.get(name).copied().unwrap_or_else(Instant::now);
@@ -133,11 +133,6 @@ impl Upkeep {
         }
         self.unnamed = unnamed;
     }
-}
-
-/// The files of a job's results, oldest first.
-fn files_of(j: &Job) -> Vec<FileRef> {
-    j.results.base.iter().cloned().chain(j.results.segments.iter().map(|s| s.file.clone())).collect()
 }
 
 /// The current rows of a job's results files, read piece by piece
@@ -194,7 +189,7 @@ impl CurrentRows {
 async fn compact(jobs: &Arc<Jobs>, job: &str) -> Result<(), String> {
     let state = jobs.coordinator.local_state();
     let j = state.state.jobs.get(job).ok_or("the job is gone")?;
-    let files = files_of(j);
+    let files = j.results.files();
     let current = Current { done: j.progress.done.clone(), samples: j.spec.samples };
     let (expect_base, segments) =
         (j.results.base.clone(), j.results.segments.iter().map(|s| s.file.clone()).collect::<Vec<_>>());

@@ -115,8 +115,7 @@ impl idunno_rpc::Jobs for JobsService {
             )));
         }
         let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
-        let files: Vec<_> =
-            j.results.base.iter().cloned().chain(j.results.segments.iter().map(|s| s.file.clone())).collect();
+        let files = j.results.files();
         let current = results::Current { done: j.progress.done.clone(), samples: j.spec.samples };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let addr = self.0.local.clone();

@@ -388,7 +388,9 @@ async fn client(config: SimConfig, model: Vec<u8>, shared: Rc<Shared>) -> turmoi
         if let Ok(version) = idunno_sdfs::client::put(&a, &name, b"probe").await {
             match read_versions(&b, &name).await {
                 Ok(seen) if seen < version => {
-                    let what = format!("a read through {b} saw {name} at version {seen} after version {version} was acknowledged through {a}");
+                    let what = format!(
+                        "a read through {b} saw {name} at version {seen} after version {version} was acknowledged through {a}"
+                    );
                     *shared.verdict.borrow_mut() = Some(Err(what));
                     return Ok(());
                 }

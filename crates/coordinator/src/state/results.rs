@@ -24,6 +24,14 @@ pub struct JobResults {
     pub segments: imbl::Vector<ResultSegment>,
 }
 
+impl JobResults {
+    /// The files holding the rows, oldest first: the base, then the
+    /// segments.
+    pub fn files(&self) -> Vec<FileRef> {
+        self.base.iter().cloned().chain(self.segments.iter().map(|s| s.file.clone())).collect()
+    }
+}
+
 /// One flush's rows, written once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultSegment {
