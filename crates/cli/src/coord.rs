@@ -104,10 +104,16 @@ pub async fn run(cmd: CoordCommand, node: Option<String>, out: Output) -> Result
                     "state": state,
                 }));
             }
-            let count = |what: &str| state[what].as_object().map_or(0, |m| m.len()).to_string();
+            let count = |domain: &str, table: &str| state[domain][table].as_object().map_or(0, |m| m.len()).to_string();
             let mut t = table(&["WHAT", "COUNT"]);
-            for what in ["files", "jobs", "trainings", "assignments"] {
-                t.add_row(vec![what.to_string(), count(what)]);
+            let tables = [
+                ("files", "namespace", "files"),
+                ("jobs", "inference", "jobs"),
+                ("trainings", "training", "jobs"),
+                ("assignments", "inference", "assignments"),
+            ];
+            for (what, domain, name) in tables {
+                t.add_row(vec![what.to_string(), count(domain, name)]);
             }
             println!("{t}");
             println!("as of log index {} at leader {}", reply.applied_index, reply.leader);

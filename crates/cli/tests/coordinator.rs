@@ -32,7 +32,7 @@ fn voters(c: &Cluster, via: u64) -> Vec<u64> {
 
 fn jobs(c: &Cluster, via: u64) -> Vec<String> {
     let v = common::json(&["coord", "state", "--json", "--node", &c.node(via).rpc]);
-    v["state"]["jobs"].as_object().unwrap().keys().cloned().collect()
+    v["state"]["inference"]["jobs"].as_object().unwrap().keys().cloned().collect()
 }
 
 fn wait_group(c: &Cluster, via: u64, n: usize) {
@@ -212,7 +212,7 @@ fn a_node_far_behind_catches_up_from_a_snapshot() {
     // Its own replica (not the leader's) holds every job, and it got there
     // through an installed snapshot.
     let local = common::json(&["coord", "state", "--local", "--json", "--node", &c.node(behind).rpc]);
-    let have = local["state"]["jobs"].as_object().unwrap();
+    let have = local["state"]["inference"]["jobs"].as_object().unwrap();
     assert_eq!((0..60).filter(|i| have.contains_key(&format!("s{i}"))).count(), 60);
     let log = std::fs::read_to_string(c.data_dir(behind).join("restart.log")).unwrap();
     // openraft logs this at info level when a follower installs one.

@@ -161,11 +161,14 @@ fn crafted_files_and_sizes_are_refused_and_cost_nothing_else() {
     }
     let after = ok(&c, &["coord", "state"]);
     assert_eq!(
-        after["state"]["jobs"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        after["state"]["inference"]["jobs"].as_object().unwrap().keys().collect::<Vec<_>>(),
         vec!["healthy"],
         "no job was added"
     );
-    assert_eq!(after["state"]["jobs"]["healthy"]["spec"], before["state"]["jobs"]["healthy"]["spec"]);
+    assert_eq!(
+        after["state"]["inference"]["jobs"]["healthy"]["spec"],
+        before["state"]["inference"]["jobs"]["healthy"]["spec"]
+    );
     // The healthy job kept running through all of it, on every node.
     let done = status(&c, "healthy")["queries_done"].as_u64().unwrap();
     let more = wait_for(Duration::from_secs(20), || {

@@ -379,6 +379,6 @@ fn bad_jobs_are_refused_and_change_nothing() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
     let after = ok(&c, 1, &["coord", "state"]);
-    assert_eq!(before["state"]["jobs"], after["state"]["jobs"], "no job created or changed");
-    assert!(after["state"]["jobs"].as_object().unwrap().is_empty());
+    assert_eq!(before["state"]["inference"]["jobs"], after["state"]["inference"]["jobs"], "no job created or changed");
+    assert!(after["state"]["inference"]["jobs"].as_object().unwrap().is_empty());
 }

@@ -105,7 +105,7 @@ fn fifty_thousand_files_are_read_through_any_node_and_a_new_node_catches_up() {
         let out = idunno(&c, newcomer.id, &["coord", "state", "--local", "--json"]);
         out.status.success()
             && serde_json::from_slice::<Value>(&out.stdout)
-                .is_ok_and(|v| v["state"]["files"].as_object().is_some_and(|f| f.len() == 50_001))
+                .is_ok_and(|v| v["state"]["namespace"]["files"].as_object().is_some_and(|f| f.len() == 50_001))
     });
     assert!(
         caught_up.is_some(),

@@ -23,7 +23,7 @@ fn add_job(c: &NetnsCluster, via: u32, name: &str) -> std::process::Output {
 fn jobs(c: &NetnsCluster, via: u32) -> Option<Vec<String>> {
     let out = c.cli(via, &["coord", "state", "--json"], Duration::from_secs(20));
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(v["state"]["jobs"].as_object()?.keys().cloned().collect())
+    Some(v["state"]["inference"]["jobs"].as_object()?.keys().cloned().collect())
 }
 
 fn leader(c: &NetnsCluster, i: u32) -> Option<u64> {

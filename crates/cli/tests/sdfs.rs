@@ -322,7 +322,7 @@ fn deleted_names_are_forgotten_and_the_state_stays_bounded() {
         }
     }
     fs_json(&c, 1, &["put", s(&src), "kept"]);
-    let entries = || ok_state(&c)["state"]["files"].as_object().unwrap().len();
+    let entries = || ok_state(&c)["state"]["namespace"]["files"].as_object().unwrap().len();
     let bounded = wait_for(Duration::from_secs(20), || entries() == 1);
     assert!(bounded.is_some(), "{} namespace entries left after the deletes", entries());
     // A forgotten name, put again, never gets a version it had before.

@@ -2,7 +2,9 @@
 //! a Raft group (openraft) over the members. Its leader is the
 //! coordinator; the other voters are hot standbys with the same state.
 //!
-//! - `state`: the replicated state machine (sans-IO, data-driven tests).
+//! The state it replicates is opaque here: `idunno_state`'s commands in,
+//! its replies out (that crate owns the domains, their rules and tests).
+//!
 //! - `group`: who should be a voter (sans-IO repair policy).
 //! - `store`: durable log (redb) and snapshots (files).
 //! - `network`: Raft messages over gRPC.
@@ -20,7 +22,6 @@ pub mod group;
 pub mod network;
 pub mod raft;
 pub mod service;
-pub mod state;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::{GroupAction, GroupView, Liveness};
 pub use crate::raft::{NodeId, Raft, RaftSettings};
-use crate::state::{Applied, Command};
 use crate::store::{LogStore, SmData, StateMachineStore};
+use idunno_state::{Applied, Command};
 
 /// How long a write or a fresh read keeps trying to reach a leader (one
 /// may be being elected) before giving up.
@@ -215,7 +216,8 @@ impl Coordinator {
     ///
     /// A retry after a leader died mid-write may apply the command twice;
     /// commands that must not repeat carry their own idempotency check.
-    pub async fn apply(&self, cmd: Command) -> Result<ApplyOutcome, CoordError> {
+    pub async fn apply(&self, cmd: impl Into<Command>) -> Result<ApplyOutcome, CoordError> {
+        let cmd = cmd.into();
         let json = serde_json::to_vec(&cmd).map_err(|e| CoordError::BadCommand(e.to_string()))?;
         self.at_leader("write", || self.apply_local(cmd.clone()), |c| forward_apply(c, &json)).await
     }

@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use crate::state::{Applied, Command};
+use idunno_state::{Applied, Command};
 
 pub type NodeId = u64;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use idunno_rpc::v1;
 use tonic::{Request, Response, Status};
 
-use crate::state::Command;
 use crate::{CoordError, Coordinator};
+use idunno_state::Command;
 
 pub struct CoordinatorService(pub Arc<Coordinator>);
 

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::raft::{NodeId, TypeConfig};
-use crate::state::{Applied, ClusterState};
+use idunno_state::{Applied, ClusterState};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -351,11 +351,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for e in entries {
             self.data.last_applied = Some(e.log_id);
             match e.payload {
-                EntryPayload::Blank => out.push(Ok(crate::state::Reply::Done)),
+                EntryPayload::Blank => out.push(Ok(idunno_state::Reply::Done)),
                 EntryPayload::Normal(cmd) => out.push(self.data.state.apply(cmd)),
                 EntryPayload::Membership(m) => {
                     self.data.membership = StoredMembership::new(Some(e.log_id), m);
-                    out.push(Ok(crate::state::Reply::Done));
+                    out.push(Ok(idunno_state::Reply::Done));
                 }
             }
         }

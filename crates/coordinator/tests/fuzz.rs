@@ -11,8 +11,8 @@
 //! -p idunno-coordinator --test fuzz` (figures in docs/limits.md).
 
 use idunno_coordinator::raft::TypeConfig;
-use idunno_coordinator::state::{ClusterState, Command, JobSpec};
 use idunno_coordinator::store::SnapshotFile;
+use idunno_state::{ClusterState, Command, JobCommand, JobSpec};
 use idunno_testkit::alloc::{Counting, peak_during};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -220,7 +220,7 @@ fn a_real_job_spec_survives_the_round_trip() {
     // The generators above build commands from field names: check they
     // still match the real shape, or the fuzzing would only test refusals.
     let spec = JobSpec { name: "x".into(), model: "m".into(), inputs: "f".into(), batch_size: 2, ..Default::default() };
-    let v = serde_json::to_value(Command::AddJob { spec }).unwrap();
+    let v = serde_json::to_value(JobCommand::AddJob { spec }).unwrap();
     for key in ["name", "model", "inputs", "batch_size", "samples", "passes", "max_batch"] {
         assert!(v["spec"].get(key).is_some(), "spec has no {key}: {v}");
     }
@@ -228,7 +228,7 @@ fn a_real_job_spec_survives_the_round_trip() {
         .filter(|i| {
             let mut st = populated();
             let c = json!({"op": "set_batch_size", "job": "j", "batch_size": i % 10});
-            st.apply(serde_json::from_value(c).unwrap()).is_ok()
+            st.apply(serde_json::from_value::<Command>(c).unwrap()).is_ok()
         })
         .count();
     assert!(applied > 100);

@@ -26,13 +26,13 @@ fn openraft_storage_suite() {
 
 #[tokio::test]
 async fn state_survives_reopening() {
-    use idunno_coordinator::state::{Command, JobSpec};
+    use idunno_state::{Command, JobCommand, JobSpec};
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
 
     let dir = tempfile::tempdir().unwrap();
     let log_id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
-    let cmd = Command::AddJob {
+    let cmd: Command = JobCommand::AddJob {
         spec: JobSpec {
             name: "j".into(),
             model: "m".into(),
@@ -41,7 +41,8 @@ async fn state_survives_reopening() {
             batch_size: 4,
             ..Default::default()
         },
-    };
+    }
+    .into();
     {
         let mut log = LogStore::open(dir.path()).unwrap();
         assert!(log.is_empty().unwrap());
@@ -59,6 +60,6 @@ async fn state_survives_reopening() {
     let sm = StateMachineStore::open(dir.path()).unwrap();
     let data = sm.watch().borrow().clone();
     assert_eq!(data.last_applied, Some(log_id(1)));
-    assert!(data.state.jobs.contains_key("j"), "the snapshot was loaded at open");
+    assert!(data.state.inference.jobs.contains_key("j"), "the snapshot was loaded at open");
     assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use idunno_coordinator::state::{Command, FileRef, Job, JobState, Reply, pass_done};
+use idunno_state::{FileCommand, FileRef, Job, JobCommand, JobState, Reply, pass_done};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -45,7 +45,7 @@ pub(crate) struct Upkeep {
 impl Upkeep {
     pub(crate) async fn run(&mut self, jobs: &Arc<Jobs>) {
         let state = jobs.coordinator.local_state();
-        for (name, j) in &state.state.jobs {
+        for (name, j) in &state.state.inference.jobs {
             let superseded: Vec<FileRef> = j
                 .results
                 .segments
@@ -62,7 +62,9 @@ impl Upkeep {
         }
         if self.compacting.is_none() {
             let idle = |j: &Job| j.state != JobState::Running && j.state != JobState::Added;
-            if let Some((name, _)) = state.state.jobs.iter().find(|(_, j)| idle(j) && !j.results.segments.is_empty()) {
+            if let Some((name, _)) =
+                state.state.inference.jobs.iter().find(|(_, j)| idle(j) && !j.results.segments.is_empty())
+            {
                 let (jobs, name) = (jobs.clone(), name.clone());
                 let job = name.clone();
                 let task = tokio::spawn(async move {
@@ -91,14 +93,14 @@ impl Drop for Upkeep {
 
 /// Delete an SDFS file (its blobs go with the garbage collector).
 pub(crate) async fn delete(jobs: &Jobs, name: &str) {
-    let cmd = Command::DeleteFile { name: name.to_string(), now_ms: now_ms() };
+    let cmd = FileCommand::DeleteFile { name: name.to_string(), now_ms: now_ms() };
     if let Err(e) = jobs.coordinator.apply(cmd).await {
         tracing::debug!(%name, error = %e, "could not delete a results segment (the sweep will)");
     }
 }
 
 async fn drop_segments(jobs: &Jobs, job: &str, files: Vec<FileRef>) {
-    let cmd = Command::DropResults { job: job.to_string(), files: files.clone() };
+    let cmd = JobCommand::DropResults { job: job.to_string(), files: files.clone() };
     match jobs.coordinator.apply(cmd).await.map(|o| o.applied) {
         // The sweep deletes the files once readers are done with them.
         Ok(Ok(_)) => tracing::debug!(%job, segments = files.len(), "results segments replaced by a later pass"),
@@ -114,9 +116,14 @@ impl Upkeep {
         let state = jobs.coordinator.local_state();
         let now = now_ms();
         let mut unnamed = std::collections::BTreeMap::new();
-        let named: std::collections::HashSet<&str> =
-            state.state.jobs.values().flat_map(|j| j.results.segments.iter().map(|s| s.file.name.as_str())).collect();
-        for (name, entry) in state.state.files.iter() {
+        let named: std::collections::HashSet<&str> = state
+            .state
+            .inference
+            .jobs
+            .values()
+            .flat_map(|j| j.results.segments.iter().map(|s| s.file.name.as_str()))
+            .collect();
+        for (name, entry) in state.state.namespace.files.iter() {
             let Some(job) = name.rsplit_once(".results.").map(|(j, _)| j) else { continue };
             if entry.versions.is_empty() || !results::is_segment_of(job, name) || named.contains(name.as_str()) {
                 continue;
@@ -188,7 +195,7 @@ impl CurrentRows {
 /// Compact a job's base and segments into a new version of its base.
 async fn compact(jobs: &Arc<Jobs>, job: &str) -> Result<(), String> {
     let state = jobs.coordinator.local_state();
-    let j = state.state.jobs.get(job).ok_or("the job is gone")?;
+    let j = state.state.inference.jobs.get(job).ok_or("the job is gone")?;
     let files = j.results.files();
     let current = Current { done: j.progress.done.clone(), samples: j.spec.samples };
     let (expect_base, segments) =
@@ -231,7 +238,7 @@ async fn compact(jobs: &Arc<Jobs>, job: &str) -> Result<(), String> {
     let version = put.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     sent?;
     let base = FileRef { name: name.clone(), version };
-    let cmd = Command::CompactResults { job: job.to_string(), expect_base, base, segments: segments.clone() };
+    let cmd = JobCommand::CompactResults { job: job.to_string(), expect_base, base, segments: segments.clone() };
     match jobs.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
         Ok(Reply::Done) => {}
         Ok(other) => return Err(format!("unexpected reply {other:?}")),

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use idunno_coordinator::state::{AssignmentNote, Command, DoneQuery, FileRef, Job, JobState, Reply, ResultSegment};
 use idunno_rpc::v1;
 use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
+use idunno_state::{AssignmentNote, DoneQuery, FileRef, Job, JobCommand, JobState, Reply, ResultSegment};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -209,8 +209,8 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
         inputs,
         labels: spec.labels.as_ref().map(|l| file_ref(l, spec.labels_version)),
         output: match spec.output {
-            idunno_coordinator::state::OutputKind::Class => "class".into(),
-            idunno_coordinator::state::OutputKind::Vector => "vector".into(),
+            idunno_state::OutputKind::Class => "class".into(),
+            idunno_state::OutputKind::Vector => "vector".into(),
         },
         transpose: spec.transpose.clone(),
     }
@@ -251,6 +251,7 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         let state = jobs.coordinator.local_state();
         let running: BTreeMap<String, Job> = state
             .state
+            .inference
             .jobs
             .iter()
             .filter(|(_, j)| j.state == JobState::Running)
@@ -302,16 +303,16 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         let (assignments, notes) = assignments;
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
-        let notes_due = notes != state.state.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
-        if assignments != state.state.assignments || notes_due {
+        let notes_due = notes != state.state.inference.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
+        if assignments != state.state.inference.assignments || notes_due {
             last_notes = Instant::now();
-            if let Err(e) = jobs.coordinator.apply(Command::SetAssignments { assignments, notes }).await {
+            if let Err(e) = jobs.coordinator.apply(JobCommand::SetAssignments { assignments, notes }).await {
                 tracing::warn!(error = %e, "could not record assignments");
             }
         }
         for (job, error) in failures {
             tracing::warn!(%job, %error, "marking the job failed");
-            let cmd = Command::FailJob { job, error };
+            let cmd = JobCommand::FailJob { job, error };
             let _ = jobs.coordinator.apply(cmd).await;
         }
         if last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
@@ -366,7 +367,7 @@ enum Unflushed {
 async fn flush_job(jobs: &Jobs, job: &str, items: Vec<Pending>) -> Result<usize, Unflushed> {
     let (expect_done, samples, mut items) = {
         let state = jobs.coordinator.local_state();
-        let j = state.state.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
+        let j = state.state.inference.jobs.get(job).ok_or_else(|| Unflushed::Drop(format!("job {job} is gone")))?;
         // Work counted meanwhile by someone else (a leader that lost its
         // place still committing its last reports) is a repeat; sent
         // along, it would have the whole batch refused.
@@ -404,7 +405,7 @@ async fn flush_job(jobs: &Jobs, job: &str, items: Vec<Pending>) -> Result<usize,
         last_pass,
     };
     let n = done.len();
-    let cmd = Command::CompleteQueries {
+    let cmd = JobCommand::CompleteQueries {
         job: job.to_string(),
         expect_done,
         queries: done,

@@ -1,6 +1,6 @@
 //! A job's results in SDFS: its base `<job>.results` and its segments
 //! `<job>.results.<first query>-<hash>` (see
-//! `idunno_coordinator::state::JobResults` for which files count).
+//! `idunno_state::JobResults` for which files count).
 //!
 //! Every file has one layout: a 16-byte header, then fixed-size rows.
 //!
@@ -16,7 +16,7 @@
 //! ([`Layout::output_bytes`] per input).
 
 use bytes::{Buf, BytesMut};
-use idunno_coordinator::state::is_current;
+use idunno_state::is_current;
 
 pub const MAGIC: &[u8; 8] = b"IDRSLT01";
 pub const HEADER_BYTES: usize = 16;

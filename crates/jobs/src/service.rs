@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use idunno_coordinator::service::status_of;
-use idunno_coordinator::state::{Command, JobState, Refusal};
 use idunno_rpc::v1;
+use idunno_state::{Command, JobCommand, JobState, Refusal, TrainCommand};
 use tonic::{Request, Response, Status};
 
 use crate::results;
@@ -27,7 +27,7 @@ fn refusal_status(r: Refusal) -> Status {
 }
 
 impl JobsService {
-    async fn commit(&self, cmd: Command) -> Result<(), Status> {
+    async fn commit(&self, cmd: impl Into<Command>) -> Result<(), Status> {
         let out = self.0.coordinator.apply(cmd).await.map_err(status_of)?;
         out.applied.map(|_| ()).map_err(refusal_status)
     }
@@ -50,15 +50,12 @@ impl JobsService {
 #[tonic::async_trait]
 impl idunno_rpc::Jobs for JobsService {
     async fn add_job(&self, req: Request<v1::AddJobRequest>) -> Result<Response<v1::JobReply>, Status> {
-        let cmd = crate::validate::add_job(&self.0, req.into_inner()).await?;
-        let message = match &cmd {
-            Command::AddJob { spec } => format!(
-                "job {} added: {} v{} over {} inputs of {}, batch size {}",
-                spec.name, spec.model, spec.model_version, spec.samples, spec.inputs, spec.batch_size
-            ),
-            _ => String::new(),
-        };
-        self.commit(cmd).await?;
+        let spec = crate::validate::add_job(&self.0, req.into_inner()).await?;
+        let message = format!(
+            "job {} added: {} v{} over {} inputs of {}, batch size {}",
+            spec.name, spec.model, spec.model_version, spec.samples, spec.inputs, spec.batch_size
+        );
+        self.commit(JobCommand::AddJob { spec }).await?;
         Ok(Response::new(v1::JobReply { message }))
     }
 
@@ -67,17 +64,17 @@ impl idunno_rpc::Jobs for JobsService {
         let job = req.job.clone();
         let (cmd, message) = match req.action.as_str() {
             "start" => {
-                (Command::SetJobState { job: job.clone(), state: JobState::Running, now_ms: now_ms() }, "started")
+                (JobCommand::SetJobState { job: job.clone(), state: JobState::Running, now_ms: now_ms() }, "started")
             }
             "stop" => {
-                (Command::SetJobState { job: job.clone(), state: JobState::Stopped, now_ms: now_ms() }, "stopped")
+                (JobCommand::SetJobState { job: job.clone(), state: JobState::Stopped, now_ms: now_ms() }, "stopped")
             }
-            "remove" => (Command::RemoveJob { job: job.clone() }, "removed"),
+            "remove" => (JobCommand::RemoveJob { job: job.clone() }, "removed"),
             "set-batch-size" => {
                 if req.batch_size == 0 {
                     return Err(Status::invalid_argument("batch size must be at least 1"));
                 }
-                (Command::SetBatchSize { job: job.clone(), batch_size: req.batch_size }, "batch size set")
+                (JobCommand::SetBatchSize { job: job.clone(), batch_size: req.batch_size }, "batch size set")
             }
             other => return Err(Status::invalid_argument(format!("unknown job action {other:?}"))),
         };
@@ -108,13 +105,13 @@ impl idunno_rpc::Jobs for JobsService {
     async fn results(&self, req: Request<v1::JobQuery>) -> Result<Response<Self::ResultsStream>, Status> {
         let job = req.into_inner().job;
         let (data, _) = self.0.coordinator.read().await.map_err(status_of)?;
-        if let Some(t) = data.state.trainings.get(&job) {
+        if let Some(t) = data.state.training.jobs.get(&job) {
             return Err(Status::failed_precondition(format!(
                 "{job} is a training job: it has no results; it writes its model to {} (see idunno job status {job})",
                 t.spec.out
             )));
         }
-        let j = data.state.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
+        let j = data.state.inference.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no such job: {job}")))?;
         let files = j.results.files();
         let current = results::Current { done: j.progress.done.clone(), samples: j.spec.samples };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -145,23 +142,20 @@ impl idunno_rpc::Jobs for JobsService {
     }
 
     async fn train(&self, req: Request<v1::TrainRequest>) -> Result<Response<v1::JobReply>, Status> {
-        let cmd = crate::train::validate::train_job(&self.0, req.into_inner()).await?;
-        let message = match &cmd {
-            Command::AddTraining { spec, .. } => format!(
-                "training job {} added: {} on {} samples of {}, {} epoch(s) of {} steps, batch size {}, {} worker(s), into {}",
-                spec.name,
-                spec.arch,
-                spec.samples,
-                spec.inputs.name,
-                spec.epochs,
-                spec.steps_per_epoch(),
-                spec.batch_size,
-                spec.workers,
-                spec.out
-            ),
-            _ => String::new(),
-        };
-        self.commit(cmd).await?;
+        let spec = crate::train::validate::train_job(&self.0, req.into_inner()).await?;
+        let message = format!(
+            "training job {} added: {} on {} samples of {}, {} epoch(s) of {} steps, batch size {}, {} worker(s), into {}",
+            spec.name,
+            spec.arch,
+            spec.samples,
+            spec.inputs.name,
+            spec.epochs,
+            spec.steps_per_epoch(),
+            spec.batch_size,
+            spec.workers,
+            spec.out
+        );
+        self.commit(TrainCommand::AddTraining { spec, now_ms: now_ms() }).await?;
         Ok(Response::new(v1::JobReply { message }))
     }
 

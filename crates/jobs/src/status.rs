@@ -1,7 +1,7 @@
 //! The `job status` and `job assignments` documents (SPEC §10), computed
 //! from the replicated state alone, so any node answers the same.
 
-use idunno_coordinator::state::{AssignmentNote, ClusterState, Job, JobState, OutputKind, Score, Training};
+use idunno_state::{AssignmentNote, ClusterState, Job, JobState, OutputKind, Score, Training};
 use serde_json::{Value, json};
 
 pub fn state_name(s: JobState) -> &'static str {
@@ -20,7 +20,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
     let l = p.latency.summary();
     let accuracy = (p.labeled > 0).then(|| p.correct as f64 / p.labeled as f64);
     let rate = if job.state == JobState::Running { p.query_rate(now_ms) } else { 0.0 };
-    let note = state.assignment_notes.get(name).cloned().unwrap_or_default();
+    let note = state.inference.assignment_notes.get(name).cloned().unwrap_or_default();
     let shares = shares(&note);
     json!({
         "job": name,
@@ -35,7 +35,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
             "p90": round3(l.p90), "p95": round3(l.p95), "p99": round3(l.p99),
         },
         "accuracy": accuracy,
-        "workers": state.assignments.get(name).cloned().unwrap_or_default(),
+        "workers": state.inference.assignments.get(name).cloned().unwrap_or_default(),
         "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
         "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
         "worker_shares": shares,
@@ -127,12 +127,13 @@ pub fn training_status(name: &str, t: &Training) -> Value {
 pub fn status(state: &ClusterState, job: Option<&str>, now_ms: u64) -> Option<Value> {
     let wanted = |n: &String| job.is_none_or(|j| j == n.as_str());
     let mut docs: Vec<(String, Value)> = state
+        .inference
         .jobs
         .iter()
         .filter(|(n, _)| wanted(n))
         .map(|(n, j)| (n.clone(), job_status(state, n, j, now_ms)))
         .collect();
-    docs.extend(state.trainings.iter().filter(|(n, _)| wanted(n)).map(|(n, t)| (n.clone(), training_status(n, t))));
+    docs.extend(state.training.jobs.iter().filter(|(n, _)| wanted(n)).map(|(n, t)| (n.clone(), training_status(n, t))));
     docs.sort_by(|a, b| a.0.cmp(&b.0));
     if job.is_some() && docs.is_empty() {
         return None;
@@ -143,8 +144,8 @@ pub fn status(state: &ClusterState, job: Option<&str>, now_ms: u64) -> Option<Va
 /// `{"<job>": [worker ids], …}`.
 /// Training jobs list their group's members.
 pub fn assignments(state: &ClusterState) -> Value {
-    let mut table = state.assignments.clone();
-    for (name, t) in &state.trainings {
+    let mut table = state.inference.assignments.clone();
+    for (name, t) in &state.training.jobs {
         if !t.group.workers.is_empty() {
             table.insert(name.clone(), t.group.workers.clone());
         }
@@ -156,9 +157,9 @@ pub fn assignments(state: &ClusterState) -> Value {
 /// share of time, cost per query, predicted and measured rates.
 pub fn assignments_explained(state: &ClusterState, now_ms: u64) -> Value {
     let mut out = serde_json::Map::new();
-    for (job, workers) in &state.assignments {
-        let note = state.assignment_notes.get(job).cloned().unwrap_or_default();
-        let rate = state.jobs.get(job).map_or(0.0, |j| j.progress.query_rate(now_ms));
+    for (job, workers) in &state.inference.assignments {
+        let note = state.inference.assignment_notes.get(job).cloned().unwrap_or_default();
+        let rate = state.inference.jobs.get(job).map_or(0.0, |j| j.progress.query_rate(now_ms));
         out.insert(
             job.clone(),
             json!({

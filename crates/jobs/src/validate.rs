@@ -2,17 +2,18 @@
 //! against each other; only a job that can run enters the job table.
 //! Every refusal names the file and, for shapes, both shapes.
 
-use idunno_coordinator::state::{ClusterState, Command, FileRef, JobSpec, MAX_BATCH_SIZE, OutputKind};
 use idunno_ml::Model;
 use idunno_ml::onnx::{Signature, check_fit};
 use idunno_ml::read_array;
 use idunno_rpc::v1;
+use idunno_state::{ClusterState, FileRef, JobSpec, MAX_BATCH_SIZE, OutputKind};
 use tonic::Status;
 
 use crate::Jobs;
 
 pub(crate) fn latest(state: &ClusterState, name: &str, what: &str) -> Result<u64, Status> {
     state
+        .namespace
         .files
         .get(name)
         .and_then(|f| f.versions.last())
@@ -68,7 +69,7 @@ fn transposed(sample: &[usize], perm: &[usize]) -> Result<Vec<usize>, String> {
 }
 
 /// Check the request against SDFS and the model; the command to commit.
-pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Command, Status> {
+pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSpec, Status> {
     let name = req.name.trim().to_string();
     if name.is_empty() {
         return Err(Status::invalid_argument("the job needs a name"));
@@ -89,7 +90,7 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
     };
     let (state, _) = jobs.coordinator.read().await.map_err(idunno_coordinator::service::status_of)?;
     let state = &state.state;
-    if state.jobs.contains_key(&name) {
+    if state.inference.jobs.contains_key(&name) {
         return Err(Status::already_exists(format!("job {name} already exists")));
     }
 
@@ -224,5 +225,5 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<Comma
         max_batch: max_batch.unwrap_or(0),
         transpose: req.transpose,
     };
-    Ok(Command::AddJob { spec })
+    Ok(spec)
 }

@@ -13,11 +13,11 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idunno_coordinator::state::JobState;
 use idunno_ml::Model;
 use idunno_ml::onnx::fit;
 use idunno_ml::{Tensor, read_array};
 use idunno_rpc::{JobsClient, Limited, v1};
+use idunno_state::JobState;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -457,7 +457,7 @@ const WARM_RETRY: Duration = Duration::from_secs(2);
 /// second for MiniLM). A failed fetch is tried again after [`WARM_RETRY`].
 async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mut Exec, slots: usize) {
     let state = jobs.coordinator.local_state();
-    for job in state.state.jobs.values() {
+    for job in state.state.inference.jobs.values() {
         if !matches!(job.state, JobState::Added | JobState::Running) {
             continue;
         }

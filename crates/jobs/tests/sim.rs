@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use idunno_coordinator::state::{ClusterState, Command, DoneQuery, JobSpec, JobState, Reply};
 use idunno_scheduler::{Dispatcher, DispatcherConfig, JobView, Query, Report};
+use idunno_state::{ClusterState, DoneQuery, JobCommand, JobSpec, JobState, Reply};
 
 const SAMPLES: u64 = 37;
 const PASSES: u64 = 5;
@@ -71,8 +71,8 @@ impl Sim {
             passes: Some(PASSES),
             ..Default::default()
         };
-        state.apply(Command::AddJob { spec }).unwrap();
-        state.apply(Command::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 0 }).unwrap();
+        state.apply(JobCommand::AddJob { spec }).unwrap();
+        state.apply(JobCommand::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 0 }).unwrap();
         let workers = (1..=WORKERS).map(|w| (w, Worker { alive: true, ..Default::default() })).collect();
         let mut sim = Sim {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
@@ -90,11 +90,11 @@ impl Sim {
     }
 
     fn running(&self) -> bool {
-        self.state.jobs["j"].state == JobState::Running
+        self.state.inference.jobs["j"].state == JobState::Running
     }
 
     fn sync(&mut self) {
-        let j = &self.state.jobs["j"];
+        let j = &self.state.inference.jobs["j"];
         let views = if j.state == JobState::Running {
             vec![JobView {
                 name: "j".into(),
@@ -144,12 +144,13 @@ impl Sim {
             return;
         }
         items.sort_by_key(|q| q.start);
-        let expect_done = self.state.jobs["j"].progress.queries_done;
+        let expect_done = self.state.inference.jobs["j"].progress.queries_done;
         let queries: Vec<DoneQuery> = items
             .iter()
             .map(|q| DoneQuery { start: q.start, len: q.len, latency_us: 1000, labeled: 0, correct: 0 })
             .collect();
-        let cmd = Command::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: self.now, segment: None };
+        let cmd =
+            JobCommand::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: self.now, segment: None };
         match self.state.apply(cmd) {
             Ok(Reply::Completed { .. }) => {
                 for q in &items {
@@ -241,7 +242,7 @@ fn every_query_counts_once_through_crashes_and_repeats() {
             sim.step(true);
             sim.check(seed);
         }
-        let progress_under_faults = sim.state.jobs["j"].progress.inputs_done;
+        let progress_under_faults = sim.state.inference.jobs["j"].progress.inputs_done;
         // Liveness: without faults, and with the dead seen, the job ends.
         for w in std::mem::take(&mut sim.undetected) {
             sim.dispatcher.worker_gone(w);
@@ -257,11 +258,11 @@ fn every_query_counts_once_through_crashes_and_repeats() {
             assert!(
                 steps < 50_000,
                 "seed {seed}: the job did not finish; progress {:?}",
-                sim.state.jobs["j"].progress.done
+                sim.state.inference.jobs["j"].progress.done
             );
         }
-        let p = &sim.state.jobs["j"].progress;
-        assert_eq!(sim.state.jobs["j"].state, JobState::Done, "seed {seed}");
+        let p = &sim.state.inference.jobs["j"].progress;
+        assert_eq!(sim.state.inference.jobs["j"].state, JobState::Done, "seed {seed}");
         assert_eq!(p.inputs_done, SAMPLES * PASSES, "seed {seed}");
         assert!(sim.counted.iter().all(|c| *c == 1), "seed {seed}: a position never counted");
         assert!(progress_under_faults > 0, "seed {seed}: no progress while faults happened");

@@ -68,9 +68,10 @@ impl Shared {
             .coordinator
             .local_state()
             .state
+            .inference
             .jobs
             .values()
-            .filter(|j| j.state == idunno_coordinator::state::JobState::Running)
+            .filter(|j| j.state == idunno_state::JobState::Running)
             .count();
         v1::StatusReply {
             node: self.identity.id.0,

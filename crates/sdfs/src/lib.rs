@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idunno_coordinator::Coordinator;
-use idunno_coordinator::state::Command;
 use idunno_membership::MembershipHandle;
 use idunno_rpc::v1;
 use idunno_rpc::{Limited, SdfsClient};
+use idunno_state::FileCommand;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,7 +66,7 @@ impl Default for SdfsConfig {
     fn default() -> Self {
         SdfsConfig {
             replicas: 4,
-            keep_versions: idunno_coordinator::state::DEFAULT_KEEP_VERSIONS,
+            keep_versions: idunno_state::DEFAULT_KEEP_VERSIONS,
             gc_grace_ms: 10 * 60 * 1000,
             gc_every_ms: 30 * 1000,
             tombstone_grace_ms: 10 * 60 * 1000,
@@ -154,7 +154,7 @@ impl Sdfs {
                     }
                     let data = me.coordinator.local_state();
                     let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
-                    for task in repair::plan(&data.state.files, &live, me.config.replicas) {
+                    for task in repair::plan(&data.state.namespace.files, &live, me.config.replicas) {
                         if stop.is_cancelled() {
                             return;
                         }
@@ -176,6 +176,7 @@ impl Sdfs {
         let now = idunno_net::now_ms();
         let due: Vec<String> = data
             .state
+            .namespace
             .files
             .iter()
             .filter(|(_, e)| e.versions.is_empty())
@@ -188,7 +189,7 @@ impl Sdfs {
         }
         for names in due.chunks(FORGET_BATCH) {
             let n = names.len();
-            match self.coordinator.apply(Command::ForgetFiles { names: names.to_vec() }).await {
+            match self.coordinator.apply(FileCommand::ForgetFiles { names: names.to_vec() }).await {
                 Ok(_) => tracing::info!(tombstones = n, "deleted names forgotten"),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not forget deleted names");
@@ -223,7 +224,7 @@ impl Sdfs {
     pub fn collect_garbage(&self) -> Result<usize, BlobError> {
         let data = self.coordinator.local_state();
         let referenced: std::collections::HashSet<&str> =
-            data.state.files.values().flat_map(|e| e.versions.iter().map(|v| v.blake3.as_str())).collect();
+            data.state.namespace.files.values().flat_map(|e| e.versions.iter().map(|v| v.blake3.as_str())).collect();
         let grace = Duration::from_millis(self.config.gc_grace_ms);
         let mut removed = 0;
         for (hash, _) in self.store.list()? {
@@ -253,7 +254,8 @@ impl Sdfs {
                 Err(e) => tracing::warn!(node, file = task.name, error = %e, "repair copy failed"),
             }
         }
-        let cmd = Command::SetReplicas { name: task.name.clone(), version: task.version, replicas: holders.clone() };
+        let cmd =
+            FileCommand::SetReplicas { name: task.name.clone(), version: task.version, replicas: holders.clone() };
         match self.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
             Ok(_) => {
                 tracing::info!(file = task.name, version = task.version, ?holders, "replicas restored");

@@ -6,7 +6,7 @@
 //! **Invariant:** [`plan`] is a pure function of the namespace and the
 //! live nodes.
 
-use idunno_coordinator::state::Files;
+use idunno_state::Files;
 
 use crate::placement::repair_targets;
 
@@ -44,7 +44,7 @@ pub fn plan(files: &Files, live: &[u64], replicas: usize) -> Vec<RepairTask> {
 
 #[cfg(test)]
 mod tests {
-    use idunno_coordinator::state::{FileEntry, FileVersion};
+    use idunno_state::{FileEntry, FileVersion};
 
     use super::*;
 

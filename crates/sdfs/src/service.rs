@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use idunno_coordinator::CoordError;
-use idunno_coordinator::state::{Command, FileVersion, Reply};
 use idunno_rpc::limits::{STREAM_IDLE, next_within};
 use idunno_rpc::v1::{self, get_message, put_message};
+use idunno_state::{FileCommand, FileVersion, Reply};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -224,7 +224,7 @@ impl Sdfs {
                 if failures.is_empty() { String::new() } else { format!(" ({})", failures.join("; ")) }
             )));
         }
-        let cmd = Command::CommitFileVersion {
+        let cmd = FileCommand::CommitFileVersion {
             name: header.name.clone(),
             size,
             blake3: hash.clone(),
@@ -256,6 +256,7 @@ impl Sdfs {
         let (data, _) = self.coordinator.read().await.map_err(coord_status)?;
         let entry = data
             .state
+            .namespace
             .files
             .get(name)
             .filter(|e| !e.versions.is_empty())
@@ -374,7 +375,7 @@ impl Sdfs {
     /// restores the replication factor.
     async fn forget_replica(&self, name: &str, v: &FileVersion, bad: u64) {
         let replicas: Vec<u64> = v.replicas.iter().copied().filter(|r| *r != bad).collect();
-        let cmd = Command::SetReplicas { name: name.to_string(), version: v.version, replicas };
+        let cmd = FileCommand::SetReplicas { name: name.to_string(), version: v.version, replicas };
         if let Err(e) = self.coordinator.apply(cmd).await {
             tracing::warn!(error = %e, "could not record a bad replica");
         }
@@ -407,7 +408,7 @@ impl idunno_rpc::Sdfs for SdfsService {
         match self
             .0
             .coordinator
-            .apply(Command::DeleteFile { name, now_ms: now_ms() })
+            .apply(FileCommand::DeleteFile { name, now_ms: now_ms() })
             .await
             .map_err(coord_status)?
             .applied
@@ -423,7 +424,7 @@ impl idunno_rpc::Sdfs for SdfsService {
         let held: std::collections::BTreeSet<&str> = blobs.iter().map(|(b, _)| b.as_str()).collect();
         let data = self.0.coordinator.local_state();
         let mut files = Vec::new();
-        for (name, e) in data.state.files.iter() {
+        for (name, e) in data.state.namespace.files.iter() {
             for v in e.versions.iter().filter(|v| held.contains(v.blake3.as_str())) {
                 files.push(v1::ListedFile { name: name.clone(), version: v.version, size: v.size });
             }
@@ -438,7 +439,7 @@ impl idunno_rpc::Sdfs for SdfsService {
         let req = req.into_inner();
         check_name(&req.name)?;
         let data = self.0.read(req.local).await?;
-        let entry = data.state.files.get(&req.name).filter(|e| !e.versions.is_empty());
+        let entry = data.state.namespace.files.get(&req.name).filter(|e| !e.versions.is_empty());
         let entry = entry.ok_or_else(|| Status::not_found(format!("no such file: {}", req.name)))?;
         let versions = entry
             .versions
@@ -471,7 +472,7 @@ impl idunno_rpc::Sdfs for SdfsService {
         let mut files = Vec::new();
         let mut next = String::new();
         // From the prefix on, in name order, until a name without it.
-        for (name, e) in data.state.files.range((from, std::ops::Bound::Unbounded)) {
+        for (name, e) in data.state.namespace.files.range((from, std::ops::Bound::Unbounded)) {
             if !name.starts_with(&req.prefix) {
                 break;
             }

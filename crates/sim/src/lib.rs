@@ -758,7 +758,7 @@ impl Checker {
             return Err(format!("n{id} applied a different cluster state at log index {index} than another node"));
         }
         let mut work = BTreeMap::new();
-        for (name, job) in &sm.state.jobs {
+        for (name, job) in &sm.state.inference.jobs {
             let p = &job.progress;
             let mut total = 0;
             for (k, &(s, e)) in p.done.iter().enumerate() {
@@ -788,7 +788,7 @@ impl Checker {
                     }
                 }
             }
-            for (name, t) in &sm.state.trainings {
+            for (name, t) in &sm.state.training.jobs {
                 let now = (t.group.generation, t.progress.checkpoint.map_or(0, |(_, step)| step));
                 if let Some(&(generation, step)) = self.trainings.get(name)
                     && (now.0 < generation || now.1 < step)
@@ -800,11 +800,12 @@ impl Checker {
                 self.trainings.insert(name.clone(), now);
             }
             self.newest = Some((index, work));
-            self.all_done = sm.state.jobs.len() == JOBS.len()
-                && sm.state.jobs.values().all(|j| j.state == idunno_coordinator::state::JobState::Done)
-                && sm.state.trainings.values().all(|t| t.state == idunno_coordinator::state::JobState::Done);
+            self.all_done = sm.state.inference.jobs.len() == JOBS.len()
+                && sm.state.inference.jobs.values().all(|j| j.state == idunno_state::JobState::Done)
+                && sm.state.training.jobs.values().all(|t| t.state == idunno_state::JobState::Done);
             self.files = sm
                 .state
+                .namespace
                 .files
                 .iter()
                 .filter_map(|(n, f)| f.versions.last().map(|v| (n.clone(), v.replicas.clone())))

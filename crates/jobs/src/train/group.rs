@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idunno_coordinator::state::{ClusterState, Command, JobState, Training};
+use idunno_state::{ClusterState, JobState, TrainCommand, Training};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Jobs, now_ms};
@@ -47,7 +47,7 @@ pub(crate) fn next_group(
 /// How many running trainings each node is a member of.
 fn busy(state: &ClusterState) -> BTreeMap<u64, usize> {
     let mut busy = BTreeMap::new();
-    for t in state.trainings.values().filter(|t| t.state == JobState::Running) {
+    for t in state.training.jobs.values().filter(|t| t.state == JobState::Running) {
         for w in &t.group.workers {
             *busy.entry(*w).or_default() += 1;
         }
@@ -67,10 +67,11 @@ pub(crate) fn alive(jobs: &Jobs) -> BTreeSet<u64> {
 /// [`next_group`]); whether a group was formed.
 pub(crate) async fn regroup(jobs: &Jobs, job: &str, force: bool) -> bool {
     let state = jobs.coordinator.local_state();
-    let Some(t) = state.state.trainings.get(job) else { return false };
+    let Some(t) = state.state.training.jobs.get(job) else { return false };
     let Some(workers) = next_group(t, &alive(jobs), &busy(&state.state), force) else { return false };
     let generation = t.group.generation + 1;
-    let cmd = Command::SetTrainGroup { job: job.to_string(), generation, workers: workers.clone(), now_ms: now_ms() };
+    let cmd =
+        TrainCommand::SetTrainGroup { job: job.to_string(), generation, workers: workers.clone(), now_ms: now_ms() };
     match jobs.coordinator.apply(cmd).await {
         Ok(out) if out.applied.is_ok() => {
             tracing::info!(%job, generation, ?workers, force, "training group formed");
@@ -103,7 +104,8 @@ async fn lead(jobs: Arc<Jobs>, stop: CancellationToken) {
         let busy = busy(&state.state);
         let needing: Vec<String> = state
             .state
-            .trainings
+            .training
+            .jobs
             .iter()
             .filter(|(_, t)| next_group(t, &alive, &busy, false).is_some())
             .map(|(n, _)| n.clone())
@@ -123,7 +125,7 @@ async fn lead(jobs: Arc<Jobs>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idunno_coordinator::state::{TrainGroup, TrainProgress, TrainSpec};
+    use idunno_state::{TrainGroup, TrainProgress, TrainSpec};
 
     fn training(workers: &[u64], want: u32) -> Training {
         Training {

@@ -17,10 +17,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idunno_coordinator::state::{Command, FileRef, JobState, Refusal, Score, TrainReport, Training};
 use idunno_ml::read_array;
 use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
 use idunno_rpc::{JobsClient, Limited, v1};
+use idunno_state::{FileRef, JobState, Refusal, Score, TrainCommand, TrainReport, Training};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -95,7 +95,8 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         let state = jobs.coordinator.local_state();
         let wanted: HashMap<&String, &Training> = state
             .state
-            .trainings
+            .training
+            .jobs
             .iter()
             .filter(|(_, t)| t.state == JobState::Running && t.group.workers.contains(&jobs.id))
             .collect();
@@ -107,7 +108,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             }
             keep
         });
-        jobs.reducer.retain(|job| state.state.trainings.get(job).is_some_and(|t| t.state == JobState::Running));
+        jobs.reducer.retain(|job| state.state.training.jobs.get(job).is_some_and(|t| t.state == JobState::Running));
         for (job, t) in wanted {
             let generation = t.group.generation;
             if members.contains_key(job) || ended.contains(&(job.clone(), generation)) {
@@ -166,7 +167,7 @@ async fn member(jobs: &Jobs, t: Training, token: CancellationToken) {
         Err(Stop::Cancelled) => {}
         Err(Stop::Failed(error)) => {
             tracing::error!(%job, generation, rank, %error, "training failed");
-            let cmd = Command::FailTraining { job: job.clone(), error };
+            let cmd = TrainCommand::FailTraining { job: job.clone(), error };
             if let Err(e) = jobs.coordinator.apply(cmd).await {
                 tracing::warn!(%job, error = %e, "could not record the failure");
             }
@@ -180,7 +181,7 @@ async fn member(jobs: &Jobs, t: Training, token: CancellationToken) {
                 _ = tokio::time::sleep(Duration::from_secs(3)) => {}
             }
             let state = jobs.coordinator.local_state();
-            if state.state.trainings.get(&job).is_some_and(|t| t.group.generation == generation) {
+            if state.state.training.jobs.get(&job).is_some_and(|t| t.group.generation == generation) {
                 group::regroup(jobs, &job, true).await;
             }
         }
@@ -479,7 +480,7 @@ impl Member<'_> {
         let must = checkpoint_version.is_some() || model_version.is_some();
         let mut tries = 0;
         loop {
-            let cmd = Command::ReportTraining {
+            let cmd = TrainCommand::ReportTraining {
                 job: spec.name.clone(),
                 generation: self.t.group.generation,
                 report: report.clone(),

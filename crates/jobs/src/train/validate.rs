@@ -2,21 +2,21 @@
 //! architecture before the job enters the replicated state; a refusal
 //! names the problem and nothing starts.
 
-use idunno_coordinator::state::{ClusterState, Command, FileRef, TrainSpec};
 use idunno_ml::trained::{Arch, Shape};
 use idunno_rpc::v1;
+use idunno_state::{ClusterState, FileRef, TrainSpec};
 use tonic::Status;
 
 use super::runner::DataCache;
 use super::{DEFAULT_CHECKPOINT_EVERY, DEFAULT_LR};
-use crate::{Jobs, now_ms};
+use crate::Jobs;
 
 fn pinned(state: &ClusterState, name: &str, what: &str) -> Result<FileRef, Status> {
     let version = crate::validate::latest(state, name, what)?;
     Ok(FileRef { name: name.to_string(), version })
 }
 
-pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Command, Status> {
+pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<TrainSpec, Status> {
     let bad = |m: String| Status::invalid_argument(m);
     let name = req.name.trim().to_string();
     if name.is_empty() {
@@ -52,7 +52,7 @@ pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Comm
 
     let (state, _) = jobs.coordinator.read().await.map_err(idunno_coordinator::service::status_of)?;
     let state = &state.state;
-    if state.jobs.contains_key(&name) || state.trainings.contains_key(&name) {
+    if state.inference.jobs.contains_key(&name) || state.training.jobs.contains_key(&name) {
         return Err(Status::already_exists(format!("job {name} already exists")));
     }
     let inputs = pinned(state, &req.inputs, "input set")?;
@@ -99,5 +99,5 @@ pub(crate) async fn train_job(jobs: &Jobs, req: v1::TrainRequest) -> Result<Comm
         checkpoint_every: if req.checkpoint_every == 0 { DEFAULT_CHECKPOINT_EVERY } else { req.checkpoint_every },
         out: req.out.trim().to_string(),
     };
-    Ok(Command::AddTraining { spec, now_ms: now_ms() })
+    Ok(spec)
 }

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileRef, Job, Refusal};
+use crate::{FileRef, Job, Refusal};
 
 /// A job's results: the compacted base file, then the segments counted
 /// since, in the order they were counted. A persistent vector, so the
@@ -76,7 +76,7 @@ pub fn pass_done(done: &[(u64, u64)], samples: u64, pass: u64) -> bool {
 impl Job {
     /// Name `segment` as the results of the queries about to be counted
     /// (numbers `first_query …`, `queries` of them, `rows` inputs).
-    pub(super) fn check_segment(
+    pub(crate) fn check_segment(
         &self,
         segment: &ResultSegment,
         first_query: u64,
@@ -98,12 +98,12 @@ impl Job {
 
     /// Drop the segments written in `files` (gone from the results, not
     /// from SDFS: the leader deletes them next).
-    pub(super) fn drop_segments(&mut self, files: &[FileRef]) {
+    pub(crate) fn drop_segments(&mut self, files: &[FileRef]) {
         self.results.segments.retain(|s| !files.contains(&s.file));
     }
 
     /// Replace the base and the first segments, which `base` now holds.
-    pub(super) fn compact(
+    pub(crate) fn compact(
         &mut self,
         expect_base: Option<FileRef>,
         base: FileRef,

@@ -1,11 +1,11 @@
 //! The replicated part of training jobs: what to train (`TrainSpec`),
 //! who trains it (`TrainGroup`, by generation), and how far it got
 //! (`TrainProgress`, changed by `TrainReport`s). The commands that change
-//! them are in the parent's `Command`.
+//! them are in [`crate::trainings`].
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileRef, JobState};
+use crate::{FileRef, JobState};
 
 /// A training job: what to train on and how (`idunno train`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,177 @@
+//! The replicated state machine: everything the cluster must not forget,
+//! changed only by [`Command`]s that went through the Raft log. Three
+//! domains, each with its own data, commands, `apply` and invariants:
+//!
+//! - [`Namespace`] ([`FileCommand`]): the SDFS files and their versions;
+//! - [`JobTable`] ([`JobCommand`]): inference jobs, their exactly-once
+//!   progress, results and assignments;
+//! - [`TrainingTable`] ([`TrainCommand`]): training jobs, their groups
+//!   and reports.
+//!
+//! [`ClusterState`] composes them and owns the rules that span domains:
+//! job names are one namespace for both kinds of job, and stopping,
+//! starting or removing a job goes to whichever kind holds the name.
+//!
+//! **Invariant:** plain data and pure functions. No I/O, no clock, no
+//! randomness: every replica applies the same commands in the same order
+//! and must reach the same state, refusals included. Time enters only as
+//! the leader's timestamp inside a command.
+
+use serde::{Deserialize, Serialize};
+
+mod encoding;
+mod files;
+mod histogram;
+mod job;
+mod jobs;
+mod reply;
+mod results;
+mod training;
+mod trainings;
+
+pub use encoding::FlatClusterState;
+pub use files::{FileCommand, FileEntry, FileVersion, Files, Namespace};
+pub use histogram::{Histogram, LatencySummary};
+pub use job::{AssignmentNote, DoneQuery, FileRef, Job, JobProgress, JobSpec, JobState, OutputKind, RATE_WINDOW_MS};
+pub use jobs::{JobCommand, JobTable, Jobs};
+pub use reply::{Applied, Refusal, Reply};
+pub use results::{JobResults, ResultSegment, is_current, pass_done};
+pub use training::{EpochRecord, Regroup, Score, TrainGroup, TrainProgress, TrainReport, TrainSpec, Training};
+pub use trainings::{TrainCommand, TrainingTable, Trainings};
+
+/// How many versions of a file are kept unless a command says otherwise.
+pub const DEFAULT_KEEP_VERSIONS: u32 = 5;
+
+/// The largest batch a job or a training may ask for: a query's inputs
+/// and outputs travel in single messages, and a batch is held in memory
+/// whole on a worker. A job may have a lower bound of its own
+/// ([`JobSpec::max_batch`]).
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub namespace: Namespace,
+    pub inference: JobTable,
+    pub training: TrainingTable,
+}
+
+/// A change to the state: a command of one domain. On the wire (the log,
+/// `coord apply`) it is that command's flat JSON, `{"op": …, …}`; the op
+/// says which domain it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Command {
+    Files(FileCommand),
+    Jobs(JobCommand),
+    Training(TrainCommand),
+}
+
+impl From<FileCommand> for Command {
+    fn from(c: FileCommand) -> Self {
+        Command::Files(c)
+    }
+}
+
+impl From<JobCommand> for Command {
+    fn from(c: JobCommand) -> Self {
+        Command::Jobs(c)
+    }
+}
+
+impl From<TrainCommand> for Command {
+    fn from(c: TrainCommand) -> Self {
+        Command::Training(c)
+    }
+}
+
+impl ClusterState {
+    /// Apply one command: either the state changes and a reply says how, or
+    /// a refusal says why not and the state is exactly as before.
+    pub fn apply(&mut self, cmd: impl Into<Command>) -> Applied {
+        match cmd.into() {
+            Command::Files(c) => self.namespace.apply(c),
+            Command::Jobs(c) => self.apply_job(c),
+            Command::Training(c) => {
+                if let TrainCommand::AddTraining { spec, .. } = &c
+                    && self.inference.jobs.contains_key(&spec.name)
+                {
+                    return Err(Refusal::JobExists { job: spec.name.clone() });
+                }
+                self.training.apply(c)
+            }
+        }
+    }
+
+    /// A job command, sent to the training table when it names a
+    /// training job and is one that applies to both kinds.
+    fn apply_job(&mut self, c: JobCommand) -> Applied {
+        let named = match &c {
+            JobCommand::AddJob { spec } => Some(&spec.name),
+            JobCommand::SetJobState { job, .. }
+            | JobCommand::RemoveJob { job }
+            | JobCommand::SetBatchSize { job, .. } => Some(job),
+            _ => None,
+        };
+        if !named.is_some_and(|n| self.training.jobs.contains_key(n)) {
+            return self.inference.apply(c);
+        }
+        match c {
+            JobCommand::SetJobState { job, state, .. } => self.training.set_state(job, state),
+            JobCommand::RemoveJob { job } => self.training.remove(job),
+            JobCommand::SetBatchSize { job, .. } => {
+                Err(Refusal::BadTraining(format!("{job} is a training job: its batch size is fixed when it is added")))
+            }
+            JobCommand::AddJob { spec } => Err(Refusal::JobExists { job: spec.name }),
+            c => self.inference.apply(c),
+        }
+    }
+
+    /// The invariants every reachable state keeps; tests check them after
+    /// every command.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.namespace.check()?;
+        self.inference.check()?;
+        self.training.check()?;
+        if let Some(name) = self.training.jobs.keys().find(|n| self.inference.jobs.contains_key(*n)) {
+            return Err(format!("{name} is both an inference and a training job"));
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(what: &str, s: &str) -> Result<(), Refusal> {
+    if s.trim().is_empty() { Err(Refusal::Empty { what: what.to_string() }) } else { Ok(()) }
+}
+
+/// Whether `p` holds each of `0..p.len()` once (empty: yes).
+fn is_permutation(p: &[u32]) -> bool {
+    let mut seen = vec![false; p.len()];
+    p.iter().all(|&i| seen.get_mut(i as usize).is_some_and(|s| !std::mem::replace(s, true)))
+}
+
+fn distinct(replicas: &[u64]) -> Result<(), Refusal> {
+    let mut v = replicas.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    if v.len() != replicas.len() {
+        return Err(Refusal::DuplicateReplica { replicas: replicas.to_vec() });
+    }
+    Ok(())
+}
+
+/// The job life cycle: added → running ⇄ stopped; running → done | failed;
+/// a stopped, done or failed job may run again.
+fn allowed(from: JobState, to: JobState) -> bool {
+    use JobState::*;
+    matches!(
+        (from, to),
+        (Added, Running)
+            | (Running, Stopped)
+            | (Running, Done)
+            | (Running, Failed)
+            | (Stopped, Running)
+            | (Done, Running)
+            | (Failed, Running)
+            | (Added, Stopped)
+    )
+}
