@@ -21,8 +21,12 @@
 //! 4. `dispatch`: the scheduler's sans-IO core, in this process, with
 //!    1,000 workers and 100 jobs: decisions (a query handed out and its
 //!    report taken) per second (target ≥ 100,000).
+//! 5. `encoding`: in this process, the state a snapshot holds at the
+//!    largest `--files` files and 100 jobs (each with counted queries and
+//!    a result segment): its size and the time to encode and decode it,
+//!    as JSON (before) and in the binary form (after), medians of 5.
 //!
-//! `cargo run --release -p idunno-bench --bin scale -- --only namespace,snapshot,jobs,dispatch`
+//! `cargo run --release -p idunno-bench --bin scale -- --only namespace,snapshot,jobs,dispatch,encoding`
 
 use std::io::Write;
 use std::path::Path;
@@ -38,8 +42,8 @@ use tonic::transport::Channel;
 
 #[derive(Parser)]
 struct Args {
-    /// Parts to run: namespace, snapshot, jobs, dispatch.
-    #[arg(long, value_delimiter = ',', default_value = "namespace,snapshot,jobs,dispatch")]
+    /// Parts to run: namespace, snapshot, jobs, dispatch, encoding.
+    #[arg(long, value_delimiter = ',', default_value = "namespace,snapshot,jobs,dispatch,encoding")]
     only: Vec<String>,
     /// Namespace sizes, in files.
     #[arg(long, value_delimiter = ',', default_value = "100,10000,100000")]
@@ -388,6 +392,91 @@ fn dispatch() {
     );
 }
 
+/// The state of a cluster holding `files` files (4 replicas each) and
+/// 100 running jobs that counted queries, built by applying commands.
+fn grown_state(files: usize) -> idunno_state::ClusterState {
+    use idunno_state::{ClusterState, DoneQuery, FileCommand, FileRef, JobCommand, JobSpec, JobState, ResultSegment};
+    let mut st = ClusterState::default();
+    for i in 0..files {
+        let cmd = FileCommand::CommitFileVersion {
+            name: format!("datasets/part-{i:07}.npy"),
+            size: 512 + i as u64,
+            blake3: format!("{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15),
+            replicas: vec![1 + i as u64 % 5, 1 + (i as u64 + 1) % 5, 1 + (i as u64 + 2) % 5, 1 + (i as u64 + 3) % 5],
+            keep: 5,
+            now_ms: 1_700_000_000_000 + i as u64,
+        };
+        st.apply(cmd).expect("commit");
+    }
+    for j in 0..100u64 {
+        let job = format!("job-{j:03}");
+        let spec = JobSpec {
+            name: job.clone(),
+            model: "models/resnet.onnx".into(),
+            inputs: "datasets/part-0000000.npy".into(),
+            batch_size: 8,
+            samples: 10_000,
+            ..Default::default()
+        };
+        st.apply(JobCommand::AddJob { spec }).expect("add");
+        st.apply(JobCommand::SetJobState { job: job.clone(), state: JobState::Running, now_ms: 1 }).expect("start");
+        for k in 0..20u64 {
+            let queries = (0..8)
+                .map(|q| DoneQuery {
+                    start: (k * 8 + q) * 16,
+                    len: 8,
+                    latency_us: 900 + q * 37,
+                    labeled: 8,
+                    correct: 7,
+                })
+                .collect();
+            let file = FileRef { name: format!("{job}.results.{:012}-ab", k * 8 + 1), version: 1 };
+            let segment =
+                ResultSegment { file, first_query: k * 8 + 1, queries: 8, rows: 64, bytes: 2048, last_pass: 0 };
+            let cmd = JobCommand::CompleteQueries {
+                job: job.clone(),
+                expect_done: k * 8,
+                queries,
+                now_ms: 2 + k,
+                segment: Some(segment),
+            };
+            st.apply(cmd).expect("complete");
+        }
+    }
+    st
+}
+
+fn encoding(args: &Args) {
+    use idunno_coordinator::store::SmData;
+    let files = args.files.iter().copied().max().unwrap_or(100_000);
+    let data = SmData { state: grown_state(files), ..Default::default() };
+    let time = |f: &mut dyn FnMut()| {
+        let ms: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median(&ms)
+    };
+    let json = serde_json::to_vec(&data).expect("json");
+    let binary = data.encode().expect("binary");
+    let json_enc = time(&mut || drop(std::hint::black_box(serde_json::to_vec(&data).expect("json"))));
+    let bin_enc = time(&mut || drop(std::hint::black_box(data.encode().expect("binary"))));
+    let json_dec = time(&mut || drop(std::hint::black_box(SmData::decode(&json).expect("json back"))));
+    let bin_dec = time(&mut || drop(std::hint::black_box(SmData::decode(&binary).expect("binary back"))));
+    assert_eq!(SmData::decode(&binary).expect("binary back").state, data.state);
+    println!(
+        "encoding: the state at {files} files and 100 jobs: JSON {:.1} MB, encode {json_enc:.0} ms, decode {json_dec:.0} ms; binary {:.1} MB ({:.2} × JSON), encode {bin_enc:.0} ms ({:.2} ×), decode {bin_dec:.0} ms ({:.2} ×)",
+        json.len() as f64 / 1e6,
+        binary.len() as f64 / 1e6,
+        binary.len() as f64 / json.len() as f64,
+        bin_enc / json_enc,
+        bin_dec / json_dec,
+    );
+}
+
 #[tokio::main]
 async fn main() {
     idunno_bench::use_secret(Some(idunno_auth::Role::Node));
@@ -411,5 +500,8 @@ async fn main() {
     }
     if want("dispatch") {
         dispatch();
+    }
+    if want("encoding") {
+        encoding(&args);
     }
 }

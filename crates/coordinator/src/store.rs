@@ -197,6 +197,53 @@ pub struct SmData {
     pub state: ClusterState,
 }
 
+/// The first bytes of a state in its binary form, then a format number
+/// (one byte): a node refuses a format newer than its own with an error
+/// that says so, instead of misreading it, so a rolling upgrade that
+/// changes the format can be planned (every node upgraded before any
+/// writes the new one).
+const STATE_MAGIC: &[u8] = b"IDSTATE";
+const STATE_FORMAT: u8 = 1;
+
+impl SmData {
+    /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
+    /// postcard (compact, no field names: 3–4 times smaller than JSON).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = Vec::with_capacity(STATE_MAGIC.len() + 1);
+        out.extend_from_slice(STATE_MAGIC);
+        out.push(STATE_FORMAT);
+        postcard::to_extend(self, out)
+    }
+
+    /// Read a state in the binary form or in either JSON form the node
+    /// wrote before (the whole state as one JSON document, in the domains'
+    /// shape or the older flat one).
+    pub fn decode(bytes: &[u8]) -> Result<SmData, String> {
+        if let Some(rest) = bytes.strip_prefix(STATE_MAGIC) {
+            return match rest.split_first() {
+                Some((&STATE_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("the state: {e}")),
+                Some((format, _)) => {
+                    Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
+                }
+                None => Err("the state ends inside its header".into()),
+            };
+        }
+        match serde_json::from_slice::<SmData>(bytes) {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Flat {
+                    last_applied: Option<LogId<NodeId>>,
+                    membership: StoredMembership<NodeId, openraft::BasicNode>,
+                    state: idunno_state::FlatClusterState,
+                }
+                let flat: Flat = serde_json::from_slice(bytes).map_err(|_| format!("the state: {e}"))?;
+                Ok(SmData { last_applied: flat.last_applied, membership: flat.membership, state: flat.state.into() })
+            }
+        }
+    }
+}
+
 /// A snapshot as stored on disk: where it stands in the log, and the
 /// state's bytes.
 pub struct SnapshotFile {
@@ -277,7 +324,8 @@ impl StateMachineStore {
     pub fn open(dir: &Path) -> Result<Self, std::io::Error> {
         std::fs::create_dir_all(dir)?;
         let data = match read_snapshot(dir)? {
-            Some(file) => serde_json::from_slice(&file.data).map_err(std::io::Error::other)?,
+            Some(file) => SmData::decode(&file.data)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.join(SNAPSHOT).display())))?,
             None => SmData::default(),
         };
         let (published, _) = watch::channel(Arc::new(data.clone()));
@@ -321,7 +369,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let data = serde_json::to_vec(&self.data).map_err(io_err)?;
+        let data = self.data.encode().map_err(io_err)?;
         let last = self.data.last_applied;
         let snapshot_id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
@@ -378,7 +426,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
         let bytes = snapshot.into_inner();
-        let data: SmData = serde_json::from_slice(&bytes).map_err(read_err)?;
+        let data = SmData::decode(&bytes).map_err(|e| read_err(std::io::Error::other(e)))?;
         write_snapshot(&self.dir, &SnapshotFile { meta: meta.clone(), data: bytes })?;
         self.data = data;
         self.data.last_applied = meta.last_log_id;

@@ -63,3 +63,71 @@ async fn state_survives_reopening() {
     assert!(data.state.inference.jobs.contains_key("j"), "the snapshot was loaded at open");
     assert!(log.try_get_log_entries(0..10).await.unwrap().is_empty());
 }
+
+/// A state with something in every domain and every optional field set:
+/// files (one deleted), a job that counted queries with a result segment
+/// and has assignments, and a training with a group and a report.
+fn every_domain() -> idunno_coordinator::store::SmData {
+    use idunno_state::{ClusterState, Command};
+    use serde_json::json;
+    let mut state = ClusterState::default();
+    let commands = [
+        json!({"op": "commit_file_version", "name": "f", "size": 3, "blake3": "ab", "replicas": [1, 2], "keep": 5, "now_ms": 1}),
+        json!({"op": "commit_file_version", "name": "gone", "size": 3, "blake3": "cd", "replicas": [3], "keep": 5, "now_ms": 1}),
+        json!({"op": "delete_file", "name": "gone", "now_ms": 2}),
+        json!({"op": "add_job", "spec": {"name": "j", "model": "m", "inputs": "f", "labels": "l", "batch_size": 4,
+            "samples": 100, "passes": 2, "output": "vector", "transpose": [1, 0], "input_files": [{"name": "f", "version": 1}]}}),
+        json!({"op": "set_job_state", "job": "j", "state": "running", "now_ms": 2}),
+        json!({"op": "complete_queries", "job": "j", "expect_done": 0, "now_ms": 3,
+            "queries": [{"start": 0, "len": 4, "latency_us": 1500, "labeled": 4, "correct": 3}],
+            "segment": {"file": {"name": "j.results.1", "version": 1}, "first_query": 1, "queries": 1, "rows": 4, "bytes": 200, "last_pass": 0}}),
+        json!({"op": "set_assignments", "assignments": {"j": [1, 2]},
+            "notes": {"j": {"cost_us": 10, "predicted_mqps": 5, "shares_permille": [[1, 500]]}}}),
+        json!({"op": "add_training", "now_ms": 5, "spec": {"name": "t", "arch": "mlp", "inputs": {"name": "x", "version": 1},
+            "labels": {"name": "y", "version": 1}, "test_inputs": null, "test_labels": null, "samples": 1000, "classes": 10,
+            "epochs": 2, "batch_size": 100, "workers": 2, "lr": "0.001", "seed": 1, "checkpoint_every": 4, "out": "m"}}),
+        json!({"op": "set_train_group", "job": "t", "generation": 1, "workers": [2, 3], "now_ms": 6}),
+    ];
+    for c in commands {
+        let cmd: Command = serde_json::from_value(c).expect("a command");
+        state.apply(cmd).expect("applies");
+    }
+    state.check_invariants().expect("invariants");
+    let membership = openraft::Membership::new(vec![[1, 2, 3].into()], None);
+    idunno_coordinator::store::SmData {
+        last_applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(4, 2), 77)),
+        membership: openraft::StoredMembership::new(None, membership),
+        state,
+    }
+}
+
+#[test]
+fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
+    use idunno_coordinator::store::SmData;
+    let data = every_domain();
+    let bytes = data.encode().unwrap();
+    let back = SmData::decode(&bytes).unwrap();
+    assert_eq!(back.state, data.state);
+    assert_eq!((back.last_applied, back.membership), (data.last_applied, data.membership.clone()));
+    let json = serde_json::to_vec(&data).unwrap();
+    assert!(bytes.len() * 2 < json.len(), "binary {} bytes, JSON {}", bytes.len(), json.len());
+
+    // What nodes wrote before: the state as JSON, in this shape or the
+    // flat one of before the domains were split.
+    assert_eq!(SmData::decode(&json).unwrap().state, data.state);
+    let mut flat = serde_json::to_value(&data).unwrap();
+    let s = flat["state"].take();
+    flat["state"] = serde_json::json!({
+        "files": s["namespace"]["files"], "version_floor": s["namespace"]["version_floor"],
+        "jobs": s["inference"]["jobs"], "assignments": s["inference"]["assignments"],
+        "assignment_notes": s["inference"]["assignment_notes"], "trainings": s["training"]["jobs"],
+    });
+    assert_eq!(SmData::decode(&serde_json::to_vec(&flat).unwrap()).unwrap().state, data.state);
+
+    // A format from a newer release is refused by name, not misread.
+    let mut newer = bytes.clone();
+    newer[7] = 2;
+    let e = SmData::decode(&newer).err().unwrap();
+    assert!(e.contains("format 2") && e.contains("upgrade"), "{e}");
+    assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
+}

@@ -60,12 +60,14 @@ impl<'de> Deserialize<'de> for Command {
 /// table a field of its own), as older snapshot files hold it.
 #[derive(Deserialize)]
 pub struct FlatClusterState {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     files: Files,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     jobs: Jobs,
     assignments: BTreeMap<String, Vec<u64>>,
     #[serde(default)]
     assignment_notes: BTreeMap<String, AssignmentNote>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::ordmap")]
     trainings: Trainings,
     #[serde(default)]
     version_floor: u64,

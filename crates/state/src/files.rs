@@ -14,6 +14,7 @@ pub type Files = imbl::OrdMap<String, FileEntry>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub files: Files,
     /// The first version of a file whose name is not in `files`: above
     /// every version of a forgotten name (see [`FileCommand::ForgetFiles`]),

@@ -19,6 +19,7 @@ pub type Jobs = imbl::OrdMap<String, Job>;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobTable {
     /// Job name → definition, state and progress.
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub jobs: Jobs,
     /// Which workers serve which job (the scheduler's last decision).
     pub assignments: BTreeMap<String, Vec<u64>>,

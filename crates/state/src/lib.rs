@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod bounded;
 mod encoding;
 mod files;
 mod histogram;

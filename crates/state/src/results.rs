@@ -20,7 +20,7 @@ use crate::{FileRef, Job, Refusal};
 pub struct JobResults {
     #[serde(default)]
     pub base: Option<FileRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::vector")]
     pub segments: imbl::Vector<ResultSegment>,
 }
 

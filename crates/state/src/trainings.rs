@@ -15,6 +15,7 @@ pub type Trainings = imbl::OrdMap<String, Training>;
 pub struct TrainingTable {
     /// Job name → definition, group and progress. Job names are one
     /// namespace with the inference jobs'.
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub jobs: Trainings,
 }
 
