@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use idunno_sdfs::Sdfs;
 use idunno_state::{FileCommand, FileRef, Job, JobCommand, JobState, Reply, pass_done};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -145,16 +146,16 @@ impl Upkeep {
 /// The current rows of a job's results files, read piece by piece
 /// (memory stays bounded whatever the files' sizes).
 pub(crate) struct CurrentRows {
-    addr: String,
+    sdfs: Arc<Sdfs>,
     files: std::vec::IntoIter<FileRef>,
     current: Current,
-    open: Option<(FileRef, idunno_sdfs::client::Download, Reader)>,
+    open: Option<(FileRef, idunno_sdfs::Download, Reader)>,
     layout: Option<Layout>,
 }
 
 impl CurrentRows {
-    pub(crate) fn new(addr: &str, files: Vec<FileRef>, current: Current) -> CurrentRows {
-        CurrentRows { addr: addr.to_string(), files: files.into_iter(), current, open: None, layout: None }
+    pub(crate) fn new(sdfs: &Arc<Sdfs>, files: Vec<FileRef>, current: Current) -> CurrentRows {
+        CurrentRows { sdfs: sdfs.clone(), files: files.into_iter(), current, open: None, layout: None }
     }
 
     /// The next rows (never an empty batch), or `None` after the last file.
@@ -162,9 +163,7 @@ impl CurrentRows {
         loop {
             let Some((f, download, reader)) = &mut self.open else {
                 let Some(f) = self.files.next() else { return Ok(None) };
-                let d = idunno_sdfs::client::open(&self.addr, &f.name, f.version)
-                    .await
-                    .map_err(|e| format!("{}: {e}", f.name))?;
+                let d = self.sdfs.open(&f.name, f.version).await.map_err(|e| format!("{}: {e}", f.name))?;
                 self.open = Some((f, d, Reader::default()));
                 continue;
             };
@@ -202,7 +201,7 @@ async fn compact(jobs: &Arc<Jobs>, job: &str) -> Result<(), String> {
         (j.results.base.clone(), j.results.segments.iter().map(|s| s.file.clone()).collect::<Vec<_>>());
     let started = Instant::now();
     // First the size (SDFS takes it up front), then the bytes.
-    let mut counting = CurrentRows::new(&jobs.local, files.clone(), current.clone());
+    let mut counting = CurrentRows::new(&jobs.sdfs, files.clone(), current.clone());
     let mut rows = 0u64;
     while let Some((_, batch)) = counting.next().await? {
         rows += batch.len() as u64;
@@ -212,13 +211,14 @@ async fn compact(jobs: &Arc<Jobs>, job: &str) -> Result<(), String> {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let name = results::file_name(job);
     let put = {
-        let (addr, name) = (jobs.local.clone(), name.clone());
+        let (sdfs, name) = (jobs.sdfs.clone(), name.clone());
         tokio::spawn(async move {
-            idunno_sdfs::client::put_stream(&addr, &name, size, tokio_stream::wrappers::ReceiverStream::new(rx)).await
+            let pieces = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+            sdfs.put_stream(&name, size, pieces).await.map(|s| s.version)
         })
     };
     let mut writer = Writer::new(layout);
-    let mut reading = CurrentRows::new(&jobs.local, files, current);
+    let mut reading = CurrentRows::new(&jobs.sdfs, files, current);
     let sent: Result<(), String> = async {
         while let Some((_, batch)) = reading.next().await? {
             batch.iter().for_each(|r| writer.push(r));

@@ -392,8 +392,8 @@ async fn flush_job(jobs: &Jobs, job: &str, items: Vec<Pending>) -> Result<usize,
     let rows = writer.rows() as u64;
     let bytes = writer.into_bytes();
     let name = results::segment_name(job, expect_done + 1, &bytes);
-    let version = match idunno_sdfs::client::put(&jobs.local, &name, &bytes).await {
-        Ok(v) => v,
+    let version = match jobs.sdfs.put(&name, &bytes).await {
+        Ok(stored) => stored.version,
         Err(e) => return Err(Unflushed::Retry(format!("writing {name}: {e}"), items)),
     };
     let segment = ResultSegment {

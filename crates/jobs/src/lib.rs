@@ -80,8 +80,8 @@ pub struct Jobs {
     id: u64,
     coordinator: Arc<Coordinator>,
     membership: MembershipHandle,
-    /// This node's own RPC address: SDFS reads and writes go through it.
-    local: String,
+    /// This node's SDFS, called in process.
+    sdfs: Arc<idunno_sdfs::Sdfs>,
     config: WorkerConfig,
     leader: leader::Leader,
     /// This node's part in training: rounds it sums as a group's rank 0,
@@ -95,7 +95,7 @@ impl Jobs {
         id: u64,
         coordinator: Arc<Coordinator>,
         membership: MembershipHandle,
-        local: String,
+        sdfs: Arc<idunno_sdfs::Sdfs>,
         config: WorkerConfig,
     ) -> Arc<Jobs> {
         let leader = leader::Leader::new(&config);
@@ -103,7 +103,7 @@ impl Jobs {
             id,
             coordinator,
             membership,
-            local,
+            sdfs,
             config,
             leader,
             reducer: Default::default(),

@@ -115,9 +115,9 @@ impl idunno_rpc::Jobs for JobsService {
         let files = j.results.files();
         let current = results::Current { done: j.progress.done.clone(), samples: j.spec.samples };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let addr = self.0.local.clone();
+        let sdfs = self.0.sdfs.clone();
         tokio::spawn(async move {
-            let mut reading = crate::compact::CurrentRows::new(&addr, files, current);
+            let mut reading = crate::compact::CurrentRows::new(&sdfs, files, current);
             let sent: Result<(), String> = async {
                 while let Some((layout, rows)) = reading.next().await? {
                     for part in rows.chunks(results::rows_per_message(layout)) {

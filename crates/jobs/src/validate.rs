@@ -22,7 +22,8 @@ pub(crate) fn latest(state: &ClusterState, name: &str, what: &str) -> Result<u64
 }
 
 async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> {
-    idunno_sdfs::client::get(&jobs.local, name, version)
+    jobs.sdfs
+        .get(name, version)
         .await
         .map(|(_, b)| b)
         .map_err(|e| Status::unavailable(format!("reading {name} from SDFS: {e}")))

@@ -17,6 +17,7 @@ use idunno_ml::Model;
 use idunno_ml::onnx::fit;
 use idunno_ml::{Tensor, read_array};
 use idunno_rpc::{JobsClient, Limited, v1};
+use idunno_sdfs::Sdfs;
 use idunno_state::JobState;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,14 +37,13 @@ struct Fetched {
 }
 
 impl Fetched {
-    async fn array(&mut self, local: &str, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
+    async fn array(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
         let key = (f.name.clone(), f.version);
         if let Some(t) = self.arrays.get(&key) {
             return Ok(t.clone());
         }
-        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
-            .await
-            .map_err(|e| format!("reading {} v{}: {e}", f.name, f.version))?;
+        let (_, bytes) =
+            sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading {} v{}: {e}", f.name, f.version))?;
         let t = Arc::new(read_array(&bytes).map_err(|e| format!("{}: {e}", f.name))?);
         // Input sets of jobs long gone should not pile up.
         if self.arrays.len() >= 16 {
@@ -53,14 +53,13 @@ impl Fetched {
         Ok(t)
     }
 
-    async fn model(&mut self, local: &str, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
+    async fn model(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
         let key = (f.name.clone(), f.version);
         if let Some(m) = self.models.get(&key) {
             return Ok(m.clone());
         }
-        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
-            .await
-            .map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
+        let (_, bytes) =
+            sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
         if self.models.len() >= 4 {
             self.models.clear();
         }
@@ -70,16 +69,16 @@ impl Fetched {
     }
 
     /// Everything `task` needs, or the reason it cannot run.
-    async fn prepare(&mut self, local: &str, task: v1::QueryTask) -> Result<Prepared, v1::QueryResult> {
+    async fn prepare(&mut self, sdfs: &Arc<Sdfs>, task: v1::QueryTask) -> Result<Prepared, v1::QueryResult> {
         let fetched = async {
             let model_ref = task.model.clone().ok_or("query without a model")?;
-            let model = self.model(local, &model_ref).await?;
+            let model = self.model(sdfs, &model_ref).await?;
             let mut inputs = Vec::with_capacity(task.inputs.len());
             for f in &task.inputs {
-                inputs.push(self.array(local, f).await?);
+                inputs.push(self.array(sdfs, f).await?);
             }
             let labels = match &task.labels {
-                Some(f) => Some(self.array(local, f).await?),
+                Some(f) => Some(self.array(sdfs, f).await?),
                 None => None,
             };
             Ok::<_, String>((model_ref, model, inputs, labels))
@@ -398,7 +397,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 results.drain(..sent);
                 let got = reply.queries.len();
                 for q in reply.queries {
-                    let p = match fetched.prepare(&jobs.local, q).await {
+                    let p = match fetched.prepare(&jobs.sdfs, q).await {
                         Ok(p) => p,
                         Err(failed) => {
                             tracing::warn!(job = %failed.job, error = %failed.error, "cannot fetch a query's files");
@@ -466,7 +465,7 @@ async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mu
             continue;
         }
         let probe = idunno_scheduler::Query { job: String::new(), pass: 0, start: 0, len: 0 };
-        let Ok(mut p) = fetched.prepare(&jobs.local, crate::leader::task(job, &probe)).await else {
+        let Ok(mut p) = fetched.prepare(&jobs.sdfs, crate::leader::task(job, &probe)).await else {
             warmed.failed.insert(key, tokio::time::Instant::now());
             continue;
         };

@@ -67,6 +67,8 @@ pub struct Node {
     pub membership: MembershipHandle,
     /// The coordinator group member: replicated cluster state.
     pub coordinator: Arc<Coordinator>,
+    /// This node's part of SDFS, with the in-process file API.
+    pub sdfs: Arc<idunno_sdfs::Sdfs>,
     /// Inference jobs: the query flow (when leading) and the worker.
     pub jobs: Arc<idunno_jobs::Jobs>,
     /// The cluster secret's keys, replaced on SIGHUP (`None`: no secret).
@@ -154,15 +156,11 @@ impl Node {
             Arc::new(idunno_sdfs::Sdfs::new(store, id.0, config.sdfs.clone(), coordinator.clone(), membership.clone()));
         tasks.push(("sdfs repair", sdfs.spawn_repair(shutdown.child_token())));
         tasks.push(("sdfs gc", sdfs.spawn_gc(shutdown.child_token())));
-        let jobs = idunno_jobs::Jobs::new(
-            id.0,
-            coordinator.clone(),
-            membership.clone(),
-            config.addr.to_string(),
-            config.worker.clone(),
-        );
+        let jobs =
+            idunno_jobs::Jobs::new(id.0, coordinator.clone(), membership.clone(), sdfs.clone(), config.worker.clone());
         tasks.extend(jobs.spawn(shutdown.child_token()));
         let jobs_layer = jobs.clone();
+        let sdfs_layer = sdfs.clone();
 
         let shared = Shared {
             identity: identity.clone(),
@@ -199,7 +197,7 @@ impl Node {
                 ))
                 .limited(),
             )
-            .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs)).limited())
+            .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs.clone())).limited())
             .add_service(idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs)).limited())
             .serve_with_incoming_shutdown(incoming, shutdown.child_token().cancelled_owned());
         tasks.push((
@@ -216,7 +214,18 @@ impl Node {
             tasks.push(("http", tokio::spawn(serve)));
         }
 
-        let node = Node { config, identity, membership, coordinator, jobs: jobs_layer, keys, shutdown, stop, tasks };
+        let node = Node {
+            config,
+            identity,
+            membership,
+            coordinator,
+            sdfs: sdfs_layer,
+            jobs: jobs_layer,
+            keys,
+            shutdown,
+            stop,
+            tasks,
+        };
         if let Some(introducer) = node.config.join.clone()
             && let Err(e) = node.join(&introducer).await
         {
@@ -287,6 +296,12 @@ impl Node {
             }
             Err(e) => tracing::error!(error = %e, "SIGHUP: keys not reloaded; keeping the old ones"),
         }
+    }
+
+    /// Stop every task of the node without leaving the group first (as a
+    /// crash looks to the others, but with the disk left consistent).
+    pub async fn shutdown(self) {
+        self.stop_tasks().await
     }
 
     async fn stop_tasks(self) {

@@ -6,8 +6,12 @@
 //! - `placement`: which nodes hold a file (sans-IO).
 //! - `blobs`: one node's replicas on disk, chunk-checksummed.
 //! - `repair`: which versions lost replicas and where copies go (sans-IO).
-//! - `service`: the gRPC service: clients' put/get/delete (any node
-//!   coordinates) and node-to-node blob transfer.
+//! - `read`, `write`: the in-process API other layers call on their own
+//!   node's [`Sdfs`] (`find`, `stat`, `list`, `open`, `get`, `put`,
+//!   `put_stream`, `delete`, with [`SdfsError`]).
+//! - `service`: the gRPC service, a thin adapter over that API for
+//!   clients (any node coordinates), and node-to-node blob transfer.
+//! - `client`: the same operations from another process (the CLI).
 //!
 //! A put streams the bytes to the chosen replicas in parallel, and is
 //! acknowledged only once a majority of them hold the bytes durably *and*
@@ -17,9 +21,12 @@
 
 pub mod blobs;
 pub mod client;
+mod error;
 pub mod placement;
+mod read;
 pub mod repair;
 pub mod service;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use crate::blobs::{BlobError, BlobStore};
+pub use crate::error::SdfsError;
+pub use crate::read::{Download, LIST_PAGE, LIST_PAGE_MAX, Listed};
+pub use crate::write::Stored;
 
 /// Tombstones dropped by one command (a bounded log entry).
 const FORGET_BATCH: usize = 1000;
@@ -94,7 +104,7 @@ pub struct Sdfs {
     pub store: BlobStore,
     pub me: u64,
     pub config: SdfsConfig,
-    coordinator: Arc<Coordinator>,
+    pub(crate) coordinator: Arc<Coordinator>,
     membership: MembershipHandle,
     /// Connections to other nodes, by address (tonic reconnects them).
     peers: Mutex<HashMap<String, SdfsClient<Channel>>>,
@@ -265,7 +275,7 @@ impl Sdfs {
         }
     }
 
-    fn peer(&self, addr: &str) -> Result<SdfsClient<Channel>, String> {
+    pub(crate) fn peer(&self, addr: &str) -> Result<SdfsClient<Channel>, String> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use idunno_ml::read_array;
 use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
 use idunno_rpc::{JobsClient, Limited, v1};
+use idunno_sdfs::Sdfs;
 use idunno_state::{FileRef, JobState, Refusal, Score, TrainCommand, TrainReport, Training};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -38,9 +39,10 @@ const FIRST_ROUND_WAIT: Duration = Duration::from_secs(28);
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// Read and parse a pinned inputs/labels pair.
-async fn data_set(local: &str, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
+async fn data_set(sdfs: &Arc<Sdfs>, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
     let read = |f: FileRef| async move {
-        let (_, bytes) = idunno_sdfs::client::get(local, &f.name, f.version)
+        let (_, bytes) = sdfs
+            .get(&f.name, f.version)
             .await
             .map_err(|e| format!("reading {} v{} from SDFS: {e}", f.name, f.version))?;
         tokio::task::spawn_blocking(move || read_array(&bytes).map_err(|e| format!("{}: {e}", f.name)))
@@ -65,7 +67,7 @@ impl DataCache {
         if let Some(d) = cache.sets.get(&key) {
             return Ok(d.clone());
         }
-        let d = Arc::new(data_set(&jobs.local, inputs, labels).await?);
+        let d = Arc::new(data_set(&jobs.sdfs, inputs, labels).await?);
         if cache.sets.len() >= 4 {
             cache.sets.clear();
         }
@@ -263,10 +265,10 @@ impl Member<'_> {
         let mut trainer = match self.t.progress.checkpoint {
             Some((version, step)) => {
                 let file = spec.checkpoint_file();
-                let local = &jobs.local;
+                let sdfs = &jobs.sdfs;
                 let bytes = self
                     .fetch("checkpoint", || async {
-                        idunno_sdfs::client::get(local, &file, version).await.map(|(_, b)| b).map_err(|e| e.to_string())
+                        sdfs.get(&file, version).await.map(|(_, b)| b).map_err(|e| e.to_string())
                     })
                     .await?;
                 let c = Checkpoint::from_bytes(&bytes).map_err(|e| Stop::Failed(format!("checkpoint: {e}")))?;
@@ -443,14 +445,14 @@ impl Member<'_> {
         model: Option<Vec<u8>>,
     ) -> Result<(), Stop> {
         let spec = &self.t.spec;
-        let local = &self.jobs.local;
+        let sdfs = &self.jobs.sdfs;
         let checkpoint_version = match checkpoint {
             Some(c) => {
                 let bytes = c.to_bytes().map_err(Stop::Failed)?;
                 let file = spec.checkpoint_file();
                 Some(
                     self.fetch("writing the checkpoint", || async {
-                        idunno_sdfs::client::put(local, &file, &bytes).await.map_err(|e| e.to_string())
+                        sdfs.put(&file, &bytes).await.map(|s| s.version).map_err(|e| e.to_string())
                     })
                     .await?,
                 )
@@ -460,7 +462,7 @@ impl Member<'_> {
         let model_version = match model {
             Some(bytes) => Some(
                 self.fetch("writing the model", || async {
-                    idunno_sdfs::client::put(local, &spec.out, &bytes).await.map_err(|e| e.to_string())
+                    sdfs.put(&spec.out, &bytes).await.map(|s| s.version).map_err(|e| e.to_string())
                 })
                 .await?,
             ),
