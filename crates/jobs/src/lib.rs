@@ -20,6 +20,7 @@
 //! failure, and the replicated done-ranges make a redone query count once.
 
 mod compact;
+mod flow;
 mod leader;
 pub mod results;
 pub mod service;
