@@ -8,17 +8,20 @@
 //! count: a report lost with a leader is redone and counted by the next
 //! one.
 //!
-//! One `QueryFlow` per term, behind a mutex held for short, non-async
-//! sections only (the `Work` handlers and the term's loop); the loop is
-//! the one writer of results and commands.
+//! One `QueryFlow` per term, owned by the term's task: `Work` handlers
+//! talk to it over a channel, and it hands what needs I/O (writing
+//! segments, commits, compaction) to the term's writer task, which
+//! reports back what it could not count. The owner never waits on I/O,
+//! so workers are answered while a flush or a compaction runs.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idunno_rpc::v1;
-use idunno_state::{Job, JobCommand, JobState, Reply};
-use tokio::sync::Notify;
+use idunno_state::{AssignmentNote, Job, JobCommand, JobState, Reply};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -31,44 +34,98 @@ pub(crate) use crate::flow::task;
 /// How often the assignment notes (costs, shares) are recorded at most.
 const NOTES_EVERY: Duration = Duration::from_secs(3);
 
+/// Calls waiting for the owner; a handler waits for room beyond this.
+const CALLS_QUEUED: usize = 256;
+
+/// A `Work` handler's request to the term's flow.
+enum Call {
+    Report { worker: u64, results: Vec<v1::QueryResult>, reply: oneshot::Sender<u32> },
+    Take { worker: u64, want: usize, reply: oneshot::Sender<Vec<v1::QueryTask>> },
+}
+
+/// What the owner hands the writer, done in this order.
+enum Write {
+    Assignments(BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>),
+    Fail(String, String),
+    /// Count these reports, then do the results' upkeep.
+    Flush(BTreeMap<String, Vec<Pending>>),
+}
+
+fn not_leader() -> Status {
+    Status::failed_precondition("this node is not the coordinator leader")
+}
+
 pub(crate) struct Leader {
-    /// The flow of the term this node leads (`None`: it does not lead).
-    flow: Mutex<Option<QueryFlow>>,
+    /// The calls of the term this node leads (`None`: it does not lead).
+    calls: Mutex<Option<mpsc::Sender<Call>>>,
     /// Woken when there may be new work for long-polling workers.
     work: Notify,
     lease_ms: u64,
+    /// The owner checks the lease table after every event once asked to
+    /// (the whole-cluster simulation does), keeping the first failure.
+    audit: AtomicBool,
+    violation: Mutex<Option<String>>,
 }
 
 impl Leader {
     pub(crate) fn new(config: &WorkerConfig) -> Leader {
-        Leader { flow: Mutex::new(None), work: Notify::new(), lease_ms: config.lease_ms }
+        Leader {
+            calls: Mutex::new(None),
+            work: Notify::new(),
+            lease_ms: config.lease_ms,
+            audit: AtomicBool::new(false),
+            violation: Mutex::new(None),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<QueryFlow>> {
-        self.flow.lock().unwrap_or_else(|e| e.into_inner())
+    fn calls(&self) -> Option<mpsc::Sender<Call>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn reset(&self, active: bool) {
-        *self.lock() = active.then(|| QueryFlow::new(self.lease_ms));
+    fn set_calls(&self, calls: Option<mpsc::Sender<Call>>) {
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()) = calls;
     }
 
+    /// The first inconsistency found in a lease table since checking
+    /// began (with the first call of this).
     pub(crate) fn check(&self) -> Result<(), String> {
-        self.lock().as_ref().map_or(Ok(()), QueryFlow::check)
+        self.audit.store(true, Ordering::Relaxed);
+        match self.violation.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn audit(&self, flow: &QueryFlow) {
+        if self.audit.load(Ordering::Relaxed)
+            && let Err(e) = flow.check()
+        {
+            self.violation.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+        }
     }
 
     /// A worker's call: take its results, hand it queries.
     pub(crate) async fn work(&self, req: v1::WorkRequest) -> Result<v1::WorkReply, Status> {
         let worker = req.worker;
-        let accepted = match self.lock().as_mut() {
-            Some(flow) => flow.report(worker, req.results, now_ms()),
-            None => return Err(Status::failed_precondition("this node is not the coordinator leader")),
-        };
+        let calls = self.calls().ok_or_else(not_leader)?;
+        let (reply, answer) = oneshot::channel();
+        calls.send(Call::Report { worker, results: req.results, reply }).await.map_err(|_| not_leader())?;
+        let accepted = answer.await.map_err(|_| not_leader())?;
         let want = req.want.min(64) as usize;
         let give_up = Instant::now() + Duration::from_millis(req.wait_ms.min(5000) as u64);
         loop {
             let notified = self.work.notified();
-            let queries = self.lock().as_mut().map(|f| f.take(worker, want, now_ms())).unwrap_or_default();
-            if !queries.is_empty() || want == 0 || Instant::now() >= give_up {
+            let queries = if want == 0 {
+                Vec::new()
+            } else {
+                let (reply, answer) = oneshot::channel();
+                match calls.send(Call::Take { worker, want, reply }).await {
+                    Ok(()) => answer.await.unwrap_or_default(),
+                    // The term ended: nothing more to hand out here.
+                    Err(_) => Vec::new(),
+                }
+            };
+            if !queries.is_empty() || want == 0 || Instant::now() >= give_up || calls.is_closed() {
                 return Ok(v1::WorkReply { queries, accepted });
             }
             let _ = tokio::time::timeout_at(give_up, notified).await;
@@ -78,34 +135,69 @@ impl Leader {
 
 /// The query flow, for each term this node leads the coordinator group.
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
-    jobs.leader.reset(false);
+    jobs.leader.set_calls(None);
     let leadership = jobs.coordinator.leadership();
     idunno_coordinator::leader_duty(leadership, shutdown, |term, stop| {
         let jobs = jobs.clone();
         async move {
-            jobs.leader.reset(true);
             tracing::info!(term, "coordinator leader: running the query flow");
             lead(&jobs, stop).await;
-            jobs.leader.reset(false);
+            jobs.leader.set_calls(None);
             tracing::info!(term, "no longer the coordinator leader: the query flow stops");
         }
     })
     .await
 }
 
-/// The leader's loop for one term: follow the state, keep leases honest,
-/// keep the assignment table current, flush finished queries.
+/// Answer one handler's call.
+fn answer(flow: &mut QueryFlow, call: Call) {
+    match call {
+        Call::Report { worker, results, reply } => {
+            let _ = reply.send(flow.report(worker, results, now_ms()));
+        }
+        Call::Take { worker, want, reply } => {
+            let _ = reply.send(flow.take(worker, want, now_ms()));
+        }
+    }
+}
+
+/// The owner's loop for one term: answer the workers' calls, follow the
+/// state and the members, keep leases honest, and hand the writer the
+/// assignment table, failed jobs and, every `flush_ms`, the reports to
+/// count (one flush at a time).
 async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
     let leader = &jobs.leader;
-    let mut upkeep = crate::compact::Upkeep::default();
+    let mut flow = QueryFlow::new(leader.lease_ms);
+    let (calls, mut call_rx) = mpsc::channel(CALLS_QUEUED);
+    leader.set_calls(Some(calls));
+    let (write_tx, write_rx) = mpsc::unbounded_channel();
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write(jobs.clone(), write_rx, back_tx));
     let mut last_flush = Instant::now();
     let mut last_notes = Instant::now();
+    let mut flushing = false;
+    let mut sent = None;
     let mut state_rx = jobs.coordinator.watch_state();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = state_rx.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.cancelled() => break,
+            Some(call) = call_rx.recv() => {
+                answer(&mut flow, call);
+                leader.audit(&flow);
+                continue;
+            }
+            Some(unflushed) = back_rx.recv() => {
+                for (job, why) in unflushed {
+                    flow.unflushed(job, why);
+                }
+                flushing = false;
+                leader.audit(&flow);
+                continue;
+            }
+            changed = state_rx.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
         }
         let state = jobs.coordinator.local_state();
         let running: BTreeMap<String, Job> = state
@@ -126,12 +218,8 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
             .collect();
         let mut live: Vec<u64> = members.iter().filter(|(_, up)| *up).map(|(id, _)| *id).collect();
         live.push(jobs.id);
-        let (observed, (assignments, notes), failures) = {
-            let mut guard = leader.lock();
-            let Some(flow) = guard.as_mut() else { return };
-            let observed = flow.observe(running, &members, now_ms());
-            (observed, flow.assignments(&live, jobs.config.slots, now_ms()), flow.take_failures())
-        };
+        let observed = flow.observe(running, &members, now_ms());
+        leader.audit(&flow);
         for w in &observed.newly_gone {
             tracing::info!(worker = w, "worker gone: its queries go back to the queue");
         }
@@ -146,32 +234,62 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         }
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
-        let notes_due = notes != state.state.inference.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
-        if assignments != state.state.inference.assignments || notes_due {
+        let table = flow.assignments(&live, jobs.config.slots, now_ms());
+        let notes_due = table.1 != state.state.inference.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
+        // Sent once (the state shows it only when the writer gets to it),
+        // again after a while if it never shows.
+        let new = sent.as_ref() != Some(&table) || last_notes.elapsed() >= NOTES_EVERY;
+        if (table.0 != state.state.inference.assignments || notes_due) && new {
             last_notes = Instant::now();
-            if let Err(e) = jobs.coordinator.apply(JobCommand::SetAssignments { assignments, notes }).await {
-                tracing::warn!(error = %e, "could not record assignments");
-            }
+            sent = Some(table.clone());
+            let _ = write_tx.send(Write::Assignments(table.0, table.1));
         }
-        for (job, error) in failures {
+        for (job, error) in flow.take_failures() {
             tracing::warn!(%job, %error, "marking the job failed");
-            let cmd = JobCommand::FailJob { job, error };
-            let _ = jobs.coordinator.apply(cmd).await;
+            let _ = write_tx.send(Write::Fail(job, error));
         }
-        if last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
+        if !flushing && last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
             last_flush = Instant::now();
-            flush(jobs).await;
-            upkeep.run(jobs).await;
+            flushing = true;
+            let _ = write_tx.send(Write::Flush(flow.take_pending()));
+        }
+    }
+    // Calls still queued get no answer: their handlers say this node no
+    // longer leads.
+    leader.set_calls(None);
+    writer.abort();
+}
+
+/// The term's writer: does what the owner hands it, in order, and sends
+/// back, after each flush, the reports it could not count.
+async fn write(
+    jobs: Arc<Jobs>,
+    mut writes: mpsc::UnboundedReceiver<Write>,
+    back: mpsc::UnboundedSender<Vec<(String, Unflushed)>>,
+) {
+    let mut upkeep = crate::compact::Upkeep::default();
+    while let Some(w) = writes.recv().await {
+        match w {
+            Write::Assignments(assignments, notes) => {
+                if let Err(e) = jobs.coordinator.apply(JobCommand::SetAssignments { assignments, notes }).await {
+                    tracing::warn!(error = %e, "could not record assignments");
+                }
+            }
+            Write::Fail(job, error) => {
+                let _ = jobs.coordinator.apply(JobCommand::FailJob { job, error }).await;
+            }
+            Write::Flush(pending) => {
+                let unflushed = flush(&jobs, pending).await;
+                let _ = back.send(unflushed);
+                upkeep.run(&jobs).await;
+            }
         }
     }
 }
 
-/// Write and count every job's finished queries.
-async fn flush(jobs: &Jobs) {
-    let pending = match jobs.leader.lock().as_mut() {
-        Some(flow) => flow.take_pending(),
-        None => return,
-    };
+/// Write and count every job's finished queries; what could not be.
+async fn flush(jobs: &Jobs, pending: BTreeMap<String, Vec<Pending>>) -> Vec<(String, Unflushed)> {
+    let mut unflushed = Vec::new();
     for (job, items) in pending {
         if items.is_empty() {
             continue;
@@ -190,14 +308,12 @@ async fn flush(jobs: &Jobs) {
                         tracing::warn!(%job, error = %e, "could not count finished queries; they will run again")
                     }
                 }
-                if let Some(flow) = jobs.leader.lock().as_mut() {
-                    flow.unflushed(job, why);
-                }
+                unflushed.push((job, why));
             }
         }
     }
+    unflushed
 }
-
 /// Write the rows of `items` as one segment, then count the queries with
 /// the segment named in the same command: all or none.
 async fn flush_job(jobs: &Jobs, job: &str, items: Vec<Pending>) -> Result<usize, Unflushed> {
