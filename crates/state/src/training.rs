@@ -134,8 +134,16 @@ pub struct TrainReport {
     pub checkpoint_version: Option<u64>,
     /// The epoch so far (reset when an epoch ends).
     pub train: Score,
-    /// Set when `step` ends an epoch: the held-out score, if any.
+    /// Set when `step` ends an epoch: the held-out score, if any. Left
+    /// out of the JSON when not set, so that an epoch's end without a
+    /// held-out set (`Some(None)`, `null`) is not read back as no end.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub epoch_end: Option<Option<Score>>,
     /// Set on the last step: the trained model's SDFS version.
     pub model_version: Option<u64>,
+}
+
+/// A field that is there, `null` included, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
