@@ -167,16 +167,19 @@ fn answer(flow: &mut QueryFlow, call: Call) {
 /// count (one flush at a time).
 async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
     let leader = &jobs.leader;
-    let mut flow = QueryFlow::new(leader.lease_ms);
     let (calls, mut call_rx) = mpsc::channel(CALLS_QUEUED);
     leader.set_calls(Some(calls));
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let (back_tx, mut back_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write(jobs.clone(), write_rx, back_tx));
-    let mut last_flush = Instant::now();
-    let mut last_notes = Instant::now();
-    let mut flushing = false;
-    let mut sent = None;
+    let mut term = Term {
+        flow: QueryFlow::new(leader.lease_ms),
+        writes: write_tx,
+        last_flush: Instant::now(),
+        last_notes: Instant::now(),
+        flushing: false,
+        sent: None,
+    };
     let mut state_rx = jobs.coordinator.watch_state();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,21 +187,45 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(call) = call_rx.recv() => {
-                answer(&mut flow, call);
-                leader.audit(&flow);
+                answer(&mut term.flow, call);
+                leader.audit(&term.flow);
                 continue;
             }
             Some(unflushed) = back_rx.recv() => {
                 for (job, why) in unflushed {
-                    flow.unflushed(job, why);
+                    term.flow.unflushed(job, why);
                 }
-                flushing = false;
-                leader.audit(&flow);
+                term.flushing = false;
+                leader.audit(&term.flow);
                 continue;
             }
             changed = state_rx.changed() => if changed.is_err() { break },
             _ = tick.tick() => {}
         }
+        term.look(jobs);
+    }
+    // Calls still queued get no answer: their handlers say this node no
+    // longer leads.
+    leader.set_calls(None);
+    writer.abort();
+}
+
+/// What the owner keeps for one term.
+struct Term {
+    flow: QueryFlow,
+    writes: mpsc::UnboundedSender<Write>,
+    last_flush: Instant,
+    last_notes: Instant,
+    /// A flush is with the writer (one at a time).
+    flushing: bool,
+    /// The assignment table last handed to the writer.
+    sent: Option<(BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>)>,
+}
+
+impl Term {
+    /// Feed the flow the state and the members as they are now, and hand
+    /// the writer what follows from them.
+    fn look(&mut self, jobs: &Jobs) {
         let state = jobs.coordinator.local_state();
         let running: BTreeMap<String, Job> = state
             .state
@@ -216,10 +243,8 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
             .map(|m| (m.identity.id.0, m.state.is_up()))
             .filter(|(id, _)| *id != jobs.id)
             .collect();
-        let mut live: Vec<u64> = members.iter().filter(|(_, up)| *up).map(|(id, _)| *id).collect();
-        live.push(jobs.id);
-        let observed = flow.observe(running, &members, now_ms());
-        leader.audit(&flow);
+        let observed = self.flow.observe(running, &members, now_ms());
+        jobs.leader.audit(&self.flow);
         for w in &observed.newly_gone {
             tracing::info!(worker = w, "worker gone: its queries go back to the queue");
         }
@@ -230,34 +255,33 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
             tracing::warn!(expired = observed.expired, "query leases expired: requeued");
         }
         if observed.wake {
-            leader.work.notify_waiters();
+            jobs.leader.work.notify_waiters();
         }
+        let mut live: Vec<u64> = members.iter().filter(|(_, up)| *up).map(|(id, _)| *id).collect();
+        live.push(jobs.id);
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
-        let table = flow.assignments(&live, jobs.config.slots, now_ms());
-        let notes_due = table.1 != state.state.inference.assignment_notes && last_notes.elapsed() >= NOTES_EVERY;
+        let table = self.flow.assignments(&live, jobs.config.slots, now_ms());
+        let inference = &state.state.inference;
+        let notes_due = table.1 != inference.assignment_notes && self.last_notes.elapsed() >= NOTES_EVERY;
         // Sent once (the state shows it only when the writer gets to it),
         // again after a while if it never shows.
-        let new = sent.as_ref() != Some(&table) || last_notes.elapsed() >= NOTES_EVERY;
-        if (table.0 != state.state.inference.assignments || notes_due) && new {
-            last_notes = Instant::now();
-            sent = Some(table.clone());
-            let _ = write_tx.send(Write::Assignments(table.0, table.1));
+        let new = self.sent.as_ref() != Some(&table) || self.last_notes.elapsed() >= NOTES_EVERY;
+        if (table.0 != inference.assignments || notes_due) && new {
+            self.last_notes = Instant::now();
+            self.sent = Some(table.clone());
+            let _ = self.writes.send(Write::Assignments(table.0, table.1));
         }
-        for (job, error) in flow.take_failures() {
+        for (job, error) in self.flow.take_failures() {
             tracing::warn!(%job, %error, "marking the job failed");
-            let _ = write_tx.send(Write::Fail(job, error));
+            let _ = self.writes.send(Write::Fail(job, error));
         }
-        if !flushing && last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
-            last_flush = Instant::now();
-            flushing = true;
-            let _ = write_tx.send(Write::Flush(flow.take_pending()));
+        if !self.flushing && self.last_flush.elapsed() >= Duration::from_millis(jobs.config.flush_ms) {
+            self.last_flush = Instant::now();
+            self.flushing = true;
+            let _ = self.writes.send(Write::Flush(self.flow.take_pending()));
         }
     }
-    // Calls still queued get no answer: their handlers say this node no
-    // longer leads.
-    leader.set_calls(None);
-    writer.abort();
 }
 
 /// The term's writer: does what the owner hands it, in order, and sends
