@@ -12,7 +12,7 @@
 
 use idunno_coordinator::raft::TypeConfig;
 use idunno_coordinator::store::{SmData, SnapshotFile};
-use idunno_state::{ClusterState, Command, JobCommand, JobSpec};
+use idunno_state::{ClusterState, Command, FileCommand, JobCommand, JobSpec, TrainCommand};
 use idunno_testkit::alloc::{Counting, peak_during};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -66,25 +66,13 @@ fn text() -> impl Strategy<Value = Value> {
 
 /// A command: one of every op, its fields drawn from hostile values.
 fn command() -> impl Strategy<Value = Value> {
-    let ops = vec![
-        "commit_file_version",
-        "delete_file",
-        "forget_files",
-        "set_replicas",
-        "add_job",
-        "set_job_state",
-        "set_batch_size",
-        "remove_job",
-        "set_assignments",
-        "complete_queries",
-        "record_progress",
-        "add_training",
-        "set_train_group",
-        "report_training",
-        "fail_training",
-        "fail_job",
-        "no_such_op",
-    ];
+    let ops: Vec<&str> = FileCommand::OPS
+        .iter()
+        .chain(JobCommand::OPS)
+        .chain(TrainCommand::OPS)
+        .copied()
+        .chain(["no_such_op"])
+        .collect();
     (
         prop::sample::select(ops),
         text(),
