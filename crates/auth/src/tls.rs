@@ -107,9 +107,18 @@ fn authority(secret: &Secret, role: Role) -> Result<Authority, TlsError> {
     Ok(Authority { cert, issuer: Issuer::new(params, key) })
 }
 
-/// A fresh key and a certificate for it from `ca`.
+/// A fresh Ed25519 key and a certificate for it from `ca`.
 fn leaf(ca: &Authority, role: Role) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(err)?;
+    leaf_with(ca, role, &rcgen::PKCS_ED25519)
+}
+
+/// A fresh key of algorithm `alg` and a certificate for it from `ca`.
+fn leaf_with(
+    ca: &Authority,
+    role: Role,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+    let key = KeyPair::generate_for(alg).map_err(err)?;
     let name = match role {
         Role::Node => NODE_NAME,
         Role::Client => CLIENT_NAME,
@@ -223,7 +232,8 @@ impl ServerCredentials {
     /// `http`: an operator's certificate for the HTTPS server; `None`: the
     /// derived node certificate serves HTTPS too.
     pub fn new(ring: &Keyring, http: Option<&OperatorCert>) -> Result<ServerCredentials, TlsError> {
-        let (cert, key) = leaf(&authority(&ring.primary, Role::Node)?, Role::Node)?;
+        let ca = authority(&ring.primary, Role::Node)?;
+        let (cert, key) = leaf(&ca, Role::Node)?;
         let either = WebPkiClientVerifier::builder_with_provider(roots(ring, &[Role::Node, Role::Client])?, provider())
             .allow_unauthenticated()
             .build()
@@ -241,9 +251,16 @@ impl ServerCredentials {
             .with_single_cert(vec![cert.clone()], key.clone_key())
             .map_err(err)?;
         grpc.alpn_protocols = vec![b"h2".to_vec()];
+        // Browsers do not sign or verify with Ed25519 in TLS: the HTTPS
+        // server's own key is ECDSA P-256 (its certificate still comes from
+        // the node authority, which curl and scripts trust with
+        // `idunno secret ca`).
         let (http_chain, http_key) = match http {
             Some(op) => (op.chain.clone(), op.key.clone_key()),
-            None => (vec![cert], key),
+            None => {
+                let (cert, key) = leaf_with(&ca, Role::Node, &rcgen::PKCS_ECDSA_P256_SHA256)?;
+                (vec![cert], key)
+            }
         };
         let mut http = builder()?.with_no_client_auth().with_single_cert(http_chain, http_key).map_err(err)?;
         http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
