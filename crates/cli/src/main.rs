@@ -6,6 +6,7 @@ mod cluster;
 mod coord;
 mod demo;
 mod error;
+mod events;
 mod fs;
 mod job;
 mod member;
@@ -77,6 +78,8 @@ enum Command {
     Secret(secret::SecretCommand),
     /// The answering node's dashboard address, with a login token when the cluster has a secret.
     DashboardUrl,
+    /// The cluster's timeline: deaths, elections, re-queued queries, repairs, job changes.
+    Events(events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -136,6 +139,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Secret(cmd) => secret::run(cmd, &secrets, out).await,
         Command::DashboardUrl => secret::dashboard_url(cli.node, ring.as_ref(), out).await,
+        Command::Events(args) => events::run(args, cli.node, out).await,
     }
 }
 

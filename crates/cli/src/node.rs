@@ -45,6 +45,9 @@ pub struct NodeArgs {
     /// Queries this node runs at once (one thread each). Default 1.
     #[arg(long)]
     slots: Option<usize>,
+    /// Serve /metrics without the token (with a cluster secret) [default: false].
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<(), CliError> {
@@ -70,6 +73,7 @@ pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<
         secret_file: secrets.secret_file.clone(),
         accept_secret_files: (!secrets.accept.is_empty()).then(|| secrets.accept.clone()),
         tls: None,
+        metrics_public: args.metrics_public.then_some(true),
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

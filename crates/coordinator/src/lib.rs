@@ -9,6 +9,7 @@
 //! - `store`: durable log (redb) and snapshots (files).
 //! - `network`: Raft messages over gRPC.
 //! - `service`: the gRPC front end for clients and forwarding nodes.
+//! - `events`: what this node observes, written to the timeline.
 //! - this file: [`Coordinator`], the handle the node holds, with writes and
 //!   fresh reads that go to the leader wherever they are called, and the
 //!   repair loop that keeps the group whole as members die and return.
@@ -18,6 +19,7 @@
 // openraft's storage and config traits fix their (large) error types.
 #![allow(clippy::result_large_err)]
 
+pub mod events;
 pub mod group;
 pub mod network;
 pub mod raft;
@@ -39,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{GroupAction, GroupView, Liveness};
+pub use crate::events::Recorder;
 pub use crate::raft::{NodeId, Raft, RaftSettings};
 use crate::store::{LogStore, SmData, StateMachineStore};
 use idunno_state::{Applied, Command};
@@ -102,6 +105,11 @@ pub struct Coordinator {
     /// address stays the same (a new TCP connection per request would
     /// double a forwarded write's latency).
     to_leader: std::sync::Mutex<Option<(String, CoordinatorClient<tonic::transport::Channel>)>>,
+    /// What this node's layers put on the timeline.
+    events: events::Recorder,
+    /// Time for a write through [`Coordinator::apply`] to commit (from this
+    /// node, forwarding included), for `/metrics`.
+    pub apply_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Coordinator {
@@ -132,7 +140,19 @@ impl Coordinator {
             raft.initialize(members).await.map_err(|e| CoordError::Stopped(e.to_string()))?;
         }
         let leadership = watch_leadership(id, &raft);
-        Ok(Coordinator { id, raft, state, leadership, to_leader: std::sync::Mutex::new(None) })
+        let events = events::Recorder::new(id, idunno_net::now_ms());
+        let apply_seconds = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
+        );
+        Ok(Coordinator {
+            id,
+            raft,
+            state,
+            leadership,
+            to_leader: std::sync::Mutex::new(None),
+            events,
+            apply_seconds,
+        })
     }
 
     /// The term this node leads (`None` while it does not), as it changes:
@@ -219,7 +239,12 @@ impl Coordinator {
     pub async fn apply(&self, cmd: impl Into<Command>) -> Result<ApplyOutcome, CoordError> {
         let cmd = cmd.into();
         let json = serde_json::to_vec(&cmd).map_err(|e| CoordError::BadCommand(e.to_string()))?;
-        self.at_leader("write", || self.apply_local(cmd.clone()), |c| forward_apply(c, &json)).await
+        let started = Instant::now();
+        let out = self.at_leader("write", || self.apply_local(cmd.clone()), |c| forward_apply(c, &json)).await;
+        if out.is_ok() {
+            self.apply_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        out
     }
 
     /// Run `local` if this node leads, else `remote` against the leader,
@@ -329,6 +354,7 @@ impl Coordinator {
                         match me.carry_out(action.clone()).await {
                             Ok(()) => {
                                 tracing::info!(?action, "coordinator group changed");
+                                me.record_voters(&v.voters, &action);
                                 continue;
                             }
                             Err(e) => tracing::warn!(?action, error = %e, "coordinator group change failed"),
@@ -363,6 +389,21 @@ impl Coordinator {
             learners: status.learners.into_iter().collect(),
             nodes,
             max_voters,
+        }
+    }
+
+    /// Put a change of voters on the timeline.
+    fn record_voters(&self, before: &BTreeSet<u64>, action: &GroupAction) {
+        let GroupAction::SetVoters(after) = action else { return };
+        let list = |s: &BTreeSet<u64>| s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        for (ids, kind, verb) in [
+            (after.difference(before), idunno_state::EventKind::VoterAdded, "became a voter"),
+            (before.difference(after), idunno_state::EventKind::VoterRemoved, "is no longer a voter"),
+        ] {
+            for id in ids {
+                let detail = format!("node {id} {verb} (voters {})", list(after));
+                self.events.record(kind, *id, None, detail, None);
+            }
         }
     }
 

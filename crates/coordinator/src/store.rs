@@ -203,7 +203,8 @@ pub struct SmData {
 /// changes the format can be planned (every node upgraded before any
 /// writes the new one).
 const STATE_MAGIC: &[u8] = b"IDSTATE";
-const STATE_FORMAT: u8 = 1;
+/// 2: the state has the timeline (`events`). 1 is still read.
+const STATE_FORMAT: u8 = 2;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -222,6 +223,9 @@ impl SmData {
         if let Some(rest) = bytes.strip_prefix(STATE_MAGIC) {
             return match rest.split_first() {
                 Some((&STATE_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("the state: {e}")),
+                Some((1, body)) => {
+                    postcard::from_bytes::<SmDataV1>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
                 }
@@ -241,6 +245,28 @@ impl SmData {
                 Ok(SmData { last_applied: flat.last_applied, membership: flat.membership, state: flat.state.into() })
             }
         }
+    }
+}
+
+/// A state in format 1: before the timeline.
+#[derive(Deserialize)]
+struct SmDataV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTable,
+    training: idunno_state::TrainingTable,
+}
+
+impl From<SmDataV1> for SmData {
+    fn from(v: SmDataV1) -> Self {
+        let state = ClusterState {
+            namespace: v.namespace,
+            inference: v.inference,
+            training: v.training,
+            events: Default::default(),
+        };
+        SmData { last_applied: v.last_applied, membership: v.membership, state }
     }
 }
 

@@ -12,7 +12,7 @@
 
 use idunno_coordinator::raft::TypeConfig;
 use idunno_coordinator::store::{SmData, SnapshotFile};
-use idunno_state::{ClusterState, Command, FileCommand, JobCommand, JobSpec, TrainCommand};
+use idunno_state::{ClusterState, Command, EventCommand, FileCommand, JobCommand, JobSpec, TrainCommand};
 use idunno_testkit::alloc::{Counting, peak_during};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -70,6 +70,7 @@ fn command() -> impl Strategy<Value = Value> {
         .iter()
         .chain(JobCommand::OPS)
         .chain(TrainCommand::OPS)
+        .chain(EventCommand::OPS)
         .copied()
         .chain(["no_such_op"])
         .collect();
@@ -87,8 +88,13 @@ fn command() -> impl Strategy<Value = Value> {
                 .iter()
                 .map(|n| json!({"start": n, "len": a, "latency_us": b, "labeled": c, "correct": n}))
                 .collect();
+            let events: Vec<Value> = list
+                .iter()
+                .map(|n| json!({"at_ms": n, "kind": state.replace("running", "member_dead"), "node": a, "job": name,
+                                "detail": name, "key": name, "by": b}))
+                .collect();
             json!({
-                "op": op, "name": name, "job": name, "size": a, "blake3": name, "replicas": list,
+                "op": op, "name": name, "job": name, "size": a, "blake3": name, "replicas": list, "events": events,
                 "keep": b, "now_ms": c, "version": a, "names": [name], "state": state,
                 "batch_size": a, "expect_done": b, "queries": queries, "inputs": c,
                 "generation": a, "workers": list, "error": name,

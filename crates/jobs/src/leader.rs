@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idunno_rpc::v1;
-use idunno_state::{AssignmentNote, Job, JobCommand, JobState, Reply};
+use idunno_state::{AssignmentNote, EventKind, Job, JobCommand, JobState, Reply};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -250,9 +250,16 @@ impl Term {
         }
         if observed.requeued > 0 {
             tracing::info!(requeued = observed.requeued, "queries of dead workers requeued");
+            jobs.metrics.requeued.inc_by(observed.requeued as u64);
+            let gone: Vec<String> = observed.newly_gone.iter().map(u64::to_string).collect();
+            let detail =
+                format!("{} queries of node {} went back to the queue", observed.requeued, gone.join(", node "));
+            let node = observed.newly_gone.first().copied().unwrap_or(0);
+            jobs.coordinator.events().record(EventKind::QueriesRequeued, node, None, detail, None);
         }
         if observed.expired > 0 {
             tracing::warn!(expired = observed.expired, "query leases expired: requeued");
+            jobs.metrics.expired.inc_by(observed.expired as u64);
         }
         if observed.wake {
             jobs.leader.work.notify_waiters();
@@ -300,7 +307,7 @@ async fn write(
                 }
             }
             Write::Fail(job, error) => {
-                let _ = jobs.coordinator.apply(JobCommand::FailJob { job, error }).await;
+                let _ = jobs.coordinator.apply(JobCommand::FailJob { job, error, now_ms: now_ms() }).await;
             }
             Write::Flush(pending) => {
                 let unflushed = flush(&jobs, pending).await;

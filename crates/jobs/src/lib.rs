@@ -22,6 +22,7 @@
 mod compact;
 mod flow;
 mod leader;
+pub mod metrics;
 pub mod results;
 pub mod service;
 pub mod status;
@@ -89,6 +90,9 @@ pub struct Jobs {
     /// data sets its members share.
     reducer: train::reduce::Reducer,
     train_data: tokio::sync::Mutex<train::runner::DataCache>,
+    /// What this node's worker and trainer did, for `/metrics`.
+    pub metrics: Arc<metrics::WorkerMetrics>,
+    pub train_metrics: metrics::TrainMetrics,
 }
 
 impl Jobs {
@@ -109,6 +113,8 @@ impl Jobs {
             leader,
             reducer: Default::default(),
             train_data: Default::default(),
+            metrics: Default::default(),
+            train_metrics: Default::default(),
         })
     }
 

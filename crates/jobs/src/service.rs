@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use idunno_coordinator::service::status_of;
 use idunno_rpc::v1;
-use idunno_state::{Command, JobCommand, JobState, Refusal, TrainCommand};
+use idunno_state::{Command, EventKind, JobCommand, JobState, Refusal, TrainCommand};
 use tonic::{Request, Response, Status};
 
 use crate::results;
@@ -50,12 +50,25 @@ impl JobsService {
 #[tonic::async_trait]
 impl idunno_rpc::Jobs for JobsService {
     async fn add_job(&self, req: Request<v1::AddJobRequest>) -> Result<Response<v1::JobReply>, Status> {
-        let spec = crate::validate::add_job(&self.0, req.into_inner()).await?;
+        let req = req.into_inner();
+        let name = req.name.clone();
+        let spec = match crate::validate::add_job(&self.0, req).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                if e.code() == tonic::Code::InvalidArgument || e.code() == tonic::Code::NotFound {
+                    let detail = format!("job add {name} refused: {}", e.message());
+                    self.0.coordinator.events().record(EventKind::InputRefused, self.0.id, None, detail, None);
+                }
+                return Err(e);
+            }
+        };
         let message = format!(
             "job {} added: {} v{} over {} inputs of {}, batch size {}",
             spec.name, spec.model, spec.model_version, spec.samples, spec.inputs, spec.batch_size
         );
+        let name = spec.name.clone();
         self.commit(JobCommand::AddJob { spec }).await?;
+        self.0.coordinator.events().record(EventKind::JobAdded, 0, Some(&name), message.clone(), None);
         Ok(Response::new(v1::JobReply { message }))
     }
 
@@ -78,7 +91,12 @@ impl idunno_rpc::Jobs for JobsService {
             }
             other => return Err(Status::invalid_argument(format!("unknown job action {other:?}"))),
         };
+        let removed = matches!(cmd, JobCommand::RemoveJob { .. });
         self.commit(cmd).await?;
+        if removed {
+            let detail = format!("job {job} removed");
+            self.0.coordinator.events().record(EventKind::JobRemoved, 0, Some(&job), detail, None);
+        }
         Ok(Response::new(v1::JobReply { message: format!("job {job}: {message}") }))
     }
 

@@ -37,6 +37,15 @@ struct Fetched {
 }
 
 impl Fetched {
+    /// Tell `/metrics` how much the caches hold.
+    fn measure(&self, m: &crate::metrics::WorkerMetrics) {
+        let inputs: usize = self.arrays.values().map(|t| t.data.len()).sum();
+        let models: usize = self.models.values().map(|b| b.len()).sum();
+        let set = |kind, n: usize| m.cache_bytes.get_or_create(&crate::metrics::CacheLabel { kind }).set(n as i64);
+        set("inputs", inputs);
+        set("models", models);
+    }
+
     async fn array(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
         let key = (f.name.clone(), f.version);
         if let Some(t) = self.arrays.get(&key) {
@@ -119,12 +128,15 @@ struct Prepared {
 struct Slot {
     threads: usize,
     models: HashMap<Key, Model>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl Slot {
     fn model(&mut self, p: &Prepared) -> Result<&mut Model, String> {
         if !self.models.contains_key(&p.key) {
+            let loading = Instant::now();
             let m = Model::load(&p.model, self.threads).map_err(|e| format!("model {}: {e}", p.key.0))?;
+            self.metrics.model_load.observe(loading.elapsed().as_secs_f64());
             if self.models.len() >= 4 {
                 self.models.clear();
             }
@@ -155,6 +167,7 @@ impl Slot {
         let t = &p.task;
         let mut result =
             v1::QueryResult { job: t.job.clone(), pass: t.pass, start: t.start, len: t.len, ..Default::default() };
+        let busy = Instant::now();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_run(p, &mut result)));
         match ran {
             Ok(Ok(())) => {}
@@ -173,6 +186,8 @@ impl Slot {
                 };
             }
         }
+        let ok = result.error.is_empty();
+        self.metrics.ran(&t.job, ok, u64::from(t.len), result.latency_us, busy.elapsed().as_secs_f64());
         result
     }
 
@@ -311,14 +326,14 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let slots = jobs.config.slots;
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<v1::QueryResult>();
     let mut exec = if idunno_net::simulated() {
-        Exec::Inline(Slot { threads: jobs.config.threads, models: HashMap::new() })
+        Exec::Inline(Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() })
     } else {
         let (task_tx, task_rx) = std_mpsc::channel::<Prepared>();
         let task_rx = Arc::new(Mutex::new(task_rx));
         for i in 0..slots {
             let rx = task_rx.clone();
             let tx = res_tx.clone();
-            let mut slot = Slot { threads: jobs.config.threads, models: HashMap::new() };
+            let mut slot = Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() };
             let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
                 lower_priority();
                 loop {
@@ -397,7 +412,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 results.drain(..sent);
                 let got = reply.queries.len();
                 for q in reply.queries {
-                    let p = match fetched.prepare(&jobs.sdfs, q).await {
+                    let prepared = fetched.prepare(&jobs.sdfs, q).await;
+                    fetched.measure(&jobs.metrics);
+                    let p = match prepared {
                         Ok(p) => p,
                         Err(failed) => {
                             tracing::warn!(job = %failed.job, error = %failed.error, "cannot fetch a query's files");
@@ -465,7 +482,9 @@ async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mu
             continue;
         }
         let probe = idunno_scheduler::Query { job: String::new(), pass: 0, start: 0, len: 0 };
-        let Ok(mut p) = fetched.prepare(&jobs.sdfs, crate::leader::task(job, &probe)).await else {
+        let prepared = fetched.prepare(&jobs.sdfs, crate::leader::task(job, &probe)).await;
+        fetched.measure(&jobs.metrics);
+        let Ok(mut p) = prepared else {
             warmed.failed.insert(key, tokio::time::Instant::now());
             continue;
         };

@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use idunno_net::UdpSocket;
 use rand::rngs::SmallRng;
@@ -40,12 +41,21 @@ pub struct MembershipHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<View>,
     events: broadcast::Sender<MembershipEvent>,
+    /// Datagrams sent. Kept out of the view: a send must not wake the
+    /// view's watchers (a joining node announces on every change of the
+    /// view, and a count that changes with each send would feed it).
+    sent: Arc<AtomicU64>,
 }
 
 impl MembershipHandle {
     /// The member list as of now.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
+    }
+
+    /// SWIM datagrams this node sent (probes, acks, gossip).
+    pub fn datagrams_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// A receiver that wakes whenever the view changes.
@@ -118,7 +128,8 @@ pub fn spawn(
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (view_tx, view_rx) = watch::channel(View { members: swim.members(), stats: swim.stats() });
     let (events_tx, _) = broadcast::channel(1024);
-    let handle = MembershipHandle { commands: cmd_tx, view: view_rx, events: events_tx.clone() };
+    let sent = Arc::new(AtomicU64::new(0));
+    let handle = MembershipHandle { commands: cmd_tx, view: view_rx, events: events_tx.clone(), sent: sent.clone() };
     let driver = Driver {
         socket: Arc::new(socket),
         swim,
@@ -130,6 +141,7 @@ pub fn spawn(
         options,
         view: view_tx,
         events: events_tx,
+        sent,
     };
     let task = tokio::spawn(driver.run(cmd_rx, shutdown));
     (handle, task)
@@ -150,6 +162,7 @@ struct Driver {
     replay: idunno_auth::seal::ReplayGuard,
     view: watch::Sender<View>,
     events: broadcast::Sender<MembershipEvent>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -240,8 +253,11 @@ impl Driver {
                             ));
                         }
                     }
-                    if let Err(e) = self.socket.send_to(&framed, to).await {
-                        tracing::debug!(%to, error = %e, "udp send");
+                    match self.socket.send_to(&framed, to).await {
+                        Ok(_) => {
+                            self.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::debug!(%to, error = %e, "udp send"),
                     }
                 }
                 Effect::Schedule { after, timer } => {

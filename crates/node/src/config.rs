@@ -51,6 +51,9 @@ pub struct NodeOptions {
     pub accept_secret_files: Option<Vec<PathBuf>>,
     /// An operator's certificate for the HTTPS server (`[tls]`).
     pub tls: Option<TlsFiles>,
+    /// Serve `/metrics` without the token (with a cluster secret; still
+    /// over HTTPS), for a Prometheus that cannot send one. Default false.
+    pub metrics_public: Option<bool>,
 }
 
 /// `[tls]`: a certificate chain and key (PEM) the node's HTTPS server
@@ -104,6 +107,7 @@ impl NodeOptions {
             secret_file: flags.secret_file.or(self.secret_file),
             accept_secret_files: flags.accept_secret_files.or(self.accept_secret_files),
             tls: flags.tls.or(self.tls),
+            metrics_public: flags.metrics_public.or(self.metrics_public),
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct NodeConfig {
     pub secret: Option<SecretFiles>,
     /// An operator's HTTPS certificate (needs a secret).
     pub tls: Option<TlsFiles>,
+    /// `/metrics` needs no token.
+    pub metrics_public: bool,
 }
 
 /// The files of a node's keyring.
@@ -242,6 +248,7 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             tls: opts.tls,
+            metrics_public: opts.metrics_public.unwrap_or(false),
             secret,
             cluster,
             id: opts.id.map(NodeId),

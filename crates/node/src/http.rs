@@ -1,68 +1,197 @@
-//! The node's HTTP server: the JSON API under `/api/`. (The dashboard and
-//! `/metrics` come with the issues that give them something to show.)
+//! The node's HTTP server: the live dashboard at `/`, Prometheus metrics
+//! at `/metrics`, and the JSON API under `/api/` the dashboard reads.
+//! Every answer comes from this node's copy of the state (reads where
+//! they arrive: a dashboard polling every second costs the leader
+//! nothing).
 //!
 //! With a cluster secret it serves HTTPS only (the node's certificate, from
 //! the secret's node authority) and every request needs the token derived
 //! from the secret: `Authorization: Bearer T`, or the cookie a browser gets
 //! by opening the URL `idunno dashboard-url` prints (`?token=T`, which
 //! answers with the cookie and a redirect to the same page without it).
+//! `/metrics` may be left open with `metrics_public`.
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use idunno_rpc::json::{MemberJson, StatusJson};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use idunno_auth::KeysCell;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::History;
+use crate::metrics::NodeMetrics;
 use crate::service::Shared;
 
-pub fn router(shared: Shared) -> Router {
+/// What the HTTP handlers read. Cheap to clone.
+#[derive(Clone)]
+pub struct Web {
+    pub shared: Shared,
+    pub metrics: Arc<NodeMetrics>,
+    pub history: Arc<Mutex<History>>,
+    /// SDFS's replication factor (for "under-replicated").
+    pub replicas: usize,
+    /// `/metrics` needs no token.
+    pub metrics_public: bool,
+}
+
+/// The dashboard: one page, its script and styles inline, no external
+/// fetch (built into the binary).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+pub fn router(web: Web) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .route("/api", get(api_index))
         .route("/api/status", get(status))
         .route("/api/members", get(members))
-        .with_state(shared)
+        .route("/api/jobs", get(jobs))
+        .route("/api/files", get(files))
+        .route("/api/events", get(events))
+        .route("/api/history", get(history))
+        .with_state(web)
 }
 
-async fn index() -> &'static str {
-    "idunno node\n\nGET /api/status   this node and what it knows of the cluster\nGET /api/members  every member as this node sees it\n"
+async fn index() -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD)).into_response()
 }
 
-async fn status(State(s): State<Shared>) -> Json<StatusJson> {
-    Json(StatusJson::from(&s.status()))
+async fn api_index() -> &'static str {
+    "idunno node: the JSON API\n\n\
+     GET /api/status            this node and what it knows of the cluster\n\
+     GET /api/members           every member as this node sees it\n\
+     GET /api/jobs              every job's status, assignments and fairness (as `job status --json`)\n\
+     GET /api/files             SDFS files: versions, replicas, under-replicated\n\
+     GET /api/events?after=N    the cluster's timeline after event N (as `idunno events --json`)\n\
+     GET /api/history?after_ms=T  per-second samples of rates, latencies and training curves\n\
+     GET /metrics               Prometheus metrics\n"
 }
 
-async fn members(State(s): State<Shared>) -> Json<Vec<MemberJson>> {
-    Json(s.members().iter().map(MemberJson::from).collect())
+async fn metrics(State(w): State<Web>) -> Response {
+    match w.metrics.render() {
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text).into_response()
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be rendered\n").into_response(),
+    }
+}
+
+async fn status(State(w): State<Web>) -> Json<StatusJson> {
+    Json(StatusJson::from(&w.shared.status()))
+}
+
+async fn members(State(w): State<Web>) -> Json<Vec<MemberJson>> {
+    Json(w.shared.members().iter().map(MemberJson::from).collect())
+}
+
+async fn jobs(State(w): State<Web>) -> Json<Value> {
+    let data = w.shared.coordinator.local_state();
+    let now = idunno_net::now_ms();
+    let jobs = idunno_jobs::status::status(&data.state, None, now).unwrap_or_else(|| json!([]));
+    let assignments = idunno_jobs::status::assignments_explained(&data.state, now);
+    Json(json!({ "jobs": jobs, "assignments": assignments }))
+}
+
+/// At most this many files in one answer (the rest are counted).
+const FILES_SHOWN: usize = 500;
+
+async fn files(State(w): State<Web>) -> Json<Value> {
+    let data = w.shared.coordinator.local_state();
+    let live: std::collections::BTreeSet<u64> = w
+        .shared
+        .membership
+        .view()
+        .members
+        .iter()
+        .filter(|m| m.state.is_up())
+        .map(|m| m.identity.id.0)
+        .collect();
+    let want = w.replicas.min(live.len()).max(1);
+    let mut rows = Vec::new();
+    let (mut files, mut versions, mut under) = (0usize, 0usize, 0usize);
+    for (name, entry) in data.state.namespace.files.iter().filter(|(_, e)| !e.versions.is_empty()) {
+        files += 1;
+        let mut vs = Vec::new();
+        for v in entry.versions.iter().rev() {
+            versions += 1;
+            let held = v.replicas.iter().filter(|r| live.contains(r)).count();
+            let short = held < want;
+            under += usize::from(short);
+            vs.push(json!({
+                "version": v.version, "size": v.size, "replicas": v.replicas,
+                "live_replicas": held, "under_replicated": short,
+            }));
+        }
+        if rows.len() < FILES_SHOWN {
+            rows.push(json!({ "name": name, "versions": vs }));
+        }
+    }
+    Json(json!({
+        "files": files, "versions": versions, "under_replicated": under,
+        "replicas": w.replicas, "shown": rows,
+    }))
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// At most this many events per answer (ask again with the last `seq`).
+const EVENTS_PER_PAGE: usize = 1000;
+
+async fn events(State(w): State<Web>, Query(q): Query<After>) -> Json<Value> {
+    let data = w.shared.coordinator.local_state();
+    let limit = q.limit.unwrap_or(EVENTS_PER_PAGE).clamp(1, EVENTS_PER_PAGE);
+    let events = data.state.events.after(q.after, limit);
+    Json(serde_json::to_value(events).unwrap_or_else(|_| json!([])))
+}
+
+#[derive(Deserialize)]
+struct AfterMs {
+    #[serde(default)]
+    after_ms: u64,
+}
+
+async fn history(State(w): State<Web>, Query(q): Query<AfterMs>) -> Json<Value> {
+    let samples = w.history.lock().unwrap_or_else(|e| e.into_inner()).after(q.after_ms);
+    Json(json!({ "now_ms": idunno_net::now_ms(), "samples": samples }))
 }
 
 /// Serve until `shutdown` fires: plain HTTP without a secret, HTTPS with
 /// the token check with one.
 pub async fn serve(
     listener: TcpListener,
-    shared: Shared,
+    web: Web,
     keys: Option<KeysCell>,
     refused: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let app = router(shared);
+    let metrics_public = web.metrics_public;
+    let app = router(web);
     let r = match keys {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
         Some(keys) => {
             let local = listener.local_addr();
-            let app = app.layer(axum::middleware::from_fn_with_state((keys.clone(), refused.clone()), require_token));
+            let guard = Guard { keys: keys.clone(), refused: refused.clone(), metrics_public };
+            let app = app.layer(axum::middleware::from_fn_with_state(guard, require_token));
             let config_keys = keys.clone();
             let config = move || match config_keys.current().server.as_ref() {
                 Some(s) => s.http.clone(),
@@ -110,14 +239,21 @@ impl axum::serve::Listener for TlsListener {
 
 const COOKIE: &str = "idunno_token";
 
-/// Lets a request through if it carries an accepted token; a `?token=`
-/// login sets the cookie and redirects to the page without the token.
-async fn require_token(
-    State((keys, refused)): State<(KeysCell, Arc<AtomicU64>)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let keys = keys.current();
+#[derive(Clone)]
+struct Guard {
+    keys: KeysCell,
+    refused: Arc<AtomicU64>,
+    metrics_public: bool,
+}
+
+/// Lets a request through if it carries an accepted token (or is for
+/// `/metrics` and those are public); a `?token=` login sets the cookie and
+/// redirects to the page without the token.
+async fn require_token(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    if guard.metrics_public && req.uri().path() == "/metrics" {
+        return next.run(req).await;
+    }
+    let (keys, refused) = (guard.keys.current(), guard.refused);
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -6,7 +6,9 @@
 //! flags and calls [`Node::start`] then [`Node::run`].
 
 pub mod config;
+mod history;
 mod http;
+pub mod metrics;
 mod service;
 
 use std::io;
@@ -140,6 +142,7 @@ impl Node {
                     return Err(e.into());
                 }
             };
+        tasks.push(("events", coordinator.spawn_events(membership.clone(), shutdown.child_token())));
         tasks.push((
             "group repair",
             coordinator.spawn_repair(membership.clone(), config.voters, shutdown.child_token()),
@@ -210,7 +213,16 @@ impl Node {
         ));
         // A simulated host has no HTTP server (nothing in a simulation reads it).
         if let Some(http) = http.into_os() {
-            let serve = http::serve(http, shared, keys.clone(), refused.clone(), shutdown.child_token());
+            let history = Arc::new(std::sync::Mutex::new(history::History::default()));
+            tasks.push(("history", spawn_history(coordinator.clone(), history.clone(), shutdown.child_token())));
+            let web = http::Web {
+                metrics: Arc::new(metrics::NodeMetrics::new(&shared, &sdfs_layer, &jobs_layer)),
+                shared,
+                history,
+                replicas: config.sdfs.replicas,
+                metrics_public: config.metrics_public,
+            };
+            let serve = http::serve(http, web, keys.clone(), refused.clone(), shutdown.child_token());
             tasks.push(("http", tokio::spawn(serve)));
         }
 
@@ -313,6 +325,26 @@ impl Node {
             }
         }
     }
+}
+
+/// Sample the state for the dashboard once a second.
+fn spawn_history(
+    coordinator: Arc<Coordinator>,
+    history: Arc<std::sync::Mutex<history::History>>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let data = coordinator.local_state();
+            history.lock().unwrap_or_else(|e| e.into_inner()).sample(idunno_net::now_ms(), &data.state);
+        }
+    })
 }
 
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NodeError> {

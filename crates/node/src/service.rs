@@ -112,6 +112,10 @@ impl Shared {
     }
 }
 
+/// At most this many events in one reply (a client asks again after the
+/// last): 1,000 events are ~250 KB of JSON.
+const EVENTS_PER_REPLY: usize = 1000;
+
 /// How long a `Join` request waits for the group to answer.
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -149,6 +153,17 @@ impl idunno_rpc::Node for NodeService {
         }
         let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
         Ok(Response::new(v1::JoinReply { members_alive: alive as u32 }))
+    }
+
+    async fn events(&self, req: Request<v1::EventsRequest>) -> Result<Response<v1::EventsReply>, Status> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => EVENTS_PER_REPLY,
+            n => (n as usize).min(EVENTS_PER_REPLY),
+        };
+        let events = self.0.coordinator.local_state().state.events.after(req.after, limit);
+        let json = serde_json::to_vec(&events).map_err(|e| Status::internal(format!("events: {e}")))?;
+        Ok(Response::new(v1::EventsReply { json }))
     }
 
     async fn leave(&self, _: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveReply>, Status> {

@@ -21,6 +21,7 @@
 
 pub mod blobs;
 pub mod client;
+pub mod metrics;
 mod error;
 pub mod placement;
 mod read;
@@ -36,7 +37,7 @@ use idunno_coordinator::Coordinator;
 use idunno_membership::MembershipHandle;
 use idunno_rpc::v1;
 use idunno_rpc::{Limited, SdfsClient};
-use idunno_state::FileCommand;
+use idunno_state::{EventKind, FileCommand};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -108,7 +109,20 @@ pub struct Sdfs {
     membership: MembershipHandle,
     /// Connections to other nodes, by address (tonic reconnects them).
     peers: Mutex<HashMap<String, SdfsClient<Channel>>>,
+    /// What this node did, for `/metrics`.
+    pub metrics: metrics::SdfsMetrics,
 }
+
+/// The versions last said to be under-replicated, and when.
+#[derive(Default)]
+struct Reported {
+    versions: Vec<(String, u64)>,
+    at: Option<tokio::time::Instant>,
+}
+
+/// How often a changing set of under-replicated versions is put on the
+/// timeline, at most.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Sdfs {
     pub fn new(
@@ -118,7 +132,8 @@ impl Sdfs {
         coordinator: Arc<Coordinator>,
         membership: MembershipHandle,
     ) -> Sdfs {
-        Sdfs { store, me, config, coordinator, membership, peers: Mutex::new(HashMap::new()) }
+        let metrics = metrics::SdfsMetrics::default();
+        Sdfs { store, me, config, coordinator, membership, peers: Mutex::new(HashMap::new()), metrics }
     }
 
     /// Live members (alive or suspect) by id, with their RPC address.
@@ -152,6 +167,7 @@ impl Sdfs {
             async move {
                 let mut view = me.membership.watch();
                 let mut last_forget = tokio::time::Instant::now();
+                let mut reported = Reported::default();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -164,13 +180,23 @@ impl Sdfs {
                     }
                     let data = me.coordinator.local_state();
                     let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
-                    for task in repair::plan(&data.state.namespace.files, &live, me.config.replicas) {
+                    let tasks = repair::plan(&data.state.namespace.files, &live, me.config.replicas);
+                    me.note_under_replicated(&tasks, &mut reported);
+                    let mut round = repair::Round::default();
+                    for task in tasks {
                         if stop.is_cancelled() {
                             return;
                         }
-                        if let Err(e) = me.repair(&task).await {
-                            tracing::warn!(file = task.name, version = task.version, error = %e, "repair failed");
+                        match me.repair(&task).await {
+                            Ok(added) => round.add(&task, &added, me.size_of(&task.name, task.version)),
+                            Err(e) => {
+                                tracing::warn!(file = task.name, version = task.version, error = %e, "repair failed")
+                            }
                         }
+                    }
+                    if let Some(detail) = round.summary() {
+                        let node = round.first_target().unwrap_or(0);
+                        me.coordinator.events().record(EventKind::FileRepaired, node, None, detail, None);
                     }
                 }
             }
@@ -249,7 +275,44 @@ impl Sdfs {
         Ok(removed)
     }
 
-    async fn repair(&self, task: &repair::RepairTask) -> Result<(), String> {
+    fn size_of(&self, name: &str, version: u64) -> u64 {
+        let data = self.coordinator.local_state();
+        let entry = data.state.namespace.files.get(name);
+        entry.and_then(|e| e.versions.iter().find(|v| v.version == version)).map_or(0, |v| v.size)
+    }
+
+    /// Put the versions `tasks` repairs on the timeline, once for each
+    /// different set (a loss the leader cannot repair yet is not repeated
+    /// every second).
+    fn note_under_replicated(&self, tasks: &[repair::RepairTask], reported: &mut Reported) {
+        let now: Vec<(String, u64)> = tasks.iter().map(|t| (t.name.clone(), t.version)).collect();
+        // New losses are said at once; a set that keeps changing (puts go
+        // on while a node is suspected) at most every REPORT_EVERY.
+        let recent = reported.at.is_some_and(|t| t.elapsed() < REPORT_EVERY);
+        if now.is_empty() || now == reported.versions || (!reported.versions.is_empty() && recent) {
+            if now.is_empty() {
+                reported.versions.clear();
+            }
+            return;
+        }
+        reported.versions = now;
+        reported.at = Some(tokio::time::Instant::now());
+        let t = &tasks[0];
+        let held: Vec<String> = t.sources.iter().map(u64::to_string).collect();
+        let detail = format!(
+            "{} file version(s) held by fewer than {} live nodes, e.g. {} v{} (on node {})",
+            tasks.len(),
+            self.config.replicas,
+            t.name,
+            t.version,
+            held.join(", node ")
+        );
+        self.coordinator.events().record(EventKind::FileUnderReplicated, 0, None, detail, None);
+    }
+
+    /// Copy `task`'s version to its new holders and record them; the
+    /// holders added.
+    async fn repair(&self, task: &repair::RepairTask) -> Result<Vec<u64>, String> {
         let sources: Vec<String> = task.sources.iter().filter_map(|s| self.addr_of(*s)).collect();
         let mut holders = task.sources.clone();
         for node in &task.add {
@@ -264,12 +327,16 @@ impl Sdfs {
                 Err(e) => tracing::warn!(node, file = task.name, error = %e, "repair copy failed"),
             }
         }
+        let added: Vec<u64> = holders.iter().copied().filter(|h| !task.sources.contains(h)).collect();
         let cmd =
             FileCommand::SetReplicas { name: task.name.clone(), version: task.version, replicas: holders.clone() };
         match self.coordinator.apply(cmd).await.map_err(|e| e.to_string())?.applied {
             Ok(_) => {
                 tracing::info!(file = task.name, version = task.version, ?holders, "replicas restored");
-                Ok(())
+                let size = self.size_of(&task.name, task.version);
+                self.metrics.repairs.inc_by(added.len() as u64);
+                self.metrics.repaired_bytes.inc_by(size * added.len() as u64);
+                Ok(added)
             }
             Err(refusal) => Err(refusal.to_string()),
         }

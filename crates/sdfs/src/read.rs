@@ -158,6 +158,7 @@ impl Sdfs {
         v: FileVersion,
         tx: mpsc::Sender<Result<Bytes, SdfsError>>,
     ) {
+        let started = std::time::Instant::now();
         let mut holders = v.replicas.clone();
         holders.sort_by_key(|h| *h != self.me);
         let mut relay = Relay { offset: 0, hasher: blake3::Hasher::new(), tx };
@@ -172,6 +173,7 @@ impl Sdfs {
                 Err(e) => {
                     tracing::warn!(holder = h, %name, version = v.version, error = %e, "replica unreadable; trying the next");
                     if matches!(e, SdfsError::DataLoss(_)) {
+                        self.metrics.corrupt_replicas.inc();
                         self.forget_replica(&name, &v, h).await;
                     }
                     if relay.tx.is_closed() {
@@ -183,6 +185,10 @@ impl Sdfs {
         if relay.offset != v.size || relay.hasher.finalize().to_hex().as_str() != v.blake3 {
             let msg = format!("no replica of {name} version {} could be read in full", v.version);
             let _ = relay.tx.send(Err(SdfsError::Unavailable(msg))).await;
+        } else {
+            self.metrics.gets.inc();
+            self.metrics.get_bytes.inc_by(v.size);
+            self.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
         }
     }
 

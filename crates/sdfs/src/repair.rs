@@ -21,6 +21,47 @@ pub struct RepairTask {
     pub add: Vec<u64>,
 }
 
+/// What one repair round did, for the timeline.
+#[derive(Debug, Default)]
+pub struct Round {
+    versions: usize,
+    copies: usize,
+    bytes: u64,
+    targets: std::collections::BTreeSet<u64>,
+    example: Option<(String, u64)>,
+}
+
+impl Round {
+    /// `task` was carried out: `added` now hold its version of `size` bytes.
+    pub fn add(&mut self, task: &RepairTask, added: &[u64], size: u64) {
+        if added.is_empty() {
+            return;
+        }
+        self.versions += 1;
+        self.copies += added.len();
+        self.bytes += size * added.len() as u64;
+        self.targets.extend(added);
+        self.example.get_or_insert_with(|| (task.name.clone(), task.version));
+    }
+
+    /// The round in a sentence, if it copied anything.
+    pub fn summary(&self) -> Option<String> {
+        let (name, version) = self.example.as_ref()?;
+        let to: Vec<String> = self.targets.iter().map(u64::to_string).collect();
+        Some(format!(
+            "{} file version(s) repaired: {} new replica(s) on node {}, {} bytes copied (e.g. {name} v{version})",
+            self.versions,
+            self.copies,
+            to.join(", node "),
+            self.bytes
+        ))
+    }
+
+    pub fn first_target(&self) -> Option<u64> {
+        self.targets.first().copied()
+    }
+}
+
 /// Every version held by fewer than `replicas` live nodes (or by fewer
 /// than all live nodes, when there are fewer of them) and still held by
 /// at least one, with the nodes to copy it to.

@@ -64,6 +64,7 @@ impl Sdfs {
         S: Stream<Item = Result<Bytes, SdfsError>> + Unpin,
     {
         check_name(name)?;
+        let started = std::time::Instant::now();
         let live: Vec<u64> = self.live_nodes().into_iter().map(|(id, _)| id).collect();
         let targets = place(name, &live, self.config.replicas);
         if targets.is_empty() {
@@ -100,6 +101,9 @@ impl Sdfs {
         };
         match self.coordinator.apply(cmd).await?.applied {
             Ok(Reply::Committed { version, dropped }) => {
+                self.metrics.puts.inc();
+                self.metrics.put_bytes.inc_by(size);
+                self.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
                 Ok(Stored { version, size, blake3: hash, replicas: holders, dropped })
             }
             Ok(other) => Err(SdfsError::Internal(format!("unexpected reply {other:?}"))),

@@ -10,13 +10,16 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    AssignmentNote, ClusterState, Command, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace, TrainCommand,
+    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace, TrainCommand,
     TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
 static ALL_OPS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| FileCommand::OPS.iter().chain(JobCommand::OPS).chain(TrainCommand::OPS).copied().collect());
+    LazyLock::new(|| {
+        let ops = FileCommand::OPS.iter().chain(JobCommand::OPS).chain(TrainCommand::OPS).chain(EventCommand::OPS);
+        ops.copied().collect()
+    });
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -33,6 +36,8 @@ impl<'de> Deserialize<'de> for Command {
             JobCommand::deserialize(value).map(Command::Jobs).map_err(of)
         } else if TrainCommand::OPS.contains(&op) {
             TrainCommand::deserialize(value).map(Command::Training).map_err(of)
+        } else if EventCommand::OPS.contains(&op) {
+            EventCommand::deserialize(value).map(Command::Events).map_err(of)
         } else {
             Err(D::Error::unknown_variant(op, ALL_OPS.as_slice()))
         }
@@ -62,6 +67,7 @@ impl From<FlatClusterState> for ClusterState {
             namespace: Namespace { files: f.files, version_floor: f.version_floor },
             inference: JobTable { jobs: f.jobs, assignments: f.assignments, assignment_notes: f.assignment_notes },
             training: TrainingTable { jobs: f.trainings },
+            events: Default::default(),
         }
     }
 }
@@ -114,7 +120,7 @@ mod tests {
             JobCommand::DropResults { job: job(), files: vec![f()] }.into(),
             JobCommand::CompactResults { job: job(), expect_base: None, base: f(), segments: vec![f()] }.into(),
             JobCommand::RecordProgress { job: job(), queries: 1, inputs: 1 }.into(),
-            JobCommand::FailJob { job: job(), error: "e".into() }.into(),
+            JobCommand::FailJob { job: job(), error: "e".into(), now_ms: 3 }.into(),
             TrainCommand::AddTraining { spec: TrainSpec::default(), now_ms: 1 }.into(),
             TrainCommand::SetTrainGroup { job: job(), generation: 1, workers: vec![1], now_ms: 1 }.into(),
             TrainCommand::ReportTraining {
@@ -131,7 +137,19 @@ mod tests {
                 now_ms: 1,
             }
             .into(),
-            TrainCommand::FailTraining { job: job(), error: "e".into() }.into(),
+            TrainCommand::FailTraining { job: job(), error: "e".into(), now_ms: 3 }.into(),
+            EventCommand::RecordEvents {
+                events: vec![crate::NewEvent {
+                    at_ms: 1,
+                    kind: crate::EventKind::MemberDead,
+                    node: 3,
+                    job: None,
+                    detail: "d".into(),
+                    key: "k".into(),
+                    by: 1,
+                }],
+            }
+            .into(),
         ];
         assert_eq!(commands.len(), ALL_OPS.len(), "a command of every op");
         for c in commands {

@@ -58,6 +58,46 @@ impl Histogram {
         self.sum_sq_us = sq.to_string();
     }
 
+    /// What was recorded after `earlier` (an older copy of this
+    /// histogram): bucket counts, count and sum, subtracted. (The sum of
+    /// squares is left empty.) A later copy that is not a superset (the job
+    /// was removed and added again) gives what it holds.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        if earlier.count > self.count {
+            return self.clone();
+        }
+        let mut buckets = BTreeMap::new();
+        for (b, c) in &self.buckets {
+            let c = c.saturating_sub(earlier.buckets.get(b).copied().unwrap_or(0));
+            if c > 0 {
+                buckets.insert(*b, c);
+            }
+        }
+        Histogram {
+            buckets,
+            count: self.count - earlier.count,
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            sum_sq_us: String::new(),
+        }
+    }
+
+    /// For each bound (µs, ascending), how many recorded values fall in
+    /// buckets up to the one holding the bound: Prometheus's cumulative
+    /// `le` counts, exact up to the bucket's width (~1.6%).
+    pub fn cumulative(&self, bounds_us: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds_us.len());
+        let mut buckets = self.buckets.iter().peekable();
+        let mut seen = 0;
+        for &bound in bounds_us {
+            let last = Self::bucket(bound);
+            while let Some((_, c)) = buckets.next_if(|(b, _)| **b <= last) {
+                seen += c;
+            }
+            out.push(seen);
+        }
+        out
+    }
+
     /// The value at quantile `q` (0..=1), in µs.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {
@@ -92,5 +132,35 @@ impl Histogram {
             p95: ms(self.quantile(0.95)),
             p99: ms(self.quantile(0.99)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    #[test]
+    fn cumulative_counts_follow_the_bounds() {
+        let mut h = Histogram::default();
+        for us in [50, 100, 900, 1_000, 5_000, 70_000] {
+            h.record(us);
+        }
+        assert_eq!(h.cumulative(&[10, 100, 1_000, 10_000, 100_000]), vec![0, 2, 4, 5, 6]);
+        assert_eq!(h.cumulative(&[]), Vec::<u64>::new());
+        assert_eq!(*h.cumulative(&[u64::MAX]).last().unwrap(), h.count);
+    }
+
+    #[test]
+    fn since_keeps_what_came_after() {
+        let mut h = Histogram::default();
+        h.record(1_000);
+        let earlier = h.clone();
+        h.record(100_000);
+        h.record(100_000);
+        let d = h.since(&earlier);
+        assert_eq!((d.count, d.sum_us), (2, 200_000));
+        assert_eq!(d.quantile(0.5), h.quantile(0.99));
+        // Not a superset: all of it.
+        assert_eq!(earlier.since(&h).count, 1);
     }
 }

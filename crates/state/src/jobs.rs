@@ -97,6 +97,9 @@ pub enum JobCommand {
     FailJob {
         job: String,
         error: String,
+        /// The proposer's clock (the time on the timeline).
+        #[serde(default)]
+        now_ms: u64,
     },
 }
 
@@ -151,7 +154,7 @@ impl JobTable {
                 p.inputs_done = p.inputs_done.saturating_add(inputs);
                 Ok(Reply::Done)
             }
-            JobCommand::FailJob { job, error } => {
+            JobCommand::FailJob { job, error, .. } => {
                 let j = self.job_mut(&job)?;
                 if j.state != JobState::Running {
                     return Err(Refusal::JobNotRunning { job });

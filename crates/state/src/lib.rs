@@ -6,11 +6,13 @@
 //! - [`JobTable`] ([`JobCommand`]): inference jobs, their exactly-once
 //!   progress, results and assignments;
 //! - [`TrainingTable`] ([`TrainCommand`]): training jobs, their groups
-//!   and reports.
+//!   and reports;
+//! - [`EventLog`] ([`EventCommand`]): the cluster's timeline, bounded.
 //!
 //! [`ClusterState`] composes them and owns the rules that span domains:
 //! job names are one namespace for both kinds of job, and stopping,
-//! starting or removing a job goes to whichever kind holds the name.
+//! starting or removing a job goes to whichever kind holds the name; a
+//! command that changes a job's state puts the change on the timeline.
 //!
 //! **Invariant:** plain data and pure functions. No I/O, no clock, no
 //! randomness: every replica applies the same commands in the same order
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 mod bounded;
 mod encoding;
+mod events;
 mod files;
 mod histogram;
 mod job;
@@ -31,6 +34,9 @@ mod training;
 mod trainings;
 
 pub use encoding::FlatClusterState;
+pub use events::{
+    EVENTS_KEPT, Event, EventCommand, EventKind, EventLog, MAX_DETAIL_BYTES, MAX_EVENTS_PER_COMMAND, NewEvent,
+};
 pub use files::{FileCommand, FileEntry, FileVersion, Files, Namespace};
 pub use histogram::{Histogram, LatencySummary};
 pub use job::{AssignmentNote, DoneQuery, FileRef, Job, JobProgress, JobSpec, JobState, OutputKind, RATE_WINDOW_MS};
@@ -54,6 +60,8 @@ pub struct ClusterState {
     pub namespace: Namespace,
     pub inference: JobTable,
     pub training: TrainingTable,
+    #[serde(default)]
+    pub events: EventLog,
 }
 
 /// A change to the state: a command of one domain. On the wire (the log,
@@ -65,6 +73,7 @@ pub enum Command {
     Files(FileCommand),
     Jobs(JobCommand),
     Training(TrainCommand),
+    Events(EventCommand),
 }
 
 impl From<FileCommand> for Command {
@@ -85,11 +94,84 @@ impl From<TrainCommand> for Command {
     }
 }
 
+impl From<EventCommand> for Command {
+    fn from(c: EventCommand) -> Self {
+        Command::Events(c)
+    }
+}
+
+impl Command {
+    /// The job whose state this command may change, and the time the
+    /// command carries (`None` if it carries none).
+    fn job_change(&self) -> Option<(&str, u64)> {
+        match self {
+            Command::Jobs(JobCommand::SetJobState { job, now_ms, .. })
+            | Command::Jobs(JobCommand::CompleteQueries { job, now_ms, .. })
+            | Command::Jobs(JobCommand::FailJob { job, now_ms, .. })
+            | Command::Training(TrainCommand::ReportTraining { job, now_ms, .. })
+            | Command::Training(TrainCommand::FailTraining { job, now_ms, .. }) => Some((job, *now_ms)),
+            Command::Training(TrainCommand::AddTraining { spec, now_ms }) => Some((&spec.name, *now_ms)),
+            _ => None,
+        }
+    }
+}
+
 impl ClusterState {
     /// Apply one command: either the state changes and a reply says how, or
-    /// a refusal says why not and the state is exactly as before.
+    /// a refusal says why not and the state is exactly as before. A job
+    /// whose state the command changed gets an event on the timeline.
     pub fn apply(&mut self, cmd: impl Into<Command>) -> Applied {
-        match cmd.into() {
+        let cmd = cmd.into();
+        let watched = cmd.job_change().map(|(job, at)| (job.to_string(), at, self.job_state(job)));
+        let applied = self.apply_command(cmd);
+        if applied.is_ok()
+            && let Some((job, at_ms, before)) = watched
+        {
+            let after = self.job_state(&job);
+            if after != before
+                && let Some(after) = after
+            {
+                let at_ms = if at_ms == 0 { self.events.last_ms() } else { at_ms };
+                let event = self.job_event(job, after, at_ms);
+                self.events.push(event);
+            }
+        }
+        applied
+    }
+
+    /// A job's state, of either kind.
+    pub fn job_state(&self, job: &str) -> Option<JobState> {
+        match self.inference.jobs.get(job) {
+            Some(j) => Some(j.state),
+            None => self.training.jobs.get(job).map(|t| t.state),
+        }
+    }
+
+    fn job_event(&self, job: String, state: JobState, at_ms: u64) -> NewEvent {
+        let (kind, verb) = match state {
+            JobState::Added => (EventKind::JobAdded, "added"),
+            JobState::Running => (EventKind::JobStarted, "started"),
+            JobState::Stopped => (EventKind::JobStopped, "stopped"),
+            JobState::Done => (EventKind::JobDone, "done"),
+            JobState::Failed => (EventKind::JobFailed, "failed"),
+        };
+        let error = match (self.inference.jobs.get(&job), self.training.jobs.get(&job)) {
+            (Some(j), _) => j.progress.error.clone(),
+            (None, Some(t)) => t.progress.error.clone(),
+            (None, None) => None,
+        };
+        let detail = match error {
+            Some(e) if state == JobState::Failed => format!("job {job} failed: {e}"),
+            _ => format!("job {job} {verb}"),
+        };
+        let mut detail = detail;
+        truncate(&mut detail, MAX_DETAIL_BYTES);
+        NewEvent { at_ms, kind, node: 0, key: format!("state/{}", self.events.next_seq.max(1)), job: Some(job), detail, by: 0 }
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Applied {
+        match cmd {
+            Command::Events(c) => self.events.apply(c),
             Command::Files(c) => self.namespace.apply(c),
             Command::Jobs(c) => self.apply_job(c),
             Command::Training(c) => {
@@ -133,10 +215,22 @@ impl ClusterState {
         self.namespace.check()?;
         self.inference.check()?;
         self.training.check()?;
+        self.events.check()?;
         if let Some(name) = self.training.jobs.keys().find(|n| self.inference.jobs.contains_key(*n)) {
             return Err(format!("{name} is both an inference and a training job"));
         }
         Ok(())
+    }
+}
+
+/// Cut `s` to at most `max` bytes, at a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
     }
 }
 

@@ -75,6 +75,9 @@ pub enum Refusal {
     BadStep { job: String, current: u64, given: u64, total: u64 },
     #[error("{0}")]
     BadTraining(String),
+    // The timeline.
+    #[error("{0}")]
+    BadEvent(String),
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a

@@ -35,7 +35,13 @@ pub enum TrainCommand {
     /// not the current one, or for a step behind the recorded one.
     ReportTraining { job: String, generation: u64, report: TrainReport, now_ms: u64 },
     /// A training job cannot go on (its error is shown by `job status`).
-    FailTraining { job: String, error: String },
+    FailTraining {
+        job: String,
+        error: String,
+        /// The proposer's clock (the time on the timeline).
+        #[serde(default)]
+        now_ms: u64,
+    },
 }
 
 impl TrainCommand {
@@ -53,7 +59,7 @@ impl TrainingTable {
             TrainCommand::ReportTraining { job, generation, report, now_ms } => {
                 self.report_training(job, generation, report, now_ms)
             }
-            TrainCommand::FailTraining { job, error } => self.fail_training(job, error),
+            TrainCommand::FailTraining { job, error, .. } => self.fail_training(job, error),
         }
     }
 

@@ -75,6 +75,12 @@ pub(crate) async fn regroup(jobs: &Jobs, job: &str, force: bool) -> bool {
     match jobs.coordinator.apply(cmd).await {
         Ok(out) if out.applied.is_ok() => {
             tracing::info!(%job, generation, ?workers, force, "training group formed");
+            if generation > 1 {
+                let ids: Vec<String> = workers.iter().map(u64::to_string).collect();
+                let detail = format!("training {job} re-formed as generation {generation} of nodes {}", ids.join(", "));
+                let events = jobs.coordinator.events();
+                events.record(idunno_state::EventKind::TrainingRegrouped, 0, Some(job), detail, None);
+            }
             true
         }
         Ok(out) => {

@@ -169,7 +169,7 @@ async fn member(jobs: &Jobs, t: Training, token: CancellationToken) {
         Err(Stop::Cancelled) => {}
         Err(Stop::Failed(error)) => {
             tracing::error!(%job, generation, rank, %error, "training failed");
-            let cmd = TrainCommand::FailTraining { job: job.clone(), error };
+            let cmd = TrainCommand::FailTraining { job: job.clone(), error, now_ms: crate::now_ms() };
             if let Err(e) = jobs.coordinator.apply(cmd).await {
                 tracing::warn!(%job, error = %e, "could not record the failure");
             }
@@ -317,6 +317,8 @@ impl Member<'_> {
             trainer = t;
             applied.map_err(Stop::Failed)?;
             timing.add(t1 - t0, t2 - t1, t2.elapsed());
+            let secs = |d: Duration| d.as_secs_f64();
+            self.jobs.train_metrics.step(&spec.name, secs(t1 - t0), secs(t2 - t1), secs(t2.elapsed()));
 
             let done = trainer.step;
             let epoch_end = done % spe == 0;
