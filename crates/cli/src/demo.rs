@@ -31,6 +31,10 @@ pub struct DemoArgs {
     /// Node i listens on BASE+2(i-1).
     #[arg(long, default_value_t = 8088)]
     base_port: u16,
+    /// Keep the cluster up this many seconds at the end, to look at the
+    /// dashboard (its address is printed at the start), then stop it.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 const ASSETS: &[&str] = &[
@@ -64,7 +68,19 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     cluster::up(UpArgs::local(5, args.dir.clone(), args.base_port), &Default::default(), table).await?;
     let file = ClusterFile::load(&args.dir)?;
     let story = Story { file, assets, out: table, dir: args.dir.clone() };
+    say("the dashboard: watch the rates, the kills and the recovery live (every node serves it)");
+    for id in [1, 2] {
+        println!("  node {id}: {}", story.dashboard(id).unwrap_or_else(|| "-".into()));
+    }
     let result = story.tell().await;
+    if result.is_ok() && args.hold > 0 {
+        let survivor = story.file.nodes.iter().find(|n| crate::cluster::is_running(n.pid)).map(|n| n.id);
+        say(&format!("holding the cluster up for {} s (--hold): the dashboard, the metrics and `idunno events`", args.hold));
+        if let Some(url) = survivor.and_then(|id| story.dashboard(id)) {
+            println!("  {url}");
+        }
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    }
     say("idunno down");
     cluster::down(&args.dir, table).await?;
     result
@@ -78,6 +94,18 @@ struct Story {
 }
 
 impl Story {
+    /// Node `id`'s dashboard address, with the login token.
+    fn dashboard(&self, id: u64) -> Option<String> {
+        let node = self.file.nodes.iter().find(|n| n.id == id)?;
+        match &self.file.secret_file {
+            Some(f) => {
+                let ring = idunno_auth::Keyring::read(std::path::Path::new(f), &[]).ok()?;
+                Some(format!("https://{}/?token={}", node.http, idunno_auth::TokenCheck::new(&ring).primary()))
+            }
+            None => Some(format!("http://{}/", node.http)),
+        }
+    }
+
     fn rpc(&self, id: u64) -> Option<String> {
         self.file.nodes.iter().find(|n| n.id == id).map(|n| n.rpc.clone())
     }
@@ -242,7 +270,10 @@ impl Story {
 
         say("SDFS after the kills: the model re-replicated on the survivors");
         let ls = FsCommand::Ls { name: "models/effnet-lite0.onnx".into(), local: false };
-        crate::fs::run(ls, Some(via), self.out).await?;
+        crate::fs::run(ls, Some(via.clone()), self.out).await?;
+
+        say("the timeline: what happened, as every node's `idunno events` tells it");
+        crate::events::print_all(Some(via.clone()), self.out).await?;
 
         say("the four measurements (bench/fairness repeats them over many trials)");
         println!(
