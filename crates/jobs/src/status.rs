@@ -84,8 +84,7 @@ pub fn training_status(name: &str, t: &Training) -> Value {
         .iter()
         .map(|e| json!({"epoch": e.epoch, "train": score(&e.train), "test": e.test.as_ref().map(score), "at_ms": e.at_ms}))
         .collect();
-    // The running epoch's score, or the last finished one's.
-    let current = if p.train.count > 0 { p.train } else { last.map(|e| e.train).unwrap_or_default() };
+    let current = t.current_score();
     let elapsed_ms = if p.finished_at_ms > 0 { p.finished_at_ms.saturating_sub(p.started_at_ms) } else { 0 };
     json!({
         "job": name,

@@ -79,11 +79,7 @@ impl History {
         }
         let mut trainings = BTreeMap::new();
         for (name, t) in state.training.jobs.iter().filter(|(_, t)| t.state == JobState::Running) {
-            let score = if t.progress.train.count > 0 {
-                t.progress.train
-            } else {
-                t.progress.epochs.last().map(|e| e.train).unwrap_or_default()
-            };
+            let score = t.current_score();
             let sample = TrainSample {
                 step: t.progress.step,
                 loss: score.loss(),

@@ -221,13 +221,13 @@ fn trainings(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result
         Gauge,
         rows(&|t| Some(Value::Int(t.progress.epochs.len() as u64))),
     )?;
-    family(enc, "train_loss", "Mean training loss of the epoch under way (or the last one)", Gauge, rows(&|t| train_score(t).loss().map(Value::Float)))?;
+    family(enc, "train_loss", "Mean training loss of the epoch under way (or the last one)", Gauge, rows(&|t| t.current_score().loss().map(Value::Float)))?;
     family(
         enc,
         "train_accuracy",
         "Training accuracy of the epoch under way (or the last one)",
         Gauge,
-        rows(&|t| train_score(t).accuracy().map(Value::Float)),
+        rows(&|t| t.current_score().accuracy().map(Value::Float)),
     )?;
     family(
         enc,
@@ -238,14 +238,6 @@ fn trainings(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result
     )?;
     family(enc, "train_generation", "The training group's generation (re-formed after a failure)", Gauge, rows(&|t| Some(Value::Int(t.group.generation))))?;
     family(enc, "train_group_size", "Members of the training group", Gauge, rows(&|t| Some(Value::Int(t.group.workers.len() as u64))))
-}
-
-/// The epoch under way's score, or the last finished epoch's.
-fn train_score(t: &idunno_state::Training) -> idunno_state::Score {
-    if t.progress.train.count > 0 {
-        return t.progress.train;
-    }
-    t.progress.epochs.last().map(|e| e.train).unwrap_or_default()
 }
 
 fn files(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {

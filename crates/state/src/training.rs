@@ -125,6 +125,17 @@ pub struct Training {
     pub progress: TrainProgress,
 }
 
+impl Training {
+    /// The training score of the epoch under way, or of the last finished
+    /// one when the new epoch has no step yet.
+    pub fn current_score(&self) -> Score {
+        if self.progress.train.count > 0 {
+            return self.progress.train;
+        }
+        self.progress.epochs.last().map(|e| e.train).unwrap_or_default()
+    }
+}
+
 /// One step report of a training group's rank 0.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainReport {
