@@ -173,6 +173,27 @@ impl Coordinator {
         &self.events
     }
 
+    /// Put one event on the timeline now, waiting for the commit: for an
+    /// event that must come before what the caller's client does next
+    /// (a job added, then started). Falls back to the queue if the write
+    /// fails.
+    pub async fn record_now(&self, kind: EventKind, node: u64, job: Option<&str>, detail: String) {
+        let i = &self.events.inner;
+        let key = format!("{}/{}/{}", i.by, i.life, i.next.fetch_add(1, Ordering::Relaxed));
+        let mut detail = detail;
+        idunno_state::truncate(&mut detail, idunno_state::MAX_DETAIL_BYTES);
+        let event = NewEvent { at_ms: idunno_net::now_ms(), kind, node, job: job.map(str::to_string), detail, key, by: i.by };
+        let cmd = EventCommand::RecordEvents { events: vec![event.clone()] };
+        match tokio::time::timeout(Duration::from_secs(2), self.apply(cmd)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                if i.tx.try_send(event).is_err() {
+                    i.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// Write recorded events and, while this node leads, what it observes
     /// of membership and its own election, until `shutdown`.
     pub fn spawn_events(

@@ -68,7 +68,7 @@ impl idunno_rpc::Jobs for JobsService {
         );
         let name = spec.name.clone();
         self.commit(JobCommand::AddJob { spec }).await?;
-        self.0.coordinator.events().record(EventKind::JobAdded, 0, Some(&name), message.clone(), None);
+        self.0.coordinator.record_now(EventKind::JobAdded, 0, Some(&name), message.clone()).await;
         Ok(Response::new(v1::JobReply { message }))
     }
 
@@ -95,7 +95,7 @@ impl idunno_rpc::Jobs for JobsService {
         self.commit(cmd).await?;
         if removed {
             let detail = format!("job {job} removed");
-            self.0.coordinator.events().record(EventKind::JobRemoved, 0, Some(&job), detail, None);
+            self.0.coordinator.record_now(EventKind::JobRemoved, 0, Some(&job), detail).await;
         }
         Ok(Response::new(v1::JobReply { message: format!("job {job}: {message}") }))
     }
