@@ -10,7 +10,15 @@
 //! per-query overhead `1/rate_idunno − 1/rate_bare` (target ≤ 0.3 ms on
 //! the trivial model).
 //!
+//! With `--scrape`, instead: what watching the cluster costs the query
+//! path. One worker runs the case's job while, in alternating rounds,
+//! nothing reads the node, a scraper reads `/metrics` every second, or an
+//! open dashboard polls its six API requests every second; each watched
+//! round is compared with the mean of the unwatched rounds on either side
+//! of it. Printed: the median ratio per mode (target ≥ 0.97).
+//!
 //! `cargo run --release -p idunno-bench --bin inference -- --seconds 20`
+//! `cargo run --release -p idunno-bench --bin inference -- --scrape --only tiny --seconds 10`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +36,12 @@ struct Args {
     /// Only the cases whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Measure the cost of scraping /metrics and of an open dashboard.
+    #[arg(long)]
+    scrape: bool,
+    /// Rounds of each mode with --scrape.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 struct Case {
@@ -123,9 +137,140 @@ fn idunno(case: &Case, seconds: f64) -> (f64, f64, f64) {
     (rate, st[0]["latency_ms"]["median"].as_f64().unwrap_or(f64::NAN), rss)
 }
 
+/// What reads the node during a round of `--scrape`.
+#[derive(Clone, Copy, PartialEq)]
+enum Watch {
+    Nothing,
+    Metrics,
+    Dashboard,
+}
+
+/// One HTTPS GET with the token (curl; the certificate is not checked:
+/// this measures cost, not trust).
+fn get(http: &str, path: &str, token: &str) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("https://{http}{path}"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "GET {path}");
+}
+
+/// The job's rate while `watch` reads the node every second for `seconds`.
+fn watched_rate(c: &idunno_bench::Cluster, token: &str, watch: Watch, seconds: f64) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = c.node(1).http.clone();
+    let (flag, tok) = (stop.clone(), token.to_string());
+    let reader = std::thread::spawn(move || {
+        let mut after = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            match watch {
+                Watch::Nothing => {}
+                Watch::Metrics => get(&http, "/metrics", &tok),
+                Watch::Dashboard => {
+                    for p in ["/api/status", "/api/members", "/api/jobs", "/api/files"] {
+                        get(&http, p, &tok);
+                    }
+                    get(&http, &format!("/api/events?after={after}"), &tok);
+                    get(&http, &format!("/api/history?after_ms={after}"), &tok);
+                    after = idunno_net::now_ms();
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+        }
+    });
+    let count = || cli(c, &["job", "status", "bench"])[0]["queries_done"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(1));
+    let (t1, q1) = (Instant::now(), count());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (t2, q2) = (Instant::now(), count());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    (q2 - q1) as f64 / (t2 - t1).as_secs_f64()
+}
+
+fn scrape_cost(case: &Case, seconds: f64, rounds: usize) {
+    let c = cluster(1, Some("[worker]\nslots = 1\nthreads = 1\n"));
+    cli(&c, &["fs", "put", asset(case.model).to_str().unwrap(), "m.onnx"]);
+    cli(&c, &["fs", "put", asset(case.inputs).to_str().unwrap(), "x.npy"]);
+    let batch = case.batch.to_string();
+    cli(&c, &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch, "--output", "vector"]);
+    cli(&c, &["job", "start", "bench"]);
+    let url = cli(&c, &["dashboard-url"])["url"].as_str().unwrap_or_default().to_string();
+    let token = url.rsplit_once("token=").map(|(_, t)| t.to_string()).expect("a token");
+    std::thread::sleep(Duration::from_secs(3));
+    // Each watched round sits between two unwatched ones and is compared
+    // with their mean: the rate drifts as a run goes on (results pile up),
+    // and bracketing cancels a drift that is steady.
+    let mut before = watched_rate(&c, &token, Watch::Nothing, seconds);
+    let (mut unwatched, mut ratios) = (vec![before], [Vec::new(), Vec::new()]);
+    for _ in 0..rounds {
+        for (i, m) in [Watch::Metrics, Watch::Dashboard].into_iter().enumerate() {
+            let rate = watched_rate(&c, &token, m, seconds);
+            let after = watched_rate(&c, &token, Watch::Nothing, seconds);
+            ratios[i].push(rate / ((before + after) / 2.0));
+            unwatched.push(after);
+            before = after;
+        }
+    }
+    // The node's CPU per read, which the ratios above are too noisy to
+    // resolve: 200 reads in a row, the node's CPU seconds before and after.
+    let pid = c.node(1).pid;
+    let cpu_ms_per = |paths: &[&str]| {
+        let before = cpu_seconds(pid);
+        for _ in 0..200 {
+            for p in paths {
+                get(&c.node(1).http, p, &token);
+            }
+        }
+        (cpu_seconds(pid) - before) * 1000.0 / 200.0
+    };
+    let metrics_ms = cpu_ms_per(&["/metrics"]);
+    let dashboard_ms =
+        cpu_ms_per(&["/api/status", "/api/members", "/api/jobs", "/api/files", "/api/events", "/api/history"]);
+    let fmt = |v: &[f64]| v.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "{:<24} unwatched {:.0}..{:.0} q/s  /metrics every 1 s: median ratio {:.3} ({})  dashboard open: median ratio {:.3} ({})",
+        case.name,
+        unwatched.iter().copied().fold(f64::MAX, f64::min),
+        unwatched.iter().copied().fold(0.0, f64::max),
+        median(&ratios[0]),
+        fmt(&ratios[0]),
+        median(&ratios[1]),
+        fmt(&ratios[1]),
+    );
+    println!(
+        "{:<24} node CPU per read (TLS handshake included): /metrics {metrics_ms:.2} ms, the dashboard's 6 requests {dashboard_ms:.2} ms: once a second, {:.2}% and {:.2}% of one core",
+        "",
+        metrics_ms / 10.0,
+        dashboard_ms / 10.0
+    );
+}
+
+/// User and system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime, in clock ticks (100 a second on Linux).
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 fn main() {
     idunno_bench::use_secret(Some(idunno_auth::Role::Client));
     let args = Args::parse();
+    if args.scrape {
+        println!(
+            "bench/inference --scrape: one worker (1 slot, 1 thread); {} rounds of {} s per mode, each between unwatched ones",
+            args.rounds, args.seconds
+        );
+        for case in CASES.iter().filter(|c| args.only.as_deref().is_none_or(|o| c.name.contains(o))) {
+            scrape_cost(case, args.seconds, args.rounds);
+        }
+        return;
+    }
     println!(
         "bench/inference: bare ONNX Runtime (this process) vs one idunno worker; 1 thread each, {} s each",
         args.seconds

@@ -37,6 +37,7 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     pub fn new(shared: &Shared, sdfs: &idunno_sdfs::Sdfs, jobs: &idunno_jobs::Jobs) -> NodeMetrics {
+        let replicas = sdfs.config.replicas;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Process));
         let reg = registry.sub_registry_with_prefix("idunno");
@@ -53,6 +54,7 @@ impl NodeMetrics {
             coordinator: shared.coordinator.clone(),
             membership: shared.membership.clone(),
             refused: shared.refused.clone(),
+            replicas,
         }));
         NodeMetrics { registry }
     }
@@ -264,6 +266,8 @@ struct NodeView {
     coordinator: Arc<Coordinator>,
     membership: MembershipHandle,
     refused: Arc<std::sync::atomic::AtomicU64>,
+    /// SDFS's replication factor.
+    replicas: usize,
 }
 
 impl std::fmt::Debug for NodeView {
@@ -281,6 +285,18 @@ impl Collector for NodeView {
             [("alive", MemberState::Alive), ("suspect", MemberState::Suspect), ("dead", MemberState::Dead), ("left", MemberState::Left)];
         let rows = states.iter().map(|(name, s)| (StateLabel { state: name }, Value::Int(count(*s))));
         family(&mut enc, "members", "Members by state, as this node sees them", Gauge, rows)?;
+        let live: Vec<u64> = view.members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
+        let want = self.replicas.min(live.len()).max(1);
+        let data = self.coordinator.local_state();
+        let versions = data.state.namespace.files.values().flat_map(|e| e.versions.iter());
+        let under = versions.filter(|v| v.replicas.iter().filter(|r| live.contains(r)).count() < want).count();
+        single(
+            &mut enc,
+            "sdfs_under_replicated_versions",
+            "File versions held by fewer live nodes than the replication factor (or than there are live nodes), as this node sees the members",
+            Gauge,
+            Value::Int(under as u64),
+        )?;
         let s = view.stats;
         single(&mut enc, "swim_datagrams_received", "SWIM datagrams this node received", Counter, Value::Int(s.datagrams_in))?;
         single(&mut enc, "swim_datagrams_sent", "SWIM datagrams this node sent (probes, acks, gossip)", Counter, Value::Int(self.membership.datagrams_sent()))?;
