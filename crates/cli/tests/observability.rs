@@ -77,7 +77,8 @@ fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) ->
 
 #[test]
 fn metrics_agree_with_job_status_and_show_a_death() {
-    let c = common::up(5);
+    // `/metrics` open to a Prometheus without the token; the rest is not.
+    let c = Cluster::up(common::bin(), 5, Some("metrics_public = true\n"));
     put_tiny(&c);
     tiny_job(&c, "alpha", "8", Some("3"));
     tiny_job(&c, "beta", "16", Some("2"));
@@ -86,9 +87,10 @@ fn metrics_agree_with_job_status_and_show_a_death() {
     });
     assert!(done.is_some(), "jobs not done: {} {}", status(&c, "alpha"), status(&c, "beta"));
 
-    // Without the token: refused (metrics are not public by default).
-    let (code, _) = https_get(common::bin(), &c.node(2).http, "/metrics", None);
-    assert_eq!(code, 401, "/metrics without a token");
+    let (code, body) = https_get(common::bin(), &c.node(2).http, "/metrics", None);
+    assert_eq!(code, 200, "/metrics without a token, metrics_public: {body}");
+    let (code, _) = https_get(common::bin(), &c.node(2).http, "/api/status", None);
+    assert_eq!(code, 401, "/api without a token");
 
     let token = http_token(common::bin(), &c.node(1).rpc);
     for job in ["alpha", "beta"] {
@@ -215,6 +217,10 @@ fn a_kill_an_election_and_a_repair_are_on_every_nodes_timeline_and_on_the_dashbo
     }
     let jobs_started = longest.iter().filter(|(_, k)| k == "job_started").count();
     assert_eq!(jobs_started, 2, "two jobs started: {longest:?}");
+
+    // Metrics are not public by default.
+    let (code, _) = https_get(common::bin(), &c.node(live(&c)[0]).http, "/metrics", None);
+    assert_eq!(code, 401, "/metrics without a token");
 
     // The dashboard, in a real browser.
     let Some(chromium) = chromium() else {
