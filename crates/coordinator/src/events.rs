@@ -3,9 +3,10 @@
 //!
 //! Any layer calls [`Recorder::record`]; it never waits and never fails
 //! the caller (a full queue drops the event and counts it). One task per
-//! node batches the queue into `record_events` commands every
-//! [`FLUSH_EVERY`], retrying a batch that did not commit: every event has
-//! a key, so a retry that had in fact committed adds nothing.
+//! node writes what the queue holds as `record_events` commands (idle
+//! while there is nothing), retrying a batch that did not commit every
+//! [`FLUSH_EVERY`]: every event has a key, so a retry that had in fact
+//! committed adds nothing.
 //!
 //! Membership is observed by every node but proposed only by the leader:
 //! each node keeps what it saw in the last [`RECENT`], and a node that
@@ -24,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Coordinator;
 
-/// How often the queue is written.
+/// How soon a write that did not commit is tried again.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How long an event waits for others to share its write.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// How long a membership observation waits for a leader to write it.
 pub const RECENT: Duration = Duration::from_secs(60);
 /// Events waiting to be written, at most.
@@ -214,8 +217,6 @@ impl Coordinator {
             // Membership observations, kept for a leader to write.
             let mut recent: VecDeque<(tokio::time::Instant, NewEvent)> = VecDeque::new();
             let mut pending: Vec<NewEvent> = Vec::new();
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut led = None;
             loop {
                 let members = view.borrow_and_update().members.clone();
@@ -255,11 +256,29 @@ impl Coordinator {
                 if !pending.is_empty() {
                     me.write_events(&mut pending).await;
                 }
+                // Idle until something happens: a write that failed is
+                // tried again after FLUSH_EVERY. (A closed channel means
+                // the node is stopping.)
+                let retry = async {
+                    if pending.is_empty() {
+                        std::future::pending::<()>().await
+                    } else {
+                        tokio::time::sleep(FLUSH_EVERY).await
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = view.changed() => {}
-                    _ = leadership.changed() => {}
-                    _ = tick.tick() => {}
+                    r = view.changed() => if r.is_err() { return },
+                    r = leadership.changed() => if r.is_err() { return },
+                    e = rx.recv() => match e {
+                        // A moment for the events that come with it.
+                        Some(e) => {
+                            pending.push(e);
+                            tokio::time::sleep(BATCH_WAIT).await;
+                        }
+                        None => return,
+                    },
+                    _ = retry => {}
                 }
             }
         })
