@@ -39,6 +39,28 @@ pub fn command() -> std::process::Command {
     cmd
 }
 
+/// `idunno ARGS --json` through node 1 of `c`; it must succeed.
+pub fn cli_json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--json", "--node", &c.node(1).rpc]);
+    let out = idunno_testkit::run(&idunno_bin(), &full, Duration::from_secs(120));
+    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// One HTTPS GET of `path` with the token (curl, a new connection, the
+/// certificate not checked: benchmarks measure cost, not trust); it must
+/// answer 200.
+pub fn https_get(http: &str, path: &str, token: &str) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("https://{http}{path}"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "GET {path}");
+}
+
 /// A cluster of the benchmarked binary.
 pub fn cluster(n: u16, config: Option<&str>) -> Cluster {
     Cluster::up(&idunno_bin(), n, config)

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use idunno_bench::{cluster, idunno_bin, median};
+use idunno_bench::{cluster, median};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -26,11 +26,7 @@ struct Args {
 }
 
 fn cli(c: &idunno_bench::Cluster, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--json", "--node", &c.node(1).rpc]);
-    let out = idunno_testkit::run(&idunno_bin(), &full, Duration::from_secs(60));
-    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json")
+    idunno_bench::cli_json(c, args)
 }
 
 fn chromium() -> PathBuf {
@@ -55,16 +51,10 @@ fn load(chromium: &PathBuf, url: &str) -> (f64, f64) {
     (attr("data-first-paint-ms"), attr("data-first-contentful-paint-ms"))
 }
 
-/// Milliseconds of one GET with the token (curl, the certificate unchecked).
+/// Milliseconds of one GET with the token (a new TLS connection each).
 fn get_ms(http: &str, path: &str, token: &str) -> f64 {
     let t = Instant::now();
-    let out = Command::new("curl")
-        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("https://{http}{path}"))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "GET {path}");
+    idunno_bench::https_get(http, path, token);
     t.elapsed().as_secs_f64() * 1000.0
 }
 

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use idunno_bench::{cluster, idunno_bin, median};
+use idunno_bench::{cluster, median};
 use idunno_ml::onnx::{OnnxModel, fit};
 use serde_json::Value;
 
@@ -97,11 +97,7 @@ fn bare(case: &Case, seconds: f64) -> (f64, f64) {
 }
 
 fn cli(c: &idunno_bench::Cluster, args: &[&str]) -> Value {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--json", "--node", &c.node(1).rpc]);
-    let out = idunno_testkit::run(&idunno_bin(), &full, Duration::from_secs(120));
-    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json")
+    idunno_bench::cli_json(c, args)
 }
 
 /// One idunno worker: (queries/s, worker-measured p50 ms, node RSS MiB).
@@ -145,16 +141,8 @@ enum Watch {
     Dashboard,
 }
 
-/// One HTTPS GET with the token (curl; the certificate is not checked:
-/// this measures cost, not trust).
 fn get(http: &str, path: &str, token: &str) {
-    let out = std::process::Command::new("curl")
-        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("https://{http}{path}"))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "GET {path}");
+    idunno_bench::https_get(http, path, token)
 }
 
 /// The job's rate while `watch` reads the node every second for `seconds`.
