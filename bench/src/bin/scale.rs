@@ -494,7 +494,7 @@ async fn inprocess() {
             addr: Some(format!("127.0.0.1:{}", base + id)),
             http: Some(format!("127.0.0.1:{}", base + 100 + id)),
             data_dir: Some(dir.path().join(format!("node-{id}"))),
-            join: (id != 1).then(|| format!("127.0.0.1:{}", base + 1)),
+            join: (id != 1).then(|| idunno_node::config::Seeds::One(format!("127.0.0.1:{}", base + 1))),
             voters: Some(3),
             replicas: Some(3),
             secret_file: Some(idunno_testkit::secret_file().to_path_buf()),

@@ -27,12 +27,17 @@ pub struct NodeArgs {
     /// Where the node keeps its state [default: .idunno/node-PORT].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Join the group through this member (HOST:PORT).
-    #[arg(long)]
-    join: Option<String>,
-    /// Give up joining after this many milliseconds [default: 5000].
+    /// Join the group through these seeds: HOST:PORT, repeated or comma-separated; a host may be a
+    /// DNS name with several addresses. Tried until one answers.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Give up joining after this many milliseconds and exit [default: keep trying].
     #[arg(long)]
     join_timeout_ms: Option<u64>,
+    /// The address other nodes reach this one at (HOST:PORT), when it is not --addr
+    /// (NAT, containers, --addr 0.0.0.0:PORT).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Target size of the coordinator group (Raft voters) [default: 7].
     #[arg(long)]
     voters: Option<usize>,
@@ -61,8 +66,9 @@ pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<
         addr: args.addr,
         http: args.http,
         data_dir: args.data_dir,
-        join: args.join,
+        join: (!args.join.is_empty()).then(|| idunno_node::config::Seeds::Many(args.join)),
         join_timeout_ms: args.join_timeout_ms,
+        advertise: args.advertise,
         udp_loss: args.udp_loss,
         voters: args.voters,
         replicas: args.replicas,

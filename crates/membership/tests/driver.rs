@@ -66,3 +66,12 @@ async fn events_report_up_dead_and_left() {
     assert_eq!(view.members.iter().find(|m| m.identity == ic).unwrap().state, MemberState::Left);
     assert_eq!(view.stats.dead_events, 1, "the leave was not counted as a death");
 }
+
+/// A node told to join through its own address (a seed list or a DNS name
+/// that includes it) must not count itself as the member it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_through_ones_own_address_joins_nothing() {
+    let (a, _ta, ia) = start(1).await;
+    assert!(!a.join(ia.addr, Duration::from_millis(1500)).await.unwrap(), "joined itself: {:?}", a.view().members);
+    assert!(a.view().members.iter().all(|m| m.is_self), "{:?}", a.view().members);
+}

@@ -28,10 +28,16 @@ pub struct NodeOptions {
     pub http: Option<String>,
     /// Where the node keeps its state.
     pub data_dir: Option<PathBuf>,
-    /// A member of the group to join through.
-    pub join: Option<String>,
-    /// How long to try joining before giving up, in milliseconds.
+    /// Where to join the group: `HOST:PORT` entries (one string or a
+    /// list); a host may be a DNS name with several addresses.
+    pub join: Option<Seeds>,
+    /// Give up joining after this many milliseconds and exit; without it
+    /// the node keeps trying until a seed answers.
     pub join_timeout_ms: Option<u64>,
+    /// The address other nodes reach this one at, when it is not `addr`
+    /// (NAT, containers, `addr` = 0.0.0.0:PORT). A name is resolved at
+    /// start.
+    pub advertise: Option<String>,
     /// Fraction of outgoing SWIM datagrams to drop (loss injection for
     /// benchmarks and tests; 0 in production).
     pub udp_loss: Option<f64>,
@@ -97,6 +103,7 @@ impl NodeOptions {
             data_dir: flags.data_dir.or(self.data_dir),
             join: flags.join.or(self.join),
             join_timeout_ms: flags.join_timeout_ms.or(self.join_timeout_ms),
+            advertise: flags.advertise.or(self.advertise),
             udp_loss: flags.udp_loss.or(self.udp_loss),
             voters: flags.voters.or(self.voters),
             replicas: flags.replicas.or(self.replicas),
@@ -108,6 +115,23 @@ impl NodeOptions {
             accept_secret_files: flags.accept_secret_files.or(self.accept_secret_files),
             tls: flags.tls.or(self.tls),
             metrics_public: flags.metrics_public.or(self.metrics_public),
+        }
+    }
+}
+
+/// `join` in a config file: one `"HOST:PORT"` or a list of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Seeds {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Seeds {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Seeds::One(s) => vec![s],
+            Seeds::Many(v) => v,
         }
     }
 }
@@ -127,10 +151,14 @@ pub struct NodeConfig {
     pub addr: SocketAddr,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
-    /// Kept as text: it is resolved when joining, so a name that resolves
-    /// later still works.
-    pub join: Option<String>,
-    pub join_timeout: Duration,
+    /// The seeds, kept as text: they are resolved on every join round, so
+    /// a name that resolves later still works. Empty: found the group.
+    pub join: Vec<String>,
+    /// `None`: keep trying to join until a seed answers.
+    pub join_timeout: Option<Duration>,
+    /// Where other nodes reach this one (`addr` unless `--advertise`): the
+    /// address in its identity, its Raft entry and its SDFS replicas.
+    pub advertise: SocketAddr,
     pub udp_loss: f64,
     pub voters: usize,
     pub sdfs: idunno_sdfs::SdfsConfig,
@@ -188,9 +216,22 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!("http: {http} is the RPC address too")));
         }
         let data_dir = opts.data_dir.unwrap_or_else(|| PathBuf::from(format!(".idunno/node-{}", addr.port())));
-        if let Some(j) = &opts.join {
-            parse_addr("join", j)?;
+        let join = opts.join.map(Seeds::into_vec).unwrap_or_default();
+        for j in &join {
+            crate::join::check_entry(j).map_err(ConfigError::Invalid)?;
         }
+        let advertise = match opts.advertise.as_deref() {
+            Some(a) => {
+                let adv = parse_addr("advertise", a)?;
+                if adv.ip().is_unspecified() || adv.port() == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "advertise: {a:?} must be an address other nodes can reach, with a port"
+                    )));
+                }
+                Some(adv)
+            }
+            None => None,
+        };
         let udp_loss = opts.udp_loss.unwrap_or(0.0);
         if !(0.0..1.0).contains(&udp_loss) {
             return Err(ConfigError::Invalid(format!("udp_loss: {udp_loss} is not in [0, 1)")));
@@ -236,7 +277,8 @@ impl NodeConfig {
             files.read().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         } else if !idunno_net::simulated() {
             // (A simulated network is no network: its hosts need no secret.)
-            for (what, a) in [("addr", addr), ("http", http)] {
+            for (what, a) in [("addr", Some(addr)), ("http", Some(http)), ("advertise", advertise)] {
+                let Some(a) = a else { continue };
                 if !a.ip().is_loopback() {
                     return Err(ConfigError::Invalid(format!(
                         "{what}: {a} is not a loopback address, and without a cluster secret a node listens on \
@@ -246,6 +288,16 @@ impl NodeConfig {
                 }
             }
         }
+        let advertise = match advertise {
+            Some(a) => a,
+            None if addr.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid(format!(
+                    "addr: {addr} listens on every interface; say which address other nodes reach this one at \
+                     with --advertise HOST:PORT"
+                )));
+            }
+            None => addr,
+        };
         Ok(NodeConfig {
             tls: opts.tls,
             metrics_public: opts.metrics_public.unwrap_or(false),
@@ -255,8 +307,9 @@ impl NodeConfig {
             addr,
             http,
             data_dir,
-            join: opts.join,
-            join_timeout: Duration::from_millis(opts.join_timeout_ms.unwrap_or(5_000)),
+            join,
+            join_timeout: opts.join_timeout_ms.map(Duration::from_millis),
+            advertise,
             udp_loss,
             voters,
             sdfs,
@@ -309,5 +362,38 @@ mod tests {
         assert!(e.contains("addr") && e.contains("nowhere"), "{e}");
         let e = NodeConfig::resolve(NodeOptions { udp_loss: Some(1.5), ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("udp_loss"), "{e}");
+    }
+
+    #[test]
+    fn join_takes_one_or_many_seeds_by_name_checked_by_form() {
+        let (_d, p) = write("join = \"seeds.example:7000\"\n");
+        let c = NodeConfig::resolve(NodeOptions::from_file(&p).unwrap()).unwrap();
+        assert_eq!(c.join, vec!["seeds.example:7000"]);
+        assert_eq!(c.join_timeout, None, "keeps trying by default");
+        let (_d, p) = write("join = [\"a.example:7000\", \"10.0.0.2:7000\"]\njoin_timeout_ms = 900\n");
+        let c = NodeConfig::resolve(NodeOptions::from_file(&p).unwrap()).unwrap();
+        assert_eq!(c.join.len(), 2);
+        assert_eq!(c.join_timeout, Some(Duration::from_millis(900)));
+        let e = NodeConfig::resolve(NodeOptions { join: Some(Seeds::One("seeds.example".into())), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("join") && e.contains("seeds.example") && e.contains("no port"), "{e}");
+    }
+
+    #[test]
+    fn advertise_is_where_others_reach_the_node() {
+        let c = NodeConfig::resolve(NodeOptions::default()).unwrap();
+        assert_eq!(c.advertise, c.addr);
+        let c = NodeConfig::resolve(NodeOptions {
+            addr: Some("127.0.0.1:9100".into()),
+            advertise: Some("127.0.0.2:9100".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.advertise.to_string(), "127.0.0.2:9100");
+        let e = NodeConfig::resolve(NodeOptions { advertise: Some("0.0.0.0:9100".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("advertise"), "{e}");
     }
 }

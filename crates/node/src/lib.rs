@@ -7,6 +7,7 @@
 
 pub mod config;
 mod history;
+pub mod join;
 mod http;
 pub mod metrics;
 mod service;
@@ -40,8 +41,8 @@ pub enum NodeError {
     AddrInUse { what: &'static str, addr: SocketAddr },
     #[error("cannot listen on {what} address {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
-    #[error("could not join through {introducer}: no member answered within {} ms (is a node running there?)", timeout.as_millis())]
-    JoinFailed { introducer: String, timeout: Duration },
+    #[error("could not join through {seeds}: {why}")]
+    JoinFailed { seeds: String, why: join::JoinError },
     #[error("membership: {0}")]
     Membership(String),
     #[error("sdfs: {0}")]
@@ -89,7 +90,7 @@ impl Node {
         std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         let id = node_id(dir, config.id)?;
         let generation = next_generation(dir)?;
-        let identity = NodeIdentity { id, addr: config.addr, generation };
+        let identity = NodeIdentity { id, addr: config.advertise, generation };
         tracing::info!(?identity, data_dir = %dir.display(), "starting node");
 
         // The keys first: everything that talks to another node uses them.
@@ -111,7 +112,7 @@ impl Node {
         let udp = bind_udp(config.addr).await?;
         let rpc = bind_tcp("rpc", config.addr).await?;
         let http = bind_tcp("http", config.http).await?;
-        tracing::info!(rpc = %config.addr, http = %config.http, "listening");
+        tracing::info!(rpc = %config.addr, http = %config.http, advertise = %config.advertise, "listening");
 
         let shutdown = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -131,9 +132,9 @@ impl Node {
 
         // A node told to join nobody founds the group if it has no state;
         // every other node waits for a leader to add it.
-        let bootstrap = config.join.is_none();
+        let bootstrap = config.join.is_empty();
         let coordinator =
-            match Coordinator::start(id.0, &config.cluster, config.addr, &dir.join("raft"), bootstrap, &config.raft)
+            match Coordinator::start(id.0, &config.cluster, config.advertise, &dir.join("raft"), bootstrap, &config.raft)
                 .await
             {
                 Ok(c) => Arc::new(c),
@@ -167,7 +168,7 @@ impl Node {
 
         let shared = Shared {
             identity: identity.clone(),
-            http: config.http,
+            http: advertised_http(config.http, config.advertise),
             membership: membership.clone(),
             coordinator: coordinator.clone(),
             stop: stop.clone(),
@@ -226,7 +227,7 @@ impl Node {
             tasks.push(("http", tokio::spawn(serve)));
         }
 
-        let node = Node {
+        let mut node = Node {
             config,
             identity,
             membership,
@@ -238,25 +239,44 @@ impl Node {
             stop,
             tasks,
         };
-        if let Some(introducer) = node.config.join.clone()
-            && let Err(e) = node.join(&introducer).await
-        {
-            node.stop_tasks().await;
-            return Err(e);
+        if !node.config.join.is_empty() {
+            let seeds = node.config.join.clone();
+            tracing::info!(?seeds, "joining");
+            let own = [node.config.advertise, node.config.addr];
+            let joining = {
+                let (membership, coordinator) = (node.membership.clone(), node.coordinator.clone());
+                let limit = node.config.join_timeout;
+                async move {
+                    let leader_known = || coordinator.status().leader.is_some();
+                    join::join(&membership, &seeds, &own, leader_known, limit)
+                        .await
+                        .map_err(|why| NodeError::JoinFailed { seeds: seeds.join(", "), why })
+                }
+            };
+            match node.config.join_timeout {
+                // A limit: the node is up only once it has joined.
+                Some(_) => {
+                    if let Err(e) = joining.await {
+                        node.stop_tasks().await;
+                        return Err(e);
+                    }
+                }
+                // None: serve now and keep trying in the background.
+                None => {
+                    let stop = node.shutdown.child_token();
+                    node.tasks.push((
+                        "join",
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                r = joining => if let Err(e) = r { tracing::error!(error = %e, "join") },
+                            }
+                        }),
+                    ));
+                }
+            }
         }
         Ok(node)
-    }
-
-    async fn join(&self, introducer: &str) -> Result<(), NodeError> {
-        let timeout = self.config.join_timeout;
-        let addr = config::parse_addr("join", introducer)?;
-        tracing::info!(%addr, "joining");
-        let joined = self.membership.join(addr, timeout).await.map_err(|e| NodeError::Membership(e.to_string()))?;
-        if !joined {
-            return Err(NodeError::JoinFailed { introducer: introducer.to_string(), timeout });
-        }
-        tracing::info!(%addr, "joined");
-        Ok(())
     }
 
     /// Serve until SIGTERM, Ctrl-C, or a client's `member leave`; then
@@ -411,4 +431,10 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), NodeError> {
     std::fs::write(&tmp, text).map_err(err)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The dashboard's address as others reach it: an HTTP server bound to
+/// every interface is reached at the advertised host.
+fn advertised_http(http: SocketAddr, advertise: SocketAddr) -> SocketAddr {
+    if http.ip().is_unspecified() { SocketAddr::new(advertise.ip(), http.port()) } else { http }
 }

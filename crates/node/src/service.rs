@@ -134,23 +134,23 @@ impl idunno_rpc::Node for NodeService {
 
     async fn join(&self, req: Request<v1::JoinRequest>) -> Result<Response<v1::JoinReply>, Status> {
         let text = req.into_inner().introducer;
-        let introducer = tokio::net::lookup_host(text.as_str())
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| Status::invalid_argument(format!("introducer {text:?} is not a HOST:PORT address")))?;
-        if introducer == self.0.identity.addr {
-            return Err(Status::invalid_argument(format!("{introducer} is this node itself")));
+        let entries: Vec<String> = text.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if entries.is_empty() {
+            return Err(Status::invalid_argument("no introducer given"));
         }
+        for e in &entries {
+            crate::join::check_entry(e).map_err(Status::invalid_argument)?;
+        }
+        let me = self.0.identity.addr;
+        let coordinator = self.0.coordinator.clone();
+        let leader_known = || coordinator.status().leader.is_some();
         // Shorter than a client's call deadline, so the client hears why.
-        let joined =
-            self.0.membership.join(introducer, JOIN_WAIT).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        if !joined {
-            return Err(Status::unavailable(format!(
-                "no member answered at {introducer} within {} s (is a node running there?)",
-                JOIN_WAIT.as_secs()
-            )));
-        }
+        crate::join::join(&self.0.membership, &entries, &[me], leader_known, Some(JOIN_WAIT)).await.map_err(
+            |e| match e {
+                crate::join::JoinError::TimedOut { .. } => Status::unavailable(format!("{text}: {e}")),
+                crate::join::JoinError::Stopped => Status::unavailable(e.to_string()),
+            },
+        )?;
         let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
         Ok(Response::new(v1::JoinReply { members_alive: alive as u32 }))
     }

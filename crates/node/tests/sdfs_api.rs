@@ -18,7 +18,7 @@ async fn start(id: u64, base: u16, dir: &std::path::Path) -> Node {
         addr: Some(format!("127.0.0.1:{}", base + id as u16)),
         http: Some(format!("127.0.0.1:{}", base + 100 + id as u16)),
         data_dir: Some(dir.join(format!("node-{id}"))),
-        join: (id != 1).then(|| format!("127.0.0.1:{}", base + 1)),
+        join: (id != 1).then(|| idunno_node::config::Seeds::One(format!("127.0.0.1:{}", base + 1))),
         voters: Some(3),
         replicas: Some(3),
         ..Default::default()

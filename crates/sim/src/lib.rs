@@ -305,7 +305,7 @@ fn software(
                     addr: Some(format!("{ip}:{PORT}")),
                     http: Some(format!("{ip}:{}", PORT + 1000)),
                     data_dir: Some(dir.clone()),
-                    join,
+                    join: join.map(idunno_node::config::Seeds::One),
                     join_timeout_ms: Some(3000),
                     voters: Some(3),
                     replicas: Some(REPLICAS),
