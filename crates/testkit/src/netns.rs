@@ -6,6 +6,11 @@
 //! Layout: hub namespace with bridges `br0` (the network) and `br1` (the
 //! far side of a partition); node i lives in its own namespace at
 //! `10.77.0.i/24` behind a veth pair whose hub end `hI` sits on a bridge.
+//!
+//! Names: every host's `/etc/hosts` (`/etc/netns/<ns>/hosts`, which `ip
+//! netns exec` puts in place of the real one) names host i `node-i.idunno`,
+//! plus whatever [`NetnsCluster::name`] adds, so nodes can be given seeds
+//! by name. `tc netem` delay and loss can be set per host.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,6 +40,8 @@ pub struct NetnsCluster {
     hub: String,
     pub n: u32,
     nodes: Vec<Option<Child>>,
+    /// Extra names: name → hosts it resolves to.
+    names: Vec<(String, Vec<u32>)>,
 }
 
 pub const PORT: u16 = 7000;
@@ -51,6 +58,7 @@ impl NetnsCluster {
             hub: hub.clone(),
             n,
             nodes: (0..n).map(|_| None).collect(),
+            names: Vec::new(),
         };
         ip(&["netns", "add", &hub]);
         for br in ["br0", "br1"] {
@@ -68,7 +76,48 @@ impl NetnsCluster {
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
+        c.write_hosts();
         c
+    }
+
+    /// Make `name` resolve, on every host, to the addresses of `hosts`
+    /// (in that order): a round-robin DNS record, a headless Service.
+    pub fn name(&mut self, name: &str, hosts: &[u32]) {
+        self.names.push((name.to_string(), hosts.to_vec()));
+        self.write_hosts();
+    }
+
+    fn write_hosts(&self) {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for i in 1..=self.n {
+            text += &format!("{} node-{i}.idunno\n", self.ip(i));
+        }
+        for (name, hosts) in &self.names {
+            for h in hosts {
+                text += &format!("{} {name}\n", self.ip(*h));
+            }
+        }
+        for i in 1..=self.n {
+            let dir = Path::new("/etc/netns").join(self.ns(i));
+            std::fs::create_dir_all(&dir).expect("/etc/netns/<ns>");
+            std::fs::write(dir.join("hosts"), &text).expect("hosts file");
+            // Every address of a name, not just the first.
+            std::fs::write(dir.join("host.conf"), "multi on\n").expect("host.conf");
+        }
+    }
+
+    /// Delay (and lose) what host `i` sends, with `tc netem`; e.g.
+    /// `"delay 2ms 1ms loss 1%"`. An error says why it cannot (a kernel
+    /// without the netem qdisc, no `tc`).
+    pub fn netem(&self, i: u32, spec: &str) -> Result<(), String> {
+        let ns = self.ns(i);
+        let mut args = vec!["netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem"];
+        args.extend(spec.split_whitespace());
+        let out = Command::new("ip").args(&args).output().map_err(|e| format!("cannot run tc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("tc qdisc … netem {spec}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(())
     }
 
     pub fn ns(&self, i: u32) -> String {
@@ -85,20 +134,28 @@ impl NetnsCluster {
 
     /// Start node `i` in its namespace; every node but 1 joins node 1.
     pub fn start(&mut self, i: u32) {
+        let join = self.addr(1);
+        let extra: &[&str] = if i == 1 { &[] } else { &["--join", &join] };
+        self.start_with(i, extra);
+    }
+
+    /// Start node `i` in its namespace with `extra` flags (its `--join`).
+    /// Its log goes on after a restart on the same data folder.
+    pub fn start_with(&mut self, i: u32, extra: &[&str]) {
         let data = self.dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&data).expect("data dir");
-        let log = std::fs::File::create(data.join("node.log")).expect("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("node.log")).expect("log");
         let mut cmd = Command::new("ip");
         cmd.env("IDUNNO_SECRET_FILE", crate::secret_file());
-        cmd.args(["netns", "exec", &self.ns(i)])
-            .arg(&self.bin)
-            .args(["node", "--id", &i.to_string(), "--addr", &self.addr(i)])
-            .args(["--http", &format!("{}:{}", self.ip(i), PORT + 1)])
-            .arg("--data-dir")
-            .arg(&data);
-        if i != 1 {
-            cmd.args(["--join", &self.addr(1)]);
+        cmd.args(["netns", "exec", &self.ns(i)]).arg(&self.bin).args(["node", "--id", &i.to_string()]);
+        // Defaults for what `extra` does not say.
+        if !extra.contains(&"--addr") {
+            cmd.args(["--addr", &self.addr(i)]);
         }
+        if !extra.contains(&"--http") {
+            cmd.args(["--http", &format!("{}:{}", self.ip(i), PORT + 1)]);
+        }
+        cmd.arg("--data-dir").arg(&data).args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -106,6 +163,19 @@ impl NetnsCluster {
             .spawn()
             .expect("start node in namespace");
         self.nodes[(i - 1) as usize] = Some(child);
+    }
+
+    /// Kill node `i` with SIGKILL (a crash) and reap it.
+    pub fn kill(&mut self, i: u32) {
+        if let Some(mut c) = self.nodes[(i - 1) as usize].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether node `i`'s process is running.
+    pub fn running(&mut self, i: u32) -> bool {
+        self.nodes[(i - 1) as usize].as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Run `idunno args…` inside node `i`'s namespace against node `i`.
@@ -168,6 +238,7 @@ impl Drop for NetnsCluster {
         }
         for i in 1..=self.n {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).output();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(self.ns(i)));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.hub]).output();
     }
