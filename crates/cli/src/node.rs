@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// Queries this node runs at once (one thread each). Default 1.
     #[arg(long)]
     slots: Option<usize>,
+    /// Speak this wire protocol instead of this build's (tests of mixed versions).
+    #[arg(long, hide = true)]
+    wire_protocol: Option<u8>,
     /// Serve /metrics without the token (with a cluster secret) [default: false].
     #[arg(long)]
     metrics_public: bool,
@@ -80,6 +83,7 @@ pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<
         accept_secret_files: (!secrets.accept.is_empty()).then(|| secrets.accept.clone()),
         tls: None,
         metrics_public: args.metrics_public.then_some(true),
+        wire_protocol: args.wire_protocol,
     };
     let config = NodeConfig::resolve(file.overridden_by(flags)).map_err(|e| CliError::bad_input(e.to_string()))?;
     let node = Node::start(config).await?;

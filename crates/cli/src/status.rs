@@ -29,7 +29,10 @@ pub async fn run(node: Option<String>, out: Output) -> Result<(), CliError> {
     t.add_row(vec!["applied index".to_string(), opt(doc.applied_index)]);
     t.add_row(vec!["members alive".to_string(), doc.members_alive.to_string()]);
     t.add_row(vec!["jobs running".to_string(), doc.jobs_running.to_string()]);
-    t.add_row(vec!["version".to_string(), doc.version.clone()]);
+    t.add_row(vec![
+        "version".to_string(),
+        format!("{} (protocol {}, data format {})", doc.version, doc.protocol, doc.data_format),
+    ]);
     println!("{t}");
     Ok(())
 }

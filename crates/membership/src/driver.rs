@@ -18,6 +18,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Effect, MemberInfo, MembershipEvent, Swim, SwimStats, SwimTimer};
 
+/// The wire protocol this build speaks. Every datagram carries it after
+/// the cluster tag; a node speaking another one is refused (its datagrams
+/// are dropped and it is told, once in a while, which protocol we speak),
+/// so two versions that cannot understand each other never merge.
+/// Raised when a change to any node-to-node message is not compatible
+/// (`docs/deploy.md`, upgrades).
+pub const PROTOCOL: u8 = 1;
+
+/// In the protocol byte's place: "I speak the protocol in the next byte,
+/// not yours" (sent back to a datagram of another protocol).
+const FOREIGN_NOTICE: u8 = 0xff;
+
 /// What readers see: the member list and counters, as of the last event.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -45,9 +57,18 @@ pub struct MembershipHandle {
     /// view's watchers (a joining node announces on every change of the
     /// view, and a count that changes with each send would feed it).
     sent: Arc<AtomicU64>,
+    /// Peers heard speaking another protocol: address → their protocol.
+    foreign: Arc<std::sync::Mutex<HashMap<SocketAddr, u8>>>,
 }
 
 impl MembershipHandle {
+    /// Nodes heard speaking another wire protocol than this one's
+    /// ([`PROTOCOL`]), with theirs.
+    pub fn foreign_protocols(&self) -> Vec<(SocketAddr, u8)> {
+        let f = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        f.iter().map(|(a, p)| (*a, *p)).collect()
+    }
+
     /// The member list as of now.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
@@ -116,6 +137,9 @@ pub struct DriverOptions {
     /// primary and must open under one of them (`idunno_auth::seal`).
     /// `None`: plaintext, for a loopback-only cluster without a secret.
     pub keys: Option<idunno_auth::KeysCell>,
+    /// The protocol to speak: [`PROTOCOL`] (another value only in tests
+    /// of mixed versions).
+    pub protocol: Option<u8>,
 }
 
 /// Start the driver on a bound socket. It runs until `shutdown` fires.
@@ -129,7 +153,14 @@ pub fn spawn(
     let (view_tx, view_rx) = watch::channel(View { members: swim.members(), stats: swim.stats() });
     let (events_tx, _) = broadcast::channel(1024);
     let sent = Arc::new(AtomicU64::new(0));
-    let handle = MembershipHandle { commands: cmd_tx, view: view_rx, events: events_tx.clone(), sent: sent.clone() };
+    let foreign = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let handle = MembershipHandle {
+        commands: cmd_tx,
+        view: view_rx,
+        events: events_tx.clone(),
+        sent: sent.clone(),
+        foreign: foreign.clone(),
+    };
     let driver = Driver {
         socket: Arc::new(socket),
         swim,
@@ -142,6 +173,8 @@ pub fn spawn(
         view: view_tx,
         events: events_tx,
         sent,
+        foreign,
+        noticed: HashMap::new(),
     };
     let task = tokio::spawn(driver.run(cmd_rx, shutdown));
     (handle, task)
@@ -163,17 +196,84 @@ struct Driver {
     view: watch::Sender<View>,
     events: broadcast::Sender<MembershipEvent>,
     sent: Arc<AtomicU64>,
+    foreign: Arc<std::sync::Mutex<HashMap<SocketAddr, u8>>>,
+    /// When each peer of another protocol was last told ours (at most
+    /// one notice per peer per [`NOTICE_EVERY`]; bounded).
+    noticed: HashMap<SocketAddr, Instant>,
 }
 
+const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Peers of other protocols remembered at once.
+const FOREIGN_KEPT: usize = 256;
+
 impl Driver {
+    fn protocol(&self) -> u8 {
+        self.options.protocol.unwrap_or(PROTOCOL)
+    }
+
+    /// A datagram of our cluster in another protocol, or a notice that a
+    /// peer speaks another one: log it once per peer, answer with ours now
+    /// and then, change nothing else.
+    async fn foreign(&mut self, from: SocketAddr, byte: u8, rest: &[u8]) {
+        self.swim.count_rejected();
+        let theirs = if byte == FOREIGN_NOTICE {
+            match rest.first() {
+                Some(p) => *p,
+                None => return,
+            }
+        } else {
+            byte
+        };
+        let ours = self.protocol();
+        if theirs == ours {
+            return;
+        }
+        {
+            let mut f = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+            if f.len() < FOREIGN_KEPT && f.insert(from, theirs) != Some(theirs) {
+                tracing::warn!(
+                    peer = %from,
+                    theirs,
+                    ours,
+                    "a node speaks another wire protocol; it is refused. Run one version across the cluster \
+                     (see docs/deploy.md, upgrades)"
+                );
+            }
+        }
+        if byte == FOREIGN_NOTICE {
+            return;
+        }
+        let now = Instant::now();
+        if self.noticed.get(&from).is_some_and(|t| now < *t + NOTICE_EVERY) {
+            return;
+        }
+        if self.noticed.len() >= FOREIGN_KEPT {
+            self.noticed.retain(|_, t| now < *t + NOTICE_EVERY);
+        }
+        if self.noticed.len() < FOREIGN_KEPT {
+            self.noticed.insert(from, now);
+            let mut notice = self.options.cluster_tag.to_be_bytes().to_vec();
+            notice.extend([FOREIGN_NOTICE, ours]);
+            let _ = self.socket.send_to(&notice, from).await;
+        }
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut buf = vec![0u8; 2048 + 8];
+        let mut buf = vec![0u8; 2048 + 9];
         loop {
             let next_due = self.timers.peek().map(|Reverse((t, _))| *t);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.receive(&buf[..n], from),
+                    Ok((n, from)) => {
+                        let tagged = n > 8 && buf[..8] == self.options.cluster_tag.to_be_bytes();
+                        if tagged && buf[8] != self.protocol() {
+                            let (byte, rest) = (buf[8], buf[9..n].to_vec());
+                            self.foreign(from, byte, &rest).await;
+                        } else {
+                            self.receive(&buf[..n], from);
+                        }
+                    }
                     // ICMP errors from a peer that went away surface here.
                     Err(e) => tracing::trace!(error = %e, "udp recv"),
                 },
@@ -203,20 +303,21 @@ impl Driver {
         }
     }
 
-    /// One datagram: its cluster tag, then (with a secret) its seal, then
-    /// the protocol. Nothing that fails a check is decoded.
+    /// One datagram: its cluster tag and protocol, then (with a secret)
+    /// its seal, then the protocol. Nothing that fails a check is decoded.
     fn receive(&mut self, datagram: &[u8], from: SocketAddr) {
         let tag = self.options.cluster_tag.to_be_bytes();
-        if datagram.len() < 8 || datagram[..8] != tag {
+        if datagram.len() < 9 || datagram[..8] != tag || datagram[8] != self.protocol() {
             tracing::debug!(%from, "datagram from another cluster dropped");
             self.swim.count_rejected();
             return;
         }
+        let body = &datagram[9..];
         let now = idunno_net::now_ms();
         self.swim.set_now_ms(now);
         let r = match &self.options.keys {
-            None => self.swim.handle_datagram(&datagram[8..]),
-            Some(keys) => match keys.current().swim.open(&tag, &datagram[8..], now, &mut self.replay) {
+            None => self.swim.handle_datagram(body),
+            Some(keys) => match keys.current().swim.open(&tag, body, now, &mut self.replay) {
                 Ok(payload) => self.swim.handle_datagram(&payload),
                 Err(e) => {
                     tracing::debug!(%from, error = %e, "datagram refused");
@@ -239,8 +340,9 @@ impl Driver {
                         continue;
                     }
                     let tag = self.options.cluster_tag.to_be_bytes();
-                    let mut framed = Vec::with_capacity(8 + idunno_auth::seal::OVERHEAD + data.len());
+                    let mut framed = Vec::with_capacity(9 + idunno_auth::seal::OVERHEAD + data.len());
                     framed.extend_from_slice(&tag);
+                    framed.push(self.protocol());
                     match &self.options.keys {
                         None => framed.extend_from_slice(&data),
                         Some(keys) => {

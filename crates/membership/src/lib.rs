@@ -15,5 +15,5 @@ mod identity;
 
 pub use crate::config::{ConfigError, SwimConfig};
 pub use crate::core::{Effect, MemberInfo, MemberState, MembershipEvent, Swim, SwimError, SwimStats, SwimTimer};
-pub use crate::driver::{DriverOptions, MembershipHandle, Stopped, View, cluster_tag, spawn};
+pub use crate::driver::{DriverOptions, MembershipHandle, PROTOCOL, Stopped, View, cluster_tag, spawn};
 pub use crate::identity::{NodeId, NodeIdentity};

@@ -60,6 +60,9 @@ pub struct NodeOptions {
     /// Serve `/metrics` without the token (with a cluster secret; still
     /// over HTTPS), for a Prometheus that cannot send one. Default false.
     pub metrics_public: Option<bool>,
+    /// Speak this wire protocol instead of this build's: for tests of
+    /// mixed versions only.
+    pub wire_protocol: Option<u8>,
 }
 
 /// `[tls]`: a certificate chain and key (PEM) the node's HTTPS server
@@ -115,6 +118,7 @@ impl NodeOptions {
             accept_secret_files: flags.accept_secret_files.or(self.accept_secret_files),
             tls: flags.tls.or(self.tls),
             metrics_public: flags.metrics_public.or(self.metrics_public),
+            wire_protocol: flags.wire_protocol.or(self.wire_protocol),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// `/metrics` needs no token.
     pub metrics_public: bool,
+    /// `None`: this build's protocol.
+    pub wire_protocol: Option<u8>,
 }
 
 /// The files of a node's keyring.
@@ -301,6 +307,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             tls: opts.tls,
             metrics_public: opts.metrics_public.unwrap_or(false),
+            wire_protocol: opts.wire_protocol,
             secret,
             cluster,
             id: opts.id.map(NodeId),

@@ -35,14 +35,16 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error("data folder {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
+    #[error("data folder {path} is in format {found}; this node reads format {reads} ({hint})")]
+    DataFormat { path: PathBuf, found: String, reads: u32, hint: &'static str },
     #[error("data folder {path} belongs to node {stored}, not node {given}")]
     IdMismatch { path: PathBuf, stored: u64, given: u64 },
     #[error("{what} address {addr} is already in use")]
     AddrInUse { what: &'static str, addr: SocketAddr },
     #[error("cannot listen on {what} address {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
-    #[error("could not join through {seeds}: {why}")]
-    JoinFailed { seeds: String, why: join::JoinError },
+    #[error("could not join through {seeds}: {why}{foreign}")]
+    JoinFailed { seeds: String, why: join::JoinError, foreign: String },
     #[error("membership: {0}")]
     Membership(String),
     #[error("sdfs: {0}")]
@@ -58,7 +60,10 @@ pub enum NodeError {
 impl NodeError {
     /// The operator's input was wrong (as opposed to the environment).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, NodeError::Config(_) | NodeError::IdMismatch { .. } | NodeError::Secret(_))
+        matches!(
+            self,
+            NodeError::Config(_) | NodeError::IdMismatch { .. } | NodeError::Secret(_) | NodeError::DataFormat { .. }
+        )
     }
 }
 
@@ -88,6 +93,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        check_data_format(dir)?;
         let id = node_id(dir, config.id)?;
         let generation = next_generation(dir)?;
         let identity = NodeIdentity { id, addr: config.advertise, generation };
@@ -123,6 +129,7 @@ impl Node {
             loss: config.udp_loss,
             seed: generation,
             keys: keys.clone(),
+            protocol: config.wire_protocol,
         };
         if config.udp_loss > 0.0 {
             tracing::warn!(loss = config.udp_loss, "dropping outgoing SWIM datagrams on purpose");
@@ -174,6 +181,7 @@ impl Node {
             stop: stop.clone(),
             keys: keys.clone(),
             refused: refused.clone(),
+            protocol: config.wire_protocol.unwrap_or(idunno_membership::PROTOCOL),
         };
         // Unary calls are bounded by a deadline, bulk transfers by their
         // progress (idunno_rpc::limits).
@@ -246,11 +254,12 @@ impl Node {
             let joining = {
                 let (membership, coordinator) = (node.membership.clone(), node.coordinator.clone());
                 let limit = node.config.join_timeout;
+                let ours = node.config.wire_protocol.unwrap_or(idunno_membership::PROTOCOL);
                 async move {
                     let leader_known = || coordinator.status().leader.is_some();
-                    join::join(&membership, &seeds, &own, leader_known, limit)
-                        .await
-                        .map_err(|why| NodeError::JoinFailed { seeds: seeds.join(", "), why })
+                    join::join(&membership, &seeds, &own, leader_known, limit).await.map_err(|why| {
+                        NodeError::JoinFailed { seeds: seeds.join(", "), why, foreign: foreign_note(&membership, ours) }
+                    })
                 }
             };
             match node.config.join_timeout {
@@ -385,6 +394,44 @@ fn bind_error(what: &'static str, addr: SocketAddr, source: io::Error) -> NodeEr
 
 /// The node's id: the one given, checked against the data folder, or the
 /// one the folder remembers, or a new random one that it will remember.
+/// The layout of a data folder (its `FORMAT` file): raised when a new
+/// build lays out or reads the folder (the Raft store, SDFS blobs, the
+/// identity files) in a way an older build would misread. A folder from
+/// before the file existed is format 1.
+pub const DATA_FORMAT: u32 = 1;
+
+/// Refuse a data folder laid out by another build, before anything in it
+/// is read or written; stamp a folder that has no format yet.
+fn check_data_format(dir: &Path) -> Result<(), NodeError> {
+    let path = dir.join("FORMAT");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return write_atomic(&path, &format!("{DATA_FORMAT}\n"));
+        }
+        Err(source) => return Err(NodeError::DataDir { path, source }),
+    };
+    match text.trim().parse::<u32>() {
+        Ok(DATA_FORMAT) => Ok(()),
+        Ok(found) => Err(NodeError::DataFormat {
+            path: dir.to_path_buf(),
+            found: found.to_string(),
+            reads: DATA_FORMAT,
+            hint: if found > DATA_FORMAT {
+                "written by a newer idunno: run that version, or restore a backup"
+            } else {
+                "written by an older idunno: upgrade through the versions between, see docs/deploy.md"
+            },
+        }),
+        Err(_) => Err(NodeError::DataFormat {
+            path: dir.to_path_buf(),
+            found: format!("{:?} (not a number)", text.chars().take(40).collect::<String>()),
+            reads: DATA_FORMAT,
+            hint: "the FORMAT file is damaged",
+        }),
+    }
+}
+
 fn node_id(dir: &Path, given: Option<NodeId>) -> Result<NodeId, NodeError> {
     let path = dir.join("node_id");
     let stored = read_u64(&path)?;
@@ -431,6 +478,20 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), NodeError> {
     std::fs::write(&tmp, text).map_err(err)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// What a failed join says about peers of another wire protocol.
+fn foreign_note(membership: &MembershipHandle, ours: u8) -> String {
+    let foreign = membership.foreign_protocols();
+    if foreign.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = foreign.iter().map(|(a, p)| format!("{a} speaks protocol {p}")).collect();
+    format!(
+        "; {}, this node speaks protocol {}: run one version across the cluster (docs/deploy.md, upgrades)",
+        list.join(", "),
+        ours
+    )
 }
 
 /// The dashboard's address as others reach it: an HTTP server bound to

@@ -25,6 +25,8 @@ pub struct Shared {
     pub keys: Option<idunno_auth::KeysCell>,
     /// Connections and calls refused (TLS handshakes, roles, tokens).
     pub refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The wire protocol this node speaks.
+    pub protocol: u8,
 }
 
 impl Shared {
@@ -108,6 +110,8 @@ impl Shared {
                     .map(|k| k.current().ring.all().map(|s| s.key_id_hex()).collect())
                     .unwrap_or_default(),
             }),
+            protocol: u32::from(self.protocol),
+            data_format: crate::DATA_FORMAT,
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct StatusJson {
     pub learners: Vec<u64>,
     pub swim: SwimStatsJson,
     pub security: SecurityJson,
+    /// The wire protocol the node speaks and its data folder's format.
+    pub protocol: u32,
+    pub data_format: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -116,6 +119,8 @@ impl From<&v1::StatusReply> for StatusJson {
                 .as_ref()
                 .map(|x| SecurityJson { secured: x.secured, refused: x.refused, key_ids: x.key_ids.clone() })
                 .unwrap_or_default(),
+            protocol: s.protocol,
+            data_format: s.data_format,
         }
     }
 }
