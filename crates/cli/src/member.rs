@@ -1,4 +1,4 @@
-//! `idunno member list|join|leave`.
+//! `idunno member list|join|leave|drain`.
 
 use clap::Subcommand;
 use idunno_rpc::json::MemberJson;
@@ -20,6 +20,16 @@ pub enum MemberCommand {
     },
     /// Make the node leave the group gracefully (it then stops).
     Leave,
+    /// Empty a node and stop it: it takes no more work, hands back what it holds, leaves the
+    /// voters, waits until its files are held elsewhere, then leaves the group. Returns once it
+    /// has.
+    Drain {
+        /// The node to drain (its id, as `member list` shows).
+        node_id: u64,
+        /// Give up waiting after this many seconds (the drain goes on).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 pub async fn run(cmd: MemberCommand, node: Option<String>, out: Output) -> Result<(), CliError> {
@@ -48,6 +58,50 @@ pub async fn run(cmd: MemberCommand, node: Option<String>, out: Output) -> Resul
                 return out.json(&serde_json::json!({ "joined": introducer, "members_alive": reply.members_alive }));
             }
             println!("{addr} joined the group of {introducer}: {} members alive", reply.members_alive);
+        }
+        MemberCommand::Drain { node_id, timeout } => {
+            let started = std::time::Instant::now();
+            let reply = client.drain(v1::DrainRequest { node: node_id }).await.map_err(err)?.into_inner();
+            if !out.json {
+                println!("node {node_id} is draining");
+            }
+            // Follow it through a node that stays.
+            let members = client.members(v1::MembersRequest {}).await.map_err(err)?.into_inner().members;
+            let via = members
+                .iter()
+                .find(|m| m.id != node_id && m.state() == v1::MemberState::Alive)
+                .map(|m| m.addr.clone())
+                .unwrap_or_else(|| addr.clone());
+            let (via, mut watcher) = target::connect(Some(via)).await?;
+            let deadline = started + std::time::Duration::from_secs(timeout);
+            loop {
+                let members = watcher
+                    .members(v1::MembersRequest {})
+                    .await
+                    .map_err(|s| RpcError::from_status(&via, s))?
+                    .into_inner()
+                    .members;
+                let state = members
+                    .iter()
+                    .filter(|m| m.id == node_id && m.incarnation >= reply.generation)
+                    .map(|m| m.state())
+                    .next();
+                if matches!(state, Some(v1::MemberState::Left | v1::MemberState::Dead) | None) {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(CliError::failed(format!(
+                        "node {node_id} is still draining after {timeout} s (its log says what it waits for); \
+                         the drain goes on"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            if out.json {
+                return out.json(&serde_json::json!({ "drained": node_id, "seconds": seconds }));
+            }
+            println!("node {node_id} drained and stopped in {seconds:.1} s");
         }
         MemberCommand::Leave => {
             client.leave(v1::LeaveRequest {}).await.map_err(err)?;

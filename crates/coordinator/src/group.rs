@@ -18,6 +18,8 @@ pub enum Liveness {
     Up,
     /// Declared dead, or left: will not come back under this life.
     Gone,
+    /// Up, but being drained: to leave the voters, never to join them.
+    Draining,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,21 +50,28 @@ impl GroupView {
     fn is_gone(&self, id: u64) -> bool {
         matches!(self.nodes.get(&id), Some((Liveness::Gone, _)))
     }
+
+    fn is_draining(&self, id: u64) -> bool {
+        matches!(self.nodes.get(&id), Some((Liveness::Draining, _)))
+    }
 }
 
 /// The next change to make, or `None` when the group is as it should be.
 ///
 /// Rules, in order:
-/// 1. Voters declared gone are replaced by live learners (or simply
-///    dropped), so the group again tolerates failures. A voter membership
-///    knows nothing of is left alone: absence of news is not death.
+/// 1. Voters declared gone, or draining, are replaced by live learners
+///    (or simply dropped), so the group again tolerates failures. A voter
+///    membership knows nothing of is left alone: absence of news is not
+///    death. (A draining leader that drops itself steps down once the
+///    change is committed.)
 /// 2. While there are fewer than `max_voters` voters, live learners are
 ///    promoted.
 /// 3. Live nodes outside the group become learners, lowest id first.
 /// 4. Learners declared gone are forgotten.
 pub fn next_action(v: &GroupView) -> Option<GroupAction> {
     let max = v.max_voters.max(1);
-    let live_voters: BTreeSet<u64> = v.voters.iter().copied().filter(|id| !v.is_gone(*id)).collect();
+    let live_voters: BTreeSet<u64> =
+        v.voters.iter().copied().filter(|id| !v.is_gone(*id) && !v.is_draining(*id)).collect();
     let live_learners: Vec<u64> = v.learners.iter().copied().filter(|id| v.is_up(*id)).collect();
 
     let gone_voters = live_voters.len() < v.voters.len();
@@ -93,15 +102,19 @@ pub fn next_action(v: &GroupView) -> Option<GroupAction> {
 mod tests {
     use super::*;
 
-    /// `nodes`: "1 2 3-" means 1 and 2 up, 3 gone.
+    /// `nodes`: "1 2 3- 4~" means 1 and 2 up, 3 gone, 4 draining.
     fn view(voters: &str, learners: &str, nodes: &str, max: usize) -> GroupView {
         let ids = |s: &str| s.split_whitespace().map(|x| x.parse().unwrap()).collect::<BTreeSet<u64>>();
         let nodes = nodes
             .split_whitespace()
             .map(|x| {
-                let gone = x.ends_with('-');
-                let id: u64 = x.trim_end_matches('-').parse().unwrap();
-                (id, (if gone { Liveness::Gone } else { Liveness::Up }, format!("127.0.0.1:{}", 8000 + id)))
+                let l = match x.chars().last() {
+                    Some('-') => Liveness::Gone,
+                    Some('~') => Liveness::Draining,
+                    _ => Liveness::Up,
+                };
+                let id: u64 = x.trim_end_matches(['-', '~']).parse().unwrap();
+                (id, (l, format!("127.0.0.1:{}", 8000 + id)))
             })
             .collect();
         GroupView { voters: ids(voters), learners: ids(learners), nodes, max_voters: max }
@@ -137,6 +150,12 @@ mod tests {
             ("1 2 3", "4", "1 2- 3 4", 3, Some(SetVoters(set("1 3 4")))),
             // Never an empty voter set, even if membership says all are gone.
             ("1", "", "1-", 7, None),
+            // A draining voter is replaced by a learner, or dropped; it stays
+            // a learner (it is up) and is neither promoted nor added again.
+            ("1 2 3", "4", "1 2 3~ 4", 3, Some(SetVoters(set("1 2 4")))),
+            ("1 2 3", "", "1 2 3~", 3, Some(SetVoters(set("1 2")))),
+            ("1 2", "3", "1 2 3~", 3, None),
+            ("1 2", "", "1 2 3~", 3, None),
         ];
         for (voters, learners, nodes, max, want) in cases {
             let got = next_action(&view(voters, learners, nodes, max));

@@ -372,12 +372,16 @@ impl Coordinator {
 
     fn group_view(&self, membership: &MembershipHandle, max_voters: usize) -> GroupView {
         let status = self.status();
+        let state = self.local_state();
         let nodes = membership
             .view()
             .members
             .into_iter()
             .map(|m| {
                 let l = match m.state {
+                    MemberState::Alive | MemberState::Suspect if state.state.nodes.is_draining(m.identity.id.0) => {
+                        Liveness::Draining
+                    }
                     MemberState::Alive | MemberState::Suspect => Liveness::Up,
                     MemberState::Dead | MemberState::Left => Liveness::Gone,
                 };

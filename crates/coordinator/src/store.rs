@@ -203,8 +203,9 @@ pub struct SmData {
 /// changes the format can be planned (every node upgraded before any
 /// writes the new one).
 const STATE_MAGIC: &[u8] = b"IDSTATE";
-/// 2: the state has the timeline (`events`). 1 is still read.
-const STATE_FORMAT: u8 = 2;
+/// 3: the state has the draining nodes (`nodes`); 2: the timeline
+/// (`events`). 1 and 2 are still read.
+const STATE_FORMAT: u8 = 3;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -225,6 +226,9 @@ impl SmData {
                 Some((&STATE_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("the state: {e}")),
                 Some((1, body)) => {
                     postcard::from_bytes::<SmDataV1>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
+                Some((2, body)) => {
+                    postcard::from_bytes::<SmDataV2>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
                 }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
@@ -265,6 +269,31 @@ impl From<SmDataV1> for SmData {
             inference: v.inference,
             training: v.training,
             events: Default::default(),
+            nodes: Default::default(),
+        };
+        SmData { last_applied: v.last_applied, membership: v.membership, state }
+    }
+}
+
+/// A state in format 2: before the draining nodes.
+#[derive(Deserialize)]
+struct SmDataV2 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTable,
+    training: idunno_state::TrainingTable,
+    events: idunno_state::EventLog,
+}
+
+impl From<SmDataV2> for SmData {
+    fn from(v: SmDataV2) -> Self {
+        let state = ClusterState {
+            namespace: v.namespace,
+            inference: v.inference,
+            training: v.training,
+            events: v.events,
+            nodes: Default::default(),
         };
         SmData { last_applied: v.last_applied, membership: v.membership, state }
     }

@@ -87,6 +87,7 @@ fn every_domain() -> idunno_coordinator::store::SmData {
             "labels": {"name": "y", "version": 1}, "test_inputs": null, "test_labels": null, "samples": 1000, "classes": 10,
             "epochs": 2, "batch_size": 100, "workers": 2, "lr": "0.001", "seed": 1, "checkpoint_every": 4, "out": "m"}}),
         json!({"op": "set_train_group", "job": "t", "generation": 1, "workers": [2, 3], "now_ms": 6}),
+        json!({"op": "drain_node", "node": 3, "generation": 9, "now_ms": 1_700_000_000_500u64}),
     ];
     for c in commands {
         let cmd: Command = serde_json::from_value(c).expect("a command");
@@ -122,9 +123,12 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
         "jobs": s["inference"]["jobs"], "assignments": s["inference"]["assignments"],
         "assignment_notes": s["inference"]["assignment_notes"], "trainings": s["training"]["jobs"],
     });
-    // (Both shapes are from before the timeline: it comes back empty.)
+    // (Both shapes are from before the timeline and the draining nodes:
+    // they come back empty.)
+    assert!(!data.state.nodes.draining.is_empty(), "a node is draining");
     let mut without_events = data.state.clone();
     without_events.events = Default::default();
+    without_events.nodes = Default::default();
     assert_eq!(SmData::decode(&serde_json::to_vec(&flat).unwrap()).unwrap().state, without_events);
 
     // Format 1, written before the timeline, is read with an empty one.
@@ -135,10 +139,18 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     v1.extend(postcard::to_allocvec(&old).unwrap());
     assert_eq!(SmData::decode(&v1).unwrap().state, without_events);
 
+    // Format 2, written before the draining nodes, is read without any.
+    let old = (&data.last_applied, &data.membership, &s.namespace, &s.inference, &s.training, &s.events);
+    let mut v2 = b"IDSTATE\x02".to_vec();
+    v2.extend(postcard::to_allocvec(&old).unwrap());
+    let mut without_nodes = data.state.clone();
+    without_nodes.nodes = Default::default();
+    assert_eq!(SmData::decode(&v2).unwrap().state, without_nodes);
+
     // A format from a newer release is refused by name, not misread.
     let mut newer = bytes.clone();
-    newer[7] = 3;
+    newer[7] = 4;
     let e = SmData::decode(&newer).err().unwrap();
-    assert!(e.contains("format 3") && e.contains("upgrade"), "{e}");
+    assert!(e.contains("format 4") && e.contains("upgrade"), "{e}");
     assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
 }

@@ -266,6 +266,8 @@ impl Term {
         }
         let mut live: Vec<u64> = members.iter().filter(|(_, up)| *up).map(|(id, _)| *id).collect();
         live.push(jobs.id);
+        // A draining node finishes what it holds but is given nothing new.
+        live.retain(|id| !state.state.nodes.is_draining(*id));
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
         let table = self.flow.assignments(&live, jobs.config.slots, now_ms());

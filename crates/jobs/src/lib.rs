@@ -93,9 +93,18 @@ pub struct Jobs {
     /// What this node's worker and trainer did, for `/metrics`.
     pub metrics: Arc<metrics::WorkerMetrics>,
     pub train_metrics: metrics::TrainMetrics,
+    /// Queries this node's worker holds: running, or run and not yet
+    /// delivered to the leader (what a drain waits for).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl Jobs {
+    /// Queries this node's worker holds (running, or run and not yet
+    /// delivered).
+    pub fn queries_held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         id: u64,
         coordinator: Arc<Coordinator>,
@@ -115,6 +124,7 @@ impl Jobs {
             train_data: Default::default(),
             metrics: Default::default(),
             train_metrics: Default::default(),
+            held: Default::default(),
         })
     }
 

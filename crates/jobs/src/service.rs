@@ -156,7 +156,12 @@ impl idunno_rpc::Jobs for JobsService {
     }
 
     async fn work(&self, req: Request<v1::WorkRequest>) -> Result<Response<v1::WorkReply>, Status> {
-        self.0.leader.work(req.into_inner()).await.map(Response::new)
+        let mut req = req.into_inner();
+        // A draining worker reports what it ran and is given nothing new.
+        if self.0.coordinator.local_state().state.nodes.is_draining(req.worker) {
+            req.want = 0;
+        }
+        self.0.leader.work(req).await.map(Response::new)
     }
 
     async fn train(&self, req: Request<v1::TrainRequest>) -> Result<Response<v1::JobReply>, Status> {

@@ -385,11 +385,16 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             }
             continue;
         }
-        let want = if backoff.is_some() { 0 } else { depth.saturating_sub(outstanding) };
+        // Draining: deliver what runs, ask for nothing new (and look
+        // again now and then, in case the drain is called off).
+        let draining = jobs.coordinator.local_state().state.nodes.is_draining(jobs.id);
+        let want = if backoff.is_some() || draining { 0 } else { depth.saturating_sub(outstanding) };
+        jobs.held.store(outstanding + results.len(), std::sync::atomic::Ordering::Relaxed);
         if want == 0 && results.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = res_rx.recv() => if let Some(r) = r { outstanding -= 1; results.push(r) },
+                _ = tokio::time::sleep(Duration::from_secs(1)), if draining => {}
             }
             continue;
         }

@@ -6,6 +6,7 @@
 //! flags and calls [`Node::start`] then [`Node::run`].
 
 pub mod config;
+pub mod drain;
 mod history;
 pub mod join;
 mod http;
@@ -172,6 +173,17 @@ impl Node {
         tasks.extend(jobs.spawn(shutdown.child_token()));
         let jobs_layer = jobs.clone();
         let sdfs_layer = sdfs.clone();
+        tasks.push((
+            "drain",
+            drain::spawn(
+                coordinator.clone(),
+                membership.clone(),
+                jobs.clone(),
+                idunno_sdfs::placement::write_quorum(config.sdfs.replicas),
+                stop.clone(),
+                shutdown.child_token(),
+            ),
+        ));
 
         let shared = Shared {
             identity: identity.clone(),

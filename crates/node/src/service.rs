@@ -32,6 +32,8 @@ pub struct Shared {
 impl Shared {
     pub fn members(&self) -> Vec<v1::Member> {
         let group = self.coordinator.status();
+        let state = self.coordinator.local_state();
+        let draining = |id: u64| state.state.nodes.is_draining(id);
         let role = |id: u64| {
             if group.leader == Some(id) {
                 v1::Role::Leader
@@ -49,6 +51,7 @@ impl Shared {
                 id: m.identity.id.0,
                 addr: m.identity.addr.to_string(),
                 state: match m.state {
+                    MemberState::Alive | MemberState::Suspect if draining(m.identity.id.0) => v1::MemberState::Draining,
                     MemberState::Alive => v1::MemberState::Alive,
                     MemberState::Suspect => v1::MemberState::Suspect,
                     MemberState::Dead => v1::MemberState::Dead,
@@ -157,6 +160,25 @@ impl idunno_rpc::Node for NodeService {
         )?;
         let alive = self.0.membership.view().members.iter().filter(|m| m.state.is_up()).count();
         Ok(Response::new(v1::JoinReply { members_alive: alive as u32 }))
+    }
+
+    async fn drain(&self, req: Request<v1::DrainRequest>) -> Result<Response<v1::DrainReply>, Status> {
+        let node = req.into_inner().node;
+        let view = self.0.membership.view();
+        let Some(m) = view.members.iter().find(|m| m.identity.id.0 == node && m.state.is_up()) else {
+            let known = view.members.iter().any(|m| m.identity.id.0 == node);
+            return Err(if known {
+                Status::failed_precondition(format!("node {node} is not alive: there is nothing to drain"))
+            } else {
+                Status::not_found(format!("no node {node} in the group"))
+            });
+        };
+        let generation = m.identity.generation;
+        let cmd = idunno_state::NodeCommand::DrainNode { node, generation, now_ms: idunno_net::now_ms() };
+        let out = self.0.coordinator.apply(cmd).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        out.applied.map_err(|r| Status::invalid_argument(r.to_string()))?;
+        tracing::info!(node, generation, "drain asked for");
+        Ok(Response::new(v1::DrainReply { generation }))
     }
 
     async fn events(&self, req: Request<v1::EventsRequest>) -> Result<Response<v1::EventsReply>, Status> {

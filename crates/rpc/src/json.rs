@@ -10,7 +10,7 @@ use crate::v1;
 pub struct MemberJson {
     pub id: u64,
     pub addr: String,
-    /// "alive" | "suspect" | "dead" | "left"
+    /// "alive" | "suspect" | "dead" | "left" | "draining"
     pub state: &'static str,
     /// The member's generation: larger after every restart or rejoin.
     pub incarnation: u64,
@@ -40,6 +40,7 @@ pub fn state_name(s: v1::MemberState) -> &'static str {
         v1::MemberState::Suspect => "suspect",
         v1::MemberState::Dead => "dead",
         v1::MemberState::Left => "left",
+        v1::MemberState::Draining => "draining",
         v1::MemberState::Unspecified => "unknown",
     }
 }

@@ -150,6 +150,13 @@ impl Sdfs {
         v
     }
 
+    /// Live nodes a new copy may go to: not those being drained.
+    pub fn placeable_nodes(&self) -> Vec<u64> {
+        let state = self.coordinator.local_state();
+        let live = self.live_nodes().into_iter().map(|(id, _)| id);
+        live.filter(|id| !state.state.nodes.is_draining(*id)).collect()
+    }
+
     /// The address of node `id`, if membership knows it.
     pub fn addr_of(&self, id: u64) -> Option<String> {
         self.membership.view().members.into_iter().find(|m| m.identity.id.0 == id).map(|m| m.identity.addr.to_string())
@@ -180,7 +187,9 @@ impl Sdfs {
                     }
                     let data = me.coordinator.local_state();
                     let live: Vec<u64> = me.live_nodes().into_iter().map(|(id, _)| id).collect();
-                    let tasks = repair::plan(&data.state.namespace.files, &live, me.config.replicas);
+                    let draining: Vec<u64> =
+                        live.iter().copied().filter(|id| data.state.nodes.is_draining(*id)).collect();
+                    let tasks = repair::plan(&data.state.namespace.files, &live, &draining, me.config.replicas);
                     me.note_under_replicated(&tasks, &mut reported);
                     let mut round = repair::Round::default();
                     for task in tasks {

@@ -65,7 +65,7 @@ impl Sdfs {
     {
         check_name(name)?;
         let started = std::time::Instant::now();
-        let live: Vec<u64> = self.live_nodes().into_iter().map(|(id, _)| id).collect();
+        let live = self.placeable_nodes();
         let targets = place(name, &live, self.config.replicas);
         if targets.is_empty() {
             return Err(SdfsError::Unavailable("no live node to store the file on".into()));

@@ -10,14 +10,19 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace, TrainCommand,
+    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace, NodeCommand, TrainCommand,
     TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
 static ALL_OPS: LazyLock<Vec<&'static str>> =
     LazyLock::new(|| {
-        let ops = FileCommand::OPS.iter().chain(JobCommand::OPS).chain(TrainCommand::OPS).chain(EventCommand::OPS);
+        let ops = FileCommand::OPS
+            .iter()
+            .chain(JobCommand::OPS)
+            .chain(TrainCommand::OPS)
+            .chain(EventCommand::OPS)
+            .chain(NodeCommand::OPS);
         ops.copied().collect()
     });
 
@@ -38,6 +43,8 @@ impl<'de> Deserialize<'de> for Command {
             TrainCommand::deserialize(value).map(Command::Training).map_err(of)
         } else if EventCommand::OPS.contains(&op) {
             EventCommand::deserialize(value).map(Command::Events).map_err(of)
+        } else if NodeCommand::OPS.contains(&op) {
+            NodeCommand::deserialize(value).map(Command::Nodes).map_err(of)
         } else {
             Err(D::Error::unknown_variant(op, ALL_OPS.as_slice()))
         }
@@ -68,6 +75,7 @@ impl From<FlatClusterState> for ClusterState {
             inference: JobTable { jobs: f.jobs, assignments: f.assignments, assignment_notes: f.assignment_notes },
             training: TrainingTable { jobs: f.trainings },
             events: Default::default(),
+            nodes: Default::default(),
         }
     }
 }

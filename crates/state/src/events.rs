@@ -46,6 +46,7 @@ pub enum EventKind {
     JobFailed,
     JobRemoved,
     InputRefused,
+    NodeDraining,
 }
 
 impl EventKind {
@@ -68,6 +69,7 @@ impl EventKind {
         EventKind::JobFailed,
         EventKind::JobRemoved,
         EventKind::InputRefused,
+        EventKind::NodeDraining,
     ];
 
     /// The wire name.
@@ -91,6 +93,7 @@ impl EventKind {
             EventKind::JobFailed => "job_failed",
             EventKind::JobRemoved => "job_removed",
             EventKind::InputRefused => "input_refused",
+            EventKind::NodeDraining => "node_draining",
         }
     }
 }

@@ -7,7 +7,8 @@
 //!   progress, results and assignments;
 //! - [`TrainingTable`] ([`TrainCommand`]): training jobs, their groups
 //!   and reports;
-//! - [`EventLog`] ([`EventCommand`]): the cluster's timeline, bounded.
+//! - [`EventLog`] ([`EventCommand`]): the cluster's timeline, bounded;
+//! - [`NodeTable`] ([`NodeCommand`]): nodes being drained.
 //!
 //! [`ClusterState`] composes them and owns the rules that span domains:
 //! job names are one namespace for both kinds of job, and stopping,
@@ -28,6 +29,7 @@ mod files;
 mod histogram;
 mod job;
 mod jobs;
+mod nodes;
 mod reply;
 mod results;
 mod training;
@@ -41,6 +43,7 @@ pub use files::{FileCommand, FileEntry, FileVersion, Files, Namespace};
 pub use histogram::{Histogram, LatencySummary};
 pub use job::{AssignmentNote, DoneQuery, FileRef, Job, JobProgress, JobSpec, JobState, OutputKind, RATE_WINDOW_MS};
 pub use jobs::{JobCommand, JobTable, Jobs};
+pub use nodes::{Drain, MAX_DRAINING, NodeCommand, NodeTable};
 pub use reply::{Applied, Refusal, Reply};
 pub use results::{JobResults, ResultSegment, is_current, pass_done};
 pub use training::{EpochRecord, Regroup, Score, TrainGroup, TrainProgress, TrainReport, TrainSpec, Training};
@@ -62,6 +65,8 @@ pub struct ClusterState {
     pub training: TrainingTable,
     #[serde(default)]
     pub events: EventLog,
+    #[serde(default)]
+    pub nodes: NodeTable,
 }
 
 /// A change to the state: a command of one domain. On the wire (the log,
@@ -74,6 +79,7 @@ pub enum Command {
     Jobs(JobCommand),
     Training(TrainCommand),
     Events(EventCommand),
+    Nodes(NodeCommand),
 }
 
 impl From<FileCommand> for Command {
@@ -91,6 +97,12 @@ impl From<JobCommand> for Command {
 impl From<TrainCommand> for Command {
     fn from(c: TrainCommand) -> Self {
         Command::Training(c)
+    }
+}
+
+impl From<NodeCommand> for Command {
+    fn from(c: NodeCommand) -> Self {
+        Command::Nodes(c)
     }
 }
 
@@ -172,6 +184,27 @@ impl ClusterState {
     fn apply_command(&mut self, cmd: Command) -> Applied {
         match cmd {
             Command::Events(c) => self.events.apply(c),
+            Command::Nodes(c) => {
+                let drained = match &c {
+                    NodeCommand::DrainNode { node, now_ms, .. } if !self.nodes.is_draining(*node) => {
+                        Some((*node, *now_ms))
+                    }
+                    _ => None,
+                };
+                let applied = self.nodes.apply(c)?;
+                if let Some((node, at_ms)) = drained {
+                    self.events.push(NewEvent {
+                        at_ms,
+                        kind: EventKind::NodeDraining,
+                        node,
+                        key: format!("drain/{node}/{at_ms}"),
+                        job: None,
+                        detail: format!("node {node} is draining: it takes no more work and stops once nothing needs it"),
+                        by: 0,
+                    });
+                }
+                Ok(applied)
+            }
             Command::Files(c) => self.namespace.apply(c),
             Command::Jobs(c) => self.apply_job(c),
             Command::Training(c) => {
@@ -216,6 +249,7 @@ impl ClusterState {
         self.inference.check()?;
         self.training.check()?;
         self.events.check()?;
+        self.nodes.check()?;
         if let Some(name) = self.training.jobs.keys().find(|n| self.inference.jobs.contains_key(*n)) {
             return Err(format!("{name} is both an inference and a training job"));
         }

@@ -35,6 +35,7 @@ pub enum Reply {
 pub enum Refusal {
     #[error("{what} must not be empty")]
     Empty { what: String },
+
     // The namespace.
     #[error("no such file: {name}")]
     NoSuchFile { name: String },
@@ -78,6 +79,9 @@ pub enum Refusal {
     // The timeline.
     #[error("{0}")]
     BadEvent(String),
+    // Draining nodes.
+    #[error("{0}")]
+    BadNode(String),
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a

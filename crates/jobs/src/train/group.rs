@@ -55,11 +55,14 @@ fn busy(state: &ClusterState) -> BTreeMap<u64, usize> {
     busy
 }
 
-/// Live nodes as this node sees them (itself included).
+/// Live nodes as this node sees them (itself included), but those being
+/// drained: a group with a draining member re-forms without it.
 pub(crate) fn alive(jobs: &Jobs) -> BTreeSet<u64> {
     let mut alive: BTreeSet<u64> =
         jobs.membership.view().members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
     alive.insert(jobs.id);
+    let state = jobs.coordinator.local_state();
+    alive.retain(|id| !state.state.nodes.is_draining(*id));
     alive
 }
 
