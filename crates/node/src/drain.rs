@@ -55,6 +55,24 @@ pub fn remaining(
     left
 }
 
+/// Drains that are over, for the leader to forget: the node came back in a
+/// later life, or every life of it the view knows is gone (the drain
+/// ended with the node leaving, or it died).
+pub fn over(state: &ClusterState, members: &[idunno_membership::MemberInfo]) -> Vec<u64> {
+    state
+        .nodes
+        .draining
+        .iter()
+        .filter(|(id, d)| {
+            let lives: Vec<_> = members.iter().filter(|m| m.identity.id.0 == **id).collect();
+            let later = lives.iter().any(|m| m.state.is_up() && m.identity.generation > d.generation);
+            let gone = !lives.is_empty() && lives.iter().all(|m| !m.state.is_up());
+            later || gone
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// Follow the state: call off the drain of an earlier life, and carry out
 /// a drain of this one (then cancel `stop`, which stops the node).
 pub fn spawn(
@@ -79,6 +97,16 @@ pub fn spawn(
                 continue;
             };
             let state = coordinator.local_state();
+            if coordinator.status().leader == Some(me) {
+                for node in over(&state.state, &view.members) {
+                    if node != me {
+                        let cmd = idunno_state::NodeCommand::UndrainNode { node };
+                        if let Err(e) = coordinator.apply(cmd).await {
+                            tracing::debug!(node, error = %e, "could not forget a finished drain yet");
+                        }
+                    }
+                }
+            }
             let Some(drain) = state.state.nodes.draining.get(&me) else { continue };
             if drain.generation < generation && called_off != Some(drain.generation) {
                 // An earlier life was draining: this one is not.
@@ -116,7 +144,28 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idunno_membership::{MemberInfo, MemberState, NodeId, NodeIdentity};
     use idunno_state::{FileCommand, NodeCommand};
+
+    fn life(id: u64, generation: u64, state: MemberState) -> MemberInfo {
+        let identity = NodeIdentity { id: NodeId(id), addr: ([127, 0, 0, 1], 7000 + id as u16).into(), generation };
+        MemberInfo { identity, state, swim_incarnation: 0, is_self: false }
+    }
+
+    #[test]
+    fn a_drain_is_over_when_the_node_is_gone_or_back_in_a_later_life() {
+        let mut s = ClusterState::default();
+        for node in [2, 3, 4] {
+            s.apply(NodeCommand::DrainNode { node, generation: 5, now_ms: 1 }).unwrap();
+        }
+        let view = vec![
+            life(2, 5, MemberState::Alive),                                   // still draining
+            life(3, 5, MemberState::Left),                                    // drained and gone
+            life(4, 5, MemberState::Left),
+            life(4, 6, MemberState::Alive),                                   // restarted
+        ];
+        assert_eq!(over(&s, &view), vec![3, 4]);
+    }
 
     #[test]
     fn a_drain_waits_for_the_voters_the_queries_and_the_files() {
