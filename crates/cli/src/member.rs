@@ -24,8 +24,9 @@ pub enum MemberCommand {
     /// voters, waits until its files are held elsewhere, then leaves the group. Returns once it
     /// has.
     Drain {
-        /// The node to drain (its id, as `member list` shows).
-        node_id: u64,
+        /// The node to drain (its id, as `member list` shows) [default: the node this command
+        /// talks to, as in a Kubernetes preStop hook].
+        node_id: Option<u64>,
         /// Give up waiting after this many seconds (the drain goes on).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -61,6 +62,10 @@ pub async fn run(cmd: MemberCommand, node: Option<String>, out: Output) -> Resul
         }
         MemberCommand::Drain { node_id, timeout } => {
             let started = std::time::Instant::now();
+            let node_id = match node_id {
+                Some(id) => id,
+                None => client.status(v1::StatusRequest {}).await.map_err(err)?.into_inner().node,
+            };
             let reply = client.drain(v1::DrainRequest { node: node_id }).await.map_err(err)?.into_inner();
             if !out.json {
                 println!("node {node_id} is draining");

@@ -38,6 +38,11 @@ pub struct NodeArgs {
     /// (NAT, containers, --addr 0.0.0.0:PORT).
     #[arg(long)]
     advertise: Option<String>,
+    /// The node that founds the group (HOST:PORT): the node whose --advertise (or --addr) is this
+    /// starts a new group when it has no state, though given --join. Lets every node of a
+    /// deployment take the same flags.
+    #[arg(long)]
+    founder: Option<String>,
     /// Target size of the coordinator group (Raft voters) [default: 7].
     #[arg(long)]
     voters: Option<usize>,
@@ -72,6 +77,7 @@ pub async fn run(args: NodeArgs, secrets: &crate::secret::SecretArgs) -> Result<
         join: (!args.join.is_empty()).then(|| idunno_node::config::Seeds::Many(args.join)),
         join_timeout_ms: args.join_timeout_ms,
         advertise: args.advertise,
+        founder: args.founder,
         udp_loss: args.udp_loss,
         voters: args.voters,
         replicas: args.replicas,

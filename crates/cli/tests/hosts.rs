@@ -89,7 +89,8 @@ fn asset(rel: &str) -> PathBuf {
 /// The scene of the bug report: four hosts, `seeds.example` resolving to
 /// hosts 1 and 3, hosts 3 and 4 started before any seed is up (host 3's
 /// seed list includes itself), host 2 bound to every interface and
-/// advertising its name. One group forms; nobody joined only itself.
+/// advertising its name, every host given the same seeds and founder (host
+/// 1, which finds itself named). One group forms; nobody joined only itself.
 #[test]
 fn hosts_joining_by_a_name_that_includes_themselves_form_one_group() {
     if skip("hosts_joining_by_a_name_that_includes_themselves_form_one_group") {
@@ -98,19 +99,21 @@ fn hosts_joining_by_a_name_that_includes_themselves_form_one_group() {
     let mut c = NetnsCluster::new(common::bin(), 4);
     c.name("seeds.example", &[1, 3]);
     let seeds = "seeds.example:7000";
-    c.start_with(3, &["--join", seeds]);
+    // Every host gets the same --join and --founder, as in a StatefulSet.
+    let founder = "node-1.idunno:7000";
+    c.start_with(3, &["--join", seeds, "--founder", founder]);
     // An entry that never resolves is logged once and does not stop the rest.
-    c.start_with(4, &["--join", &format!("nowhere.invalid:7000,{seeds}")]);
+    c.start_with(4, &["--join", &format!("nowhere.invalid:7000,{seeds}"), "--founder", founder]);
     std::thread::sleep(Duration::from_secs(4));
     for i in [3, 4] {
         assert!(c.running(i), "host {i} gave up: {}", c.log(i));
         assert!(!c.log(i).contains("idunno_node::join: joined"), "host {i} claims a group without its seeds: {}", c.log(i));
     }
-    c.start(1);
-    c.start_with(
-        2,
-        &["--addr", "0.0.0.0:7000", "--http", "0.0.0.0:7001", "--advertise", "node-2.idunno:7000", "--join", seeds],
-    );
+    c.start_with(1, &["--advertise", founder, "--join", seeds, "--founder", founder]);
+    c.start_with(2, &[
+        "--addr", "0.0.0.0:7000", "--http", "0.0.0.0:7001", "--advertise", "node-2.idunno:7000", "--join", seeds,
+        "--founder", founder,
+    ]);
     let one = wait_for(Duration::from_secs(60), || formed(&mut c, 4));
     assert!(one.is_some(), "no single group of 4: {:?}", (1..=4).map(|i| c.status(i)).collect::<Vec<_>>());
     for i in 1..=4 {

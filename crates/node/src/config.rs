@@ -34,6 +34,11 @@ pub struct NodeOptions {
     /// Give up joining after this many milliseconds and exit; without it
     /// the node keeps trying until a seed answers.
     pub join_timeout_ms: Option<u64>,
+    /// The node that founds the group: the one whose `advertise` (or
+    /// `addr`) is this `HOST:PORT` starts a new group when it has no state,
+    /// even though it is given seeds; every other node joins. Lets every
+    /// node of a deployment get the same flags (a Kubernetes StatefulSet).
+    pub founder: Option<String>,
     /// The address other nodes reach this one at, when it is not `addr`
     /// (NAT, containers, `addr` = 0.0.0.0:PORT). A name is resolved at
     /// start.
@@ -107,6 +112,7 @@ impl NodeOptions {
             join: flags.join.or(self.join),
             join_timeout_ms: flags.join_timeout_ms.or(self.join_timeout_ms),
             advertise: flags.advertise.or(self.advertise),
+            founder: flags.founder.or(self.founder),
             udp_loss: flags.udp_loss.or(self.udp_loss),
             voters: flags.voters.or(self.voters),
             replicas: flags.replicas.or(self.replicas),
@@ -160,6 +166,9 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     /// `None`: keep trying to join until a seed answers.
     pub join_timeout: Option<Duration>,
+    /// This node founds the group if it has no state: no seeds, or it is
+    /// the `founder`.
+    pub founds: bool,
     /// Where other nodes reach this one (`addr` unless `--advertise`): the
     /// address in its identity, its Raft entry and its SDFS replicas.
     pub advertise: SocketAddr,
@@ -226,6 +235,11 @@ impl NodeConfig {
         for j in &join {
             crate::join::check_entry(j).map_err(ConfigError::Invalid)?;
         }
+        if let Some(f) = &opts.founder {
+            crate::join::check_entry(f).map_err(|e| ConfigError::Invalid(e.replace("join:", "founder:")))?;
+        }
+        let founds = join.is_empty()
+            || opts.founder.as_deref().is_some_and(|f| Some(f) == opts.advertise.as_deref().or(opts.addr.as_deref()));
         let advertise = match opts.advertise.as_deref() {
             Some(a) => {
                 let adv = parse_addr("advertise", a)?;
@@ -315,6 +329,7 @@ impl NodeConfig {
             http,
             data_dir,
             join,
+            founds,
             join_timeout: opts.join_timeout_ms.map(Duration::from_millis),
             advertise,
             udp_loss,
@@ -385,6 +400,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("join") && e.contains("seeds.example") && e.contains("no port"), "{e}");
+    }
+
+    #[test]
+    fn the_founder_founds_though_given_seeds_and_no_one_else_does() {
+        let opts = |advertise: &str| NodeOptions {
+            addr: Some("127.0.0.1:9100".into()),
+            advertise: Some(advertise.into()),
+            join: Some(Seeds::One("localhost:9100".into())),
+            founder: Some("localhost:9100".into()),
+            ..Default::default()
+        };
+        assert!(NodeConfig::resolve(opts("localhost:9100")).unwrap().founds);
+        assert!(!NodeConfig::resolve(opts("127.0.0.1:9100")).unwrap().founds, "compared as given, not resolved");
+        assert!(NodeConfig::resolve(NodeOptions::default()).unwrap().founds, "no seeds: founds");
     }
 
     #[test]

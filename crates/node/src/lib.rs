@@ -138,9 +138,10 @@ impl Node {
         let (membership, swim_task) = idunno_membership::spawn(udp, swim, options, shutdown.child_token());
         let mut tasks = vec![("membership", swim_task)];
 
-        // A node told to join nobody founds the group if it has no state;
-        // every other node waits for a leader to add it.
-        let bootstrap = config.join.is_empty();
+        // A node told to join nobody (or named the founder) founds the
+        // group if it has no state; every other node waits for a leader to
+        // add it.
+        let bootstrap = config.founds;
         let coordinator =
             match Coordinator::start(id.0, &config.cluster, config.advertise, &dir.join("raft"), bootstrap, &config.raft)
                 .await
