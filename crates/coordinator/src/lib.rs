@@ -456,8 +456,12 @@ impl Coordinator {
 /// task ends with Raft.
 fn watch_leadership(id: NodeId, raft: &Raft) -> watch::Receiver<Option<u64>> {
     let mut metrics = raft.metrics();
-    let leads =
-        move |m: &openraft::RaftMetrics<NodeId, BasicNode>| (m.current_leader == Some(id)).then_some(m.current_term);
+    // Both: a restarted node reads its last vote back and, until it hears
+    // from the group, names itself the leader of that old term without
+    // being one (its state is Learner or Follower).
+    let leads = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+        (m.current_leader == Some(id) && m.state == openraft::ServerState::Leader).then_some(m.current_term)
+    };
     let (tx, rx) = watch::channel(leads(&metrics.borrow()));
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {

@@ -158,6 +158,8 @@ mod tests {
                 }],
             }
             .into(),
+            NodeCommand::DrainNode { node: 3, generation: 7, now_ms: 1 }.into(),
+            NodeCommand::UndrainNode { node: 3 }.into(),
         ];
         assert_eq!(commands.len(), ALL_OPS.len(), "a command of every op");
         for c in commands {
