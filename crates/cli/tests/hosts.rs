@@ -179,15 +179,7 @@ fn hosts_two_jobs_and_a_training_lose_nothing_when_two_hosts_die() {
         return;
     }
     let mut c = start_cluster(5);
-    for (file, name) in [
-        ("models/efficientnet-lite0.onnx", "models/effnet.onnx"),
-        ("datasets/photos/photos.npy", "data/photos.npy"),
-        ("datasets/photos/photos-labels.npy", "data/photos-labels.npy"),
-        ("models/tiny-add.onnx", "models/tiny.onnx"),
-        ("datasets/tiny/x.npy", "data/x.npy"),
-        ("datasets/mnist/train-images-idx3-ubyte", "mnist/train-images"),
-        ("datasets/mnist/train-labels-idx1-ubyte", "mnist/train-labels"),
-    ] {
+    for (file, name) in common::WORKLOAD {
         json(&c, 1, &["fs", "put", asset(file).to_str().unwrap(), name]);
     }
     let (photo_passes, tiny_passes) = (150u64, 400u64);

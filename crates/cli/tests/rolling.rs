@@ -49,15 +49,7 @@ fn fully_replicated(c: &common::Cluster, via: u64, want: usize) -> bool {
 #[test]
 fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     let mut c = common::up(5);
-    for (file, name) in [
-        ("models/efficientnet-lite0.onnx", "models/effnet.onnx"),
-        ("datasets/photos/photos.npy", "data/photos.npy"),
-        ("datasets/photos/photos-labels.npy", "data/photos-labels.npy"),
-        ("models/tiny-add.onnx", "models/tiny.onnx"),
-        ("datasets/tiny/x.npy", "data/x.npy"),
-        ("datasets/mnist/train-images-idx3-ubyte", "mnist/train-images"),
-        ("datasets/mnist/train-labels-idx1-ubyte", "mnist/train-labels"),
-    ] {
+    for (file, name) in common::WORKLOAD {
         json_via(&c, 1, &["fs", "put", asset(file).to_str().unwrap(), name], LIMIT);
     }
     let (photo_passes, tiny_passes) = (400u64, 90u64);

@@ -33,6 +33,20 @@ pub fn use_secret(role: idunno_auth::Role) {
     idunno_net::use_keys(Some(idunno_auth::KeysCell::new(keys)));
 }
 
+/// The assets (under the assets folder) and SDFS names of the tests that
+/// run two jobs of different cost and a training side by side: EfficientNet-
+/// Lite0 over the photos (with labels), the tiny model over 4096 rows, and
+/// MNIST's training set.
+pub const WORKLOAD: &[(&str, &str)] = &[
+    ("models/efficientnet-lite0.onnx", "models/effnet.onnx"),
+    ("datasets/photos/photos.npy", "data/photos.npy"),
+    ("datasets/photos/photos-labels.npy", "data/photos-labels.npy"),
+    ("models/tiny-add.onnx", "models/tiny.onnx"),
+    ("datasets/tiny/x.npy", "data/x.npy"),
+    ("datasets/mnist/train-images-idx3-ubyte", "mnist/train-images"),
+    ("datasets/mnist/train-labels-idx1-ubyte", "mnist/train-labels"),
+];
+
 pub fn up(n: u16) -> Cluster {
     Cluster::up(bin(), n, None)
 }
