@@ -104,6 +104,8 @@ fn hosts_joining_by_a_name_that_includes_themselves_form_one_group() {
     c.start_with(3, &["--join", seeds, "--founder", founder]);
     // An entry that never resolves is logged once and does not stop the rest.
     c.start_with(4, &["--join", &format!("nowhere.invalid:7000,{seeds}"), "--founder", founder]);
+    // A window in which nothing may happen (no condition to wait for): 4 s
+    // is ten announce rounds at the first backoffs.
     std::thread::sleep(Duration::from_secs(4));
     for i in [3, 4] {
         assert!(c.running(i), "host {i} gave up: {}", c.log(i));

@@ -67,11 +67,16 @@ fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
         "--detach",
     ], LIMIT);
 
-    // The rate before: a few seconds of steady state.
-    std::thread::sleep(Duration::from_secs(6));
     let rate = |c: &common::Cluster, via: u64| -> f64 {
         ["photos", "tiny"].iter().map(|j| status(c, via, j)["query_rate"].as_f64().unwrap_or(0.0)).sum()
     };
+    // The rate before: once both jobs and the training are under way.
+    let loaded = wait_for(Duration::from_secs(60), || {
+        let busy = |j: &str| status(&c, 1, j)["queries_done"].as_u64() >= Some(200);
+        busy("photos") && busy("tiny") && status(&c, 1, "mlp")["step"].as_u64() >= Some(50)
+    });
+    assert!(loaded.is_some(), "the load never got under way");
+    // Three samples 0.7 s apart (a measurement's spacing, not a wait).
     let before: Vec<f64> = (0..3).map(|_| { std::thread::sleep(Duration::from_millis(700)); rate(&c, 1) }).collect();
     let baseline = before.iter().sum::<f64>() / before.len() as f64;
     for j in ["photos", "tiny", "mlp"] {

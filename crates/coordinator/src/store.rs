@@ -264,14 +264,9 @@ struct SmDataV1 {
 
 impl From<SmDataV1> for SmData {
     fn from(v: SmDataV1) -> Self {
-        let state = ClusterState {
-            namespace: v.namespace,
-            inference: v.inference,
-            training: v.training,
-            events: Default::default(),
-            nodes: Default::default(),
-        };
-        SmData { last_applied: v.last_applied, membership: v.membership, state }
+        let SmDataV1 { last_applied, membership, namespace, inference, training } = v;
+        let events = Default::default();
+        SmData::from(SmDataV2 { last_applied, membership, namespace, inference, training, events })
     }
 }
 

@@ -232,9 +232,7 @@ impl NodeConfig {
         }
         let data_dir = opts.data_dir.unwrap_or_else(|| PathBuf::from(format!(".idunno/node-{}", addr.port())));
         let join = opts.join.map(Seeds::into_vec).unwrap_or_default();
-        for j in &join {
-            crate::join::check_entry(j).map_err(ConfigError::Invalid)?;
-        }
+        crate::join::check_entries(&join).map_err(ConfigError::Invalid)?;
         if let Some(f) = &opts.founder {
             crate::join::check_entry(f).map_err(|e| ConfigError::Invalid(e.replace("join:", "founder:")))?;
         }

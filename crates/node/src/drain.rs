@@ -92,11 +92,14 @@ pub fn spawn(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+            let state = coordinator.local_state();
+            if state.state.nodes.draining.is_empty() {
+                continue;
+            }
             let view = membership.view();
             let Some(generation) = view.members.iter().find(|m| m.is_self).map(|m| m.identity.generation) else {
                 continue;
             };
-            let state = coordinator.local_state();
             if coordinator.status().leader == Some(me) {
                 for node in over(&state.state, &view.members) {
                     if node != me {

@@ -18,9 +18,20 @@ use std::time::Duration;
 use idunno_membership::{MemberInfo, MembershipHandle};
 use tokio::time::Instant;
 
+/// At most this many `--join` entries (each is resolved on every round).
+pub const MAX_SEEDS: usize = 32;
+
 /// First pause between announce rounds; doubled each round up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(300);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Check a seed list: not too long, every entry well formed.
+pub fn check_entries(entries: &[String]) -> Result<(), String> {
+    if entries.len() > MAX_SEEDS {
+        return Err(format!("join: {} seeds given; at most {MAX_SEEDS}", entries.len()));
+    }
+    entries.iter().try_for_each(|e| check_entry(e))
+}
 
 /// Check a `--join` entry's form without resolving it (a name may only
 /// resolve later): `HOST:PORT` with a port from 1 to 65535, IPv6 hosts in
@@ -185,6 +196,9 @@ mod tests {
             let e = check_entry(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
+        let many: Vec<String> = (0..=MAX_SEEDS).map(|i| format!("h{i}:7000")).collect();
+        assert!(check_entries(&many[..MAX_SEEDS]).is_ok());
+        assert!(check_entries(&many).unwrap_err().contains("at most"));
     }
 
     #[test]

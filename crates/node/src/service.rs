@@ -145,9 +145,7 @@ impl idunno_rpc::Node for NodeService {
         if entries.is_empty() {
             return Err(Status::invalid_argument("no introducer given"));
         }
-        for e in &entries {
-            crate::join::check_entry(e).map_err(Status::invalid_argument)?;
-        }
+        crate::join::check_entries(&entries).map_err(Status::invalid_argument)?;
         let me = self.0.identity.addr;
         let coordinator = self.0.coordinator.clone();
         let leader_known = || coordinator.status().leader.is_some();
