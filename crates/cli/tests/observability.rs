@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, http_token, https_get, kill9, wait_for};
+use common::{Cluster, http_token, https_get, kill9, scrape, value, wait_for};
 use serde_json::Value;
 
 fn asset(rel: &str) -> PathBuf {
@@ -55,26 +55,6 @@ fn put_tiny(c: &Cluster) {
     ok(c, 1, &["fs", "put", asset("datasets/tiny/x.npy").to_str().unwrap(), "data/tiny.npy"]);
 }
 
-/// Node `id`'s `/metrics`, parsed.
-fn scrape(c: &Cluster, id: u64, token: &str) -> prometheus_parse::Scrape {
-    let (code, body) = https_get(common::bin(), &c.node(id).http, "/metrics", Some(token));
-    assert_eq!(code, 200, "/metrics of node {id}: {body}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text parses")
-}
-
-/// The value of `metric` whose labels include all of `labels`.
-fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    s.samples
-        .iter()
-        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match &x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{metric} is {other:?}"),
-        })
-}
-
 #[test]
 fn metrics_agree_with_job_status_and_show_a_death() {
     // `/metrics` open to a Prometheus without the token; the rest is not.
@@ -111,8 +91,12 @@ fn metrics_agree_with_job_status_and_show_a_death() {
         }
         // Per-node series: summed over the nodes, every counted query ran
         // on some worker (a query run twice counts twice here).
-        let ran: f64 =
-            (1..=5).map(|id| value(&scrape(&c, id, &token), "idunno_worker_queries_total", &[("job", job), ("outcome", "ok")]).unwrap_or(0.0)).sum();
+        let ran: f64 = (1..=5)
+            .map(|id| {
+                value(&scrape(&c, id, &token), "idunno_worker_queries_total", &[("job", job), ("outcome", "ok")])
+                    .unwrap_or(0.0)
+            })
+            .sum();
         assert!(ran >= queries, "{job}: workers ran {ran} queries, {queries} counted");
     }
     let s = scrape(&c, 2, &token);
@@ -166,7 +150,8 @@ fn a_kill_an_election_and_a_repair_are_on_every_nodes_timeline_and_on_the_dashbo
     // A worker that holds a replica (so its death needs a repair), and
     // then the leader.
     let ls = ok(&c, 1, &["fs", "ls", "data/tiny.npy"]);
-    let holders: Vec<u64> = ls["versions"][0]["replicas"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let holders: Vec<u64> =
+        ls["versions"][0]["replicas"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
     let worker = *holders.iter().find(|h| **h != leader).expect("a holder that does not lead");
     kill(&c, worker);

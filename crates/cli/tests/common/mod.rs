@@ -99,3 +99,22 @@ pub fn state_of(c: &Cluster, observer: u64, subject: u64) -> Option<(String, u64
         .find(|m| m["id"].as_u64() == Some(subject))
         .map(|m| (m["state"].as_str().unwrap_or("").to_string(), m["incarnation"].as_u64().unwrap_or(0)))
 }
+
+/// Node `id`'s `/metrics`, parsed.
+pub fn scrape(c: &Cluster, id: u64, token: &str) -> prometheus_parse::Scrape {
+    let (code, body) = https_get(bin(), &c.node(id).http, "/metrics", Some(token));
+    assert_eq!(code, 200, "/metrics of node {id}: {body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text parses")
+}
+
+/// The value of `metric` whose labels include all of `labels`.
+pub fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples.iter().find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))).map(|x| {
+        match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{metric} is {other:?}"),
+        }
+    })
+}
