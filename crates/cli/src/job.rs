@@ -124,22 +124,13 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             let r =
                 c.assignments(v1::JobQuery { job: String::new(), explain: true }).await.map_err(status)?.into_inner();
             let doc = parse(&r.json)?;
-            let mut t =
-                table(&["JOB", "WORKERS (share of their time)", "COST ms/query", "PREDICTED q/s", "MEASURED q/s"]);
+            let mut t = table(&["JOB", "WORKERS", "COST ms/query", "PREDICTED q/s", "MEASURED q/s"]);
             for (job, a) in doc.as_object().into_iter().flatten() {
-                let shares = &a["worker_shares"];
-                let workers: Vec<String> = a["workers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|w| match shares[w.to_string()].as_f64() {
-                        Some(f) => format!("{w} ({:.0}%)", f * 100.0),
-                        None => w.to_string(),
-                    })
-                    .collect();
+                let workers: Vec<String> =
+                    a["workers"].as_array().into_iter().flatten().map(|w| worker_line(a, w)).collect();
                 t.add_row(vec![
                     job.clone(),
-                    workers.join(", "),
+                    workers.join("\n"),
                     num(&a["cost_ms"], 2),
                     num(&a["predicted_rate"], 1),
                     num(&a["query_rate"], 1),
@@ -148,7 +139,8 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             println!("{t}");
             println!(
                 "Each free worker slot takes the next query of the job with the fewest queries handed out, so query\n\
-                 rates come out equal and a costlier job holds more of the workers' time (predicted: slots / Σ cost)."
+                 rates come out equal, a costlier job holds more of the workers' time, and a worker with more slots or\n\
+                 faster ones runs more of every job's queries (predicted: Σ over workers of slots / Σ its cost per query)."
             );
             Ok(())
         }
@@ -180,6 +172,26 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             Ok(())
         }
     }
+}
+
+/// One worker of a job in `job assignments`: its slots (when not one),
+/// its share of its time on the job and of the job's queries.
+fn worker_line(a: &Value, w: &Value) -> String {
+    let key = w.to_string();
+    let mut line = w.to_string();
+    if let Some(n) = a["worker_slots"][&key].as_u64().filter(|n| *n != 1) {
+        line.push_str(&format!(" ({n} slots)"));
+    }
+    let time = a["worker_shares"][&key].as_f64();
+    let queries = a["worker_query_shares"][&key].as_f64();
+    match (time, queries) {
+        (Some(t), Some(q)) => {
+            line.push_str(&format!(": {:.0}% of its time, {:.0}% of the queries", t * 100.0, q * 100.0))
+        }
+        (Some(t), None) => line.push_str(&format!(": {:.0}% of its time", t * 100.0)),
+        _ => {}
+    }
+    line
 }
 
 /// Rows as SPEC's JSON array, one row per line, written as they go

@@ -94,7 +94,13 @@ pub(crate) struct QueryFlow {
     /// Jobs to mark failed, with the error.
     failures: BTreeMap<String, String>,
     gone_seen: BTreeSet<u64>,
+    /// Each worker's query slots, as its last call said.
+    slots: BTreeMap<u64, usize>,
 }
+
+/// More slots than any worker is believed to have (a bound on what a
+/// call can make the plan count).
+const MAX_SLOTS: usize = 1024;
 
 impl QueryFlow {
     pub(crate) fn new(lease_ms: u64) -> QueryFlow {
@@ -105,11 +111,18 @@ impl QueryFlow {
             failing: BTreeMap::new(),
             failures: BTreeMap::new(),
             gone_seen: BTreeSet::new(),
+            slots: BTreeMap::new(),
         }
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
         self.dispatcher.check()
+    }
+
+    /// A worker's call said it has `slots` query slots (0: a worker that
+    /// does not say, counted as one).
+    pub(crate) fn worker_slots(&mut self, worker: u64, slots: u32) {
+        self.slots.insert(worker, (slots as usize).clamp(1, MAX_SLOTS));
     }
 
     /// A worker's results: how many were accepted (to be counted at the
@@ -217,14 +230,24 @@ impl QueryFlow {
     }
 
     /// The assignment table and its notes from the dispatcher's
-    /// measurements, over the `live` workers.
+    /// measurements, over the `live` workers: this node (`me`, with
+    /// `my_slots`) and the others with the slots their calls said (one
+    /// until they call).
     pub(crate) fn assignments(
         &mut self,
         live: &[u64],
-        slots: usize,
+        me: u64,
+        my_slots: usize,
         now_ms: u64,
     ) -> (BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>) {
-        assignment_table(&self.dispatcher.explain(live, slots, now_ms))
+        self.slots.retain(|w, _| live.contains(w));
+        let workers: BTreeMap<u64, usize> = live
+            .iter()
+            .map(|w| {
+                (*w, if *w == me { my_slots.clamp(1, MAX_SLOTS) } else { self.slots.get(w).copied().unwrap_or(1) })
+            })
+            .collect();
+        assignment_table(&self.dispatcher.explain(&workers, now_ms))
     }
 
     /// Every job's accepted reports, to flush.
@@ -294,11 +317,18 @@ fn assignment_table(
                 cost_us: s.cost_ms.map(|c| (c * 1000.0).round() as u64),
                 predicted_mqps: s.predicted_rate.map(|r| (r * 1000.0).round() as u64),
                 // Coarse (5%), so that noise does not make a new note.
-                shares_permille: s.shares.iter().map(|(w, f)| (*w, ((f * 20.0).round() * 50.0) as u32)).collect(),
+                shares_permille: s.shares.iter().map(|(w, f)| (*w, coarse(*f))).collect(),
+                queries_permille: s.query_shares.iter().map(|(w, f)| (*w, coarse(*f))).collect(),
+                slots: s.slots.iter().map(|(w, n)| (*w, *n as u32)).collect(),
             },
         );
     }
     (table, notes)
+}
+
+/// A share in thousandths, to the nearest 5%.
+fn coarse(share: f64) -> u32 {
+    ((share * 20.0).round() * 50.0) as u32
 }
 
 fn file_ref(name: &str, version: u64) -> v1::FileVersionRef {

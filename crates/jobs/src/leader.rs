@@ -39,7 +39,7 @@ const CALLS_QUEUED: usize = 256;
 
 /// A `Work` handler's request to the term's flow.
 enum Call {
-    Report { worker: u64, results: Vec<v1::QueryResult>, reply: oneshot::Sender<u32> },
+    Report { worker: u64, slots: u32, results: Vec<v1::QueryResult>, reply: oneshot::Sender<u32> },
     Take { worker: u64, want: usize, reply: oneshot::Sender<Vec<v1::QueryTask>> },
 }
 
@@ -109,7 +109,10 @@ impl Leader {
         let worker = req.worker;
         let calls = self.calls().ok_or_else(not_leader)?;
         let (reply, answer) = oneshot::channel();
-        calls.send(Call::Report { worker, results: req.results, reply }).await.map_err(|_| not_leader())?;
+        calls
+            .send(Call::Report { worker, slots: req.slots, results: req.results, reply })
+            .await
+            .map_err(|_| not_leader())?;
         let accepted = answer.await.map_err(|_| not_leader())?;
         let want = req.want.min(64) as usize;
         let give_up = Instant::now() + Duration::from_millis(req.wait_ms.min(5000) as u64);
@@ -152,7 +155,8 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
 /// Answer one handler's call.
 fn answer(flow: &mut QueryFlow, call: Call) {
     match call {
-        Call::Report { worker, results, reply } => {
+        Call::Report { worker, slots, results, reply } => {
+            flow.worker_slots(worker, slots);
             let _ = reply.send(flow.report(worker, results, now_ms()));
         }
         Call::Take { worker, want, reply } => {
@@ -270,7 +274,7 @@ impl Term {
         live.retain(|id| !state.state.nodes.is_draining(*id));
         // The workers of a job change rarely; the measurements behind them
         // are recorded every few seconds at most.
-        let table = self.flow.assignments(&live, jobs.config.slots, now_ms());
+        let table = self.flow.assignments(&live, jobs.id, jobs.config.slots, now_ms());
         let inference = &state.state.inference;
         let notes_due = table.1 != inference.assignment_notes && self.last_notes.elapsed() >= NOTES_EVERY;
         // Sent once (the state shows it only when the writer gets to it),

@@ -39,6 +39,8 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
         "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
         "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
         "worker_shares": shares,
+        "worker_query_shares": per_worker(&note.queries_permille, 1000.0),
+        "worker_slots": slots(&note),
         "model": job.spec.model,
         "model_version": job.spec.model_version,
         "inputs": job.spec.inputs,
@@ -54,7 +56,17 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
 
 /// Worker id → share of its busy time, as the notes record it.
 fn shares(note: &AssignmentNote) -> serde_json::Map<String, Value> {
-    note.shares_permille.iter().map(|(w, s)| (w.to_string(), json!(*s as f64 / 1000.0))).collect()
+    per_worker(&note.shares_permille, 1000.0)
+}
+
+/// Worker id → its query slots.
+fn slots(note: &AssignmentNote) -> serde_json::Map<String, Value> {
+    note.slots.iter().map(|(w, n)| (w.to_string(), json!(n))).collect()
+}
+
+/// Worker id → a note's figure for it, divided by `unit`.
+fn per_worker(figures: &[(u64, u32)], unit: f64) -> serde_json::Map<String, Value> {
+    figures.iter().map(|(w, x)| (w.to_string(), json!(*x as f64 / unit))).collect()
 }
 
 fn round3(x: f64) -> f64 {
@@ -164,6 +176,8 @@ pub fn assignments_explained(state: &ClusterState, now_ms: u64) -> Value {
             json!({
                 "workers": workers,
                 "worker_shares": shares(&note),
+                "worker_query_shares": per_worker(&note.queries_permille, 1000.0),
+                "worker_slots": slots(&note),
                 "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
                 "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),
                 "query_rate": (rate * 100.0).round() / 100.0,

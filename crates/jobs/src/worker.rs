@@ -407,6 +407,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             results: results[..sent].to_vec(),
             want: if more { 0 } else { want as u32 },
             wait_ms: if idle { 1000 } else { 0 },
+            slots: jobs.config.slots.min(u32::MAX as usize) as u32,
         };
         let reply = tokio::select! {
             _ = shutdown.cancelled() => return,

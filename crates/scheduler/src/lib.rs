@@ -242,39 +242,66 @@ impl Dispatcher {
     }
 
     /// Which workers served each running job over the last
-    /// [`SHARE_WINDOW_MS`], with the share of each one's busy time, the
-    /// job's cost per query and the rate [`plan`] predicts for it. A job
-    /// with no reports yet is listed with every live worker (any of them
-    /// may take its next query).
-    pub fn explain(&mut self, workers: &[WorkerId], slots: usize, now_ms: u64) -> BTreeMap<String, JobShare> {
+    /// [`SHARE_WINDOW_MS`], with the share of each one's busy time and of
+    /// the job's queries, the job's cost per query and the rate [`plan`]
+    /// predicts for it. `workers` are the live workers with their slots.
+    /// A job with no reports yet is listed with every live worker (any of
+    /// them may take its next query).
+    pub fn explain(&mut self, workers: &BTreeMap<WorkerId, usize>, now_ms: u64) -> BTreeMap<String, JobShare> {
         for v in self.served.values_mut() {
             v.retain(|(t, _)| t + SHARE_WINDOW_MS > now_ms);
         }
-        self.served.retain(|(w, j), v| !v.is_empty() && workers.contains(w) && self.jobs.contains_key(j));
+        self.served.retain(|(w, j), v| !v.is_empty() && workers.contains_key(w) && self.jobs.contains_key(j));
         let mut busy: BTreeMap<WorkerId, u64> = BTreeMap::new();
-        for ((w, _), v) in &self.served {
+        let mut counted: BTreeMap<&str, usize> = BTreeMap::new();
+        for ((w, j), v) in &self.served {
             *busy.entry(*w).or_default() += v.iter().map(|(_, l)| l).sum::<u64>();
+            *counted.entry(j.as_str()).or_default() += v.len();
         }
         let costs: Vec<(String, f64)> =
             self.jobs.iter().filter_map(|(n, q)| q.cost_us.map(|c| (n.clone(), c))).collect();
-        let predicted = plan(&costs, workers.len() * slots.max(1));
+        // Each worker with what a query of each job cost there lately.
+        let capacity: Vec<Capacity> = workers
+            .iter()
+            .map(|(w, &slots)| {
+                let costs = self
+                    .served
+                    .range((*w, String::new())..)
+                    .take_while(|((x, _), _)| x == w)
+                    .map(|((_, j), v)| (j.clone(), v.iter().map(|(_, l)| *l as f64).sum::<f64>() / v.len() as f64))
+                    .collect();
+                Capacity { slots, costs }
+            })
+            .collect();
+        let predicted = plan(&costs, &capacity);
         let mut out = BTreeMap::new();
         for (name, q) in &self.jobs {
             let mut shares: BTreeMap<WorkerId, f64> = BTreeMap::new();
+            let mut query_shares: BTreeMap<WorkerId, f64> = BTreeMap::new();
+            let total = counted.get(name.as_str()).copied().unwrap_or(0).max(1) as f64;
             for ((w, j), v) in &self.served {
                 if j == name {
-                    let total = busy.get(w).copied().unwrap_or(0).max(1) as f64;
-                    shares.insert(*w, v.iter().map(|(_, l)| *l).sum::<u64>() as f64 / total);
+                    let time = busy.get(w).copied().unwrap_or(0).max(1) as f64;
+                    shares.insert(*w, v.iter().map(|(_, l)| *l).sum::<u64>() as f64 / time);
+                    query_shares.insert(*w, v.len() as f64 / total);
                 }
             }
             if shares.is_empty() {
-                shares = workers.iter().map(|w| (*w, 0.0)).collect();
+                shares = workers.keys().map(|w| (*w, 0.0)).collect();
             }
+            let slots = shares.keys().filter_map(|w| Some((*w, *workers.get(w)?))).collect();
             let (predicted_rate, worker_share) =
                 predicted.jobs.get(name).map_or((None, None), |p| (Some(p.rate), Some(p.workers)));
             out.insert(
                 name.clone(),
-                JobShare { cost_ms: q.cost_us.map(|c| c / 1000.0), shares, predicted_rate, worker_share },
+                JobShare {
+                    cost_ms: q.cost_us.map(|c| c / 1000.0),
+                    shares,
+                    query_shares,
+                    slots,
+                    predicted_rate,
+                    worker_share,
+                },
             );
         }
         out
@@ -433,20 +460,50 @@ pub struct JobShare {
     pub cost_ms: Option<f64>,
     /// Worker → share of its busy time spent on this job (last 10 s).
     pub shares: BTreeMap<WorkerId, f64>,
+    /// Worker → share of this job's queries it ran (last 10 s): a worker
+    /// with more slots, or faster ones, runs more of them.
+    pub query_shares: BTreeMap<WorkerId, f64>,
+    /// The query slots of the workers in `shares`.
+    pub slots: BTreeMap<WorkerId, usize>,
     /// The query rate [`plan`] predicts (queries/s).
     pub predicted_rate: Option<f64>,
-    /// How many workers' worth of time the job should take.
+    /// How many worker slots' worth of time the job should take.
     pub worker_share: Option<f64>,
 }
 
-/// The fair split of `slots` worker slots between jobs of the given costs
-/// (µs per query): every job gets the same query rate `r`, so job `j`
-/// takes `r × cost_j` of the slots, and `r = slots / Σ cost`.
+/// A worker as [`plan`] counts it: its query slots, and what one query of
+/// each job cost there lately (µs), for the jobs it ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Capacity {
+    pub slots: usize,
+    pub costs: BTreeMap<String, f64>,
+}
+
+impl Capacity {
+    /// `slots` slots of a worker of the jobs' average speed.
+    pub fn slots(slots: usize) -> Capacity {
+        Capacity { slots, costs: BTreeMap::new() }
+    }
+}
+
+/// The rates that fair dispatch gives jobs of the given costs (µs per
+/// query, averaged over the workers that ran them) on these workers.
+///
+/// Every free slot takes the next query of the job with the fewest handed
+/// out, so each worker runs about as many queries of every job: a worker
+/// with `s` slots and a cost `c_j` per query of job `j` there gives every
+/// job `s / Σ_j c_j` queries/s, and a job's rate is the sum over the
+/// workers. A worker's cost of a job it has not run is the job's average
+/// cost scaled by how fast the worker ran the jobs it did run. When every
+/// worker is alike this is `slots / Σ cost`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// The common query rate, queries/s.
     pub rate: f64,
     pub jobs: BTreeMap<String, PlannedJob>,
+    /// Each worker's part of the common rate (queries/s of every job), in
+    /// the order the workers were given.
+    pub per_worker: Vec<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -457,14 +514,43 @@ pub struct PlannedJob {
     pub workers: f64,
 }
 
-pub fn plan(costs: &[(String, f64)], slots: usize) -> Plan {
-    let total_s: f64 = costs.iter().map(|(_, c)| c / 1e6).sum();
-    if costs.is_empty() || total_s <= 0.0 {
-        return Plan { rate: 0.0, jobs: BTreeMap::new() };
+pub fn plan(costs: &[(String, f64)], workers: &[Capacity]) -> Plan {
+    let empty = Plan { rate: 0.0, jobs: BTreeMap::new(), per_worker: vec![0.0; workers.len()] };
+    if costs.is_empty() || costs.iter().any(|(_, c)| !(c.is_finite() && *c > 0.0)) {
+        return empty;
     }
-    let rate = slots as f64 / total_s;
-    let jobs = costs.iter().map(|(n, c)| (n.clone(), PlannedJob { rate, workers: rate * c / 1e6 })).collect();
-    Plan { rate, jobs }
+    // Each worker's cost of each job (µs), measured or estimated.
+    let cost_on = |w: &Capacity| -> Vec<f64> {
+        let measured: Vec<(f64, f64)> = costs
+            .iter()
+            .filter_map(|(n, avg)| w.costs.get(n).filter(|c| c.is_finite() && **c > 0.0).map(|c| (*avg, *c)))
+            .collect();
+        // How much slower than average this worker ran what it ran.
+        let slowdown = if measured.is_empty() {
+            1.0
+        } else {
+            measured.iter().map(|(_, c)| c).sum::<f64>() / measured.iter().map(|(a, _)| a).sum::<f64>()
+        };
+        costs
+            .iter()
+            .map(|(n, avg)| w.costs.get(n).copied().filter(|c| c.is_finite() && *c > 0.0).unwrap_or(avg * slowdown))
+            .collect()
+    };
+    let mut rate = 0.0;
+    let mut slot_time = vec![0.0; costs.len()];
+    let mut per_worker = Vec::with_capacity(workers.len());
+    for w in workers {
+        let c = cost_on(w);
+        let cycle_s: f64 = c.iter().sum::<f64>() / 1e6;
+        let r = w.slots as f64 / cycle_s;
+        per_worker.push(r);
+        rate += r;
+        for (t, cj) in slot_time.iter_mut().zip(&c) {
+            *t += r * cj / 1e6;
+        }
+    }
+    let jobs = costs.iter().zip(slot_time).map(|((n, _), workers)| (n.clone(), PlannedJob { rate, workers })).collect();
+    Plan { rate, jobs, per_worker }
 }
 
 #[cfg(test)]

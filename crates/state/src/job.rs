@@ -194,4 +194,11 @@ pub struct AssignmentNote {
     /// last 10 s). A list, not a map: integer map keys do not survive the
     /// tagged `Command` enum's JSON.
     pub shares_permille: Vec<(u64, u32)>,
+    /// (worker, thousandths of this job's queries in the last 10 s that
+    /// it ran): workers with more slots, or faster ones, run more.
+    #[serde(default)]
+    pub queries_permille: Vec<(u64, u32)>,
+    /// (worker, its query slots) for the workers above.
+    #[serde(default)]
+    pub slots: Vec<(u64, u32)>,
 }

@@ -130,12 +130,26 @@ fn commands_and_replies_round_trip_as_json() {
     assert_eq!(c, JobCommand::AddJob { spec: want }.into());
     // Every field type inside a command must survive the tagged enum's
     // JSON (integer map keys do not).
-    let note = AssignmentNote { cost_us: Some(4), predicted_mqps: None, shares_permille: vec![(1, 500), (2, 500)] };
+    let note = AssignmentNote {
+        cost_us: Some(4),
+        predicted_mqps: None,
+        shares_permille: vec![(1, 500), (2, 500)],
+        queries_permille: vec![(1, 350), (2, 650)],
+        slots: vec![(1, 1), (2, 2)],
+    };
     let c = JobCommand::SetAssignments {
         assignments: [("j".to_string(), vec![1, 2])].into(),
         notes: [("j".to_string(), note)].into(),
     };
-    assert_eq!(serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(), c.into());
+    assert_eq!(serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(), c.clone().into());
+    // A note written before the per-worker query shares and slots reads
+    // with none.
+    let old = r#"{"op":"set_assignments","assignments":{"j":[1]},"notes":{"j":{"cost_us":4,"predicted_mqps":null,"shares_permille":[[1,1000]]}}}"#;
+    let Command::Jobs(JobCommand::SetAssignments { notes, .. }) = serde_json::from_str::<Command>(old).unwrap() else {
+        panic!("not set_assignments")
+    };
+    assert_eq!(notes["j"].slots, vec![]);
+    assert_eq!(notes["j"].shares_permille, vec![(1, 1000)]);
     let c = JobCommand::CompleteQueries {
         job: "j".into(),
         expect_done: 3,
