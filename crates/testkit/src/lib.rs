@@ -6,6 +6,7 @@
 //! This crate drives the binary from outside; it depends on no idunno crate.
 
 pub mod alloc;
+pub mod cgroup;
 pub mod netns;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -362,19 +363,30 @@ impl Cluster {
     /// Start a new node (the next id, fresh ports and data folder) that
     /// joins the group through `via`; it is listed in `nodes`.
     pub fn add_node(&mut self, via: &str) -> ClusterNode {
+        self.add_node_with(via, &[])
+    }
+
+    /// [`Cluster::add_node`] with extra flags for `idunno node`
+    /// (`--slots 2`).
+    pub fn add_node_with(&mut self, via: &str, extra: &[&str]) -> ClusterNode {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let base = free_ports(2);
         let node =
             ClusterNode { id, rpc: format!("127.0.0.1:{base}"), http: format!("127.0.0.1:{}", base + 1), pid: 0 };
         std::fs::create_dir_all(self.data_dir(id)).expect("data folder");
         self.nodes.push(node.clone());
-        let pid = self.restart(id, via);
+        let pid = self.restart_with(id, via, extra);
         ClusterNode { pid, ..node }
     }
 
     /// Start node `id` again on its addresses and data folder, joining the
     /// group through `via`. Returns the new pid.
     pub fn restart(&mut self, id: u64, via: &str) -> u32 {
+        self.restart_with(id, via, &[])
+    }
+
+    /// [`Cluster::restart`] with extra flags for `idunno node`.
+    pub fn restart_with(&mut self, id: u64, via: &str, extra: &[&str]) -> u32 {
         let n = self.node(id).clone();
         let data = self.data_dir(id);
         let log = std::fs::File::create(data.join("restart.log")).expect("log");
@@ -390,6 +402,7 @@ impl Cluster {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(extra);
         let child =
             cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("restart node");
         let pid = child.id();
