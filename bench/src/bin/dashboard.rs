@@ -46,7 +46,11 @@ fn load(chromium: &PathBuf, url: &str) -> (f64, f64) {
         .expect("chromium");
     let dom = String::from_utf8_lossy(&out.stdout);
     let attr = |name: &str| -> f64 {
-        dom.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+        dom.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
     };
     (attr("data-first-paint-ms"), attr("data-first-contentful-paint-ms"))
 }
@@ -76,7 +80,8 @@ fn case(name: &str, c: &idunno_bench::Cluster, token: &str, runs: usize) {
         max(&fcp)
     );
     let http = &c.node(2).http;
-    let paths = ["/", "/api/status", "/api/members", "/api/jobs", "/api/files", "/api/events", "/api/history", "/metrics"];
+    let paths =
+        ["/", "/api/status", "/api/members", "/api/jobs", "/api/files", "/api/events", "/api/history", "/metrics"];
     let times: Vec<String> = paths
         .iter()
         .map(|p| {

@@ -184,7 +184,22 @@ fn scrape_cost(case: &Case, seconds: f64, rounds: usize) {
     cli(&c, &["fs", "put", asset(case.model).to_str().unwrap(), "m.onnx"]);
     cli(&c, &["fs", "put", asset(case.inputs).to_str().unwrap(), "x.npy"]);
     let batch = case.batch.to_string();
-    cli(&c, &["job", "add", "bench", "--model", "m.onnx", "--inputs", "x.npy", "--batch-size", &batch, "--output", "vector"]);
+    cli(
+        &c,
+        &[
+            "job",
+            "add",
+            "bench",
+            "--model",
+            "m.onnx",
+            "--inputs",
+            "x.npy",
+            "--batch-size",
+            &batch,
+            "--output",
+            "vector",
+        ],
+    );
     cli(&c, &["job", "start", "bench"]);
     let url = cli(&c, &["dashboard-url"])["url"].as_str().unwrap_or_default().to_string();
     let token = url.rsplit_once("token=").map(|(_, t)| t.to_string()).expect("a token");

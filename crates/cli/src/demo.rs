@@ -75,7 +75,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let result = story.tell().await;
     if result.is_ok() && args.hold > 0 {
         let survivor = story.file.nodes.iter().find(|n| crate::cluster::is_running(n.pid)).map(|n| n.id);
-        say(&format!("holding the cluster up for {} s (--hold): the dashboard, the metrics and `idunno events`", args.hold));
+        say(&format!(
+            "holding the cluster up for {} s (--hold): the dashboard, the metrics and `idunno events`",
+            args.hold
+        ));
         if let Some(url) = survivor.and_then(|id| story.dashboard(id)) {
             println!("  {url}");
         }

@@ -83,7 +83,8 @@ async fn fetch(
 ) -> Result<Vec<Event>, CliError> {
     let req = v1::EventsRequest { after, limit: 0 };
     let reply = client.events(req).await.map_err(|s| RpcError::from_status(addr, s))?.into_inner();
-    serde_json::from_slice(&reply.json).map_err(|e| CliError::failed(format!("{addr} sent events that do not parse: {e}")))
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| CliError::failed(format!("{addr} sent events that do not parse: {e}")))
 }
 
 fn print(events: &[Event], out: Output) -> Result<(), CliError> {

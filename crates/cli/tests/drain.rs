@@ -51,7 +51,8 @@ fn drain(c: &common::Cluster, via: u64, watch: u64, node: u64, files: &[&str]) -
             while !done.load(std::sync::atomic::Ordering::Relaxed) && !seen {
                 let out = idunno_testkit::run(&bin, &["member", "list", "--json", "--node", &waddr], LIMIT);
                 let members: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                seen = members.as_array().is_some_and(|m| m.iter().any(|m| m["id"] == node && m["state"] == "draining"));
+                seen =
+                    members.as_array().is_some_and(|m| m.iter().any(|m| m["id"] == node && m["state"] == "draining"));
             }
             seen
         })
@@ -95,8 +96,19 @@ fn draining_a_worker_and_then_the_leader_loses_no_query_and_keeps_every_file() {
         &c,
         1,
         &[
-            "job", "add", "photos", "--model", "models/effnet.onnx", "--inputs", "data/photos.npy", "--labels",
-            "data/photos-labels.npy", "--batch-size", "1", "--passes", &p,
+            "job",
+            "add",
+            "photos",
+            "--model",
+            "models/effnet.onnx",
+            "--inputs",
+            "data/photos.npy",
+            "--labels",
+            "data/photos-labels.npy",
+            "--batch-size",
+            "1",
+            "--passes",
+            &p,
         ],
         LIMIT,
     );
@@ -128,9 +140,9 @@ fn draining_a_worker_and_then_the_leader_loses_no_query_and_keeps_every_file() {
     // Every file back to as many copies as there are nodes left (3 < 4),
     // on nodes that stay.
     let whole = wait_for(Duration::from_secs(30), || {
-        files.iter().all(|f| {
-            holders(&c, watch, f).iter().all(|v| v.len() == 3 && !v.contains(&leader) && !v.contains(&worker))
-        })
+        files
+            .iter()
+            .all(|f| holders(&c, watch, f).iter().all(|v| v.len() == 3 && !v.contains(&leader) && !v.contains(&worker)))
     });
     assert!(whole.is_some(), "{:?}", files.map(|f| holders(&c, watch, f)));
     let events = json_via(&c, watch, &["events"], LIMIT);

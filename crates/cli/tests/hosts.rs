@@ -55,7 +55,9 @@ fn formed(c: &mut NetnsCluster, n: u64) -> bool {
             continue;
         }
         match c.status(i) {
-            Some(s) if s["members_alive"].as_u64() == Some(n) && s["leader"].is_u64() => leaders.push(s["leader"].clone()),
+            Some(s) if s["members_alive"].as_u64() == Some(n) && s["leader"].is_u64() => {
+                leaders.push(s["leader"].clone())
+            }
             _ => return false,
         }
     }
@@ -109,13 +111,28 @@ fn hosts_joining_by_a_name_that_includes_themselves_form_one_group() {
     std::thread::sleep(Duration::from_secs(4));
     for i in [3, 4] {
         assert!(c.running(i), "host {i} gave up: {}", c.log(i));
-        assert!(!c.log(i).contains("idunno_node::join: joined"), "host {i} claims a group without its seeds: {}", c.log(i));
+        assert!(
+            !c.log(i).contains("idunno_node::join: joined"),
+            "host {i} claims a group without its seeds: {}",
+            c.log(i)
+        );
     }
     c.start_with(1, &["--advertise", founder, "--join", seeds, "--founder", founder]);
-    c.start_with(2, &[
-        "--addr", "0.0.0.0:7000", "--http", "0.0.0.0:7001", "--advertise", "node-2.idunno:7000", "--join", seeds,
-        "--founder", founder,
-    ]);
+    c.start_with(
+        2,
+        &[
+            "--addr",
+            "0.0.0.0:7000",
+            "--http",
+            "0.0.0.0:7001",
+            "--advertise",
+            "node-2.idunno:7000",
+            "--join",
+            seeds,
+            "--founder",
+            founder,
+        ],
+    );
     let one = wait_for(Duration::from_secs(60), || formed(&mut c, 4));
     assert!(one.is_some(), "no single group of 4: {:?}", (1..=4).map(|i| c.status(i)).collect::<Vec<_>>());
     for i in 1..=4 {
@@ -187,18 +204,69 @@ fn hosts_two_jobs_and_a_training_lose_nothing_when_two_hosts_die() {
     let (photo_passes, tiny_passes) = (150u64, 400u64);
     let pp = photo_passes.to_string();
     let tp = tiny_passes.to_string();
-    json(&c, 2, &[
-        "job", "add", "photos", "--model", "models/effnet.onnx", "--inputs", "data/photos.npy", "--labels",
-        "data/photos-labels.npy", "--batch-size", "1", "--passes", &pp,
-    ]);
-    json(&c, 3, &["job", "add", "tiny", "--model", "models/tiny.onnx", "--inputs", "data/x.npy", "--batch-size", "64", "--passes", &tp]);
+    json(
+        &c,
+        2,
+        &[
+            "job",
+            "add",
+            "photos",
+            "--model",
+            "models/effnet.onnx",
+            "--inputs",
+            "data/photos.npy",
+            "--labels",
+            "data/photos-labels.npy",
+            "--batch-size",
+            "1",
+            "--passes",
+            &pp,
+        ],
+    );
+    json(
+        &c,
+        3,
+        &[
+            "job",
+            "add",
+            "tiny",
+            "--model",
+            "models/tiny.onnx",
+            "--inputs",
+            "data/x.npy",
+            "--batch-size",
+            "64",
+            "--passes",
+            &tp,
+        ],
+    );
     json(&c, 1, &["job", "start", "photos"]);
     json(&c, 1, &["job", "start", "tiny"]);
-    json(&c, 4, &[
-        "train", "mlp", "--arch", "mlp", "--inputs", "mnist/train-images", "--labels", "mnist/train-labels",
-        "--epochs", "1", "--batch-size", "32", "--workers", "2", "--checkpoint-every", "100", "--out",
-        "models/mlp", "--detach",
-    ]);
+    json(
+        &c,
+        4,
+        &[
+            "train",
+            "mlp",
+            "--arch",
+            "mlp",
+            "--inputs",
+            "mnist/train-images",
+            "--labels",
+            "mnist/train-labels",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--workers",
+            "2",
+            "--checkpoint-every",
+            "100",
+            "--out",
+            "models/mlp",
+            "--detach",
+        ],
+    );
     let progress = wait_for(Duration::from_secs(120), || {
         let (p, t) = (job_status(&mut c, "photos"), job_status(&mut c, "mlp"));
         p["queries_done"].as_u64() >= Some(30) && t["checkpoint"]["step"].as_u64() >= Some(100)
@@ -224,9 +292,8 @@ fn hosts_two_jobs_and_a_training_lose_nothing_when_two_hosts_die() {
     }
 
     let done = |s: &Value| s["state"].is_string() && s["state"] != "running";
-    let finished = wait_for(Duration::from_secs(240), || {
-        ["photos", "tiny", "mlp"].iter().all(|j| done(&job_status(&mut c, j)))
-    });
+    let finished =
+        wait_for(Duration::from_secs(240), || ["photos", "tiny", "mlp"].iter().all(|j| done(&job_status(&mut c, j))));
     assert!(finished.is_some(), "not finished: {:?}", ["photos", "tiny", "mlp"].map(|j| job_status(&mut c, j)));
     let p = job_status(&mut c, "photos");
     assert_eq!(p["state"], "done", "{p:#}");
@@ -240,7 +307,8 @@ fn hosts_two_jobs_and_a_training_lose_nothing_when_two_hosts_die() {
     assert_eq!(m["state"], "done", "{m:#}");
     assert_eq!(m["step"], 1875, "{m:#}");
     let regroups = m["regroups"].as_array().unwrap();
-    if victims.contains(&member) || victims.iter().any(|v| before["workers"].as_array().unwrap().contains(&(*v).into())) {
+    if victims.contains(&member) || victims.iter().any(|v| before["workers"].as_array().unwrap().contains(&(*v).into()))
+    {
         assert!(regroups.len() >= 2, "a member died and no new group formed: {m:#}");
         assert!(regroups[1]["from_step"].as_u64() >= before["checkpoint"]["step"].as_u64(), "{m:#}");
     }

@@ -115,7 +115,8 @@ fn manifests() -> Manifests {
     // The secret: the file IDUNNO_SECRET_FILE names is the Secret's key, mounted.
     let file = Path::new(s(&var("IDUNNO_SECRET_FILE")["value"]));
     let mounts = c["volumeMounts"].as_sequence().unwrap();
-    let mount = mounts.iter().find(|m| Path::new(s(&m["mountPath"])) == file.parent().unwrap()).expect("secret mounted");
+    let mount =
+        mounts.iter().find(|m| Path::new(s(&m["mountPath"])) == file.parent().unwrap()).expect("secret mounted");
     let volumes = pod["spec"]["volumes"].as_sequence().unwrap();
     let volume = volumes.iter().find(|v| v["name"] == mount["name"]).expect("the mount's volume");
     assert_eq!(s(&volume["secret"]["secretName"]), s(&secret["metadata"]["name"]));
@@ -182,7 +183,9 @@ fn the_statefulsets_arguments_form_one_group_and_the_prestop_hook_drains() {
         c.start_with(i, &args);
     }
     let formed = wait_for(Duration::from_secs(60), || {
-        (1..=3).all(|i| c.status(i).is_some_and(|s| s["members_alive"] == 3 && s["voters"].as_array().is_some_and(|v| v.len() == 3)))
+        (1..=3).all(|i| {
+            c.status(i).is_some_and(|s| s["members_alive"] == 3 && s["voters"].as_array().is_some_and(|v| v.len() == 3))
+        })
     });
     assert!(formed.is_some(), "no group of 3: {:?}", (1..=3).map(|i| c.status(i)).collect::<Vec<_>>());
     // preStop of the last pod, as Kubernetes runs it: in the pod, against itself.
@@ -201,7 +204,8 @@ fn the_systemd_unit_verifies_and_runs_the_binarys_flags() {
     let words: Vec<String> = exec.split_whitespace().map(String::from).collect();
     assert_eq!((words[0].as_str(), words[1].as_str()), ("/usr/bin/idunno", "node"));
     check_flags(&["node"], &words[2..]);
-    for key in ["DynamicUser=yes", "StateDirectory=", "NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure"]
+    for key in
+        ["DynamicUser=yes", "StateDirectory=", "NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure"]
     {
         assert!(unit.lines().any(|l| l.starts_with(key)), "the unit lacks {key}");
     }

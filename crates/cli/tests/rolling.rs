@@ -54,18 +54,72 @@ fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     }
     let (photo_passes, tiny_passes) = (400u64, 90u64);
     let (pp, tp) = (photo_passes.to_string(), tiny_passes.to_string());
-    json_via(&c, 1, &[
-        "job", "add", "photos", "--model", "models/effnet.onnx", "--inputs", "data/photos.npy", "--labels",
-        "data/photos-labels.npy", "--batch-size", "1", "--passes", &pp,
-    ], LIMIT);
-    json_via(&c, 1, &["job", "add", "tiny", "--model", "models/tiny.onnx", "--inputs", "data/x.npy", "--batch-size", "64", "--passes", &tp], LIMIT);
+    json_via(
+        &c,
+        1,
+        &[
+            "job",
+            "add",
+            "photos",
+            "--model",
+            "models/effnet.onnx",
+            "--inputs",
+            "data/photos.npy",
+            "--labels",
+            "data/photos-labels.npy",
+            "--batch-size",
+            "1",
+            "--passes",
+            &pp,
+        ],
+        LIMIT,
+    );
+    json_via(
+        &c,
+        1,
+        &[
+            "job",
+            "add",
+            "tiny",
+            "--model",
+            "models/tiny.onnx",
+            "--inputs",
+            "data/x.npy",
+            "--batch-size",
+            "64",
+            "--passes",
+            &tp,
+        ],
+        LIMIT,
+    );
     json_via(&c, 1, &["job", "start", "photos"], LIMIT);
     json_via(&c, 1, &["job", "start", "tiny"], LIMIT);
-    json_via(&c, 1, &[
-        "train", "mlp", "--arch", "mlp", "--inputs", "mnist/train-images", "--labels", "mnist/train-labels",
-        "--epochs", "1", "--batch-size", "32", "--workers", "2", "--checkpoint-every", "100", "--out", "models/mlp",
-        "--detach",
-    ], LIMIT);
+    json_via(
+        &c,
+        1,
+        &[
+            "train",
+            "mlp",
+            "--arch",
+            "mlp",
+            "--inputs",
+            "mnist/train-images",
+            "--labels",
+            "mnist/train-labels",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--workers",
+            "2",
+            "--checkpoint-every",
+            "100",
+            "--out",
+            "models/mlp",
+            "--detach",
+        ],
+        LIMIT,
+    );
 
     let rate = |c: &common::Cluster, via: u64| -> f64 {
         ["photos", "tiny"].iter().map(|j| status(c, via, j)["query_rate"].as_f64().unwrap_or(0.0)).sum()
@@ -77,7 +131,12 @@ fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     });
     assert!(loaded.is_some(), "the load never got under way");
     // Three samples 0.7 s apart (a measurement's spacing, not a wait).
-    let before: Vec<f64> = (0..3).map(|_| { std::thread::sleep(Duration::from_millis(700)); rate(&c, 1) }).collect();
+    let before: Vec<f64> = (0..3)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(700));
+            rate(&c, 1)
+        })
+        .collect();
     let baseline = before.iter().sum::<f64>() / before.len() as f64;
     for j in ["photos", "tiny", "mlp"] {
         assert_eq!(status(&c, 1, j)["state"], "running", "{j} over before the restarts");

@@ -167,7 +167,8 @@ fn outsiders_are_refused_and_change_nothing() {
     let wrong_keys = idunno_auth::seal::SwimKeys::new(&idunno_auth::Keyring::read_file(&wrong).unwrap());
     let tag = idunno_membership::cluster_tag(&c.cluster).to_be_bytes();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let sealed = [&tag[..], &[idunno_membership::PROTOCOL], &wrong_keys.seal(&tag, &forged[9..], now, [5; 24])].concat();
+    let sealed =
+        [&tag[..], &[idunno_membership::PROTOCOL], &wrong_keys.seal(&tag, &forged[9..], now, [5; 24])].concat();
     for _ in 0..5 {
         sock.send_to(&forged, &c.node(2).rpc).unwrap();
         sock.send_to(&sealed, &c.node(2).rpc).unwrap();

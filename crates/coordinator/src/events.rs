@@ -95,7 +95,8 @@ impl Recorder {
         let key = key.unwrap_or_else(|| format!("{}/{}/{}", i.by, i.life, i.next.fetch_add(1, Ordering::Relaxed)));
         let mut detail = detail;
         idunno_state::truncate(&mut detail, idunno_state::MAX_DETAIL_BYTES);
-        let event = NewEvent { at_ms: idunno_net::now_ms(), kind, node, job: job.map(str::to_string), detail, key, by: i.by };
+        let event =
+            NewEvent { at_ms: idunno_net::now_ms(), kind, node, job: job.map(str::to_string), detail, key, by: i.by };
         if i.tx.try_send(event).is_err() {
             i.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -185,7 +186,8 @@ impl Coordinator {
         let key = format!("{}/{}/{}", i.by, i.life, i.next.fetch_add(1, Ordering::Relaxed));
         let mut detail = detail;
         idunno_state::truncate(&mut detail, idunno_state::MAX_DETAIL_BYTES);
-        let event = NewEvent { at_ms: idunno_net::now_ms(), kind, node, job: job.map(str::to_string), detail, key, by: i.by };
+        let event =
+            NewEvent { at_ms: idunno_net::now_ms(), kind, node, job: job.map(str::to_string), detail, key, by: i.by };
         let cmd = EventCommand::RecordEvents { events: vec![event.clone()] };
         match tokio::time::timeout(Duration::from_secs(2), self.apply(cmd)).await {
             Ok(Ok(_)) => {}

@@ -40,8 +40,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::group::{GroupAction, GroupView, Liveness};
 pub use crate::events::Recorder;
+use crate::group::{GroupAction, GroupView, Liveness};
 pub use crate::raft::{NodeId, Raft, RaftSettings};
 use crate::store::{LogStore, SmData, StateMachineStore};
 use idunno_state::{Applied, Command};
@@ -144,15 +144,7 @@ impl Coordinator {
         let apply_seconds = prometheus_client::metrics::histogram::Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
         );
-        Ok(Coordinator {
-            id,
-            raft,
-            state,
-            leadership,
-            to_leader: std::sync::Mutex::new(None),
-            events,
-            apply_seconds,
-        })
+        Ok(Coordinator { id, raft, state, leadership, to_leader: std::sync::Mutex::new(None), events, apply_seconds })
     }
 
     /// The term this node leads (`None` while it does not), as it changes:

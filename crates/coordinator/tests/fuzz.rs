@@ -90,8 +90,10 @@ fn command() -> impl Strategy<Value = Value> {
                 .collect();
             let events: Vec<Value> = list
                 .iter()
-                .map(|n| json!({"at_ms": n, "kind": state.replace("running", "member_dead"), "node": a, "job": name,
-                                "detail": name, "key": name, "by": b}))
+                .map(|n| {
+                    json!({"at_ms": n, "kind": state.replace("running", "member_dead"), "node": a, "job": name,
+                                "detail": name, "key": name, "by": b})
+                })
                 .collect();
             json!({
                 "op": op, "name": name, "job": name, "size": a, "blake3": name, "replicas": list, "events": events,

@@ -394,9 +394,10 @@ mod tests {
         let c = NodeConfig::resolve(NodeOptions::from_file(&p).unwrap()).unwrap();
         assert_eq!(c.join.len(), 2);
         assert_eq!(c.join_timeout, Some(Duration::from_millis(900)));
-        let e = NodeConfig::resolve(NodeOptions { join: Some(Seeds::One("seeds.example".into())), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e =
+            NodeConfig::resolve(NodeOptions { join: Some(Seeds::One("seeds.example".into())), ..Default::default() })
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("join") && e.contains("seeds.example") && e.contains("no port"), "{e}");
     }
 

@@ -38,8 +38,7 @@ pub fn remaining(
     if !trainings.is_empty() {
         left.push(format!("a member of training {}", trainings.join(", ")));
     }
-    let staying: Vec<u64> =
-        live.iter().copied().filter(|id| *id != me && !state.nodes.is_draining(*id)).collect();
+    let staying: Vec<u64> = live.iter().copied().filter(|id| *id != me && !state.nodes.is_draining(*id)).collect();
     let need = write_quorum.min(staying.len()).max(1);
     let short = state
         .namespace
@@ -126,8 +125,7 @@ pub fn spawn(
             if drain.generation < generation {
                 continue;
             }
-            let live: Vec<u64> =
-                view.members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
+            let live: Vec<u64> = view.members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
             let voters: Vec<u64> = coordinator.status().voters;
             let left = remaining(&state.state, me, &voters, jobs.queries_held(), &live, write_quorum);
             if left.is_empty() {
@@ -162,10 +160,10 @@ mod tests {
             s.apply(NodeCommand::DrainNode { node, generation: 5, now_ms: 1 }).unwrap();
         }
         let view = vec![
-            life(2, 5, MemberState::Alive),                                   // still draining
-            life(3, 5, MemberState::Left),                                    // drained and gone
+            life(2, 5, MemberState::Alive), // still draining
+            life(3, 5, MemberState::Left),  // drained and gone
             life(4, 5, MemberState::Left),
-            life(4, 6, MemberState::Alive),                                   // restarted
+            life(4, 6, MemberState::Alive), // restarted
         ];
         assert_eq!(over(&s, &view), vec![3, 4]);
     }

@@ -112,7 +112,13 @@ mod tests {
 
     fn done(st: &mut ClusterState, expect: u64, latency_us: u64, now_ms: u64) {
         let q = DoneQuery { start: expect, len: 1, latency_us, labeled: 1, correct: 1 };
-        let cmd = JobCommand::CompleteQueries { job: "j".into(), expect_done: expect, queries: vec![q], now_ms, segment: None };
+        let cmd = JobCommand::CompleteQueries {
+            job: "j".into(),
+            expect_done: expect,
+            queries: vec![q],
+            now_ms,
+            segment: None,
+        };
         st.apply(cmd).unwrap();
     }
 

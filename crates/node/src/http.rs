@@ -111,15 +111,8 @@ const FILES_SHOWN: usize = 500;
 
 async fn files(State(w): State<Web>) -> Json<Value> {
     let data = w.shared.coordinator.local_state();
-    let live: std::collections::BTreeSet<u64> = w
-        .shared
-        .membership
-        .view()
-        .members
-        .iter()
-        .filter(|m| m.state.is_up())
-        .map(|m| m.identity.id.0)
-        .collect();
+    let live: std::collections::BTreeSet<u64> =
+        w.shared.membership.view().members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
     let want = w.replicas.min(live.len()).max(1);
     let mut rows = Vec::new();
     let (mut files, mut versions, mut under) = (0usize, 0usize, 0usize);

@@ -44,7 +44,8 @@ pub fn check_entry(entry: &str) -> Result<(), String> {
         Ok(_) => {}
     }
     let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-    if bracketed.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_err()) || (bracketed.is_none() && host.contains(':'))
+    if bracketed.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_err())
+        || (bracketed.is_none() && host.contains(':'))
     {
         return bad("an IPv6 address must be in brackets");
     }

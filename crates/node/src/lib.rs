@@ -8,8 +8,8 @@
 pub mod config;
 pub mod drain;
 mod history;
-pub mod join;
 mod http;
+pub mod join;
 pub mod metrics;
 mod service;
 
@@ -142,16 +142,22 @@ impl Node {
         // group if it has no state; every other node waits for a leader to
         // add it.
         let bootstrap = config.founds;
-        let coordinator =
-            match Coordinator::start(id.0, &config.cluster, config.advertise, &dir.join("raft"), bootstrap, &config.raft)
-                .await
-            {
-                Ok(c) => Arc::new(c),
-                Err(e) => {
-                    shutdown.cancel();
-                    return Err(e.into());
-                }
-            };
+        let coordinator = match Coordinator::start(
+            id.0,
+            &config.cluster,
+            config.advertise,
+            &dir.join("raft"),
+            bootstrap,
+            &config.raft,
+        )
+        .await
+        {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e.into());
+            }
+        };
         tasks.push(("events", coordinator.spawn_events(membership.clone(), shutdown.child_token())));
         tasks.push((
             "group repair",

@@ -150,10 +150,34 @@ fn jobs(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
     let jobs: Vec<_> = st.inference.jobs.iter().collect();
     let label = |n: &String| JobLabel { job: n.clone() };
     let per = |f: &dyn Fn(&idunno_state::Job) -> Value| jobs.iter().map(|(n, j)| (label(n), f(j))).collect::<Vec<_>>();
-    family(enc, "job_queries", "Queries of the job counted (each once)", Counter, per(&|j| Value::Int(j.progress.queries_done)))?;
-    family(enc, "job_inputs", "Inputs of the job counted (each once)", Counter, per(&|j| Value::Int(j.progress.inputs_done)))?;
-    family(enc, "job_labeled_inputs", "Counted inputs that had a label", Counter, per(&|j| Value::Int(j.progress.labeled)))?;
-    family(enc, "job_correct", "Labeled inputs the model predicted right", Counter, per(&|j| Value::Int(j.progress.correct)))?;
+    family(
+        enc,
+        "job_queries",
+        "Queries of the job counted (each once)",
+        Counter,
+        per(&|j| Value::Int(j.progress.queries_done)),
+    )?;
+    family(
+        enc,
+        "job_inputs",
+        "Inputs of the job counted (each once)",
+        Counter,
+        per(&|j| Value::Int(j.progress.inputs_done)),
+    )?;
+    family(
+        enc,
+        "job_labeled_inputs",
+        "Counted inputs that had a label",
+        Counter,
+        per(&|j| Value::Int(j.progress.labeled)),
+    )?;
+    family(
+        enc,
+        "job_correct",
+        "Labeled inputs the model predicted right",
+        Counter,
+        per(&|j| Value::Int(j.progress.correct)),
+    )?;
     family(
         enc,
         "job_query_rate",
@@ -163,7 +187,13 @@ fn jobs(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
     )?;
     family(enc, "job_batch_size", "Inputs per query", Gauge, per(&|j| Value::Int(u64::from(j.spec.batch_size))))?;
     let workers = |n: &String| st.inference.assignments.get(n).map_or(0, |w| w.len() as u64);
-    family(enc, "job_workers", "Workers assigned to the job", Gauge, jobs.iter().map(|(n, _)| (label(n), Value::Int(workers(n)))))?;
+    family(
+        enc,
+        "job_workers",
+        "Workers assigned to the job",
+        Gauge,
+        jobs.iter().map(|(n, _)| (label(n), Value::Int(workers(n)))),
+    )?;
     let predicted = |n: &String| st.inference.assignment_notes.get(n).and_then(|a| a.predicted_mqps);
     family(
         enc,
@@ -215,7 +245,13 @@ fn trainings(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result
         ts.iter().filter_map(|(n, t)| f(t).map(|v| (label(n), v))).collect::<Vec<_>>()
     };
     family(enc, "train_step", "Steps the training has done", Counter, rows(&|t| Some(Value::Int(t.progress.step))))?;
-    family(enc, "train_total_steps", "Steps the training will take", Gauge, rows(&|t| Some(Value::Int(t.spec.total_steps()))))?;
+    family(
+        enc,
+        "train_total_steps",
+        "Steps the training will take",
+        Gauge,
+        rows(&|t| Some(Value::Int(t.spec.total_steps()))),
+    )?;
     family(
         enc,
         "train_epoch",
@@ -223,7 +259,13 @@ fn trainings(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result
         Gauge,
         rows(&|t| Some(Value::Int(t.progress.epochs.len() as u64))),
     )?;
-    family(enc, "train_loss", "Mean training loss of the epoch under way (or the last one)", Gauge, rows(&|t| t.current_score().loss().map(Value::Float)))?;
+    family(
+        enc,
+        "train_loss",
+        "Mean training loss of the epoch under way (or the last one)",
+        Gauge,
+        rows(&|t| t.current_score().loss().map(Value::Float)),
+    )?;
     family(
         enc,
         "train_accuracy",
@@ -238,8 +280,20 @@ fn trainings(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result
         Gauge,
         rows(&|t| t.progress.epochs.last().and_then(|e| e.test.as_ref()).and_then(|s| s.accuracy()).map(Value::Float)),
     )?;
-    family(enc, "train_generation", "The training group's generation (re-formed after a failure)", Gauge, rows(&|t| Some(Value::Int(t.group.generation))))?;
-    family(enc, "train_group_size", "Members of the training group", Gauge, rows(&|t| Some(Value::Int(t.group.workers.len() as u64))))
+    family(
+        enc,
+        "train_generation",
+        "The training group's generation (re-formed after a failure)",
+        Gauge,
+        rows(&|t| Some(Value::Int(t.group.generation))),
+    )?;
+    family(
+        enc,
+        "train_group_size",
+        "Members of the training group",
+        Gauge,
+        rows(&|t| Some(Value::Int(t.group.workers.len() as u64))),
+    )
 }
 
 fn files(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
@@ -281,8 +335,12 @@ impl Collector for NodeView {
         use MetricType::{Counter, Gauge};
         let view = self.membership.view();
         let count = |s: MemberState| view.members.iter().filter(|m| m.state == s).count() as u64;
-        let states =
-            [("alive", MemberState::Alive), ("suspect", MemberState::Suspect), ("dead", MemberState::Dead), ("left", MemberState::Left)];
+        let states = [
+            ("alive", MemberState::Alive),
+            ("suspect", MemberState::Suspect),
+            ("dead", MemberState::Dead),
+            ("left", MemberState::Left),
+        ];
         let rows = states.iter().map(|(name, s)| (StateLabel { state: name }, Value::Int(count(*s))));
         family(&mut enc, "members", "Members by state, as this node sees them", Gauge, rows)?;
         let live: Vec<u64> = view.members.iter().filter(|m| m.state.is_up()).map(|m| m.identity.id.0).collect();
@@ -298,8 +356,20 @@ impl Collector for NodeView {
             Value::Int(under as u64),
         )?;
         let s = view.stats;
-        single(&mut enc, "swim_datagrams_received", "SWIM datagrams this node received", Counter, Value::Int(s.datagrams_in))?;
-        single(&mut enc, "swim_datagrams_sent", "SWIM datagrams this node sent (probes, acks, gossip)", Counter, Value::Int(self.membership.datagrams_sent()))?;
+        single(
+            &mut enc,
+            "swim_datagrams_received",
+            "SWIM datagrams this node received",
+            Counter,
+            Value::Int(s.datagrams_in),
+        )?;
+        single(
+            &mut enc,
+            "swim_datagrams_sent",
+            "SWIM datagrams this node sent (probes, acks, gossip)",
+            Counter,
+            Value::Int(self.membership.datagrams_sent()),
+        )?;
         single(
             &mut enc,
             "swim_datagrams_refused",
@@ -312,7 +382,13 @@ impl Collector for NodeView {
             .iter()
             .zip(observed)
             .map(|((_, name), n)| (StateLabel { state: name }, Value::Int(n)));
-        family(&mut enc, "member_changes", "Membership changes this node observed (suspicions, deaths…)", Counter, rows)?;
+        family(
+            &mut enc,
+            "member_changes",
+            "Membership changes this node observed (suspicions, deaths…)",
+            Counter,
+            rows,
+        )?;
         single(
             &mut enc,
             "refused_connections",
@@ -320,17 +396,47 @@ impl Collector for NodeView {
             Counter,
             Value::Int(self.refused.load(std::sync::atomic::Ordering::Relaxed)),
         )?;
-        single(&mut enc, "events_dropped", "Events this node could not put on the timeline", Counter, Value::Int(self.coordinator.events().dropped()))?;
+        single(
+            &mut enc,
+            "events_dropped",
+            "Events this node could not put on the timeline",
+            Counter,
+            Value::Int(self.coordinator.events().dropped()),
+        )?;
 
         let m = self.coordinator.raft().metrics().borrow().clone();
         let me = self.coordinator.id();
-        single(&mut enc, "raft_term", "The Raft term (each election starts a new one)", Gauge, Value::Int(m.current_term))?;
-        single(&mut enc, "raft_is_leader", "1 if this node is the coordinator leader", Gauge, Value::Int(u64::from(m.current_leader == Some(me))))?;
+        single(
+            &mut enc,
+            "raft_term",
+            "The Raft term (each election starts a new one)",
+            Gauge,
+            Value::Int(m.current_term),
+        )?;
+        single(
+            &mut enc,
+            "raft_is_leader",
+            "1 if this node is the coordinator leader",
+            Gauge,
+            Value::Int(u64::from(m.current_leader == Some(me))),
+        )?;
         let voter = m.membership_config.membership().voter_ids().any(|v| v == me);
-        single(&mut enc, "raft_is_voter", "1 if this node is a voter of the coordinator group", Gauge, Value::Int(u64::from(voter)))?;
+        single(
+            &mut enc,
+            "raft_is_voter",
+            "1 if this node is a voter of the coordinator group",
+            Gauge,
+            Value::Int(u64::from(voter)),
+        )?;
         let leader = m.current_leader.unwrap_or(0);
         single(&mut enc, "raft_leader", "The id of the leader this node follows (0: none)", Gauge, Value::Int(leader))?;
-        single(&mut enc, "raft_last_log_index", "The last log index this node holds", Gauge, Value::Int(m.last_log_index.unwrap_or(0)))?;
+        single(
+            &mut enc,
+            "raft_last_log_index",
+            "The last log index this node holds",
+            Gauge,
+            Value::Int(m.last_log_index.unwrap_or(0)),
+        )?;
         let applied = m.last_applied.map_or(0, |l| l.index);
         single(&mut enc, "raft_applied_index", "The last log index this node applied", Gauge, Value::Int(applied))
     }
@@ -344,11 +450,35 @@ impl Collector for Process {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         use MetricType::{Counter, Gauge};
         let p = read_process();
-        single(&mut enc, "process_resident_memory_bytes", "Resident memory of this node's process", Gauge, Value::Int(p.rss_bytes))?;
-        single(&mut enc, "process_cpu_seconds", "CPU time (user and system) of this node's process", Counter, Value::Float(p.cpu_seconds))?;
-        single(&mut enc, "process_open_fds", "Open file descriptors of this node's process", Gauge, Value::Int(p.open_fds))?;
+        single(
+            &mut enc,
+            "process_resident_memory_bytes",
+            "Resident memory of this node's process",
+            Gauge,
+            Value::Int(p.rss_bytes),
+        )?;
+        single(
+            &mut enc,
+            "process_cpu_seconds",
+            "CPU time (user and system) of this node's process",
+            Counter,
+            Value::Float(p.cpu_seconds),
+        )?;
+        single(
+            &mut enc,
+            "process_open_fds",
+            "Open file descriptors of this node's process",
+            Gauge,
+            Value::Int(p.open_fds),
+        )?;
         single(&mut enc, "process_threads", "Threads of this node's process", Gauge, Value::Int(p.threads))?;
-        single(&mut enc, "process_start_time_seconds", "When this node's process started (Unix time)", Gauge, Value::Float(p.start_seconds))
+        single(
+            &mut enc,
+            "process_start_time_seconds",
+            "When this node's process started (Unix time)",
+            Gauge,
+            Value::Float(p.start_seconds),
+        )
     }
 }
 
@@ -378,9 +508,9 @@ fn read_process() -> ProcessStats {
         // utime and stime are fields 14 and 15 of stat, 11 and 12 here.
         p.cpu_seconds = (num(11) + num(12)) / ticks;
         p.threads = num(17) as u64;
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
-        });
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())));
         p.start_seconds = boot.unwrap_or(0.0) + num(19) / ticks;
     }
     p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);

@@ -21,8 +21,8 @@
 
 pub mod blobs;
 pub mod client;
-pub mod metrics;
 mod error;
+pub mod metrics;
 pub mod placement;
 mod read;
 pub mod repair;

@@ -10,21 +10,20 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace, NodeCommand, TrainCommand,
-    TrainingTable, Trainings,
+    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace,
+    NodeCommand, TrainCommand, TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
-static ALL_OPS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| {
-        let ops = FileCommand::OPS
-            .iter()
-            .chain(JobCommand::OPS)
-            .chain(TrainCommand::OPS)
-            .chain(EventCommand::OPS)
-            .chain(NodeCommand::OPS);
-        ops.copied().collect()
-    });
+static ALL_OPS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let ops = FileCommand::OPS
+        .iter()
+        .chain(JobCommand::OPS)
+        .chain(TrainCommand::OPS)
+        .chain(EventCommand::OPS)
+        .chain(NodeCommand::OPS);
+    ops.copied().collect()
+});
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

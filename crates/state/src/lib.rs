@@ -178,7 +178,15 @@ impl ClusterState {
         };
         let mut detail = detail;
         truncate(&mut detail, MAX_DETAIL_BYTES);
-        NewEvent { at_ms, kind, node: 0, key: format!("state/{}", self.events.next_seq.max(1)), job: Some(job), detail, by: 0 }
+        NewEvent {
+            at_ms,
+            kind,
+            node: 0,
+            key: format!("state/{}", self.events.next_seq.max(1)),
+            job: Some(job),
+            detail,
+            by: 0,
+        }
     }
 
     fn apply_command(&mut self, cmd: Command) -> Applied {
@@ -199,7 +207,9 @@ impl ClusterState {
                         node,
                         key: format!("drain/{node}/{at_ms}"),
                         job: None,
-                        detail: format!("node {node} is draining: it takes no more work and stops once nothing needs it"),
+                        detail: format!(
+                            "node {node} is draining: it takes no more work and stops once nothing needs it"
+                        ),
                         by: 0,
                     });
                 }

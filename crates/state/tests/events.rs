@@ -38,8 +38,7 @@ fn an_observation_recorded_by_several_nodes_is_kept_once() {
         // Twice in one command counts once too.
         (record(vec![event("x", 40), event("x", 41)]), Ok(Reply::Done)),
     ]);
-    let kept: Vec<(u64, &str, u64)> =
-        st.events.events.iter().map(|e| (e.seq, e.key.as_str(), e.at_ms)).collect();
+    let kept: Vec<(u64, &str, u64)> = st.events.events.iter().map(|e| (e.seq, e.key.as_str(), e.at_ms)).collect();
     assert_eq!(kept, vec![(1, "dead/3/7", 10), (2, "dead/4/7", 30), (3, "x", 40)]);
     assert_eq!(st.events.after(1, 10).len(), 2);
     assert_eq!(st.events.after(1, 1)[0].seq, 2);
