@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 
+pub mod fair;
+
 pub type WorkerId = u64;
 
 /// A running job as the replicated state describes it. Work is counted
