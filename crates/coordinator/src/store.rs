@@ -203,9 +203,10 @@ pub struct SmData {
 /// changes the format can be planned (every node upgraded before any
 /// writes the new one).
 const STATE_MAGIC: &[u8] = b"IDSTATE";
-/// 3: the state has the draining nodes (`nodes`); 2: the timeline
-/// (`events`). 1 and 2 are still read.
-const STATE_FORMAT: u8 = 3;
+/// 4: served models (`serving`), and assignment notes with each worker's
+/// share of the queries and its slots; 3: the draining nodes (`nodes`);
+/// 2: the timeline (`events`). 1 to 3 are still read.
+const STATE_FORMAT: u8 = 4;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -229,6 +230,9 @@ impl SmData {
                 }
                 Some((2, body)) => {
                     postcard::from_bytes::<SmDataV2>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
+                Some((3, body)) => {
+                    postcard::from_bytes::<SmDataV3>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
                 }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
@@ -258,7 +262,7 @@ struct SmDataV1 {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
     namespace: idunno_state::Namespace,
-    inference: idunno_state::JobTable,
+    inference: idunno_state::JobTableV3,
     training: idunno_state::TrainingTable,
 }
 
@@ -276,19 +280,41 @@ struct SmDataV2 {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
     namespace: idunno_state::Namespace,
-    inference: idunno_state::JobTable,
+    inference: idunno_state::JobTableV3,
     training: idunno_state::TrainingTable,
     events: idunno_state::EventLog,
 }
 
 impl From<SmDataV2> for SmData {
     fn from(v: SmDataV2) -> Self {
+        let SmDataV2 { last_applied, membership, namespace, inference, training, events } = v;
+        let nodes = Default::default();
+        SmData::from(SmDataV3 { last_applied, membership, namespace, inference, training, events, nodes })
+    }
+}
+
+/// A state in format 3: before served models and the notes' per-worker
+/// query shares.
+#[derive(Deserialize)]
+struct SmDataV3 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTableV3,
+    training: idunno_state::TrainingTable,
+    events: idunno_state::EventLog,
+    nodes: idunno_state::NodeTable,
+}
+
+impl From<SmDataV3> for SmData {
+    fn from(v: SmDataV3) -> Self {
         let state = ClusterState {
             namespace: v.namespace,
-            inference: v.inference,
+            inference: v.inference.into(),
             training: v.training,
             events: v.events,
-            nodes: Default::default(),
+            nodes: v.nodes,
+            serving: Default::default(),
         };
         SmData { last_applied: v.last_applied, membership: v.membership, state }
     }

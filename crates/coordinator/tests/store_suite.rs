@@ -82,12 +82,18 @@ fn every_domain() -> idunno_coordinator::store::SmData {
             "queries": [{"start": 0, "len": 4, "latency_us": 1500, "labeled": 4, "correct": 3}],
             "segment": {"file": {"name": "j.results.1", "version": 1}, "first_query": 1, "queries": 1, "rows": 4, "bytes": 200, "last_pass": 0}}),
         json!({"op": "set_assignments", "assignments": {"j": [1, 2]},
-            "notes": {"j": {"cost_us": 10, "predicted_mqps": 5, "shares_permille": [[1, 500]]}}}),
+            "notes": {"j": {"cost_us": 10, "predicted_mqps": 5, "shares_permille": [[1, 500]],
+                "queries_permille": [[1, 400], [2, 600]], "slots": [[1, 1], [2, 2]]}}}),
         json!({"op": "add_training", "now_ms": 5, "spec": {"name": "t", "arch": "mlp", "inputs": {"name": "x", "version": 1},
             "labels": {"name": "y", "version": 1}, "test_inputs": null, "test_labels": null, "samples": 1000, "classes": 10,
             "epochs": 2, "batch_size": 100, "workers": 2, "lr": "0.001", "seed": 1, "checkpoint_every": 4, "out": "m"}}),
         json!({"op": "set_train_group", "job": "t", "generation": 1, "workers": [2, 3], "now_ms": 6}),
         json!({"op": "drain_node", "node": 3, "generation": 9, "now_ms": 1_700_000_000_500u64}),
+        json!({"op": "add_served", "spec": {"name": "m", "model": "f", "model_version": 1, "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+            "max_batch": 8, "max_delay_ms": 1, "max_queue": 100, "weight": 2, "added_ms": 7}}),
+        json!({"op": "set_serve_ready", "ready": {"m": [2, 1]}}),
     ];
     for c in commands {
         let cmd: Command = serde_json::from_value(c).expect("a command");
@@ -123,34 +129,62 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
         "jobs": s["inference"]["jobs"], "assignments": s["inference"]["assignments"],
         "assignment_notes": s["inference"]["assignment_notes"], "trainings": s["training"]["jobs"],
     });
-    // (Both shapes are from before the timeline and the draining nodes:
-    // they come back empty.)
+    // (Both shapes are from before the timeline, the draining nodes and
+    // served models: they come back empty.)
     assert!(!data.state.nodes.draining.is_empty(), "a node is draining");
     let mut without_events = data.state.clone();
     without_events.events = Default::default();
     without_events.nodes = Default::default();
+    without_events.serving = Default::default();
     assert_eq!(SmData::decode(&serde_json::to_vec(&flat).unwrap()).unwrap().state, without_events);
 
+    // Formats 1 to 3 hold the assignment notes without the per-worker
+    // query shares and slots: they come back without them.
+    assert!(
+        data.state.inference.assignment_notes.values().any(|n| !n.slots.is_empty()),
+        "a note names its workers' slots"
+    );
+    let old_notes = idunno_state::JobTableV3::from(&data.state.inference);
+    let mut without_shares = data.state.clone();
+    for n in without_shares.inference.assignment_notes.values_mut() {
+        n.queries_permille.clear();
+        n.slots.clear();
+    }
+    let without_events = {
+        let mut s = without_events;
+        s.inference = without_shares.inference.clone();
+        s
+    };
     // Format 1, written before the timeline, is read with an empty one.
     assert!(!data.state.events.events.is_empty(), "the job changes are on the timeline");
     let s = &data.state;
-    let old = (&data.last_applied, &data.membership, &s.namespace, &s.inference, &s.training);
+    let old = (&data.last_applied, &data.membership, &s.namespace, &old_notes, &s.training);
     let mut v1 = b"IDSTATE\x01".to_vec();
     v1.extend(postcard::to_allocvec(&old).unwrap());
     assert_eq!(SmData::decode(&v1).unwrap().state, without_events);
 
     // Format 2, written before the draining nodes, is read without any.
-    let old = (&data.last_applied, &data.membership, &s.namespace, &s.inference, &s.training, &s.events);
+    let old = (&data.last_applied, &data.membership, &s.namespace, &old_notes, &s.training, &s.events);
     let mut v2 = b"IDSTATE\x02".to_vec();
     v2.extend(postcard::to_allocvec(&old).unwrap());
-    let mut without_nodes = data.state.clone();
+    let mut without_nodes = without_shares.clone();
     without_nodes.nodes = Default::default();
+    without_nodes.serving = Default::default();
     assert_eq!(SmData::decode(&v2).unwrap().state, without_nodes);
+
+    // Format 3, written before served models, is read without any.
+    assert!(!data.state.serving.models.is_empty(), "a model is served");
+    let old = (&data.last_applied, &data.membership, &s.namespace, &old_notes, &s.training, &s.events, &s.nodes);
+    let mut v3 = b"IDSTATE\x03".to_vec();
+    v3.extend(postcard::to_allocvec(&old).unwrap());
+    let mut without_serving = without_shares.clone();
+    without_serving.serving = Default::default();
+    assert_eq!(SmData::decode(&v3).unwrap().state, without_serving);
 
     // A format from a newer release is refused by name, not misread.
     let mut newer = bytes.clone();
-    newer[7] = 4;
+    newer[7] = 5;
     let e = SmData::decode(&newer).err().unwrap();
-    assert!(e.contains("format 4") && e.contains("upgrade"), "{e}");
+    assert!(e.contains("format 5") && e.contains("upgrade"), "{e}");
     assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{
     AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace,
-    NodeCommand, TrainCommand, TrainingTable, Trainings,
+    NodeCommand, ServeCommand, TrainCommand, TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
@@ -21,7 +21,8 @@ static ALL_OPS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         .chain(JobCommand::OPS)
         .chain(TrainCommand::OPS)
         .chain(EventCommand::OPS)
-        .chain(NodeCommand::OPS);
+        .chain(NodeCommand::OPS)
+        .chain(ServeCommand::OPS);
     ops.copied().collect()
 });
 
@@ -44,6 +45,8 @@ impl<'de> Deserialize<'de> for Command {
             EventCommand::deserialize(value).map(Command::Events).map_err(of)
         } else if NodeCommand::OPS.contains(&op) {
             NodeCommand::deserialize(value).map(Command::Nodes).map_err(of)
+        } else if ServeCommand::OPS.contains(&op) {
+            ServeCommand::deserialize(value).map(Command::Serving).map_err(of)
         } else {
             Err(D::Error::unknown_variant(op, ALL_OPS.as_slice()))
         }
@@ -75,7 +78,52 @@ impl From<FlatClusterState> for ClusterState {
             training: TrainingTable { jobs: f.trainings },
             events: Default::default(),
             nodes: Default::default(),
+            serving: Default::default(),
         }
+    }
+}
+
+/// The job table as formats 1 to 3 of the binary state hold it (their
+/// fields are positional): assignment notes without each worker's share
+/// of the queries and its slots.
+#[derive(Deserialize, serde::Serialize)]
+pub struct JobTableV3 {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
+    jobs: Jobs,
+    assignments: BTreeMap<String, Vec<u64>>,
+    assignment_notes: BTreeMap<String, AssignmentNoteV3>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct AssignmentNoteV3 {
+    cost_us: Option<u64>,
+    predicted_mqps: Option<u64>,
+    shares_permille: Vec<(u64, u32)>,
+}
+
+impl From<JobTableV3> for JobTable {
+    fn from(v: JobTableV3) -> Self {
+        let notes = v.assignment_notes.into_iter().map(|(job, n)| {
+            let AssignmentNoteV3 { cost_us, predicted_mqps, shares_permille } = n;
+            (job, AssignmentNote { cost_us, predicted_mqps, shares_permille, ..Default::default() })
+        });
+        JobTable { jobs: v.jobs, assignments: v.assignments, assignment_notes: notes.collect() }
+    }
+}
+
+impl From<&JobTable> for JobTableV3 {
+    /// (What an older release would have written: for tests.)
+    fn from(t: &JobTable) -> Self {
+        let notes = t.assignment_notes.iter().map(|(job, n)| {
+            let n = n.clone();
+            let old = AssignmentNoteV3 {
+                cost_us: n.cost_us,
+                predicted_mqps: n.predicted_mqps,
+                shares_permille: n.shares_permille,
+            };
+            (job.clone(), old)
+        });
+        JobTableV3 { jobs: t.jobs.clone(), assignments: t.assignments.clone(), assignment_notes: notes.collect() }
     }
 }
 
@@ -159,6 +207,24 @@ mod tests {
             .into(),
             NodeCommand::DrainNode { node: 3, generation: 7, now_ms: 1 }.into(),
             NodeCommand::UndrainNode { node: 3 }.into(),
+            ServeCommand::AddServed {
+                spec: crate::ServeSpec {
+                    name: "m".into(),
+                    model: "f".into(),
+                    model_version: 1,
+                    platform: "onnxruntime_onnx".into(),
+                    inputs: vec![crate::TensorSpec { name: "x".into(), datatype: "FP32".into(), shape: vec![-1, 3] }],
+                    outputs: vec![],
+                    max_batch: 1,
+                    max_delay_ms: 0,
+                    max_queue: 1,
+                    weight: 1,
+                    added_ms: 1,
+                },
+            }
+            .into(),
+            ServeCommand::RemoveServed { name: "m".into() }.into(),
+            ServeCommand::SetServeReady { ready: [("m".to_string(), vec![1, 2])].into() }.into(),
         ];
         assert_eq!(commands.len(), ALL_OPS.len(), "a command of every op");
         for c in commands {

@@ -58,6 +58,19 @@ impl Histogram {
         self.sum_sq_us = sq.to_string();
     }
 
+    /// Add what `other` recorded (another node's histogram of the same
+    /// thing).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (b, c) in &other.buckets {
+            let n = self.buckets.entry(*b).or_default();
+            *n = n.saturating_add(*c);
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        let sq = |s: &str| s.parse::<u128>().unwrap_or(0);
+        self.sum_sq_us = sq(&self.sum_sq_us).saturating_add(sq(&other.sum_sq_us)).to_string();
+    }
+
     /// What was recorded after `earlier` (an older copy of this
     /// histogram): bucket counts, count and sum, subtracted. (The sum of
     /// squares is left empty.) A later copy that is not a superset (the job

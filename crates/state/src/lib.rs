@@ -8,7 +8,8 @@
 //! - [`TrainingTable`] ([`TrainCommand`]): training jobs, their groups
 //!   and reports;
 //! - [`EventLog`] ([`EventCommand`]): the cluster's timeline, bounded;
-//! - [`NodeTable`] ([`NodeCommand`]): nodes being drained.
+//! - [`NodeTable`] ([`NodeCommand`]): nodes being drained;
+//! - [`ServingTable`] ([`ServeCommand`]): models served online.
 //!
 //! [`ClusterState`] composes them and owns the rules that span domains:
 //! job names are one namespace for both kinds of job, and stopping,
@@ -32,10 +33,11 @@ mod jobs;
 mod nodes;
 mod reply;
 mod results;
+mod serving;
 mod training;
 mod trainings;
 
-pub use encoding::FlatClusterState;
+pub use encoding::{FlatClusterState, JobTableV3};
 pub use events::{
     EVENTS_KEPT, Event, EventCommand, EventKind, EventLog, MAX_DETAIL_BYTES, MAX_EVENTS_PER_COMMAND, NewEvent,
 };
@@ -46,6 +48,10 @@ pub use jobs::{JobCommand, JobTable, Jobs};
 pub use nodes::{Drain, MAX_DRAINING, NodeCommand, NodeTable};
 pub use reply::{Applied, Refusal, Reply};
 pub use results::{JobResults, ResultSegment, is_current, pass_done};
+pub use serving::{
+    DATATYPES, MAX_SERVE_BATCH, MAX_SERVE_DELAY_MS, MAX_SERVE_QUEUE, MAX_SERVED, MAX_WEIGHT, ServeCommand, ServeSpec,
+    Served, ServingTable, TensorSpec,
+};
 pub use training::{EpochRecord, Regroup, Score, TrainGroup, TrainProgress, TrainReport, TrainSpec, Training};
 pub use trainings::{TrainCommand, TrainingTable, Trainings};
 
@@ -67,6 +73,8 @@ pub struct ClusterState {
     pub events: EventLog,
     #[serde(default)]
     pub nodes: NodeTable,
+    #[serde(default)]
+    pub serving: ServingTable,
 }
 
 /// A change to the state: a command of one domain. On the wire (the log,
@@ -80,6 +88,7 @@ pub enum Command {
     Training(TrainCommand),
     Events(EventCommand),
     Nodes(NodeCommand),
+    Serving(ServeCommand),
 }
 
 impl From<FileCommand> for Command {
@@ -103,6 +112,12 @@ impl From<TrainCommand> for Command {
 impl From<NodeCommand> for Command {
     fn from(c: NodeCommand) -> Self {
         Command::Nodes(c)
+    }
+}
+
+impl From<ServeCommand> for Command {
+    fn from(c: ServeCommand) -> Self {
+        Command::Serving(c)
     }
 }
 
@@ -216,6 +231,7 @@ impl ClusterState {
                 Ok(applied)
             }
             Command::Files(c) => self.namespace.apply(c),
+            Command::Serving(c) => self.serving.apply(c),
             Command::Jobs(c) => self.apply_job(c),
             Command::Training(c) => {
                 if let TrainCommand::AddTraining { spec, .. } = &c
@@ -260,6 +276,7 @@ impl ClusterState {
         self.training.check()?;
         self.events.check()?;
         self.nodes.check()?;
+        self.serving.check()?;
         if let Some(name) = self.training.jobs.keys().find(|n| self.inference.jobs.contains_key(*n)) {
             return Err(format!("{name} is both an inference and a training job"));
         }

@@ -82,6 +82,13 @@ pub enum Refusal {
     // Draining nodes.
     #[error("{0}")]
     BadNode(String),
+    // Served models.
+    #[error("a model named {name} is served already")]
+    ServedExists { name: String },
+    #[error("no served model named {name}")]
+    NoSuchServed { name: String },
+    #[error("{0}")]
+    BadServe(String),
 }
 
 /// The outcome replicated to the client: a refusal is an answer, not a
