@@ -64,7 +64,7 @@ pub enum JobCommand {
     Assignments,
 }
 
-async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
+pub(crate) async fn client(addr: &str) -> Result<JobsClient<Channel>, CliError> {
     // `job add` reads the model and the input set: allow it time.
     let ch = idunno_rpc::connect_channel_with(addr, Duration::from_secs(5), Duration::from_secs(120)).await?;
     Ok(JobsClient::new(ch).limited())
@@ -231,7 +231,7 @@ fn list(v: &Value) -> String {
     v.as_array().map(|a| a.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default()
 }
 
-fn num(v: &Value, digits: usize) -> String {
+pub(crate) fn num(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 

@@ -13,6 +13,7 @@ mod member;
 mod node;
 mod output;
 mod secret;
+mod serve;
 mod status;
 mod target;
 mod train;
@@ -68,6 +69,9 @@ enum Command {
     /// Inference jobs: add, start, stop, status, results.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Models served online to any client over the Open Inference Protocol (KServe v2: tritonclient).
+    #[command(subcommand)]
+    Serve(serve::ServeCommand),
     /// Train a model on the cluster (data-parallel over several workers), into SDFS.
     Train(train::TrainArgs),
     /// The coordinator's replicated state (low level).
@@ -135,6 +139,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Coord(cmd) => coord::run(cmd, cli.node, out).await,
         Command::Fs(cmd) => fs::run(cmd, cli.node, out).await,
         Command::Job(cmd) => job::run(cmd, cli.node, out).await,
+        Command::Serve(cmd) => serve::run(cmd, cli.node, out).await,
         Command::Train(args) => train::run(args, cli.node, out).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Secret(cmd) => secret::run(cmd, &secrets, out).await,

@@ -96,6 +96,8 @@ pub(crate) struct QueryFlow {
     gone_seen: BTreeSet<u64>,
     /// Each worker's query slots, as its last call said.
     slots: BTreeMap<u64, usize>,
+    /// The served models each worker has loaded, as its last call said.
+    serving: BTreeMap<u64, BTreeSet<String>>,
 }
 
 /// More slots than any worker is believed to have (a bound on what a
@@ -112,6 +114,7 @@ impl QueryFlow {
             failures: BTreeMap::new(),
             gone_seen: BTreeSet::new(),
             slots: BTreeMap::new(),
+            serving: BTreeMap::new(),
         }
     }
 
@@ -123,6 +126,29 @@ impl QueryFlow {
     /// does not say, counted as one).
     pub(crate) fn worker_slots(&mut self, worker: u64, slots: u32) {
         self.slots.insert(worker, (slots as usize).clamp(1, MAX_SLOTS));
+    }
+
+    /// A worker's call named the served models it has loaded (at most as
+    /// many as are served).
+    pub(crate) fn worker_serving(&mut self, worker: u64, mut serving: Vec<String>) {
+        serving.truncate(idunno_state::MAX_SERVED);
+        self.serving.insert(worker, serving.into_iter().collect());
+    }
+
+    /// Which of the `live` workers are ready for each of the `served`
+    /// models: those whose last call said they have it loaded.
+    pub(crate) fn serve_ready<'a>(
+        &mut self,
+        served: impl Iterator<Item = &'a String>,
+        live: &[u64],
+    ) -> BTreeMap<String, Vec<u64>> {
+        self.serving.retain(|w, _| live.contains(w));
+        served
+            .map(|name| {
+                let workers = self.serving.iter().filter(|(_, s)| s.contains(name)).map(|(w, _)| *w).collect();
+                (name.clone(), workers)
+            })
+            .collect()
     }
 
     /// A worker's results: how many were accepted (to be counted at the

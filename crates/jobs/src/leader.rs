@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idunno_rpc::v1;
-use idunno_state::{AssignmentNote, EventKind, Job, JobCommand, JobState, Reply};
+use idunno_state::{AssignmentNote, EventKind, Job, JobCommand, JobState, Reply, ServeCommand};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ const CALLS_QUEUED: usize = 256;
 
 /// A `Work` handler's request to the term's flow.
 enum Call {
-    Report { worker: u64, slots: u32, results: Vec<v1::QueryResult>, reply: oneshot::Sender<u32> },
+    Report { worker: u64, slots: u32, serving: Vec<String>, results: Vec<v1::QueryResult>, reply: oneshot::Sender<u32> },
     Take { worker: u64, want: usize, reply: oneshot::Sender<Vec<v1::QueryTask>> },
 }
 
@@ -47,6 +47,8 @@ enum Call {
 enum Write {
     Assignments(BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>),
     Fail(String, String),
+    /// The workers ready for each served model.
+    ServeReady(BTreeMap<String, Vec<u64>>),
     /// Count these reports, then do the results' upkeep.
     Flush(BTreeMap<String, Vec<Pending>>),
 }
@@ -110,7 +112,7 @@ impl Leader {
         let calls = self.calls().ok_or_else(not_leader)?;
         let (reply, answer) = oneshot::channel();
         calls
-            .send(Call::Report { worker, slots: req.slots, results: req.results, reply })
+            .send(Call::Report { worker, slots: req.slots, serving: req.serving, results: req.results, reply })
             .await
             .map_err(|_| not_leader())?;
         let accepted = answer.await.map_err(|_| not_leader())?;
@@ -155,8 +157,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
 /// Answer one handler's call.
 fn answer(flow: &mut QueryFlow, call: Call) {
     match call {
-        Call::Report { worker, slots, results, reply } => {
+        Call::Report { worker, slots, serving, results, reply } => {
             flow.worker_slots(worker, slots);
+            flow.worker_serving(worker, serving);
             let _ = reply.send(flow.report(worker, results, now_ms()));
         }
         Call::Take { worker, want, reply } => {
@@ -183,6 +186,8 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         last_notes: Instant::now(),
         flushing: false,
         sent: None,
+        sent_ready: None,
+        last_ready: Instant::now(),
     };
     let mut state_rx = jobs.coordinator.watch_state();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -224,6 +229,9 @@ struct Term {
     flushing: bool,
     /// The assignment table last handed to the writer.
     sent: Option<(BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>)>,
+    /// The served models' ready workers last sent to the writer, and when.
+    sent_ready: Option<BTreeMap<String, Vec<u64>>>,
+    last_ready: Instant,
 }
 
 impl Term {
@@ -285,6 +293,14 @@ impl Term {
             self.sent = Some(table.clone());
             let _ = self.writes.send(Write::Assignments(table.0, table.1));
         }
+        let serving = &state.state.serving.models;
+        let ready = self.flow.serve_ready(serving.keys(), &live);
+        let recorded = serving.iter().all(|(name, s)| ready.get(name) == Some(&s.ready));
+        if !recorded && (self.sent_ready.as_ref() != Some(&ready) || self.last_ready.elapsed() >= NOTES_EVERY) {
+            self.last_ready = Instant::now();
+            self.sent_ready = Some(ready.clone());
+            let _ = self.writes.send(Write::ServeReady(ready));
+        }
         for (job, error) in self.flow.take_failures() {
             tracing::warn!(%job, %error, "marking the job failed");
             let _ = self.writes.send(Write::Fail(job, error));
@@ -310,6 +326,11 @@ async fn write(
             Write::Assignments(assignments, notes) => {
                 if let Err(e) = jobs.coordinator.apply(JobCommand::SetAssignments { assignments, notes }).await {
                     tracing::warn!(error = %e, "could not record assignments");
+                }
+            }
+            Write::ServeReady(ready) => {
+                if let Err(e) = jobs.coordinator.apply(ServeCommand::SetServeReady { ready }).await {
+                    tracing::warn!(error = %e, "could not record which workers serve which model");
                 }
             }
             Write::Fail(job, error) => {

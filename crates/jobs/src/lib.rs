@@ -24,7 +24,9 @@ mod flow;
 mod leader;
 pub mod metrics;
 pub mod results;
+mod served;
 pub mod service;
+mod slots;
 pub mod status;
 pub mod train;
 mod validate;
@@ -96,6 +98,13 @@ pub struct Jobs {
     /// Queries this node's worker holds: running, or run and not yet
     /// delivered to the leader (what a drain waits for).
     held: std::sync::atomic::AtomicUsize,
+    /// Where this node's slots take their work from, while the worker runs.
+    slot_queue: std::sync::Mutex<Option<Arc<slots::SlotQueue>>>,
+    /// Served models' files at hand, and which the slots have loaded.
+    served: slots::ServedFiles,
+    /// This node's figures of the served models' requests (the serving
+    /// layer sets it).
+    serve_figures: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl Jobs {
@@ -125,7 +134,19 @@ impl Jobs {
             metrics: Default::default(),
             train_metrics: Default::default(),
             held: Default::default(),
+            slot_queue: Default::default(),
+            served: Default::default(),
+            serve_figures: Default::default(),
         })
+    }
+
+    /// Where `serve status` gets this node's figures of served models.
+    pub fn on_serve_figures(&self, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        let _ = self.serve_figures.set(Box::new(f));
+    }
+
+    fn serve_figures(&self) -> serde_json::Value {
+        self.serve_figures.get().map_or_else(|| serde_json::json!({}), |f| f())
     }
 
     /// The leader's lease table is consistent: no stream position is

@@ -23,6 +23,13 @@ pub struct QueryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    pub model: String,
+    /// `ok`, or `error` (the batch failed here).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabel {
     /// `inputs` (input sets and labels) or `models` (model files).
     pub kind: &'static str,
@@ -45,6 +52,9 @@ pub struct WorkerMetrics {
     pub busy_seconds: Family<JobLabel, Counter<f64>>,
     pub model_load: Histogram,
     pub cache_bytes: Family<CacheLabel, Gauge>,
+    /// Batches of served models this worker ran, and its slots' time on them.
+    pub served_batches: Family<ServedLabels, Counter>,
+    pub served_busy_seconds: Family<JobLabel, Counter<f64>>,
     /// While this node leads: queries of dead workers put back in the
     /// queue, and leases that ran out.
     pub requeued: Counter,
@@ -60,6 +70,8 @@ impl Default for WorkerMetrics {
             busy_seconds: Family::default(),
             model_load: load_histogram(),
             cache_bytes: Family::default(),
+            served_batches: Family::default(),
+            served_busy_seconds: Family::default(),
             requeued: Counter::default(),
             expired: Counter::default(),
         }
@@ -90,6 +102,16 @@ impl WorkerMetrics {
             self.model_load.clone(),
         );
         reg.register(
+            "worker_served_batches",
+            "Request batches of served models this worker ran, by model file and outcome",
+            self.served_batches.clone(),
+        );
+        reg.register(
+            "worker_served_busy_seconds",
+            "Time this worker's slots spent on each served model's batches (its share of the worker)",
+            self.served_busy_seconds.clone(),
+        );
+        reg.register(
             "worker_cache_bytes",
             "Bytes of input sets and model files this worker keeps in memory",
             self.cache_bytes.clone(),
@@ -104,6 +126,13 @@ impl WorkerMetrics {
             "Query leases that ran out while this node led (the queries ran again)",
             self.expired.clone(),
         );
+    }
+
+    /// Count a served model's batch a slot ran, and how long it was busy.
+    pub(crate) fn served(&self, model: &str, ok: bool, busy: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.served_batches.get_or_create(&ServedLabels { model: model.to_string(), outcome }).inc();
+        self.served_busy_seconds.get_or_create(&JobLabel { job: model.to_string() }).inc_by(busy);
     }
 
     /// Count a query a slot ran, and how long the slot was busy with it.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use idunno_coordinator::service::status_of;
 use idunno_rpc::v1;
-use idunno_state::{Command, EventKind, JobCommand, JobState, Refusal, TrainCommand};
+use idunno_state::{Command, EventKind, JobCommand, JobState, Refusal, ServeCommand, TrainCommand};
 use tonic::{Request, Response, Status};
 
 use crate::results;
@@ -17,8 +17,8 @@ pub struct JobsService(pub Arc<Jobs>);
 fn refusal_status(r: Refusal) -> Status {
     let msg = r.to_string();
     match r {
-        Refusal::NoSuchJob { .. } | Refusal::NoSuchFile { .. } => Status::not_found(msg),
-        Refusal::JobExists { .. } => Status::already_exists(msg),
+        Refusal::NoSuchJob { .. } | Refusal::NoSuchFile { .. } | Refusal::NoSuchServed { .. } => Status::not_found(msg),
+        Refusal::JobExists { .. } | Refusal::ServedExists { .. } => Status::already_exists(msg),
         Refusal::BadTransition { .. } | Refusal::JobRunning { .. } | Refusal::JobNotRunning { .. } => {
             Status::failed_precondition(msg)
         }
@@ -180,6 +180,42 @@ impl idunno_rpc::Jobs for JobsService {
         );
         self.commit(TrainCommand::AddTraining { spec, now_ms: now_ms() }).await?;
         Ok(Response::new(v1::JobReply { message }))
+    }
+
+    async fn infer(&self, req: Request<v1::InferBatch>) -> Result<Response<v1::InferBatchReply>, Status> {
+        let timeout = crate::served::grpc_timeout(req.metadata());
+        crate::served::infer(&self.0, req.into_inner(), timeout).await.map(Response::new)
+    }
+
+    async fn serve_add(&self, req: Request<v1::ServeAddRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let spec = crate::served::add(&self.0, req.into_inner()).await?;
+        let message = format!(
+            "serving {} (model {} v{}, {} input(s), {} output(s)); max batch {}, max delay {} ms, max queue {}, weight {}",
+            spec.name,
+            spec.model,
+            spec.model_version,
+            spec.inputs.len(),
+            spec.outputs.len(),
+            spec.max_batch,
+            spec.max_delay_ms,
+            spec.max_queue,
+            spec.weight
+        );
+        self.commit(ServeCommand::AddServed { spec }).await?;
+        Ok(Response::new(v1::JobReply { message }))
+    }
+
+    async fn serve_remove(&self, req: Request<v1::ServeRemoveRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let name = req.into_inner().name;
+        self.commit(ServeCommand::RemoveServed { name: name.clone() }).await?;
+        Ok(Response::new(v1::JobReply { message: format!("{name} is no longer served") }))
+    }
+
+    async fn serve_status(&self, req: Request<v1::ServeStatusRequest>) -> Result<Response<v1::JsonReply>, Status> {
+        if req.into_inner().local {
+            return Self::json(&self.0.serve_figures());
+        }
+        Self::json(&crate::served::status(&self.0).await)
     }
 
     async fn reduce(&self, req: Request<v1::ReduceRequest>) -> Result<Response<v1::ReduceReply>, Status> {

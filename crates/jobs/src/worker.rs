@@ -9,8 +9,7 @@
 //! else did the work meanwhile.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idunno_ml::Model;
@@ -23,9 +22,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::slots::{SlotQueue, SlotWork, job_flow};
 use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
-type Key = (String, u64);
+pub(crate) type Key = (String, u64);
 
 /// Input sets, labels and model files fetched from SDFS, shared by the
 /// slots of this node. Only the async task fills it, so a slot thread
@@ -112,7 +112,7 @@ impl Fetched {
 
 /// A query with its model file and input rows at hand.
 #[derive(Clone)]
-struct Prepared {
+pub(crate) struct Prepared {
     task: v1::QueryTask,
     key: Key,
     model: Arc<Vec<u8>>,
@@ -125,25 +125,53 @@ struct Prepared {
 
 /// One slot: its own loaded models (an ONNX Runtime session is not shared
 /// between threads that run at once).
-struct Slot {
+pub(crate) struct Slot {
     threads: usize,
     models: HashMap<Key, Model>,
-    metrics: Arc<crate::metrics::WorkerMetrics>,
+    pub(crate) metrics: Arc<crate::metrics::WorkerMetrics>,
 }
+
+/// Models one slot keeps loaded (jobs' and served models together).
+const MODELS_PER_SLOT: usize = 8;
 
 impl Slot {
     fn model(&mut self, p: &Prepared) -> Result<&mut Model, String> {
-        if !self.models.contains_key(&p.key) {
+        self.model_for(&p.key, &p.model)
+    }
+
+    /// The model of `key`, loaded from `bytes` if this slot has not yet.
+    pub(crate) fn model_for(&mut self, key: &Key, bytes: &[u8]) -> Result<&mut Model, String> {
+        if !self.models.contains_key(key) {
             let loading = Instant::now();
-            let m = Model::load(&p.model, self.threads).map_err(|e| format!("model {}: {e}", p.key.0))?;
+            let m = Model::load(bytes, self.threads).map_err(|e| format!("model {}: {e}", key.0))?;
             self.metrics.model_load.observe(loading.elapsed().as_secs_f64());
-            if self.models.len() >= 4 {
+            if self.models.len() >= MODELS_PER_SLOT {
                 self.models.clear();
             }
-            tracing::info!(model = %p.key.0, version = p.key.1, "model loaded");
-            self.models.insert(p.key.clone(), m);
+            tracing::info!(model = %key.0, version = key.1, "model loaded");
+            self.models.insert(key.clone(), m);
         }
-        self.models.get_mut(&p.key).ok_or_else(|| "model cache".to_string())
+        self.models.get_mut(key).ok_or_else(|| "model cache".to_string())
+    }
+
+    /// Drop every loaded model (a panic may have left one half-changed).
+    pub(crate) fn clear_models(&mut self) {
+        self.models.clear();
+    }
+
+    /// Load a served model ahead of its requests; count this slot in.
+    fn warm_served(&mut self, key: &Key, bytes: &[u8], loaded: &std::sync::atomic::AtomicUsize) {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model_for(key, bytes).map(|_| ())));
+        match ran {
+            Ok(Ok(())) => {
+                loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::warn!(model = %key.0, error = %e, "could not load a served model"),
+            Err(panic) => {
+                self.models.clear();
+                tracing::error!(panic = %crate::panic_text(panic.as_ref()), "loading a served model panicked");
+            }
+        }
     }
 
     /// Load the model of `p` ahead of its queries (a panic while loading
@@ -318,42 +346,60 @@ const FETCH_BACKOFF: Duration = Duration::from_secs(1);
 /// simulated host, where only the host's thread may touch the simulation
 /// and time must not pass unseen — right in the worker's task.
 enum Exec {
-    Threads(std_mpsc::Sender<Prepared>),
+    Threads(Arc<SlotQueue>),
     Inline(Slot),
+}
+
+/// Closes the slot queue when the worker's task ends (the slot threads
+/// then stop, and batches still waiting are answered as failed).
+struct Running(Arc<Jobs>, Arc<SlotQueue>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.1.close();
+        let mut current = self.0.slot_queue.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|q| Arc::ptr_eq(q, &self.1)) {
+            *current = None;
+        }
+    }
 }
 
 pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let slots = jobs.config.slots;
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<v1::QueryResult>();
+    let mut _running = None;
     let mut exec = if idunno_net::simulated() {
         Exec::Inline(Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() })
     } else {
-        let (task_tx, task_rx) = std_mpsc::channel::<Prepared>();
-        let task_rx = Arc::new(Mutex::new(task_rx));
+        let queue = Arc::new(SlotQueue::default());
         for i in 0..slots {
-            let rx = task_rx.clone();
+            let mine = queue.clone();
             let tx = res_tx.clone();
             let mut slot = Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() };
             let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
                 lower_priority();
-                loop {
-                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(task) = next else { return };
-                    if task.warm {
-                        slot.warm(&task);
-                        continue;
-                    }
-                    if tx.send(slot.run(&task)).is_err() {
-                        return;
+                while let Some(work) = mine.next() {
+                    match work {
+                        SlotWork::Query(task) => {
+                            if tx.send(slot.run(&task)).is_err() {
+                                return;
+                            }
+                        }
+                        SlotWork::Warm(task) => slot.warm(&task),
+                        SlotWork::WarmServed(key, bytes, loaded) => slot.warm_served(&key, &bytes, &loaded),
+                        SlotWork::Infer(w) => slot.infer(w),
                     }
                 }
             });
             if let Err(e) = spawned {
+                queue.close();
                 tracing::error!(error = %e, "cannot start a worker thread");
                 return;
             }
         }
-        Exec::Threads(task_tx)
+        *jobs.slot_queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+        _running = Some(Running(jobs.clone(), queue.clone()));
+        Exec::Threads(queue)
     };
     drop(res_tx);
     let mut fetched = Fetched::default();
@@ -408,6 +454,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             want: if more { 0 } else { want as u32 },
             wait_ms: if idle { 1000 } else { 0 },
             slots: jobs.config.slots.min(u32::MAX as usize) as u32,
+            serving: serving_here(&jobs),
         };
         let reply = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -430,11 +477,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                         }
                     };
                     match &mut exec {
-                        Exec::Threads(tx) => {
+                        Exec::Threads(queue) => {
                             outstanding += 1;
-                            if tx.send(p).is_err() {
-                                return;
-                            }
+                            queue.push(&job_flow(&p.task.job), SlotWork::Query(p), 1, 1);
                         }
                         Exec::Inline(slot) => results.push(slot.run(&p)),
                     }
@@ -465,6 +510,8 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
 #[derive(Default)]
 struct Warmed {
     done: HashSet<Key>,
+    /// Served models' files fetched and handed to the slots to load.
+    served: HashSet<Key>,
     /// A model whose files could not be fetched is tried again after
     /// [`WARM_RETRY`], not at every round of the loop (every query): one
     /// job with a missing file would otherwise cost every query a fetch.
@@ -498,15 +545,63 @@ async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mu
         p.warm = true;
         match exec {
             Exec::Inline(slot) => slot.warm(&p),
-            Exec::Threads(tx) => {
-                for _ in 1..slots {
-                    let _ = tx.send(p.clone());
+            Exec::Threads(queue) => {
+                let flow = format!("warm/{}", key.0);
+                for _ in 0..slots {
+                    queue.push(&flow, SlotWork::Warm(p.clone()), 1, 1);
                 }
-                let _ = tx.send(p);
             }
         }
         warmed.done.insert(key);
     }
+    warm_served(jobs, fetched, warmed, exec, slots).await;
+}
+
+/// Fetch the file of every served model and have every slot load it; the
+/// model counts as ready here once one slot has.
+async fn warm_served(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mut Exec, slots: usize) {
+    let Exec::Threads(queue) = exec else { return };
+    let state = jobs.coordinator.local_state();
+    let served = &state.state.serving.models;
+    let keys: HashSet<Key> = served.values().map(|s| (s.spec.model.clone(), s.spec.model_version)).collect();
+    jobs.served.retain(|k| keys.contains(k));
+    for key in keys {
+        if warmed.served.contains(&key) || warmed.failed.get(&key).is_some_and(|t| t.elapsed() < WARM_RETRY) {
+            continue;
+        }
+        let file = v1::FileVersionRef { name: key.0.clone(), version: key.1 };
+        let bytes = match fetched.model(&jobs.sdfs, &file).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot fetch a served model yet");
+                warmed.failed.insert(key, tokio::time::Instant::now());
+                continue;
+            }
+        };
+        warmed.failed.remove(&key);
+        let loaded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        jobs.served.files.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), bytes.clone());
+        jobs.served.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), loaded.clone());
+        let flow = format!("warm/{}", key.0);
+        for _ in 0..slots {
+            queue.push(&flow, SlotWork::WarmServed(key.clone(), bytes.clone(), loaded.clone()), 1, 1);
+        }
+        warmed.served.insert(key);
+    }
+    warmed.served.retain(|k| served.values().any(|s| s.spec.model == k.0 && s.spec.model_version == k.1));
+}
+
+/// The served models this node has loaded, at the version the state names.
+fn serving_here(jobs: &Jobs) -> Vec<String> {
+    let state = jobs.coordinator.local_state();
+    state
+        .state
+        .serving
+        .models
+        .values()
+        .filter(|s| jobs.served.is_loaded(&(s.spec.model.clone(), s.spec.model_version)))
+        .map(|s| s.spec.name.clone())
+        .collect()
 }
 
 /// One `Work` call to the current leader, reconnecting when it moved.

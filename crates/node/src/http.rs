@@ -46,6 +46,8 @@ pub struct Web {
     pub replicas: usize,
     /// `/metrics` needs no token.
     pub metrics_public: bool,
+    /// The Open Inference Protocol under `/v2`.
+    pub serving: Arc<idunno_serve::Serving>,
 }
 
 /// The dashboard: one page, its script and styles inline, no external
@@ -178,7 +180,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let metrics_public = web.metrics_public;
-    let app = router(web);
+    let serving = web.serving.clone();
+    let app = router(web).merge(idunno_serve::http::router(serving));
     let r = match keys {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
         Some(keys) => {

@@ -178,6 +178,9 @@ impl Node {
         let jobs =
             idunno_jobs::Jobs::new(id.0, coordinator.clone(), membership.clone(), sdfs.clone(), config.worker.clone());
         tasks.extend(jobs.spawn(shutdown.child_token()));
+        let serving = idunno_serve::Serving::new(coordinator.clone(), membership.clone(), shutdown.child_token());
+        let stats = serving.stats.clone();
+        jobs.on_serve_figures(move || stats.raw());
         let jobs_layer = jobs.clone();
         let sdfs_layer = sdfs.clone();
         tasks.push((
@@ -249,6 +252,7 @@ impl Node {
                 history,
                 replicas: config.sdfs.replicas,
                 metrics_public: config.metrics_public,
+                serving,
             };
             let serve = http::serve(http, web, keys.clone(), refused.clone(), shutdown.child_token());
             tasks.push(("http", tokio::spawn(serve)));

@@ -26,6 +26,7 @@ pub const NODE_ONLY: &[&str] = &[
     "/idunno.v1.Sdfs/ReadBlob",
     "/idunno.v1.Sdfs/FetchBlob",
     "/idunno.v1.Jobs/Work",
+    "/idunno.v1.Jobs/Infer",
     "/idunno.v1.Jobs/Reduce",
 ];
 

@@ -178,15 +178,21 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration
     None
 }
 
+/// The secret's node authority (`idunno secret ca`) as `dir/ca.pem`.
+fn write_ca(bin: &Path, dir: &Path) -> PathBuf {
+    let ca = dir.join("ca.pem");
+    let out = run(bin, &["secret", "ca"], Duration::from_secs(10));
+    assert!(out.status.success(), "secret ca: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&ca, &out.stdout).expect("write ca");
+    ca
+}
+
 /// A GET over HTTPS with the token of [`secret_file`]'s cluster (curl, with
 /// the certificate checked against the secret's node authority): (status,
 /// body). `token` None sends none.
 pub fn https_get(bin: &Path, addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    let out = run(bin, &["secret", "ca"], Duration::from_secs(10));
-    assert!(out.status.success(), "secret ca: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(&ca, &out.stdout).expect("write ca");
+    let ca = write_ca(bin, dir.path());
     let port = addr.rsplit_once(':').map(|(_, p)| p).expect("host:port");
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-m", "10", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
@@ -198,6 +204,64 @@ pub fn https_get(bin: &Path, addr: &str, path: &str, token: Option<&str>) -> (u1
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// An HTTP response as [`https_post`] got it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A POST over HTTPS (HTTP/1.1) like [`https_get`], with extra headers and
+/// a body of any bytes; the whole response with its headers.
+pub fn https_post(
+    bin: &Path,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = write_ca(bin, dir.path());
+    let (data, head, got) = (dir.path().join("body"), dir.path().join("head"), dir.path().join("got"));
+    std::fs::write(&data, body).expect("write body");
+    let port = addr.rsplit_once(':').map(|(_, p)| p).expect("host:port");
+    let mut cmd = Command::new("curl");
+    // HTTP/1.1, as tritonclient's HTTP client speaks. (Over HTTP/2 a body
+    // refused before it is all sent ends in a stream reset after the
+    // answer, which curl reports as its error 92 instead of the answer.)
+    cmd.args(["-sS", "--http1.1", "-m", "60", "--cacert"]).arg(&ca);
+    cmd.args(["--resolve", &format!("idunno-node:{port}:127.0.0.1")]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    for (n, v) in headers {
+        cmd.args(["-H", &format!("{n}: {v}")]);
+    }
+    cmd.arg("--data-binary").arg(format!("@{}", data.display()));
+    cmd.arg("-D").arg(&head).arg("-o").arg(&got);
+    let out = cmd.arg(format!("https://idunno-node:{port}{path}")).output().expect("curl");
+    assert!(out.status.success(), "curl POST {path}: {} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let head = std::fs::read_to_string(&head).unwrap_or_default();
+    // The last response's headers (after any `100 Continue`).
+    let last = head.split("\r\n\r\n").filter(|b| !b.trim().is_empty()).last().unwrap_or_default();
+    let mut lines = last.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Response { status, headers, body: std::fs::read(&got).unwrap_or_default() }
 }
 
 /// The HTTP token of node `addr`'s cluster, from `idunno dashboard-url`.

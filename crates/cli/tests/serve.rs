@@ -1,0 +1,202 @@
+//! Online serving over the Open Inference Protocol's REST form, end to
+//! end: real node processes with the cluster secret, real models
+//! (EfficientNet-Lite0 on NCHW photos, MiniLM on token ids) served with
+//! `idunno serve add`, requests over HTTPS with the token (curl), in JSON
+//! and in the binary-data extension, answered by any node and equal to a
+//! local ONNX Runtime run of the same model.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, http_token, https_get, up, wait_for};
+use idunno_ml::{Model, Tensor};
+use idunno_testkit::https_post;
+use serde_json::{Value, json};
+
+fn asset(rel: &str) -> std::path::PathBuf {
+    let p = idunno_ml::onnx::assets_dir().join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/assets", p.display());
+    p
+}
+
+fn ok(c: &Cluster, via: u64, args: &[&str]) -> Value {
+    common::json_via(c, via, args, Duration::from_secs(120))
+}
+
+fn array(rel: &str) -> Tensor {
+    idunno_ml::read_array(&std::fs::read(asset(rel)).unwrap()).unwrap()
+}
+
+/// The model run here, in this process, on ONNX Runtime.
+fn local(model: &str, inputs: &[Tensor]) -> Vec<Tensor> {
+    let mut m = Model::load(&std::fs::read(asset(model)).unwrap(), 1).unwrap();
+    m.run(inputs).unwrap()
+}
+
+fn post(
+    c: &Cluster,
+    via: u64,
+    token: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> idunno_testkit::Response {
+    https_post(common::bin(), &c.node(via).http, path, Some(token), headers, body)
+}
+
+/// The start of a body, for a failure's message.
+fn text(r: &idunno_testkit::Response) -> String {
+    String::from_utf8_lossy(&r.body[..r.body.len().min(400)]).to_string()
+}
+
+fn json_of(r: &idunno_testkit::Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.body)))
+}
+
+fn close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "outputs differ from the local run by up to {worst}");
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[test]
+fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
+    let c = up(3);
+    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
+    ok(&c, 1, &["fs", "put", asset("models/minilm-int8.onnx").to_str().unwrap(), "models/minilm.onnx"]);
+    let added = ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx", "--max-batch", "4"]);
+    assert_eq!(added["action"], "added", "{added}");
+    ok(&c, 2, &["serve", "add", "minilm", "--model", "models/minilm.onnx"]);
+    let token = http_token(common::bin(), &c.node(1).rpc);
+    let get = |via: u64, path: &str| https_get(common::bin(), &c.node(via).http, path, Some(&token));
+
+    // Ready once a worker has loaded it; the server is live and ready.
+    let ready = wait_for(Duration::from_secs(60), || {
+        get(3, "/v2/models/effnet/ready").0 == 200 && get(3, "/v2/models/minilm/ready").0 == 200
+    });
+    assert!(ready.is_some(), "the models never became ready: {:?}", ok(&c, 1, &["serve", "status"]));
+    assert_eq!(get(2, "/v2/health/live").0, 200);
+    assert_eq!(get(2, "/v2/health/ready").0, 200);
+    let (code, body) = get(2, "/v2/models/effnet");
+    assert_eq!(code, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["inputs"], json!([{"name": "images", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]));
+    assert_eq!(meta["outputs"][0]["name"], "probabilities");
+    assert_eq!(meta["platform"], "onnxruntime_onnx");
+    let (code, body) = get(1, "/v2");
+    assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()["name"].clone()), (200, json!("idunno")));
+
+    // Two photos in JSON, through node 2: the local run's probabilities.
+    let photos = array("datasets/photos/photos.npy");
+    let two = photos.rows(0, 2);
+    let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&two))[0].to_f32();
+    let req = json!({"id": "a", "inputs": [{"name": "images", "shape": [2, 3, 224, 224], "datatype": "FP32", "data": two.to_f32()}]});
+    let r = post(
+        &c,
+        2,
+        &token,
+        "/v2/models/effnet/infer",
+        &[("Content-Type", "application/json")],
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let doc = json_of(&r);
+    assert_eq!((doc["id"].clone(), doc["model_name"].clone()), (json!("a"), json!("effnet")));
+    assert_eq!(doc["outputs"][0]["shape"], json!([2, 1000]));
+    close(&floats(&doc["outputs"][0]["data"]), &want);
+
+    // The same photos as raw bytes (the binary-data extension), through
+    // node 3, the output asked for as raw bytes too.
+    let head = json!({"inputs": [{"name": "images", "shape": [2, 3, 224, 224], "datatype": "FP32",
+        "parameters": {"binary_data_size": two.data.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&two.data);
+    let len = head.len().to_string();
+    let r = post(&c, 3, &token, "/v2/models/effnet/infer", &[("Inference-Header-Content-Length", &len)], &body);
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let json_len: usize = r.header("inference-header-content-length").expect("a binary answer").parse().unwrap();
+    let doc: Value = serde_json::from_slice(&r.body[..json_len]).unwrap();
+    assert_eq!(doc["outputs"][0]["parameters"]["binary_data_size"], 8000);
+    let got: Vec<f32> = r.body[json_len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    close(&got, &want);
+
+    // A text model with three INT64 inputs, one sentence.
+    let names = ["input_ids", "attention_mask", "token_type_ids"];
+    let inputs: Vec<Tensor> = names.iter().map(|n| array(&format!("datasets/minilm/{n}.npy")).rows(3, 1)).collect();
+    let want = local("models/minilm-int8.onnx", &inputs)[0].to_f32();
+    let tensors: Vec<Value> = names
+        .iter()
+        .zip(&inputs)
+        .map(|(n, t)| json!({"name": n, "shape": [1, 128], "datatype": "INT64", "data": t.to_i64()}))
+        .collect();
+    let r = post(&c, 1, &token, "/v2/models/minilm/infer", &[], json!({"inputs": tensors}).to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let doc = json_of(&r);
+    assert_eq!(doc["outputs"][0]["shape"], json!([1, 128, 384]));
+    close(&floats(&doc["outputs"][0]["data"]), &want);
+
+    // Bad requests: the protocol's error form, a status for the kind, a
+    // message that names the problem.
+    let one = photos.rows(0, 1);
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/v2/models/nope/infer", json!({"inputs": []}), 400, "1 to 64 inputs"),
+        (
+            "/v2/models/nope/infer",
+            json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+            404,
+            "no served model named nope",
+        ),
+        (
+            "/v2/models/effnet/infer",
+            json!({"inputs": [{"name": "images", "shape": [1, 3, 224, 224], "datatype": "FP64", "data": one.to_f32()}]}),
+            400,
+            "is FP64, the model takes FP32",
+        ),
+        (
+            "/v2/models/effnet/infer",
+            json!({"inputs": [{"name": "images", "shape": [1, 224, 224, 3], "datatype": "FP32", "data": one.to_f32()}]}),
+            400,
+            "has shape [1, 224, 224, 3], the model takes [-1, 3, 224, 224]",
+        ),
+        (
+            "/v2/models/effnet/infer",
+            json!({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+            400,
+            "input images is missing",
+        ),
+    ];
+    for (path, body, status, says) in cases {
+        let r = post(&c, 2, &token, path, &[], body.to_string().as_bytes());
+        let doc = json_of(&r);
+        let message = doc["error"].as_str().unwrap_or_default();
+        assert_eq!(r.status, status, "{path}: {message}");
+        assert!(message.contains(says), "{path}: {message:?} should say {says:?}");
+    }
+    let huge = vec![b' '; 65 << 20];
+    let r = post(&c, 2, &token, "/v2/models/effnet/infer", &[], &huge);
+    assert_eq!(r.status, 413, "{}", text(&r));
+    assert!(json_of(&r)["error"].as_str().unwrap().contains("larger than 64 MiB"));
+    // Without the token: refused.
+    let r = https_post(common::bin(), &c.node(2).http, "/v2/models/effnet/infer", None, &[], b"{}");
+    assert_eq!(r.status, 401);
+
+    // `serve status` sums what every node answered.
+    let status = ok(&c, 3, &["serve", "status"]);
+    let effnet = status.as_array().unwrap().iter().find(|m| m["name"] == "effnet").unwrap().clone();
+    assert!(effnet["requests"].as_u64() >= Some(2), "{effnet:#}");
+    assert!(!effnet["workers"].as_array().unwrap().is_empty(), "{effnet:#}");
+    assert_eq!(effnet["max_batch"], 4);
+    // Removed: no longer answered.
+    ok(&c, 1, &["serve", "remove", "minilm"]);
+    let gone = wait_for(Duration::from_secs(10), || get(3, "/v2/models/minilm").0 == 404);
+    assert!(gone.is_some(), "minilm still answered after serve remove");
+    let out = common::via(&c, 1, &["serve", "remove", "minilm"], Duration::from_secs(20));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no served model named minilm"));
+}

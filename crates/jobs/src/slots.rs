@@ -1,0 +1,222 @@
+//! What this node's worker slots run, and in which order: the queries of
+//! jobs the leader handed this node, the request batches of served models
+//! that nodes send it (`Infer`), and models to load ahead. All wait in one
+//! [`SlotQueue`]; a free slot takes the next by fair queuing
+//! (`idunno_scheduler::fair`), one flow per job and per served model, so
+//! under overload every job and served model gets the same rate of
+//! queries or requests (served models in the ratio of their weights).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use idunno_ml::onnx::MlError;
+use idunno_ml::{DType, Tensor};
+use idunno_rpc::v1;
+use idunno_scheduler::fair::FairQueue;
+use tokio::sync::oneshot;
+
+use crate::worker::{Key, Prepared, Slot};
+
+/// A served model's batch on its way to a slot.
+pub(crate) struct InferWork {
+    pub(crate) key: Key,
+    pub(crate) model: Arc<Vec<u8>>,
+    /// One tensor per model input, in the model's order.
+    pub(crate) inputs: Vec<Tensor>,
+    /// The outputs with their names, and the model's run time (µs).
+    pub(crate) reply: oneshot::Sender<Result<(Vec<(String, Tensor)>, u64), InferError>>,
+    /// When the caller stops waiting: a batch still queued then is not run.
+    pub(crate) deadline: Instant,
+}
+
+/// Why a batch did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InferError {
+    /// The inputs do not fit the model: no worker would do better.
+    Input(String),
+    /// This worker could not: another one may.
+    Worker(String),
+}
+
+pub(crate) enum SlotWork {
+    Query(Prepared),
+    /// Load the model of a job ahead of its queries.
+    Warm(Prepared),
+    /// Load a served model ahead of its requests; count the slot in.
+    WarmServed(Key, Arc<Vec<u8>>, Arc<AtomicUsize>),
+    Infer(InferWork),
+}
+
+/// The work waiting for this node's slots.
+#[derive(Default)]
+pub(crate) struct SlotQueue {
+    queue: Mutex<FairQueue<SlotWork>>,
+    ready: Condvar,
+    closed: AtomicBool,
+}
+
+impl SlotQueue {
+    pub(crate) fn push(&self, flow: &str, work: SlotWork, size: u64, weight: u32) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(flow, work, size, weight);
+        self.ready.notify_one();
+    }
+
+    /// The next piece of work, waiting for one; `None` once closed.
+    pub(crate) fn next(&self) -> Option<SlotWork> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some((_, work)) = q.pop() {
+                return Some(work);
+            }
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The slots stop; batches still waiting are answered as this
+    /// worker's failure (their callers send them elsewhere).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let left = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain();
+        for (_, work) in left {
+            if let SlotWork::Infer(w) = work {
+                let _ = w.reply.send(Err(InferError::Worker("the worker stopped".into())));
+            }
+        }
+        self.ready.notify_all();
+    }
+}
+
+/// The flow a served model's batches wait in.
+pub(crate) fn served_flow(model: &str) -> String {
+    format!("serve/{model}")
+}
+
+/// The flow a job's queries wait in.
+pub(crate) fn job_flow(job: &str) -> String {
+    format!("job/{job}")
+}
+
+/// The protocol's datatype of an element type, and back.
+pub(crate) fn datatype(d: DType) -> &'static str {
+    match d {
+        DType::U8 => "UINT8",
+        DType::I8 => "INT8",
+        DType::I16 => "INT16",
+        DType::I32 => "INT32",
+        DType::I64 => "INT64",
+        DType::F32 => "FP32",
+        DType::F64 => "FP64",
+    }
+}
+
+pub(crate) fn dtype(datatype: &str) -> Option<DType> {
+    Some(match datatype {
+        "UINT8" => DType::U8,
+        "INT8" => DType::I8,
+        "INT16" => DType::I16,
+        "INT32" => DType::I32,
+        "INT64" => DType::I64,
+        "FP32" => DType::F32,
+        "FP64" => DType::F64,
+        _ => return None,
+    })
+}
+
+/// A raw tensor from the wire as a tensor, checked: a known datatype and
+/// as many bytes as its shape needs.
+pub(crate) fn from_raw(t: v1::RawTensor) -> Result<(String, Tensor), String> {
+    let d = dtype(&t.datatype).ok_or_else(|| format!("input {}: datatype {} is not supported", t.name, t.datatype))?;
+    let shape: Vec<usize> = t
+        .shape
+        .iter()
+        .map(|x| usize::try_from(*x))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("input {}: shape {:?} is too large", t.name, t.shape))?;
+    let bytes = shape.iter().try_fold(d.size(), |n, x| n.checked_mul(*x));
+    if bytes != Some(t.data.len()) {
+        return Err(format!(
+            "input {}: shape {:?} of {} does not match its {} bytes",
+            t.name,
+            t.shape,
+            t.datatype,
+            t.data.len()
+        ));
+    }
+    Ok((t.name, Tensor { dtype: d, shape, data: t.data.to_vec() }))
+}
+
+pub(crate) fn to_raw(name: String, t: Tensor) -> v1::RawTensor {
+    v1::RawTensor {
+        name,
+        datatype: datatype(t.dtype).to_string(),
+        shape: t.shape.iter().map(|x| *x as u64).collect(),
+        data: t.data.into(),
+    }
+}
+
+impl Slot {
+    /// Run a served model's batch. A panic fails this batch only (as a
+    /// worker's failure: the slot drops its models and goes on).
+    pub(crate) fn infer(&mut self, w: InferWork) {
+        if Instant::now() >= w.deadline {
+            let _ = w.reply.send(Err(InferError::Worker("the batch waited past its deadline".into())));
+            return;
+        }
+        let busy = Instant::now();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_infer(&w)));
+        let result = match ran {
+            Ok(r) => r,
+            Err(panic) => {
+                self.clear_models();
+                let why = crate::panic_text(panic.as_ref());
+                tracing::error!(model = %w.key.0, panic = %why, "a served model's batch panicked the worker slot");
+                Err(InferError::Worker(format!("the worker failed running this batch (it panicked: {why})")))
+            }
+        };
+        self.metrics.served(&w.key.0, result.is_ok(), busy.elapsed().as_secs_f64());
+        let _ = w.reply.send(result);
+    }
+
+    fn try_infer(&mut self, w: &InferWork) -> Result<(Vec<(String, Tensor)>, u64), InferError> {
+        let model = self.model_for(&w.key, &w.model).map_err(InferError::Worker)?;
+        let started = Instant::now();
+        let outputs = model.run(&w.inputs).map_err(|e| match e {
+            // What the inputs caused: the same on any worker.
+            MlError::BadInput(why) => InferError::Input(why),
+            MlError::Run(_) => InferError::Input(e.to_string()),
+            other => InferError::Worker(other.to_string()),
+        })?;
+        let latency = started.elapsed().as_micros() as u64;
+        let names = model.outputs().iter().map(|s| s.name.clone());
+        Ok((names.zip(outputs).collect(), latency))
+    }
+}
+
+/// Served models' files this node fetched, and how many slots loaded each.
+#[derive(Default)]
+pub(crate) struct ServedFiles {
+    pub(crate) files: Mutex<HashMap<Key, Arc<Vec<u8>>>>,
+    pub(crate) loaded: Mutex<HashMap<Key, Arc<AtomicUsize>>>,
+}
+
+impl ServedFiles {
+    pub(crate) fn file(&self, key: &Key) -> Option<Arc<Vec<u8>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    /// Whether at least one slot has loaded `key`.
+    pub(crate) fn is_loaded(&self, key: &Key) -> bool {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|n| n.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Forget models no longer served.
+    pub(crate) fn retain(&self, keep: impl Fn(&Key) -> bool) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
+    }
+}
