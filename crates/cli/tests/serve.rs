@@ -200,3 +200,55 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     let out = common::via(&c, 1, &["serve", "remove", "minilm"], Duration::from_secs(20));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no served model named minilm"));
 }
+
+/// The stock client: `tritonclient.http`, unmodified, from the virtualenv
+/// `scripts/assets` builds (pinned wheels).
+#[test]
+fn tritonclient_http_works_unchanged_against_any_node() {
+    let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
+    if !python.exists() {
+        eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
+        return;
+    }
+    let c = up(2);
+    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
+    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx"]);
+    let token = http_token(common::bin(), &c.node(1).rpc);
+    let ready = wait_for(Duration::from_secs(60), || {
+        https_get(common::bin(), &c.node(2).http, "/v2/models/effnet/ready", Some(&token)).0 == 200
+    });
+    assert!(ready.is_some(), "effnet never became ready");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    // Three photos, as the client's numpy array.
+    let photos = array("datasets/photos/photos.npy").rows(2, 3);
+    let input = dir.path().join("x.npy");
+    std::fs::write(&input, idunno_ml::npy::write(&photos)).unwrap();
+    let prefix = dir.path().join("out");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_http.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&c.node(2).http)
+        .arg(&token)
+        .arg(&ca)
+        .args(["effnet", "images"])
+        .arg(&input)
+        .arg("probabilities")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tritonclient: {said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("unknown model: [404] no served model named no-such-model"), "{said}");
+    let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photos))[0].to_f32();
+    for form in ["binary", "json"] {
+        let got = array_at(&dir.path().join(format!("out-{form}.npy")));
+        assert_eq!(got.shape, vec![3, 1000], "{form}");
+        close(&got.to_f32(), &want);
+    }
+}
+
+fn array_at(p: &std::path::Path) -> Tensor {
+    idunno_ml::read_array(&std::fs::read(p).unwrap()).unwrap()
+}
