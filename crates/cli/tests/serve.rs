@@ -252,3 +252,69 @@ fn tritonclient_http_works_unchanged_against_any_node() {
 fn array_at(p: &std::path::Path) -> Tensor {
     idunno_ml::read_array(&std::fs::read(p).unwrap()).unwrap()
 }
+
+/// Four requests always in flight from the stock client while two workers
+/// are killed at once and then the coordinator leader: every request is
+/// answered, correctly.
+#[test]
+fn killing_two_workers_and_then_the_leader_fails_no_request() {
+    let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
+    if !python.exists() {
+        eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
+        return;
+    }
+    let c = up(5);
+    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
+    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx", "--max-batch", "4"]);
+    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+    let (entry, victims) = (others[0], [others[1], others[2]]);
+    // Every worker has loaded the model, so batches spread over all five.
+    let all = wait_for(Duration::from_secs(90), || {
+        let s = ok(&c, entry, &["serve", "status"]);
+        s[0]["workers"].as_array().is_some_and(|w| w.len() == 5)
+    });
+    assert!(all.is_some(), "not every worker loaded the model: {}", ok(&c, entry, &["serve", "status"]));
+    let token = http_token(common::bin(), &c.node(1).rpc);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    let photo = array("datasets/photos/photos.npy").rows(1, 1);
+    let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photo))[0].clone();
+    let (x, w) = (dir.path().join("x.npy"), dir.path().join("want.npy"));
+    std::fs::write(&x, idunno_ml::npy::write(&photo)).unwrap();
+    std::fs::write(&w, idunno_ml::npy::write(&want)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_load.py");
+    let load = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&c.node(entry).http)
+        .arg(&token)
+        .arg(&ca)
+        .args(["effnet", "images"])
+        .arg(&x)
+        .arg("probabilities")
+        .arg(&w)
+        .args(["16", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    for v in victims {
+        common::kill9(c.node(v).pid);
+    }
+    eprintln!("killed nodes {victims:?} (workers) at 4 s");
+    std::thread::sleep(Duration::from_secs(5));
+    common::kill9(c.node(leader).pid);
+    eprintln!("killed node {leader} (the coordinator leader) at 9 s");
+    let out = load.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the client: {said}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(said.trim().lines().last().unwrap_or_default()).unwrap();
+    eprintln!("client through node {entry}: {r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["answers"], r["correct"], "{r}");
+    assert!(r["answers"].as_u64() > Some(50), "{r}");
+    let status = ok(&c, entry, &["serve", "status"]);
+    eprintln!("{status:#}");
+}
