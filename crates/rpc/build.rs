@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".idunno.v1.PutMessage.data",
         ".idunno.v1.GetMessage.data",
         ".idunno.v1.QueryResult.outputs",
+        ".inference.ModelInferRequest.raw_input_contents",
+        ".inference.ModelInferResponse.raw_output_contents",
     ]);
     tonic_prost_build::configure().compile_with_config(
         config,
@@ -20,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/idunno/v1/coordinator.proto",
             "proto/idunno/v1/sdfs.proto",
             "proto/idunno/v1/jobs.proto",
+            "proto/inference/grpc_service.proto",
         ],
         &["proto"],
     )?;

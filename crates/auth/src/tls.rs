@@ -246,10 +246,16 @@ impl ServerCredentials {
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map_err(err)
         };
-        let mut grpc = builder()?
-            .with_client_cert_verifier(either)
-            .with_single_cert(vec![cert.clone()], key.clone_key())
-            .map_err(err)?;
+        // Clients that do not offer Ed25519 in their handshake (gRPC's
+        // BoringSSL: tritonclient.grpc) get an ECDSA P-256 certificate from
+        // the same authority; idunno's own peers get the Ed25519 one.
+        let (ecdsa_cert, ecdsa_key) = leaf_with(&ca, Role::Node, &rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let certified = |cert: CertificateDer<'static>, key: &PrivateKeyDer<'static>| {
+            let signer = provider().key_provider.load_private_key(key.clone_key()).map_err(err)?;
+            Ok::<_, TlsError>(Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signer)))
+        };
+        let by_scheme = ByScheme { ed25519: certified(cert.clone(), &key)?, ecdsa: certified(ecdsa_cert, &ecdsa_key)? };
+        let mut grpc = builder()?.with_client_cert_verifier(either).with_cert_resolver(Arc::new(by_scheme));
         grpc.alpn_protocols = vec![b"h2".to_vec()];
         // Browsers do not sign or verify with Ed25519 in TLS: the HTTPS
         // server's own key is ECDSA P-256 (its certificate still comes from
@@ -275,6 +281,24 @@ impl ServerCredentials {
         match self.nodes_only.verify_client_cert(end, rest, UnixTime::now()) {
             Ok(_) => Some(Role::Node),
             Err(_) => Some(Role::Client),
+        }
+    }
+}
+
+/// The gRPC server's certificate for a client: Ed25519 when the client
+/// can verify it, else ECDSA P-256 (both from the node authority).
+#[derive(Debug)]
+struct ByScheme {
+    ed25519: Arc<rustls::sign::CertifiedKey>,
+    ecdsa: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for ByScheme {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if hello.signature_schemes().contains(&rustls::SignatureScheme::ED25519) {
+            Some(self.ed25519.clone())
+        } else {
+            Some(self.ecdsa.clone())
         }
     }
 }

@@ -318,3 +318,49 @@ fn killing_two_workers_and_then_the_leader_fails_no_request() {
     let status = ok(&c, entry, &["serve", "status"]);
     eprintln!("{status:#}");
 }
+
+/// `tritonclient.grpc`, unmodified, on a node's RPC port over TLS (the
+/// node shows gRPC's BoringSSL an ECDSA certificate of the cluster's
+/// authority), with the cluster's token as the credential.
+#[test]
+fn tritonclient_grpc_works_unchanged_with_the_token() {
+    let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
+    if !python.exists() {
+        eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
+        return;
+    }
+    let c = up(2);
+    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
+    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx"]);
+    let token = http_token(common::bin(), &c.node(1).rpc);
+    let ready = wait_for(Duration::from_secs(60), || {
+        https_get(common::bin(), &c.node(2).http, "/v2/models/effnet/ready", Some(&token)).0 == 200
+    });
+    assert!(ready.is_some(), "effnet never became ready");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    let photos = array("datasets/photos/photos.npy").rows(5, 2);
+    let (input, output) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    std::fs::write(&input, idunno_ml::npy::write(&photos)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_grpc.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&c.node(2).rpc)
+        .arg(&token)
+        .arg(&ca)
+        .args(["effnet", "images"])
+        .arg(&input)
+        .arg("probabilities")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tritonclient.grpc: {said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("unknown model: StatusCode.NOT_FOUND no served model named no-such-model"), "{said}");
+    assert!(said.contains("without the token: StatusCode.UNAUTHENTICATED"), "{said}");
+    let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photos))[0].to_f32();
+    let got = array_at(&output);
+    assert_eq!(got.shape, vec![2, 1000]);
+    close(&got.to_f32(), &want);
+}

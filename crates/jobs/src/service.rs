@@ -183,7 +183,7 @@ impl idunno_rpc::Jobs for JobsService {
     }
 
     async fn infer(&self, req: Request<v1::InferBatch>) -> Result<Response<v1::InferBatchReply>, Status> {
-        let timeout = crate::served::grpc_timeout(req.metadata());
+        let timeout = idunno_rpc::limits::grpc_timeout(req.metadata());
         crate::served::infer(&self.0, req.into_inner(), timeout).await.map(Response::new)
     }
 

@@ -212,7 +212,7 @@ impl Node {
             None => rpc.incoming(),
         };
         let grpc = tonic::transport::Server::builder()
-            .layer(idunno_rpc::auth::AuthLayer::new(keys.is_some(), refused.clone()))
+            .layer(idunno_rpc::auth::AuthLayer::new(keys.is_some(), refused.clone()).with_tokens(keys.clone()))
             .layer(idunno_rpc::limits::DeadlineLayer)
             .initial_stream_window_size(Some(idunno_sdfs::WINDOW))
             .initial_connection_window_size(Some(4 * idunno_sdfs::WINDOW))
@@ -233,6 +233,13 @@ impl Node {
             )
             .add_service(idunno_rpc::SdfsServer::new(idunno_sdfs::service::SdfsService(sdfs.clone())).limited())
             .add_service(idunno_rpc::JobsServer::new(idunno_jobs::service::JobsService(jobs)).limited())
+            .add_service(
+                idunno_rpc::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+                    idunno_serve::grpc::InferenceService(serving.clone()),
+                )
+                .max_decoding_message_size(idunno_rpc::limits::MAX_MESSAGE)
+                .max_encoding_message_size(idunno_rpc::limits::MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown.child_token().cancelled_owned());
         tasks.push((
             "rpc",

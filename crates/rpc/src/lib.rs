@@ -14,6 +14,12 @@ pub mod v1 {
     tonic::include_proto!("idunno.v1");
 }
 
+/// The Open Inference Protocol's gRPC form (package `inference`), for
+/// stock clients such as tritonclient.grpc.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
 pub mod auth;
 pub mod json;
 pub mod limits;

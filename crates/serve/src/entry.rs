@@ -38,8 +38,9 @@ pub enum ServeError {
     Deadline(String),
 }
 
-/// How long a request may take when its client set no deadline.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a request may take when its client set no deadline (a
+/// server's bound on any unary call, `idunno_rpc::limits::UNARY_DEADLINE`).
+pub const DEFAULT_DEADLINE: Duration = idunno_rpc::limits::UNARY_DEADLINE;
 /// Batches of one model this node keeps in flight per worker.
 const IN_FLIGHT_PER_WORKER: usize = 2;
 /// How long a worker that failed a batch is passed over.

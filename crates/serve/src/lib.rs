@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod codec;
 pub mod entry;
+pub mod grpc;
 pub mod http;
 pub mod stats;
 
