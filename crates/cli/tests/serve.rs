@@ -201,18 +201,28 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no served model named minilm"));
 }
 
-/// The stock client: `tritonclient.http`, unmodified, from the virtualenv
-/// `scripts/assets` builds (pinned wheels).
-#[test]
-fn tritonclient_http_works_unchanged_against_any_node() {
+/// A cluster of `n` nodes serving EfficientNet-Lite0 as `effnet` (with
+/// `extra` flags for `serve add`), ready on node 2, and what a stock
+/// client needs: the clients' virtualenv's python (`scripts/assets` builds
+/// it from pinned wheels), the token, and the cluster's authority. `None`,
+/// with a NOTE, when the virtualenv is missing.
+struct Stock {
+    python: std::path::PathBuf,
+    c: Cluster,
+    token: String,
+    dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+fn serving_effnet(n: u16, extra: &[&str]) -> Option<Stock> {
     let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
     if !python.exists() {
         eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
-        return;
+        return None;
     }
-    let c = up(2);
+    let c = up(n);
     ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
-    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx"]);
+    ok(&c, 1, &[&["serve", "add", "effnet", "--model", "models/effnet.onnx"][..], extra].concat());
     let token = http_token(common::bin(), &c.node(1).rpc);
     let ready = wait_for(Duration::from_secs(60), || {
         https_get(common::bin(), &c.node(2).http, "/v2/models/effnet/ready", Some(&token)).0 == 200
@@ -221,29 +231,34 @@ fn tritonclient_http_works_unchanged_against_any_node() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    Some(Stock { python, c, token, dir, ca })
+}
+
+/// Run a client script of `tests/clients` with these arguments.
+fn client(s: &Stock, script: &str, args: &[&std::ffi::OsStr]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&s.python);
+    cmd.arg(format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"))).args(args);
+    cmd
+}
+
+/// The stock client: `tritonclient.http`, unmodified.
+#[test]
+fn tritonclient_http_works_unchanged_against_any_node() {
+    let Some(s) = serving_effnet(2, &[]) else { return };
     // Three photos, as the client's numpy array.
     let photos = array("datasets/photos/photos.npy").rows(2, 3);
-    let input = dir.path().join("x.npy");
+    let input = s.dir.path().join("x.npy");
     std::fs::write(&input, idunno_ml::npy::write(&photos)).unwrap();
-    let prefix = dir.path().join("out");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_http.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg(&c.node(2).http)
-        .arg(&token)
-        .arg(&ca)
-        .args(["effnet", "images"])
-        .arg(&input)
-        .arg("probabilities")
-        .arg(&prefix)
-        .output()
-        .unwrap();
+    let prefix = s.dir.path().join("out");
+    let (http, token) = (s.c.node(2).http.clone(), s.token.clone());
+    let args = [http.as_ref(), token.as_ref(), s.ca.as_os_str(), "effnet".as_ref(), "images".as_ref()];
+    let out = client(&s, "triton_http.py", &args).arg(&input).arg("probabilities").arg(&prefix).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tritonclient: {said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("unknown model: [404] no served model named no-such-model"), "{said}");
     let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photos))[0].to_f32();
     for form in ["binary", "json"] {
-        let got = array_at(&dir.path().join(format!("out-{form}.npy")));
+        let got = array_at(&s.dir.path().join(format!("out-{form}.npy")));
         assert_eq!(got.shape, vec![3, 1000], "{form}");
         close(&got.to_f32(), &want);
     }
@@ -258,39 +273,26 @@ fn array_at(p: &std::path::Path) -> Tensor {
 /// answered, correctly.
 #[test]
 fn killing_two_workers_and_then_the_leader_fails_no_request() {
-    let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
-    if !python.exists() {
-        eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
-        return;
-    }
-    let c = up(5);
-    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
-    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx", "--max-batch", "4"]);
-    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    let Some(s) = serving_effnet(5, &["--max-batch", "4"]) else { return };
+    let c = &s.c;
+    let leader = ok(c, 1, &["status"])["leader"].as_u64().unwrap();
     let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
     let (entry, victims) = (others[0], [others[1], others[2]]);
     // Every worker has loaded the model, so batches spread over all five.
     let all = wait_for(Duration::from_secs(90), || {
-        let s = ok(&c, entry, &["serve", "status"]);
-        s[0]["workers"].as_array().is_some_and(|w| w.len() == 5)
+        let st = ok(c, entry, &["serve", "status"]);
+        st[0]["workers"].as_array().is_some_and(|w| w.len() == 5)
     });
-    assert!(all.is_some(), "not every worker loaded the model: {}", ok(&c, entry, &["serve", "status"]));
-    let token = http_token(common::bin(), &c.node(1).rpc);
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    assert!(all.is_some(), "not every worker loaded the model: {}", ok(c, entry, &["serve", "status"]));
+    let dir = &s.dir;
     let photo = array("datasets/photos/photos.npy").rows(1, 1);
     let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photo))[0].clone();
     let (x, w) = (dir.path().join("x.npy"), dir.path().join("want.npy"));
     std::fs::write(&x, idunno_ml::npy::write(&photo)).unwrap();
     std::fs::write(&w, idunno_ml::npy::write(&want)).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_load.py");
-    let load = std::process::Command::new(&python)
-        .arg(script)
-        .arg(&c.node(entry).http)
-        .arg(&token)
-        .arg(&ca)
-        .args(["effnet", "images"])
+    let (http, token) = (c.node(entry).http.clone(), s.token.clone());
+    let args = [http.as_ref(), token.as_ref(), s.ca.as_os_str(), "effnet".as_ref(), "images".as_ref()];
+    let load = client(&s, "triton_load.py", &args)
         .arg(&x)
         .arg("probabilities")
         .arg(&w)
@@ -315,7 +317,7 @@ fn killing_two_workers_and_then_the_leader_fails_no_request() {
     assert_eq!(r["failed"], 0, "{r}");
     assert_eq!(r["answers"], r["correct"], "{r}");
     assert!(r["answers"].as_u64() > Some(50), "{r}");
-    let status = ok(&c, entry, &["serve", "status"]);
+    let status = ok(c, entry, &["serve", "status"]);
     eprintln!("{status:#}");
 }
 
@@ -324,37 +326,14 @@ fn killing_two_workers_and_then_the_leader_fails_no_request() {
 /// authority), with the cluster's token as the credential.
 #[test]
 fn tritonclient_grpc_works_unchanged_with_the_token() {
-    let python = idunno_ml::onnx::assets_dir().join("clients/bin/python");
-    if !python.exists() {
-        eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
-        return;
-    }
-    let c = up(2);
-    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
-    ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx"]);
-    let token = http_token(common::bin(), &c.node(1).rpc);
-    let ready = wait_for(Duration::from_secs(60), || {
-        https_get(common::bin(), &c.node(2).http, "/v2/models/effnet/ready", Some(&token)).0 == 200
-    });
-    assert!(ready.is_some(), "effnet never became ready");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, common::run(&["secret", "ca"], Duration::from_secs(10)).stdout).unwrap();
+    let Some(s) = serving_effnet(2, &[]) else { return };
+    let dir = &s.dir;
     let photos = array("datasets/photos/photos.npy").rows(5, 2);
     let (input, output) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
     std::fs::write(&input, idunno_ml::npy::write(&photos)).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_grpc.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg(&c.node(2).rpc)
-        .arg(&token)
-        .arg(&ca)
-        .args(["effnet", "images"])
-        .arg(&input)
-        .arg("probabilities")
-        .arg(&output)
-        .output()
-        .unwrap();
+    let (rpc, token) = (s.c.node(2).rpc.clone(), s.token.clone());
+    let args = [rpc.as_ref(), token.as_ref(), s.ca.as_os_str(), "effnet".as_ref(), "images".as_ref()];
+    let out = client(&s, "triton_grpc.py", &args).arg(&input).arg("probabilities").arg(&output).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tritonclient.grpc: {said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("unknown model: StatusCode.NOT_FOUND no served model named no-such-model"), "{said}");
