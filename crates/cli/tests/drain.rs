@@ -91,27 +91,7 @@ fn draining_a_worker_and_then_the_leader_loses_no_query_and_keeps_every_file() {
     put("datasets/photos/photos-labels.npy", "data/photos-labels.npy");
     let files = ["models/effnet.onnx", "data/photos.npy", "data/photos-labels.npy"];
     let passes = 150u64;
-    let p = passes.to_string();
-    json_via(
-        &c,
-        1,
-        &[
-            "job",
-            "add",
-            "photos",
-            "--model",
-            "models/effnet.onnx",
-            "--inputs",
-            "data/photos.npy",
-            "--labels",
-            "data/photos-labels.npy",
-            "--batch-size",
-            "1",
-            "--passes",
-            &p,
-        ],
-        LIMIT,
-    );
+    json_via(&c, 1, &common::strs(&common::photos_job(passes)), LIMIT);
     json_via(&c, 1, &["job", "start", "photos"], LIMIT);
     let status = |via: u64| json_via(&c, via, &["job", "status", "photos"], LIMIT)[0].clone();
     assert!(wait_for(LIMIT, || status(1)["queries_done"].as_u64() >= Some(20)).is_some(), "no progress");

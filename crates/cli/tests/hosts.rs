@@ -202,71 +202,11 @@ fn hosts_two_jobs_and_a_training_lose_nothing_when_two_hosts_die() {
         json(&c, 1, &["fs", "put", asset(file).to_str().unwrap(), name]);
     }
     let (photo_passes, tiny_passes) = (150u64, 400u64);
-    let pp = photo_passes.to_string();
-    let tp = tiny_passes.to_string();
-    json(
-        &c,
-        2,
-        &[
-            "job",
-            "add",
-            "photos",
-            "--model",
-            "models/effnet.onnx",
-            "--inputs",
-            "data/photos.npy",
-            "--labels",
-            "data/photos-labels.npy",
-            "--batch-size",
-            "1",
-            "--passes",
-            &pp,
-        ],
-    );
-    json(
-        &c,
-        3,
-        &[
-            "job",
-            "add",
-            "tiny",
-            "--model",
-            "models/tiny.onnx",
-            "--inputs",
-            "data/x.npy",
-            "--batch-size",
-            "64",
-            "--passes",
-            &tp,
-        ],
-    );
+    json(&c, 2, &common::strs(&common::photos_job(photo_passes)));
+    json(&c, 3, &common::strs(&common::tiny_job(tiny_passes)));
     json(&c, 1, &["job", "start", "photos"]);
     json(&c, 1, &["job", "start", "tiny"]);
-    json(
-        &c,
-        4,
-        &[
-            "train",
-            "mlp",
-            "--arch",
-            "mlp",
-            "--inputs",
-            "mnist/train-images",
-            "--labels",
-            "mnist/train-labels",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--workers",
-            "2",
-            "--checkpoint-every",
-            "100",
-            "--out",
-            "models/mlp",
-            "--detach",
-        ],
-    );
+    json(&c, 4, common::TRAIN_MLP);
     let progress = wait_for(Duration::from_secs(120), || {
         let (p, t) = (job_status(&mut c, "photos"), job_status(&mut c, "mlp"));
         p["queries_done"].as_u64() >= Some(30) && t["checkpoint"]["step"].as_u64() >= Some(100)

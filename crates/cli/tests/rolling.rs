@@ -53,73 +53,11 @@ fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
         json_via(&c, 1, &["fs", "put", asset(file).to_str().unwrap(), name], LIMIT);
     }
     let (photo_passes, tiny_passes) = (400u64, 90u64);
-    let (pp, tp) = (photo_passes.to_string(), tiny_passes.to_string());
-    json_via(
-        &c,
-        1,
-        &[
-            "job",
-            "add",
-            "photos",
-            "--model",
-            "models/effnet.onnx",
-            "--inputs",
-            "data/photos.npy",
-            "--labels",
-            "data/photos-labels.npy",
-            "--batch-size",
-            "1",
-            "--passes",
-            &pp,
-        ],
-        LIMIT,
-    );
-    json_via(
-        &c,
-        1,
-        &[
-            "job",
-            "add",
-            "tiny",
-            "--model",
-            "models/tiny.onnx",
-            "--inputs",
-            "data/x.npy",
-            "--batch-size",
-            "64",
-            "--passes",
-            &tp,
-        ],
-        LIMIT,
-    );
+    json_via(&c, 1, &common::strs(&common::photos_job(photo_passes)), LIMIT);
+    json_via(&c, 1, &common::strs(&common::tiny_job(tiny_passes)), LIMIT);
     json_via(&c, 1, &["job", "start", "photos"], LIMIT);
     json_via(&c, 1, &["job", "start", "tiny"], LIMIT);
-    json_via(
-        &c,
-        1,
-        &[
-            "train",
-            "mlp",
-            "--arch",
-            "mlp",
-            "--inputs",
-            "mnist/train-images",
-            "--labels",
-            "mnist/train-labels",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--workers",
-            "2",
-            "--checkpoint-every",
-            "100",
-            "--out",
-            "models/mlp",
-            "--detach",
-        ],
-        LIMIT,
-    );
+    json_via(&c, 1, common::TRAIN_MLP, LIMIT);
 
     let rate = |c: &common::Cluster, via: u64| -> f64 {
         ["photos", "tiny"].iter().map(|j| status(c, via, j)["query_rate"].as_f64().unwrap_or(0.0)).sum()

@@ -47,6 +47,50 @@ pub const WORKLOAD: &[(&str, &str)] = &[
     ("datasets/mnist/train-labels-idx1-ubyte", "mnist/train-labels"),
 ];
 
+/// `job add` of the workload's photos job: EfficientNet-Lite0 over the
+/// photos at batch 1, with labels, for `passes` passes.
+pub fn photos_job(passes: u64) -> Vec<String> {
+    let args = ["job", "add", "photos", "--model", "models/effnet.onnx", "--inputs", "data/photos.npy"];
+    let more = ["--labels", "data/photos-labels.npy", "--batch-size", "1", "--passes"];
+    args.iter().chain(&more).map(|a| a.to_string()).chain([passes.to_string()]).collect()
+}
+
+/// `job add` of the workload's tiny job: the tiny model over 4096 rows at
+/// batch 64, for `passes` passes.
+pub fn tiny_job(passes: u64) -> Vec<String> {
+    let args = ["job", "add", "tiny", "--model", "models/tiny.onnx", "--inputs", "data/x.npy", "--batch-size", "64"];
+    args.iter().map(|a| a.to_string()).chain(["--passes".to_string(), passes.to_string()]).collect()
+}
+
+/// The workload's training: a one-epoch MLP on MNIST over two workers,
+/// checkpointed every 100 steps, in the background.
+pub const TRAIN_MLP: &[&str] = &[
+    "train",
+    "mlp",
+    "--arch",
+    "mlp",
+    "--inputs",
+    "mnist/train-images",
+    "--labels",
+    "mnist/train-labels",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--workers",
+    "2",
+    "--checkpoint-every",
+    "100",
+    "--out",
+    "models/mlp",
+    "--detach",
+];
+
+/// Owned arguments as the `&str`s the runners take.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 pub fn up(n: u16) -> Cluster {
     Cluster::up(bin(), n, None)
 }
