@@ -143,12 +143,14 @@ where
 }
 
 /// The caller's deadline from gRPC's `grpc-timeout` header (`10S`, `250m`,
-/// …), if it set one.
+/// …), if it set one, at most [`UNARY_DEADLINE`] (what a server allows a
+/// unary call anyway): the header is the caller's, and a time too far off
+/// must not overflow the clock it is added to.
 pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     let (n, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = n.parse().ok()?;
-    Some(match unit {
+    let d = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -156,5 +158,27 @@ pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    })
+    };
+    Some(d.min(UNARY_DEADLINE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_and_bounded() {
+        let meta = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            m
+        };
+        assert_eq!(grpc_timeout(&meta("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&meta("7S")), Some(Duration::from_secs(7)));
+        assert_eq!(grpc_timeout(&meta("99999999H")), Some(UNARY_DEADLINE));
+        assert_eq!(grpc_timeout(&meta("18446744073709551615n")), Some(UNARY_DEADLINE));
+        assert_eq!(grpc_timeout(&meta("5x")), None);
+        assert_eq!(grpc_timeout(&meta("S")), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 }

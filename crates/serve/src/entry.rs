@@ -137,7 +137,8 @@ impl Serving {
                 )));
             }
         }
-        let client_deadline = req.timeout_us.map(|us| Instant::now() + Duration::from_micros(us));
+        // The client's number: bounded before it meets the clock.
+        let client_deadline = req.timeout_us.map(|us| Instant::now() + Duration::from_micros(us).min(DEFAULT_DEADLINE));
         let deadline =
             [deadline, client_deadline].into_iter().flatten().min().unwrap_or(Instant::now() + DEFAULT_DEADLINE);
         let arrived = Instant::now();
