@@ -182,9 +182,21 @@ fn expected_class(i: usize) -> i64 {
 /// dispatcher interleaves queries of different lengths.
 const JOBS: [(&str, u32); 2] = [("small", 4), ("large", 8)];
 
+/// The nodes' data folders. A crash here is a process's, never the
+/// machine's, so what a node wrote survives it in memory as on disk: the
+/// folders go to tmpfs where there is one, and an fsync no longer waits
+/// for a disk that the rest of a test run keeps busy.
+fn data_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    match tempfile::Builder::new().prefix("idunno-sim-").tempdir_in(shm) {
+        Ok(dir) => Ok(dir),
+        Err(_) => tempfile::tempdir(),
+    }
+}
+
 /// Run one seeded simulation with the model at `model` (tiny-add.onnx).
 pub fn run(config: &SimConfig, model: &Path) -> Result<Outcome, Failure> {
-    let data = tempfile::tempdir().map_err(|e| fail(config.seed, Duration::ZERO, e.to_string(), &[]))?;
+    let data = data_dir().map_err(|e| fail(config.seed, Duration::ZERO, e.to_string(), &[]))?;
     let model_bytes = std::fs::read(model)
         .map_err(|e| fail(config.seed, Duration::ZERO, format!("{}: {e}", model.display()), &[]))?;
     let mut sim = turmoil::Builder::new()
