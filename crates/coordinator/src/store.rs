@@ -1,7 +1,11 @@
 //! Durable Raft storage for the coordinator group.
 //!
 //! - [`LogStore`]: the log, the vote and the committed index in one redb
-//!   file (`DATA/raft/log.redb`); every write is an fsync'd transaction.
+//!   file (`DATA/raft/log.redb`); every write of the log and the vote is an
+//!   fsync'd transaction. The newest entries are also kept decoded in
+//!   memory ([`Tail`], bounded in entries and bytes): replication to the
+//!   followers and applying read what was just appended, and would
+//!   otherwise decode it again from disk for every follower.
 //! - [`StateMachineStore`]: the [`ClusterState`] in memory, snapshots as a
 //!   plain file (`DATA/raft/snapshot.bin`, written atomically). On
 //!   restart the snapshot is loaded and Raft re-applies the committed log
@@ -11,18 +15,19 @@
 //! after every applied batch (STYLE.md §5: one owner, snapshots for
 //! readers).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
     Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -42,11 +47,97 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read(&e).into()
 }
 
-/// The Raft log on disk. Cheap to clone (the database is shared with the
-/// log reader Raft asks for).
+/// The Raft log on disk. Cheap to clone (the database and the tail are
+/// shared with the log reader Raft asks for).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// The newest log entries, decoded: a run of consecutive indexes that
+/// always equals what the disk holds at those indexes (every change to the
+/// disk's log is made to the tail after it is durable).
+#[derive(Default)]
+pub struct Tail {
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// At most this many entries…
+    const ENTRIES: usize = 1024;
+    /// …and at most this many bytes of their encoded form.
+    const BYTES: usize = 16 << 20;
+
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn next(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index + 1)
+    }
+
+    /// An entry just written at its index: it follows the run, or starts a
+    /// new one (Raft truncates before it writes over an index).
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        if self.next().is_some_and(|n| n != entry.log_id.index) {
+            self.clear();
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.entries.len() > Self::ENTRIES || (self.bytes > Self::BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// Entries at `index` and after were removed.
+    fn truncate(&mut self, index: u64) {
+        while self.next().is_some_and(|n| n > index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Entries up to `index` were removed.
+    fn purge(&mut self, index: u64) {
+        while self.first().is_some_and(|f| f <= index) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries of `range` if the tail holds every one of them.
+    fn get(&self, range: &impl RangeBounds<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let (first, next) = (self.first()?, self.next()?);
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.checked_add(1)?,
+            Bound::Unbounded => return None,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.checked_add(1)?,
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => next,
+        };
+        if start < first || start >= next || end > next {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = end.saturating_sub(first) as usize;
+        Some(self.entries.range(from..to.max(from)).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 impl LogStore {
@@ -58,7 +149,11 @@ impl LogStore {
         tx.open_table(LOGS).map_err(std::io::Error::other)?;
         tx.open_table(META).map_err(std::io::Error::other)?;
         tx.commit().map_err(std::io::Error::other)?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore { db: Arc::new(db), tail: Arc::default() })
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether nothing was ever stored: a node with an empty log and no
@@ -80,9 +175,10 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T, durability: Durability) -> StoreResult<()> {
         let bytes = serde_json::to_vec(value).map_err(io_err)?;
-        let tx = self.db.begin_write().map_err(io_err)?;
+        let mut tx = self.db.begin_write().map_err(io_err)?;
+        tx.set_durability(durability).map_err(io_err)?;
         {
             let mut table = tx.open_table(META).map_err(io_err)?;
             table.insert(key, bytes.as_slice()).map_err(io_err)?;
@@ -96,6 +192,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        if let Some(entries) = self.tail().get(&range) {
+            return Ok(entries);
+        }
         let tx = self.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
@@ -129,15 +228,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
-        self.put_meta("vote", vote)
+        self.put_meta("vote", vote, Durability::Immediate)
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
         self.get_meta("vote")
     }
 
+    /// Raft needs the committed index only to apply sooner after a
+    /// restart; a lost one is learnt again from the leader. So it is not
+    /// fsync'd on its own (it reaches the disk with the next log write),
+    /// where it would double the syncs of every commit.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
-        self.put_meta("committed", &committed)
+        self.put_meta("committed", &committed, Durability::None)
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
@@ -150,16 +253,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let tx = self.db.begin_write().map_err(io_err)?;
+        let mut written = Vec::new();
         {
             let mut table = tx.open_table(LOGS).map_err(io_err)?;
             for e in entries {
                 let bytes = serde_json::to_vec(&e).map_err(io_err)?;
                 table.insert(e.log_id.index, bytes.as_slice()).map_err(io_err)?;
+                written.push((e, bytes.len()));
             }
         }
         // redb's default durability fsyncs before commit returns.
         let r = tx.commit().map_err(std::io::Error::other);
         let failed = r.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
+        {
+            let mut tail = self.tail();
+            match failed {
+                // What the disk holds now is not known: read it from there.
+                Some(_) => tail.clear(),
+                None => written.into_iter().for_each(|(e, size)| tail.push(e, size)),
+            }
+        }
         callback.log_io_completed(r);
         match failed {
             Some(e) => Err(io_err(e)),
@@ -173,7 +286,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut table = tx.open_table(LOGS).map_err(io_err)?;
             table.retain_in(log_id.index.., |_, _| false).map_err(io_err)?;
         }
-        tx.commit().map_err(io_err)
+        let r = tx.commit().map_err(io_err);
+        let mut tail = self.tail();
+        match r {
+            Ok(()) => tail.truncate(log_id.index),
+            Err(_) => tail.clear(),
+        }
+        r
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
@@ -185,7 +304,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut table = tx.open_table(LOGS).map_err(io_err)?;
             table.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
         }
-        tx.commit().map_err(io_err)
+        let r = tx.commit().map_err(io_err);
+        let mut tail = self.tail();
+        match r {
+            Ok(()) => tail.purge(log_id.index),
+            Err(_) => tail.clear(),
+        }
+        r
     }
 }
 
