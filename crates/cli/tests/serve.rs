@@ -193,6 +193,17 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     assert!(effnet["requests"].as_u64() >= Some(2), "{effnet:#}");
     assert!(!effnet["workers"].as_array().unwrap().is_empty(), "{effnet:#}");
     assert_eq!(effnet["max_batch"], 4);
+    // `/metrics` of the node the bad requests went to: per model.
+    let m = common::scrape(&c, 2, &token);
+    let (answered, bad, count) = (
+        common::value(&m, "idunno_serve_requests_total", &[("model", "effnet")]),
+        common::value(&m, "idunno_serve_errors_total", &[("model", "effnet"), ("kind", "bad_request")]),
+        common::value(&m, "idunno_serve_request_duration_seconds_count", &[("model", "effnet")]),
+    );
+    assert!(answered >= Some(1.0) && answered == count, "answered {answered:?}, latencies {count:?}");
+    assert_eq!(bad, Some(3.0), "the three bad requests to effnet");
+    let ready = common::value(&common::scrape(&c, 3, &token), "idunno_serve_ready_workers", &[("model", "effnet")]);
+    assert!(ready >= Some(1.0), "{ready:?}");
     // Removed: no longer answered.
     ok(&c, 1, &["serve", "remove", "minilm"]);
     let gone = wait_for(Duration::from_secs(10), || get(3, "/v2/models/minilm").0 == 404);

@@ -254,7 +254,7 @@ impl Node {
             let history = Arc::new(std::sync::Mutex::new(history::History::default()));
             tasks.push(("history", spawn_history(coordinator.clone(), history.clone(), shutdown.child_token())));
             let web = http::Web {
-                metrics: Arc::new(metrics::NodeMetrics::new(&shared, &sdfs_layer, &jobs_layer)),
+                metrics: Arc::new(metrics::NodeMetrics::new(&shared, &sdfs_layer, &jobs_layer, serving.stats.clone())),
                 shared,
                 history,
                 replicas: config.sdfs.replicas,

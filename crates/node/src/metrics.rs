@@ -5,12 +5,14 @@
 //! `docs/observability.md` tells users:
 //!
 //! - **cluster-wide** (`idunno_job_*`, `idunno_train_*` but the member
-//!   ones, `idunno_sdfs_files`…, `idunno_events_total`): read from this
+//!   ones, `idunno_sdfs_files`…, `idunno_events_total`,
+//!   `idunno_serve_ready_workers`): read from this
 //!   node's copy of the replicated state at scrape time, so every node
 //!   gives the same value once it has applied the same log — take one
 //!   node's, or `max()` across nodes, never `sum()`;
 //! - **per node** (`idunno_worker_*`, `idunno_sdfs_put*`, `idunno_swim_*`,
-//!   `idunno_raft_*`, `process_*`…): what this node did or sees — `sum()`
+//!   `idunno_raft_*`, `idunno_serve_*` but the ready workers, `process_*`…):
+//!   what this node did or sees — `sum()`
 //!   across nodes for the cluster's total.
 
 use std::sync::Arc;
@@ -36,7 +38,12 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    pub fn new(shared: &Shared, sdfs: &idunno_sdfs::Sdfs, jobs: &idunno_jobs::Jobs) -> NodeMetrics {
+    pub fn new(
+        shared: &Shared,
+        sdfs: &idunno_sdfs::Sdfs,
+        jobs: &idunno_jobs::Jobs,
+        served: Arc<idunno_serve::stats::Stats>,
+    ) -> NodeMetrics {
         let replicas = sdfs.config.replicas;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Process));
@@ -50,6 +57,7 @@ impl NodeMetrics {
             shared.coordinator.apply_seconds.clone(),
         );
         reg.register_collector(Box::new(Cluster { coordinator: shared.coordinator.clone() }));
+        reg.register_collector(Box::new(Served(served)));
         reg.register_collector(Box::new(NodeView {
             coordinator: shared.coordinator.clone(),
             membership: shared.membership.clone(),
@@ -121,6 +129,61 @@ fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType,
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelErrorLabels {
+    model: String,
+    kind: &'static str,
+}
+
+/// The served models' requests that arrived at this node (`idunno serve`).
+#[derive(Debug)]
+struct Served(Arc<idunno_serve::stats::Stats>);
+
+impl Collector for Served {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let counts = self.0.counts();
+        let label = |n: &String| ModelLabel { model: n.clone() };
+        let per = |f: &dyn Fn(&idunno_serve::stats::ModelCounts) -> u64| {
+            counts.iter().map(|(n, c)| (label(n), Value::Int(f(c)))).collect::<Vec<_>>()
+        };
+        let enc = &mut enc;
+        family(
+            enc,
+            "serve_requests",
+            "Requests to the served model answered by this node",
+            Counter,
+            per(&|c| c.requests),
+        )?;
+        let errors = counts.iter().flat_map(|(n, c)| {
+            c.errors.iter().map(|(kind, v)| (ModelErrorLabels { model: n.clone(), kind }, Value::Int(*v)))
+        });
+        family(
+            enc,
+            "serve_errors",
+            "Requests to the served model that this node answered with an error, by kind",
+            Counter,
+            errors,
+        )?;
+        family(
+            enc,
+            "serve_queue",
+            "Requests waiting in this node's queue for the model",
+            Gauge,
+            per(&|c| c.queue as u64),
+        )?;
+        family(enc, "serve_batches", "Batches this node sent to workers", Counter, per(&|c| c.batches))?;
+        family(enc, "serve_batch_rows", "Rows in the batches this node sent", Counter, per(&|c| c.batched_rows))?;
+        let help = "Time from a request's arrival at this node to its answer; le bounds exact to ~1.6%";
+        histograms(enc, "serve_request_duration_seconds", help, counts.iter().map(|(n, c)| (label(n), &c.latency)))
+    }
+}
+
 /// Cluster-wide series, from this node's copy of the replicated state.
 struct Cluster {
     coordinator: Arc<Coordinator>,
@@ -139,6 +202,9 @@ impl Collector for Cluster {
         jobs(&mut enc, st)?;
         trainings(&mut enc, st)?;
         files(&mut enc, st)?;
+        let ready =
+            st.serving.models.iter().map(|(n, s)| (ModelLabel { model: n.clone() }, Value::Int(s.ready.len() as u64)));
+        family(&mut enc, "serve_ready_workers", "Workers that have the served model loaded", MetricType::Gauge, ready)?;
         let recorded = st.events.next_seq.saturating_sub(1);
         single(&mut enc, "events", "Events on the cluster's timeline so far", MetricType::Counter, Value::Int(recorded))
     }
@@ -212,16 +278,22 @@ fn jobs(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
     family(enc, "job_state", "1 for the job's current state, 0 for the others", Gauge, rows)?;
 
     // The latency histogram the state keeps (every counted query once).
+    let help = "Processing time of the job's counted queries, on their workers (C2); le bounds exact to ~1.6%";
+    histograms(enc, "job_query_duration_seconds", help, jobs.iter().map(|(n, j)| (label(n), &j.progress.latency)))
+}
+
+/// A histogram family from the state's latency histograms (µs), with
+/// [`latency_bounds`].
+fn histograms<'h, L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, &'h idunno_state::Histogram)>,
+) -> std::fmt::Result {
     let bounds = latency_bounds();
     let bounds_us: Vec<u64> = bounds.iter().map(|s| (s * 1e6).round() as u64).collect();
-    let mut m = enc.encode_descriptor(
-        "job_query_duration_seconds",
-        "Processing time of the job's counted queries, on their workers (C2); le bounds exact to ~1.6%",
-        None,
-        MetricType::Histogram,
-    )?;
-    for (n, j) in &jobs {
-        let h = &j.progress.latency;
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in rows {
         let counts = h.cumulative(&bounds_us);
         let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
         // Prometheus wants per-bucket counts here; the encoder adds them up.
@@ -231,7 +303,6 @@ fn jobs(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
             last = *c;
         }
         buckets.push((f64::INFINITY, h.count - last));
-        let labels = label(n);
         m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(h.sum_us as f64 / 1e6, h.count, &buckets, None)?;
     }
     Ok(())

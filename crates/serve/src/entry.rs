@@ -116,7 +116,23 @@ impl Serving {
         req: InferRequest,
         deadline: Option<Instant>,
     ) -> Result<InferResponse, ServeError> {
+        // (A name that is not served is not counted: a client's names
+        // would grow the table without bound.)
         let served = self.model(name).ok_or_else(|| ServeError::NotFound(format!("no served model named {name}")))?;
+        let arrived = Instant::now();
+        let answer = self.infer_served(name, &served, version, req, deadline).await;
+        self.stats.answered(name, arrived.elapsed(), answer.as_ref().err());
+        answer
+    }
+
+    async fn infer_served(
+        self: &Arc<Self>,
+        name: &str,
+        served: &Served,
+        version: Option<&str>,
+        req: InferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<InferResponse, ServeError> {
         let spec = &served.spec;
         if let Some(v) = version.filter(|v| !v.is_empty())
             && v != spec.model_version.to_string()
@@ -153,9 +169,7 @@ impl Serving {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ServeError::Unavailable("this node is stopping".into())),
             Err(_) => Err(ServeError::Deadline(format!("model {name} gave no answer within the request's deadline"))),
-        };
-        self.stats.answered(name, arrived.elapsed(), outputs.as_ref().err());
-        let outputs = outputs?;
+        }?;
         let outputs = if req.outputs.is_empty() {
             outputs
         } else {

@@ -16,12 +16,12 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// Answers remembered for the rate (a bound on memory at any rate).
 const MAX_REMEMBERED: usize = 200_000;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ModelStats {
     answered: u64,
     errors: BTreeMap<&'static str, u64>,
@@ -67,6 +67,19 @@ impl From<LatencySummary> for LatencyMs {
             p99: ms(l.p99),
         }
     }
+}
+
+/// One model's counts at this node, as `/metrics` shows them.
+#[derive(Clone, Debug)]
+pub struct ModelCounts {
+    /// Requests answered.
+    pub requests: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Arrival to answer, of the answered requests (µs).
+    pub latency: Histogram,
+    pub queue: usize,
+    pub batches: u64,
+    pub batched_rows: u64,
 }
 
 /// The label of an error kind.
@@ -130,6 +143,25 @@ impl Stats {
             })
             .collect();
         serde_json::Value::Object(doc)
+    }
+
+    /// Every model's counts (models no longer served included until the
+    /// node restarts).
+    pub fn counts(&self) -> BTreeMap<String, ModelCounts> {
+        let m = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .map(|(name, s)| {
+                let counts = ModelCounts {
+                    requests: s.answered,
+                    errors: s.errors.clone(),
+                    latency: s.latency.clone(),
+                    queue: s.queue,
+                    batches: s.batches,
+                    batched_rows: s.batched_rows,
+                };
+                (name.clone(), counts)
+            })
+            .collect()
     }
 
     /// Every model's figures (models no longer served included until the
