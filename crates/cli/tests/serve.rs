@@ -354,3 +354,95 @@ fn tritonclient_grpc_works_unchanged_with_the_token() {
     assert_eq!(got.shape, vec![2, 1000]);
     close(&got.to_f32(), &want);
 }
+
+/// Keep `in_flight` requests of `rows` photos each in flight to `model`
+/// through these nodes' RPC ports (gRPC, with the test clusters' client
+/// certificate) for `seconds`: the end time (s from the start) of every
+/// answer, and the errors.
+async fn grpc_load(
+    rpcs: Vec<String>,
+    model: &str,
+    rows: usize,
+    in_flight: usize,
+    seconds: f64,
+) -> (Vec<f64>, Vec<String>) {
+    use idunno_rpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use idunno_rpc::inference::{ModelInferRequest, model_infer_request::InferInputTensor};
+    let photos = array("datasets/photos/photos.npy").rows(0, rows);
+    let request = ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "images".into(),
+            datatype: "FP32".into(),
+            shape: photos.shape.iter().map(|d| *d as i64).collect(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::from(photos.data)],
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..in_flight {
+        let (addr, request) = (rpcs[k % rpcs.len()].clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ends, mut errors) = (Vec::new(), Vec::new());
+            let ch = idunno_rpc::connect_channel(&addr, Duration::from_secs(5)).await.expect("connect");
+            let mut c = GrpcInferenceServiceClient::new(ch);
+            while start.elapsed().as_secs_f64() < seconds {
+                match c.model_infer(request.clone()).await {
+                    Ok(r) if r.get_ref().raw_output_contents.first().map(|b| b.len()) == Some(rows * 4000) => {
+                        ends.push(start.elapsed().as_secs_f64())
+                    }
+                    Ok(r) => errors.push(format!(
+                        "an answer of {:?} bytes",
+                        r.get_ref().raw_output_contents.first().map(|b| b.len())
+                    )),
+                    Err(s) => errors.push(format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            (ends, errors)
+        }));
+    }
+    let (mut ends, mut errors) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (e, x) = t.await.expect("client task");
+        ends.extend(e);
+        errors.extend(x);
+    }
+    (ends, errors)
+}
+
+/// Two served models, one four times the cost of the other per request
+/// (EfficientNet-Lite0 on 1 photo and on 4), both kept overloaded through
+/// two nodes: the workers' fair queues give them the same request rate.
+#[test]
+fn two_served_models_of_four_times_the_cost_get_equal_request_rates_under_overload() {
+    let c = up(3);
+    ok(&c, 1, &["fs", "put", asset("models/efficientnet-lite0.onnx").to_str().unwrap(), "models/effnet.onnx"]);
+    ok(&c, 1, &["serve", "add", "light", "--model", "models/effnet.onnx", "--max-batch", "4"]);
+    ok(&c, 1, &["serve", "add", "heavy", "--model", "models/effnet.onnx", "--max-batch", "16"]);
+    let loaded = wait_for(Duration::from_secs(90), || {
+        let st = ok(&c, 1, &["serve", "status"]);
+        st.as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|m| m["workers"].as_array().is_some_and(|w| w.len() == 3)))
+    });
+    assert!(loaded.is_some(), "not every worker loaded both: {}", ok(&c, 1, &["serve", "status"]));
+    common::use_secret(idunno_auth::Role::Client);
+    let rpcs = vec![c.node(1).rpc.clone(), c.node(2).rpc.clone()];
+    let seconds = 24.0;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ((light, light_errors), (heavy, heavy_errors)) = rt.block_on(async {
+        tokio::join!(grpc_load(rpcs.clone(), "light", 1, 32, seconds), grpc_load(rpcs.clone(), "heavy", 4, 32, seconds))
+    });
+    assert!(light_errors.is_empty() && heavy_errors.is_empty(), "{light_errors:?} {heavy_errors:?}");
+    // The first seconds fill the queues; the rates are those after, while
+    // both models are still kept overloaded.
+    let (from, to) = (6.0, seconds - 2.0);
+    let rate = |ends: &[f64]| ends.iter().filter(|t| **t >= from && **t < to).count() as f64 / (to - from);
+    let (l, h) = (rate(&light), rate(&heavy));
+    let apart = l.max(h) / l.min(h) - 1.0;
+    eprintln!("light {l:.1} requests/s, heavy {h:.1} requests/s: {:.1}% apart", apart * 100.0);
+    eprintln!("{:#}", ok(&c, 1, &["serve", "status"]));
+    assert!(l > 5.0 && h > 5.0, "too few answers to compare: {l:.1}, {h:.1} requests/s");
+    assert!(apart <= 0.05, "light {l:.1} and heavy {h:.1} requests/s are {:.1}% apart", apart * 100.0);
+}
