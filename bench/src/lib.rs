@@ -66,6 +66,12 @@ pub fn cluster(n: u16, config: Option<&str>) -> Cluster {
     Cluster::up(&idunno_bin(), n, config)
 }
 
+/// A cluster of the benchmarked binary without a secret (`--insecure`:
+/// plain HTTP and gRPC on loopback), each node with `config`.
+pub fn cluster_insecure(n: u16, config: &str) -> Cluster {
+    Cluster::up_with(&idunno_bin(), n, Some(config), &[("IDUNNO_SECRET_FILE", "")], &["--insecure"])
+}
+
 /// Member states as `observer` sees them: id → (state name, incarnation).
 pub async fn states(addr: &str) -> Option<Vec<(u64, &'static str, u64)>> {
     let mut c = idunno_rpc::connect(addr, Duration::from_millis(500)).await.ok()?;

@@ -1,0 +1,681 @@
+//! bench/serve: online serving over the Open Inference Protocol, beside
+//! bare ONNX Runtime and Ray Serve, in one run.
+//!
+//! Every figure of issue 18's table, on EfficientNet-Lite0 (the photos,
+//! batch 8 per request, one ONNX Runtime thread) and on tiny-add (one row
+//! per request):
+//!
+//! 1. **Throughput / bare**: a one-node cluster (one slot, one thread)
+//!    answering two requests kept in flight over HTTP (binary extension),
+//!    against bare ONNX Runtime in this process on the same batches.
+//! 2. **Added p50 latency** at one request in flight, over HTTP, against
+//!    bare's p50; and on tiny-add over gRPC and HTTP, where the model costs
+//!    nothing and what is measured is the serving path.
+//! 3. **Idle memory**: the node's RSS once it has served the model and
+//!    is idle.
+//! 4. **kill -9 of a worker under load**: three nodes, four requests in
+//!    flight to node 1, another node (not the leader) killed: requests that
+//!    failed, and the time until throughput is back at ≥ 80% of what it was
+//!    (the peer script's rule: a window of ~30 answers, sliding by 0.1 s).
+//! 5. **Two models of 4× cost under overload**: the same model served
+//!    twice, one sent batches of 8 and the other batches of 32, four
+//!    requests in flight each, on one node with two slots: each one's
+//!    request rate and their ratio max/min − 1 (target ≤ 0.05).
+//!
+//! Then `../shared/peers/ray_serve_bench.py` runs the same model, inputs,
+//! batch and threads under Ray Serve (a virtualenv with `ray[serve]` is
+//! made once under `~/.cache/idunno/peers/ray`), and the table is printed
+//! side by side. The clusters run without a secret (`--insecure`, plain
+//! HTTP and gRPC on loopback), as Ray Serve does.
+//!
+//! `cargo run --release -p idunno-bench --bin serve -- --seconds 20`
+//! (`--no-ray` for idunno and bare ONNX Runtime alone)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use idunno_bench::{Cluster, cluster_insecure, idunno_bin, kill9, median, rss_mib};
+use idunno_ml::Tensor;
+use idunno_ml::onnx::OnnxModel;
+use idunno_rpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use idunno_rpc::inference::{ModelInferRequest, model_infer_request::InferInputTensor};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Seconds of load after the kill.
+    #[arg(long, default_value_t = 12.0)]
+    fault_tail: f64,
+    /// Skip Ray Serve.
+    #[arg(long)]
+    no_ray: bool,
+    /// The peer script (default: `../shared/peers/ray_serve_bench.py`
+    /// beside the repository).
+    #[arg(long)]
+    peer: Option<PathBuf>,
+}
+
+const EFFNET: &str = "models/efficientnet-lite0.onnx";
+const PHOTOS: &str = "datasets/photos/photos.npy";
+const TINY: &str = "models/tiny-add.onnx";
+const TINY_X: &str = "datasets/tiny/x.npy";
+const BATCH: usize = 8;
+
+fn asset(rel: &str) -> PathBuf {
+    let p = idunno_ml::onnx::assets_dir().join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/assets", p.display());
+    p
+}
+
+/// `count` batches of `batch` rows of the set, cycling through it.
+fn batches(set: &Tensor, batch: usize, count: usize) -> Vec<Tensor> {
+    let n = set.samples();
+    (0..count)
+        .map(|i| {
+            let rows: Vec<Tensor> = (0..batch).map(|j| set.rows((i * batch + j) % n, 1)).collect();
+            let mut data = Vec::new();
+            rows.iter().for_each(|r| data.extend_from_slice(&r.data));
+            let mut shape = set.shape.clone();
+            shape[0] = batch;
+            Tensor { dtype: set.dtype, shape, data }
+        })
+        .collect()
+}
+
+/// Bare ONNX Runtime in this process, one batch after another:
+/// (queries/s, p50 ms).
+fn bare(model: &str, input: &[Tensor], seconds: f64) -> (f64, f64) {
+    let mut m = OnnxModel::load(&std::fs::read(asset(model)).expect("model"), 1).expect("load");
+    let warm = Instant::now();
+    let mut i = 0;
+    while warm.elapsed() < Duration::from_secs(2) || i < 2 {
+        std::hint::black_box(m.run(std::slice::from_ref(&input[i % input.len()])).expect("run"));
+        i += 1;
+    }
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        std::hint::black_box(m.run(std::slice::from_ref(&input[lat.len() % input.len()])).expect("run"));
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (lat.len() as f64 / t0.elapsed().as_secs_f64(), median(&lat))
+}
+
+/// A served model's request, ready to send either way.
+#[derive(Clone)]
+struct Req {
+    model: String,
+    input: String,
+    dtype: &'static str,
+    shape: Vec<i64>,
+    data: Bytes,
+}
+
+impl Req {
+    fn new(model: &str, input: &str, t: &Tensor) -> Req {
+        let dtype = match t.dtype {
+            idunno_ml::DType::F32 => "FP32",
+            other => panic!("the bench sends FP32 inputs, not {other:?}"),
+        };
+        Req {
+            model: model.into(),
+            input: input.into(),
+            dtype,
+            shape: t.shape.iter().map(|d| *d as i64).collect(),
+            data: Bytes::from(t.data.clone()),
+        }
+    }
+
+    /// The binary-data extension's body: the JSON header, then the bytes.
+    fn http(&self) -> (Bytes, usize) {
+        let header = json!({
+            "inputs": [{"name": self.input, "shape": self.shape, "datatype": self.dtype,
+                        "parameters": {"binary_data_size": self.data.len()}}],
+            "parameters": {"binary_data_output": true},
+        });
+        let mut body = serde_json::to_vec(&header).expect("json");
+        let len = body.len();
+        body.extend_from_slice(&self.data);
+        (Bytes::from(body), len)
+    }
+
+    fn grpc(&self) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: self.model.clone(),
+            inputs: vec![InferInputTensor {
+                name: self.input.clone(),
+                datatype: self.dtype.into(),
+                shape: self.shape.clone(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![self.data.clone()],
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    Http,
+    Grpc,
+}
+
+/// What one stream of requests saw: each answer's (start, end) seconds
+/// from the load's start, and each failure's end and message.
+#[derive(Default)]
+struct Seen {
+    ok: Vec<(f64, f64)>,
+    failed: Vec<(f64, String)>,
+}
+
+impl Seen {
+    fn between(&self, from: f64, to: f64) -> Vec<(f64, f64)> {
+        self.ok.iter().copied().filter(|(_, e)| *e >= from && *e < to).collect()
+    }
+
+    fn rate(&self, from: f64, to: f64) -> f64 {
+        self.between(from, to).len() as f64 / (to - from)
+    }
+
+    fn p50_ms(&self, from: f64, to: f64) -> f64 {
+        median(&self.between(from, to).iter().map(|(s, e)| (e - s) * 1000.0).collect::<Vec<_>>())
+    }
+}
+
+/// One HTTP/1.1 connection (kept alive) to a node's HTTP port.
+struct HttpConn {
+    addr: String,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl HttpConn {
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        header_len: Option<usize>,
+    ) -> Result<(u16, Bytes), String> {
+        if self.sender.is_none() {
+            let stream = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected");
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", &self.addr);
+        if let Some(n) = header_len {
+            req = req.header("content-type", "application/octet-stream").header("inference-header-content-length", n);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let answer = match sender.send_request(req).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.sender = None;
+                return Err(format!("send: {e}"));
+            }
+        };
+        let status = answer.status().as_u16();
+        let body = answer.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> Result<(u16, Bytes), String> {
+    HttpConn { addr: addr.into(), sender: None }.request("GET", path, Bytes::new(), None).await
+}
+
+/// Keep `in_flight` of `reqs` (cycled) in flight to `addr` for `seconds`.
+async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usize, seconds: f64) -> Seen {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..in_flight {
+        let (addr, reqs) = (addr.to_string(), reqs.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut http = HttpConn { addr: addr.clone(), sender: None };
+            let mut grpc = None;
+            let path = format!("/v2/models/{}/infer", reqs[0].model);
+            let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
+            let mut i = k;
+            while t0.elapsed().as_secs_f64() < seconds {
+                let start = t0.elapsed().as_secs_f64();
+                let result = match proto {
+                    Proto::Http => {
+                        let (body, len) = bodies[i % bodies.len()].clone();
+                        match http.request("POST", &path, body, Some(len)).await {
+                            Ok((200, _)) => Ok(()),
+                            Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Proto::Grpc => {
+                        if grpc.is_none() {
+                            grpc = idunno_rpc::connect_channel(&addr, Duration::from_secs(5))
+                                .await
+                                .ok()
+                                .map(GrpcInferenceServiceClient::new);
+                        }
+                        match grpc.as_mut() {
+                            Some(c) => c
+                                .model_infer(reqs[i % reqs.len()].grpc())
+                                .await
+                                .map(drop)
+                                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                            None => Err("could not connect".into()),
+                        }
+                    }
+                };
+                let end = t0.elapsed().as_secs_f64();
+                match result {
+                    Ok(()) => seen.ok.push((start, end)),
+                    Err(e) => {
+                        seen.failed.push((end, e));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                i += in_flight;
+            }
+            seen
+        }));
+    }
+    let mut all = Seen::default();
+    for t in tasks {
+        let s = t.await.expect("client task");
+        all.ok.extend(s.ok);
+        all.failed.extend(s.failed);
+    }
+    all.ok.sort_by(|a, b| a.1.total_cmp(&b.1));
+    all
+}
+
+/// `idunno ARGS --json` through node 1 of an insecure cluster.
+fn cli(c: &Cluster, args: &[&str]) -> Value {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--json", "--node", &c.node(1).rpc]);
+    let out =
+        idunno_testkit::run_with_env(&idunno_bin(), &full, &[("IDUNNO_SECRET_FILE", "")], Duration::from_secs(120));
+    assert!(out.status.success(), "idunno {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// Serve `file` (an asset) as `name` and wait until node `at` says it is
+/// ready and `workers` workers have it loaded; the model's first input's
+/// name.
+async fn serve(c: &Cluster, name: &str, file: &str, max_batch: usize, workers: usize) -> String {
+    let sdfs = format!("models/{name}.onnx");
+    cli(c, &["fs", "put", asset(file).to_str().expect("utf-8"), &sdfs]);
+    let max_batch = max_batch.to_string();
+    cli(c, &["serve", "add", name, "--model", &sdfs, "--max-batch", &max_batch, "--max-delay-ms", "0"]);
+    let http = &c.node(1).http;
+    let start = Instant::now();
+    loop {
+        let ready = matches!(http_get(http, &format!("/v2/models/{name}/ready")).await, Ok((200, _)));
+        let status = cli(c, &["serve", "status"]);
+        let loaded = status
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == name))
+            .and_then(|m| m["workers"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if ready && loaded >= workers {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{name} not ready on {workers} workers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, meta) = http_get(http, &format!("/v2/models/{name}")).await.expect("metadata");
+    let meta: Value = serde_json::from_slice(&meta).expect("metadata json");
+    meta["inputs"][0]["name"].as_str().expect("an input").to_string()
+}
+
+/// The peer script's recovery rule: windows holding ~30 answers at the
+/// pre-kill rate slide by 0.1 s; the dip is the first window after the
+/// kill below 80% of that rate, recovery the first later time at which the
+/// windows ending then and half a window later are both back at ≥ 80%.
+/// `None`: no dip; `Some(None)`: not back within the run.
+fn recovery(seen: &Seen, pre_rate: f64, kill: f64, stop: f64) -> Option<Option<f64>> {
+    let win = if pre_rate > 0.0 { (30.0 / pre_rate).max(1.0) } else { 1.0 };
+    let rate_at = |t: f64| seen.ok.iter().filter(|(_, e)| *e > t - win && *e <= t).count() as f64 / win;
+    let (frac, step) = (0.8, 0.1);
+    let mut first_low = None;
+    let mut t = kill + step;
+    while t <= stop + 1e-9 {
+        if first_low.is_none() {
+            if t <= kill + win + 2.0 && rate_at(t) < frac * pre_rate {
+                first_low = Some(t);
+            }
+        } else if t - win >= kill
+            && rate_at(t) >= frac * pre_rate
+            && t + win / 2.0 <= stop
+            && rate_at(t + win / 2.0) >= frac * pre_rate
+        {
+            return Some(Some(t - kill));
+        }
+        t += step;
+    }
+    first_low.map(|_| None)
+}
+
+/// What idunno measured.
+#[derive(Default)]
+struct Ours {
+    qps: f64,
+    p50_ms: f64,
+    one_p50_ms: f64,
+    one_grpc_p50_ms: f64,
+    tiny_grpc_p50_ms: f64,
+    tiny_http_p50_ms: f64,
+    idle_rss_mib: f64,
+    kill_failed: usize,
+    kill_errors: Vec<String>,
+    kill_answers: usize,
+    kill_recovery: Option<Option<f64>>,
+    kill_pre_qps: f64,
+    two: (f64, f64),
+}
+
+async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
+    let s = args.seconds;
+    let mut o = Ours::default();
+
+    eprintln!("idunno: one node, one slot, one thread");
+    let c = cluster_insecure(1, "[worker]\nslots = 1\nthreads = 1\n");
+    let input = serve(&c, "effnet", EFFNET, BATCH, 1).await;
+    let reqs: Vec<Req> = effnet.iter().map(|t| Req::new("effnet", &input, t)).collect();
+    let http = c.node(1).http.clone();
+    load(Proto::Http, &http, &reqs, 2, 2.0).await;
+    let seen = load(Proto::Http, &http, &reqs, 2, s).await;
+    assert!(seen.failed.is_empty(), "failed requests: {:?}", &seen.failed[..seen.failed.len().min(3)]);
+    (o.qps, o.p50_ms) = (seen.rate(0.0, s), seen.p50_ms(0.0, s));
+    eprintln!("  2 in flight: {:.2} requests/s, p50 {:.2} ms", o.qps, o.p50_ms);
+    let seen = load(Proto::Http, &http, &reqs, 1, s).await;
+    o.one_p50_ms = seen.p50_ms(0.0, s);
+    let seen = load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, s / 2.0).await;
+    o.one_grpc_p50_ms = seen.p50_ms(0.0, s / 2.0);
+    eprintln!("  1 in flight: p50 {:.2} ms HTTP, {:.2} ms gRPC", o.one_p50_ms, o.one_grpc_p50_ms);
+    // Idle after the load, as the peer script measures Ray's processes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    o.idle_rss_mib = rss_mib(c.node(1).pid).unwrap_or(f64::NAN);
+
+    let input = serve(&c, "tiny", TINY, 1, 1).await;
+    let reqs: Vec<Req> = tiny.iter().map(|t| Req::new("tiny", &input, t)).collect();
+    load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, 2.0).await;
+    let seen = load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, s / 2.0).await;
+    o.tiny_grpc_p50_ms = seen.p50_ms(0.0, s / 2.0);
+    let seen = load(Proto::Http, &http, &reqs, 1, s / 2.0).await;
+    o.tiny_http_p50_ms = seen.p50_ms(0.0, s / 2.0);
+    eprintln!("  tiny-add, 1 in flight: p50 {:.3} ms gRPC, {:.3} ms HTTP", o.tiny_grpc_p50_ms, o.tiny_http_p50_ms);
+    drop(c);
+
+    eprintln!("idunno: two models of 4x the cost, one node, two slots");
+    let c = cluster_insecure(1, "[worker]\nslots = 2\nthreads = 1\n");
+    let input = serve(&c, "light", EFFNET, BATCH, 1).await;
+    serve(&c, "heavy", EFFNET, 4 * BATCH, 1).await;
+    let set = idunno_ml::read_array(&std::fs::read(asset(PHOTOS)).expect("photos")).expect("photos");
+    let light: Vec<Req> = effnet.iter().map(|t| Req::new("light", &input, t)).collect();
+    let heavy: Vec<Req> = batches(&set, 4 * BATCH, 4).iter().map(|t| Req::new("heavy", &input, t)).collect();
+    let http = c.node(1).http.clone();
+    let (l, h) = tokio::join!(load(Proto::Http, &http, &light, 4, s), load(Proto::Http, &http, &heavy, 4, s));
+    // The first seconds fill the queues; the rates are those after.
+    o.two = (l.rate(2.0, s), h.rate(2.0, s));
+    eprintln!("  light {:.2} requests/s, heavy {:.2} requests/s", o.two.0, o.two.1);
+    drop(c);
+
+    eprintln!("idunno: kill -9 of a worker under load, three nodes");
+    let c = cluster_insecure(3, "[worker]\nslots = 1\nthreads = 1\n");
+    let input = serve(&c, "effnet", EFFNET, BATCH, 3).await;
+    let reqs: Vec<Req> = effnet.iter().map(|t| Req::new("effnet", &input, t)).collect();
+    let leader = cli(&c, &["status"])["leader"].as_u64().expect("a leader");
+    let victim = (2..=3).find(|id| *id != leader).expect("a node that is not the leader");
+    let http = c.node(1).http.clone();
+    let kill_at = s / 2.0 + 2.0;
+    let stop = kill_at + args.fault_tail;
+    let pid = c.node(victim).pid;
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs_f64(kill_at)).await;
+        kill9(pid);
+    });
+    let seen = load(Proto::Http, &http, &reqs, 4, stop).await;
+    killer.await.expect("killer");
+    o.kill_pre_qps = seen.rate(2.0, kill_at);
+    o.kill_answers = seen.ok.len();
+    o.kill_failed = seen.failed.len();
+    o.kill_errors = seen.failed.iter().take(3).map(|(_, e)| e.clone()).collect();
+    o.kill_recovery = recovery(&seen, o.kill_pre_qps, kill_at, stop);
+    eprintln!(
+        "  node {victim} killed: {} answers, {} failed, {:.2} requests/s before, recovery {:?}",
+        o.kill_answers, o.kill_failed, o.kill_pre_qps, o.kill_recovery
+    );
+    drop(c);
+    o
+}
+
+/// The virtualenv with Ray Serve (made once), or why there is none.
+fn ray_python() -> Result<PathBuf, String> {
+    let home = std::env::var("HOME").map_err(|_| "no HOME".to_string())?;
+    let venv = Path::new(&home).join(".cache/idunno/peers/ray");
+    let python = venv.join("bin/python");
+    let works = |p: &Path| {
+        Command::new(p).args(["-c", "import ray.serve, onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success())
+    };
+    if works(&python) {
+        return Ok(python);
+    }
+    eprintln!("making {} (ray[serve], onnxruntime, numpy)", venv.display());
+    let ok = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success())
+        && Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "ray[serve]==2.60.0", "onnxruntime", "numpy"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok && works(&python) { Ok(python) } else { Err(format!("could not make {}", venv.display())) }
+}
+
+/// One run of the peer script; its JSON.
+fn ray(python: &Path, script: &Path, args: &[&str]) -> Option<Value> {
+    eprintln!("ray_serve_bench.py {}", args.join(" "));
+    let out = Command::new(python).arg(script).args(args).arg("--json").output().ok()?;
+    if !out.status.success() {
+        eprintln!("the peer script failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+struct Theirs {
+    main: Option<Value>,
+    tiny: Option<Value>,
+    fault: Option<Value>,
+}
+
+fn theirs(args: &Args) -> Option<Theirs> {
+    if args.no_ray {
+        return None;
+    }
+    let script = args
+        .peer
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ray_serve_bench.py"));
+    if !script.exists() {
+        eprintln!("no peer script at {}: Ray Serve is left out", script.display());
+        return None;
+    }
+    let python = match ray_python() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}: Ray Serve is left out");
+            return None;
+        }
+    };
+    let s = format!("{}", args.seconds);
+    let half = format!("{}", args.seconds / 2.0);
+    let (effnet, photos, tiny) = (asset(EFFNET), asset(PHOTOS), asset(TINY));
+    let (effnet, photos, tiny) = (effnet.to_str()?, photos.to_str()?, tiny.to_str()?);
+    let b = BATCH.to_string();
+    let main = ray(
+        python.as_path(),
+        &script,
+        &["--model", effnet, "--inputs", photos, "--batch-size", &b, "--phases", "A,B,D", "--seconds", &s],
+    );
+    let tiny = ray(
+        python.as_path(),
+        &script,
+        &[
+            "--model",
+            tiny,
+            "--batch-size",
+            "1",
+            "--phases",
+            "A,B",
+            "--seconds",
+            &half,
+            "--concurrency",
+            "1",
+            "--b1-seconds",
+            "0",
+        ],
+    );
+    let fault = ray(
+        python.as_path(),
+        &script,
+        &[
+            "--model",
+            effnet,
+            "--inputs",
+            photos,
+            "--batch-size",
+            &b,
+            "--phases",
+            "C",
+            "--replicas",
+            "2",
+            "--concurrency",
+            "4",
+            "--seconds",
+            &s,
+        ],
+    );
+    Some(Theirs { main, tiny, fault })
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let args = Args::parse();
+    idunno_bench::use_secret(None);
+    let set = idunno_ml::read_array(&std::fs::read(asset(PHOTOS)).expect("photos")).expect("photos");
+    let effnet = batches(&set, BATCH, 8);
+    let xs = idunno_ml::read_array(&std::fs::read(asset(TINY_X)).expect("tiny inputs")).expect("tiny inputs");
+    let tiny = batches(&xs, 1, 8);
+
+    eprintln!("bare ONNX Runtime (this process, one thread)");
+    let (bare_qps, bare_p50) = bare(EFFNET, &effnet, args.seconds);
+    let (_, tiny_p50) = bare(TINY, &tiny, args.seconds / 2.0);
+    eprintln!("  EfficientNet b8: {bare_qps:.2} q/s, p50 {bare_p50:.2} ms; tiny-add b1: p50 {tiny_p50:.4} ms");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let o = rt.block_on(ours(&args, &effnet, &tiny));
+    let t = theirs(&args);
+
+    let main = t.as_ref().and_then(|t| t.main.as_ref());
+    let ray_a = main.map(|m| &m["phases"]["A"]);
+    let ray_b = main.map(|m| &m["phases"]["B"]);
+    let ray_d = main.map(|m| &m["phases"]["D"]);
+    let tiny_ray = t.as_ref().and_then(|t| t.tiny.as_ref());
+    let fault = t.as_ref().and_then(|t| t.fault.as_ref()).map(|v| &v["phases"]["C"]);
+    let na = || "—".to_string();
+
+    println!();
+    println!("| figure | idunno | Ray Serve 2.60 | target |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bare ONNX Runtime, EfficientNet-Lite0 b8: q/s, p50 | {bare_qps:.2} q/s, {bare_p50:.2} ms (Rust) | {} | |",
+        ray_a.map_or_else(na, |a| format!("{:.2} q/s, {:.2} ms (Python)", f(&a["qps"]), f(&a["p50_ms"])))
+    );
+    println!(
+        "| throughput / bare, 2 in flight | {:.3} ({:.2} q/s) | {} | ≥ 0.95 |",
+        o.qps / bare_qps,
+        o.qps,
+        ray_b.zip(ray_a).map_or_else(na, |(b, a)| format!(
+            "{:.3} ({:.2} q/s)",
+            f(&b["qps"]) / f(&a["qps"]),
+            f(&b["qps"])
+        ))
+    );
+    println!(
+        "| added p50, 1 in flight | {:+.2} ms HTTP, {:+.2} ms gRPC | {} | ≤ 1 ms HTTP |",
+        o.one_p50_ms - bare_p50,
+        o.one_grpc_p50_ms - bare_p50,
+        ray_b
+            .zip(ray_a)
+            .map_or_else(na, |(b, a)| format!("{:+.2} ms", f(&b["one_in_flight"]["p50_ms"]) - f(&a["p50_ms"])))
+    );
+    println!(
+        "| tiny-add b1: added p50, 1 in flight | {:+.3} ms gRPC, {:+.3} ms HTTP | {} | ≤ 0.3 ms gRPC |",
+        o.tiny_grpc_p50_ms - tiny_p50,
+        o.tiny_http_p50_ms - tiny_p50,
+        tiny_ray
+            .map_or_else(na, |v| format!("{:+.3} ms", f(&v["phases"]["B"]["p50_ms"]) - f(&v["phases"]["A"]["p50_ms"])))
+    );
+    let rec = |r: &Option<Option<f64>>| match r {
+        None => "no dip below 80%".to_string(),
+        Some(None) => "not back within the run".to_string(),
+        Some(Some(s)) => format!("back in {s:.1} s"),
+    };
+    println!(
+        "| kill -9 of a worker under load: failed, throughput | {} failed of {}, {} | {} | 0 failed, ≤ 2 s |",
+        o.kill_failed,
+        o.kill_answers + o.kill_failed,
+        rec(&o.kill_recovery),
+        fault.map_or_else(na, |c| format!(
+            "{} failed, {}",
+            c["errors_after_kill"],
+            match (c["dip_below_80pct"].as_bool(), c["recovery_s"].as_f64()) {
+                (Some(false), _) => "no dip below 80%".to_string(),
+                (_, Some(s)) => format!("back in {s:.1} s"),
+                _ => "not back within the run".to_string(),
+            }
+        ))
+    );
+    let ratio = o.two.0.max(o.two.1) / o.two.0.min(o.two.1) - 1.0;
+    println!(
+        "| two models, 4× cost, overload: requests/s, max/min − 1 | {:.2} / {:.2}, {ratio:.3} | {} | ≤ 0.05 |",
+        o.two.0,
+        o.two.1,
+        ray_d.map_or_else(na, |d| format!(
+            "{:.2} / {:.2}, {:.3}",
+            f(&d["light"]["qps"]),
+            f(&d["heavy"]["qps"]),
+            f(&d["qps_ratio_max_over_min_minus_1"])
+        ))
+    );
+    println!(
+        "| idle memory serving one model | {:.0} MiB (the node's RSS) | {} | ≤ 1/5 of Ray |",
+        o.idle_rss_mib,
+        ray_b.map_or_else(na, |b| format!(
+            "{:.0} MB RSS, {:.0} MB PSS (Ray's processes)",
+            f(&b["idle_with_deployment"]["ray_procs_rss_mb"]),
+            f(&b["idle_with_deployment"]["ray_procs_pss_mb"])
+        ))
+    );
+    if !o.kill_errors.is_empty() {
+        println!("\nfailed requests after the kill, first: {:?}", o.kill_errors);
+    }
+    if let Some(b) = ray_b {
+        let ratio = o.idle_rss_mib / f(&b["idle_with_deployment"]["ray_procs_pss_mb"]);
+        println!("\nidle memory, idunno RSS / Ray PSS: {ratio:.3}");
+    }
+}
