@@ -145,6 +145,17 @@ impl Jobs {
         let _ = self.serve_figures.set(Box::new(f));
     }
 
+    /// Run a served model's batch on this node's slots, as its `Infer`
+    /// call does, for a caller in this process (the node's own entry
+    /// point, which then neither encodes the tensors nor crosses a socket).
+    pub async fn infer(
+        self: &Arc<Self>,
+        batch: idunno_rpc::v1::InferBatch,
+        timeout: Duration,
+    ) -> Result<idunno_rpc::v1::InferBatchReply, tonic::Status> {
+        served::infer(self, batch, Some(timeout)).await
+    }
+
     fn serve_figures(&self) -> serde_json::Value {
         self.serve_figures.get().map_or_else(|| serde_json::json!({}), |f| f())
     }

@@ -181,6 +181,14 @@ impl Node {
         let serving = idunno_serve::Serving::new(coordinator.clone(), membership.clone(), shutdown.child_token());
         let stats = serving.stats.clone();
         jobs.on_serve_figures(move || stats.raw());
+        let local = jobs.clone();
+        serving.set_local(
+            id.0,
+            Arc::new(move |batch, timeout| {
+                let jobs = local.clone();
+                Box::pin(async move { jobs.infer(batch, timeout).await })
+            }),
+        );
         let jobs_layer = jobs.clone();
         let sdfs_layer = sdfs.clone();
         tasks.push((

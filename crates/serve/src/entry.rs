@@ -8,7 +8,9 @@
 //! this node's copy of the replicated state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use idunno_coordinator::Coordinator;
@@ -64,6 +66,15 @@ struct Request {
     arrived: Instant,
 }
 
+/// This node's own worker, called in process when a batch goes to it:
+/// the batch and how long it may take, as the `Infer` call would carry
+/// them, without encoding the tensors or crossing a socket.
+pub type LocalWorker = Arc<
+    dyn Fn(v1::InferBatch, Duration) -> Pin<Box<dyn Future<Output = Result<v1::InferBatchReply, tonic::Status>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// This node's part in serving: a queue and a task per served model.
 pub struct Serving {
     coordinator: Arc<Coordinator>,
@@ -71,6 +82,8 @@ pub struct Serving {
     models: Mutex<HashMap<String, mpsc::Sender<Request>>>,
     /// One connection per worker: its address and client.
     clients: Mutex<HashMap<u64, (String, JobsClient<Channel>)>>,
+    /// This node's id and its worker, once the node has set them.
+    local: OnceLock<(u64, LocalWorker)>,
     pub stats: Arc<Stats>,
     shutdown: CancellationToken,
 }
@@ -86,9 +99,15 @@ impl Serving {
             membership,
             models: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            local: OnceLock::new(),
             stats: Arc::new(Stats::default()),
             shutdown,
         })
+    }
+
+    /// Batches for node `id` (this one) go to `worker` in process.
+    pub fn set_local(&self, id: u64, worker: LocalWorker) {
+        let _ = self.local.set((id, worker));
     }
 
     /// The served model `name` as this node's state has it.
@@ -327,13 +346,18 @@ impl Serving {
             requests: batch.len() as u32,
         };
         self.stats.batch(&spec.name, rows.iter().sum());
-        let ran = match self.client(worker).await {
-            Ok(mut c) => {
-                let mut call = tonic::Request::new(request);
-                call.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-                c.infer(call).await
-            }
-            Err(e) => Err(tonic::Status::unavailable(e)),
+        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let local = self.local.get().filter(|(id, _)| *id == worker).map(|(_, w)| w.clone());
+        let ran = match local {
+            Some(run) => run(request, timeout).await.map(tonic::Response::new),
+            None => match self.client(worker).await {
+                Ok(mut c) => {
+                    let mut call = tonic::Request::new(request);
+                    call.set_timeout(timeout);
+                    c.infer(call).await
+                }
+                Err(e) => Err(tonic::Status::unavailable(e)),
+            },
         };
         match ran {
             Ok(reply) => match split(reply.into_inner().outputs, &rows) {
