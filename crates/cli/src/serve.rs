@@ -30,6 +30,9 @@ pub enum ServeCommand {
         /// Under overload, request rates of served models are in the ratio of their weights (default 1).
         #[arg(long)]
         weight: Option<u32>,
+        /// How many workers load the model (the leader picks them and replaces any that die; default: every one).
+        #[arg(long)]
+        workers: Option<u32>,
     },
     /// Stop serving a model.
     Remove { name: String },
@@ -42,7 +45,7 @@ pub async fn run(cmd: ServeCommand, node: Option<String>, out: Output) -> Result
     let mut c = crate::job::client(&addr).await?;
     let status = |s| CliError::from(RpcError::from_status(&addr, s));
     match cmd {
-        ServeCommand::Add { name, model, max_batch, max_delay_ms, max_queue, weight } => {
+        ServeCommand::Add { name, model, max_batch, max_delay_ms, max_queue, weight, workers } => {
             let req = v1::ServeAddRequest {
                 name: name.clone(),
                 model,
@@ -51,6 +54,7 @@ pub async fn run(cmd: ServeCommand, node: Option<String>, out: Output) -> Result
                 max_queue: max_queue.unwrap_or(0),
                 weight: weight.unwrap_or(0),
                 delay_given: max_delay_ms.is_some(),
+                workers: workers.unwrap_or(0),
             };
             let r = c.serve_add(req).await.map_err(status)?.into_inner();
             if out.json {
@@ -101,15 +105,25 @@ pub async fn run(cmd: ServeCommand, node: Option<String>, out: Output) -> Result
                     num(&l["p99"], 2),
                     m["queue"].to_string(),
                     num(&m["avg_batch"], 1),
-                    m["workers"]
-                        .as_array()
-                        .map(|w| w.iter().map(Value::to_string).collect::<Vec<_>>().join(", "))
-                        .unwrap_or_default(),
+                    workers(m),
                     if errors.is_empty() { "-".into() } else { errors.join(", ") },
                 ]);
             }
             println!("{t}");
             Ok(())
         }
+    }
+}
+
+/// The ready workers, and those placed that are still loading the model.
+fn workers(m: &Value) -> String {
+    let ids = |k: &str| -> Vec<u64> { m[k].as_array().into_iter().flatten().filter_map(Value::as_u64).collect() };
+    let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let ready = ids("workers");
+    let loading: Vec<u64> = ids("placed").into_iter().filter(|w| !ready.contains(w)).collect();
+    match (ready.is_empty(), loading.is_empty()) {
+        (_, true) => list(&ready),
+        (true, false) => format!("loading on {}", list(&loading)),
+        (false, false) => format!("{} (loading on {})", list(&ready), list(&loading)),
     }
 }

@@ -71,7 +71,8 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     ok(&c, 1, &["fs", "put", asset("models/minilm-int8.onnx").to_str().unwrap(), "models/minilm.onnx"]);
     let added = ok(&c, 1, &["serve", "add", "effnet", "--model", "models/effnet.onnx", "--max-batch", "4"]);
     assert_eq!(added["action"], "added", "{added}");
-    ok(&c, 2, &["serve", "add", "minilm", "--model", "models/minilm.onnx"]);
+    // MiniLM on two of the three workers: the leader picks them.
+    ok(&c, 2, &["serve", "add", "minilm", "--model", "models/minilm.onnx", "--workers", "2"]);
     let token = http_token(common::bin(), &c.node(1).rpc);
     let get = |via: u64, path: &str| https_get(common::bin(), &c.node(via).http, path, Some(&token));
 
@@ -80,6 +81,26 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
         get(3, "/v2/models/effnet/ready").0 == 200 && get(3, "/v2/models/minilm/ready").0 == 200
     });
     assert!(ready.is_some(), "the models never became ready: {:?}", ok(&c, 1, &["serve", "status"]));
+    let minilm = |via: u64| {
+        let status = ok(&c, via, &["serve", "status"]);
+        status.as_array().unwrap().iter().find(|m| m["name"] == "minilm").unwrap().clone()
+    };
+    let mut placed = Value::Null;
+    let settled = wait_for(Duration::from_secs(60), || {
+        placed = minilm(1);
+        placed["placed"].as_array().unwrap().len() == 2 && placed["workers"] == placed["placed"]
+    });
+    assert!(settled.is_some(), "minilm not ready on its two workers: {placed:#}");
+    assert_eq!(placed["workers_asked"], 2, "{placed:#}");
+    let on: Vec<u64> = placed["placed"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    // Only those two load it: the third node's slots never do.
+    let slots_of = |id: u64, file: &str| {
+        common::value(&common::scrape(&c, id, &token), "idunno_worker_served_slots", &[("model", file)]).unwrap_or(0.0)
+    };
+    for id in 1..=3 {
+        let slots = slots_of(id, "models/minilm.onnx");
+        assert_eq!(slots > 0.0, on.contains(&id), "node {id} holds minilm in {slots} slots; placed on {on:?}");
+    }
     assert_eq!(get(2, "/v2/health/live").0, 200);
     assert_eq!(get(2, "/v2/health/ready").0, 200);
     let (code, body) = get(2, "/v2/models/effnet");
@@ -204,10 +225,12 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     assert_eq!(bad, Some(3.0), "the three bad requests to effnet");
     let ready = common::value(&common::scrape(&c, 3, &token), "idunno_serve_ready_workers", &[("model", "effnet")]);
     assert!(ready >= Some(1.0), "{ready:?}");
-    // Removed: no longer answered.
+    // Removed: no longer answered, and unloaded where it was.
     ok(&c, 1, &["serve", "remove", "minilm"]);
     let gone = wait_for(Duration::from_secs(10), || get(3, "/v2/models/minilm").0 == 404);
     assert!(gone.is_some(), "minilm still answered after serve remove");
+    let unloaded = wait_for(Duration::from_secs(20), || on.iter().all(|id| slots_of(*id, "models/minilm.onnx") == 0.0));
+    assert!(unloaded.is_some(), "minilm still loaded on {on:?} after serve remove");
     let out = common::via(&c, 1, &["serve", "remove", "minilm"], Duration::from_secs(20));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no served model named minilm"));
 }
@@ -279,22 +302,27 @@ fn array_at(p: &std::path::Path) -> Tensor {
     idunno_ml::read_array(&std::fs::read(p).unwrap()).unwrap()
 }
 
-/// Four requests always in flight from the stock client while two workers
-/// are killed at once and then the coordinator leader: every request is
-/// answered, correctly.
+/// Four requests always in flight from the stock client while two of the
+/// three workers the model is placed on are killed at once, and then the
+/// coordinator leader: every request is answered, correctly, and the
+/// leader places the model again on live workers.
 #[test]
 fn killing_two_workers_and_then_the_leader_fails_no_request() {
-    let Some(s) = serving_effnet(5, &["--max-batch", "4"]) else { return };
+    let Some(s) = serving_effnet(5, &["--max-batch", "4", "--workers", "3"]) else { return };
     let c = &s.c;
     let leader = ok(c, 1, &["status"])["leader"].as_u64().unwrap();
-    let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
-    let (entry, victims) = (others[0], [others[1], others[2]]);
-    // Every worker has loaded the model, so batches spread over all five.
-    let all = wait_for(Duration::from_secs(90), || {
-        let st = ok(c, entry, &["serve", "status"]);
-        st[0]["workers"].as_array().is_some_and(|w| w.len() == 5)
+    let ids = |v: &Value| -> Vec<u64> { v.as_array().into_iter().flatten().filter_map(Value::as_u64).collect() };
+    // Three workers have loaded the model.
+    let mut st = Value::Null;
+    let placed = wait_for(Duration::from_secs(90), || {
+        st = ok(c, 1, &["serve", "status"]);
+        ids(&st[0]["placed"]).len() == 3 && st[0]["workers"] == st[0]["placed"]
     });
-    assert!(all.is_some(), "not every worker loaded the model: {}", ok(c, entry, &["serve", "status"]));
+    assert!(placed.is_some(), "the model was not loaded on three workers: {st:#}");
+    let on = ids(&st[0]["placed"]);
+    let victims: Vec<u64> = on.iter().copied().filter(|id| *id != leader).take(2).collect();
+    let entry = c.nodes.iter().map(|n| n.id).find(|id| *id != leader && !victims.contains(id)).unwrap();
+    eprintln!("placed on {on:?}; killing {victims:?}, then the leader {leader}; requests through {entry}");
     let dir = &s.dir;
     let photo = array("datasets/photos/photos.npy").rows(1, 1);
     let want = local("models/efficientnet-lite0.onnx", std::slice::from_ref(&photo))[0].clone();
@@ -313,8 +341,8 @@ fn killing_two_workers_and_then_the_leader_fails_no_request() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
-    for v in victims {
-        common::kill9(c.node(v).pid);
+    for v in &victims {
+        common::kill9(c.node(*v).pid);
     }
     eprintln!("killed nodes {victims:?} (workers) at 4 s");
     std::thread::sleep(Duration::from_secs(5));
@@ -328,8 +356,16 @@ fn killing_two_workers_and_then_the_leader_fails_no_request() {
     assert_eq!(r["failed"], 0, "{r}");
     assert_eq!(r["answers"], r["correct"], "{r}");
     assert!(r["answers"].as_u64() > Some(50), "{r}");
-    let status = ok(c, entry, &["serve", "status"]);
-    eprintln!("{status:#}");
+    // Placed again: on the two live nodes (three asked for, two left).
+    let mut alive: Vec<u64> =
+        c.nodes.iter().map(|n| n.id).filter(|id| *id != leader && !victims.contains(id)).collect();
+    alive.sort_unstable();
+    let mut st = Value::Null;
+    let again = wait_for(Duration::from_secs(30), || {
+        st = ok(c, entry, &["serve", "status"]);
+        ids(&st[0]["placed"]) == alive && ids(&st[0]["workers"]) == alive
+    });
+    assert!(again.is_some(), "not placed on the live nodes {alive:?}: {st:#}");
 }
 
 /// `tritonclient.grpc`, unmodified, on a node's RPC port over TLS (the

@@ -328,10 +328,11 @@ pub struct SmData {
 /// changes the format can be planned (every node upgraded before any
 /// writes the new one).
 const STATE_MAGIC: &[u8] = b"IDSTATE";
-/// 4: served models (`serving`), and assignment notes with each worker's
-/// share of the queries and its slots; 3: the draining nodes (`nodes`);
-/// 2: the timeline (`events`). 1 to 3 are still read.
-const STATE_FORMAT: u8 = 4;
+/// 5: where served models are placed; 4: served models (`serving`), and
+/// assignment notes with each worker's share of the queries and its
+/// slots; 3: the draining nodes (`nodes`); 2: the timeline (`events`). 1
+/// to 4 are still read.
+const STATE_FORMAT: u8 = 5;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -358,6 +359,9 @@ impl SmData {
                 }
                 Some((3, body)) => {
                     postcard::from_bytes::<SmDataV3>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
+                Some((4, body)) => {
+                    postcard::from_bytes::<SmDataV4>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
                 }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
@@ -441,6 +445,32 @@ impl From<SmDataV3> for SmData {
             nodes: v.nodes,
             serving: Default::default(),
         };
+        SmData { last_applied: v.last_applied, membership: v.membership, state }
+    }
+}
+
+/// A state in format 4: before served models were placed.
+#[derive(Deserialize)]
+struct SmDataV4 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    state: ClusterStateV4,
+}
+
+#[derive(Deserialize)]
+struct ClusterStateV4 {
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTable,
+    training: idunno_state::TrainingTable,
+    events: idunno_state::EventLog,
+    nodes: idunno_state::NodeTable,
+    serving: idunno_state::ServingTableV4,
+}
+
+impl From<SmDataV4> for SmData {
+    fn from(v: SmDataV4) -> Self {
+        let ClusterStateV4 { namespace, inference, training, events, nodes, serving } = v.state;
+        let state = ClusterState { namespace, inference, training, events, nodes, serving: serving.into() };
         SmData { last_applied: v.last_applied, membership: v.membership, state }
     }
 }

@@ -92,8 +92,9 @@ fn every_domain() -> idunno_coordinator::store::SmData {
         json!({"op": "add_served", "spec": {"name": "m", "model": "f", "model_version": 1, "platform": "onnxruntime_onnx",
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
-            "max_batch": 8, "max_delay_ms": 1, "max_queue": 100, "weight": 2, "added_ms": 7}}),
-        json!({"op": "set_serve_ready", "ready": {"m": [2, 1]}}),
+            "max_batch": 8, "max_delay_ms": 1, "max_queue": 100, "weight": 2, "added_ms": 7}, "workers": 2}),
+        json!({"op": "set_serve_placement", "placed": {"m": [1, 3]}}),
+        json!({"op": "set_serve_ready", "ready": {"m": [1]}}),
     ];
     for c in commands {
         let cmd: Command = serde_json::from_value(c).expect("a command");
@@ -181,10 +182,23 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     without_serving.serving = Default::default();
     assert_eq!(SmData::decode(&v3).unwrap().state, without_serving);
 
+    // Format 4, written before served models were placed, is read with
+    // each model on every worker, placed where it was ready.
+    assert!(data.state.serving.models["m"].placed != data.state.serving.models["m"].ready, "placed apart from ready");
+    let old_serving = idunno_state::ServingTableV4::from(&s.serving);
+    let old = (&data.last_applied, &data.membership, &s.namespace, &s.inference, &s.training, &s.events, &s.nodes);
+    let mut v4 = b"IDSTATE\x04".to_vec();
+    v4.extend(postcard::to_allocvec(&(old, &old_serving)).unwrap());
+    let mut unplaced = data.state.clone();
+    for m in unplaced.serving.models.values_mut() {
+        (m.workers, m.placed) = (0, m.ready.clone());
+    }
+    assert_eq!(SmData::decode(&v4).unwrap().state, unplaced);
+
     // A format from a newer release is refused by name, not misread.
     let mut newer = bytes.clone();
-    newer[7] = 5;
+    newer[7] = 6;
     let e = SmData::decode(&newer).err().unwrap();
-    assert!(e.contains("format 5") && e.contains("upgrade"), "{e}");
+    assert!(e.contains("format 6") && e.contains("upgrade"), "{e}");
     assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
 }

@@ -49,6 +49,8 @@ enum Write {
     Fail(String, String),
     /// The workers ready for each served model.
     ServeReady(BTreeMap<String, Vec<u64>>),
+    /// The workers each served model is placed on.
+    ServePlacement(BTreeMap<String, Vec<u64>>),
     /// Count these reports, then do the results' upkeep.
     Flush(BTreeMap<String, Vec<Pending>>),
 }
@@ -186,8 +188,8 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
         last_notes: Instant::now(),
         flushing: false,
         sent: None,
-        sent_ready: None,
-        last_ready: Instant::now(),
+        ready: Resend::default(),
+        placement: Resend::default(),
     };
     let mut state_rx = jobs.coordinator.watch_state();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -229,9 +231,57 @@ struct Term {
     flushing: bool,
     /// The assignment table last handed to the writer.
     sent: Option<(BTreeMap<String, Vec<u64>>, BTreeMap<String, AssignmentNote>)>,
-    /// The served models' ready workers last sent to the writer, and when.
-    sent_ready: Option<BTreeMap<String, Vec<u64>>>,
-    last_ready: Instant,
+    /// The served models' ready workers and placement last sent.
+    ready: Resend<BTreeMap<String, Vec<u64>>>,
+    placement: Resend<BTreeMap<String, Vec<u64>>>,
+}
+
+/// What was last handed to the writer, and when: a value the state does
+/// not show yet is sent once, and again after [`NOTES_EVERY`] if it
+/// never shows (the write failed).
+struct Resend<T> {
+    sent: Option<(T, Instant)>,
+}
+
+impl<T> Default for Resend<T> {
+    fn default() -> Self {
+        Resend { sent: None }
+    }
+}
+
+impl<T: Clone + PartialEq> Resend<T> {
+    /// Whether `value`, which the state does not show, is to be sent now.
+    fn due(&mut self, value: &T) -> bool {
+        let due = self.sent.as_ref().is_none_or(|(v, at)| v != value || at.elapsed() >= NOTES_EVERY);
+        if due {
+            self.sent = Some((value.clone(), Instant::now()));
+        }
+        due
+    }
+}
+
+/// The leader's placement of the served models over the `live` workers
+/// (the rule is `idunno_scheduler::place`): a model's load is its file's
+/// size, and the file's holders are preferred.
+fn placement(state: &idunno_state::ClusterState, live: &[u64]) -> BTreeMap<String, Vec<u64>> {
+    use idunno_scheduler::place::{Demand, place};
+    let demands: Vec<Demand> = state
+        .serving
+        .models
+        .values()
+        .map(|s| {
+            let file = state.namespace.files.get(&s.spec.model);
+            let version = file.and_then(|f| f.versions.iter().find(|v| v.version == s.spec.model_version));
+            Demand {
+                name: s.spec.name.clone(),
+                workers: s.workers as usize,
+                bytes: version.map_or(0, |v| v.size),
+                placed: s.placed.clone(),
+                holders: version.map(|v| v.replicas.iter().copied().collect()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    place(&demands, live)
 }
 
 impl Term {
@@ -293,12 +343,21 @@ impl Term {
             self.sent = Some(table.clone());
             let _ = self.writes.send(Write::Assignments(table.0, table.1));
         }
+        // Served models: where they go, then which of those workers have
+        // loaded them (a worker no longer placed takes no more requests,
+        // even before it unloads the model).
         let serving = &state.state.serving.models;
-        let ready = self.flow.serve_ready(serving.keys(), &live);
+        let placed = placement(&state.state, &live);
+        let recorded = serving.iter().all(|(name, s)| placed.get(name) == Some(&s.placed));
+        if !recorded && self.placement.due(&placed) {
+            let _ = self.writes.send(Write::ServePlacement(placed.clone()));
+        }
+        let mut ready = self.flow.serve_ready(serving.keys(), &live);
+        for (name, workers) in &mut ready {
+            workers.retain(|w| placed.get(name).is_some_and(|on| on.contains(w)));
+        }
         let recorded = serving.iter().all(|(name, s)| ready.get(name) == Some(&s.ready));
-        if !recorded && (self.sent_ready.as_ref() != Some(&ready) || self.last_ready.elapsed() >= NOTES_EVERY) {
-            self.last_ready = Instant::now();
-            self.sent_ready = Some(ready.clone());
+        if !recorded && self.ready.due(&ready) {
             let _ = self.writes.send(Write::ServeReady(ready));
         }
         for (job, error) in self.flow.take_failures() {
@@ -331,6 +390,11 @@ async fn write(
             Write::ServeReady(ready) => {
                 if let Err(e) = jobs.coordinator.apply(ServeCommand::SetServeReady { ready }).await {
                     tracing::warn!(error = %e, "could not record which workers serve which model");
+                }
+            }
+            Write::ServePlacement(placed) => {
+                if let Err(e) = jobs.coordinator.apply(ServeCommand::SetServePlacement { placed }).await {
+                    tracing::warn!(error = %e, "could not record where the served models are placed");
                 }
             }
             Write::Fail(job, error) => {

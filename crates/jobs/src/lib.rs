@@ -101,7 +101,7 @@ pub struct Jobs {
     /// Where this node's slots take their work from, while the worker runs.
     slot_queue: std::sync::Mutex<Option<Arc<slots::SlotQueue>>>,
     /// Served models' files at hand, and which the slots have loaded.
-    served: slots::ServedFiles,
+    served: Arc<slots::ServedFiles>,
     /// This node's figures of the served models' requests (the serving
     /// layer sets it).
     serve_figures: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,

@@ -30,6 +30,12 @@ pub struct ServedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelFileLabel {
+    /// The model file in SDFS.
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabel {
     /// `inputs` (input sets and labels) or `models` (model files).
     pub kind: &'static str,
@@ -55,6 +61,8 @@ pub struct WorkerMetrics {
     /// Batches of served models this worker ran, and its slots' time on them.
     pub served_batches: Family<ServedLabels, Counter>,
     pub served_busy_seconds: Family<JobLabel, Counter<f64>>,
+    /// Slots that hold each served model loaded.
+    pub served_slots: Family<ModelFileLabel, Gauge>,
     /// While this node leads: queries of dead workers put back in the
     /// queue, and leases that ran out.
     pub requeued: Counter,
@@ -72,6 +80,7 @@ impl Default for WorkerMetrics {
             cache_bytes: Family::default(),
             served_batches: Family::default(),
             served_busy_seconds: Family::default(),
+            served_slots: Family::default(),
             requeued: Counter::default(),
             expired: Counter::default(),
         }
@@ -110,6 +119,11 @@ impl WorkerMetrics {
             "worker_served_busy_seconds",
             "Time this worker's slots spent on each served model's batches (its share of the worker)",
             self.served_busy_seconds.clone(),
+        );
+        reg.register(
+            "worker_served_slots",
+            "Worker slots of this node that hold the served model loaded (by model file): 0 where the leader did not place it",
+            self.served_slots.clone(),
         );
         reg.register(
             "worker_cache_bytes",

@@ -226,6 +226,8 @@ pub(crate) async fn status(jobs: &Arc<Jobs>) -> serde_json::Value {
             "queue": queue,
             "avg_batch": if batches == 0 { 0.0 } else { ((rows as f64 / batches as f64) * 100.0).round() / 100.0 },
             "workers": served.ready,
+            "placed": served.placed,
+            "workers_asked": served.workers,
             "max_batch": spec.max_batch,
             "max_delay_ms": spec.max_delay_ms,
             "max_queue": spec.max_queue,

@@ -188,9 +188,12 @@ impl idunno_rpc::Jobs for JobsService {
     }
 
     async fn serve_add(&self, req: Request<v1::ServeAddRequest>) -> Result<Response<v1::JobReply>, Status> {
-        let spec = crate::served::add(&self.0, req.into_inner()).await?;
+        let req = req.into_inner();
+        let workers = req.workers;
+        let spec = crate::served::add(&self.0, req).await?;
+        let on = if workers == 0 { "every worker".to_string() } else { format!("{workers} worker(s)") };
         let message = format!(
-            "serving {} (model {} v{}, {} input(s), {} output(s)); max batch {}, max delay {} ms, max queue {}, weight {}",
+            "serving {} (model {} v{}, {} input(s), {} output(s)) on {on}; max batch {}, max delay {} ms, max queue {}, weight {}",
             spec.name,
             spec.model,
             spec.model_version,
@@ -201,7 +204,7 @@ impl idunno_rpc::Jobs for JobsService {
             spec.max_queue,
             spec.weight
         );
-        self.commit(ServeCommand::AddServed { spec }).await?;
+        self.commit(ServeCommand::AddServed { spec, workers }).await?;
         Ok(Response::new(v1::JobReply { message }))
     }
 

@@ -7,7 +7,7 @@
 //! queries or requests (served models in the ratio of their weights).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -47,6 +47,8 @@ pub(crate) enum SlotWork {
     /// Load a served model ahead of its requests; count the slot in.
     WarmServed(Key, Arc<Vec<u8>>, Arc<AtomicUsize>),
     Infer(InferWork),
+    /// Nothing to run: look at what changed (the served models kept).
+    Nudge,
 }
 
 /// The work waiting for this node's slots.
@@ -55,20 +57,36 @@ pub(crate) struct SlotQueue {
     queue: Mutex<FairQueue<SlotWork>>,
     ready: Condvar,
     closed: AtomicBool,
+    /// Counts [`SlotQueue::nudge`]s (changed under the queue's lock).
+    nudges: AtomicU64,
 }
 
 impl SlotQueue {
+    /// Have every slot look at what changed (each gets one
+    /// [`SlotWork::Nudge`], idle or not).
+    pub(crate) fn nudge(&self) {
+        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.nudges.fetch_add(1, Ordering::Relaxed);
+        self.ready.notify_all();
+    }
+
     pub(crate) fn push(&self, flow: &str, work: SlotWork, size: u64, weight: u32) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(flow, work, size, weight);
         self.ready.notify_one();
     }
 
     /// The next piece of work, waiting for one; `None` once closed.
-    pub(crate) fn next(&self) -> Option<SlotWork> {
+    /// `nudged` is the caller's count of nudges seen.
+    pub(crate) fn next(&self, nudged: &mut u64) -> Option<SlotWork> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return None;
+            }
+            let nudges = self.nudges.load(Ordering::Relaxed);
+            if nudges != *nudged {
+                *nudged = nudges;
+                return Some(SlotWork::Nudge);
             }
             if let Some((_, work)) = q.pop() {
                 return Some(work);
@@ -183,6 +201,8 @@ impl Slot {
     }
 
     fn try_infer(&mut self, w: &InferWork) -> Result<(Vec<(String, Tensor)>, u64), InferError> {
+        self.model_for(&w.key, &w.model).map_err(InferError::Worker)?;
+        self.serving(&w.key);
         let model = self.model_for(&w.key, &w.model).map_err(InferError::Worker)?;
         let started = Instant::now();
         let outputs = model.run(&w.inputs).map_err(|e| match e {
@@ -202,6 +222,8 @@ impl Slot {
 pub(crate) struct ServedFiles {
     pub(crate) files: Mutex<HashMap<Key, Arc<Vec<u8>>>>,
     pub(crate) loaded: Mutex<HashMap<Key, Arc<AtomicUsize>>>,
+    /// Counts the times a model was forgotten (for the slots to unload it).
+    forgotten: AtomicU64,
 }
 
 impl ServedFiles {
@@ -214,9 +236,27 @@ impl ServedFiles {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
-    /// Forget models no longer served.
-    pub(crate) fn retain(&self, keep: impl Fn(&Key) -> bool) {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
+    /// Whether this node keeps `key` (it is served and placed here).
+    pub(crate) fn is_kept(&self, key: &Key) -> bool {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+
+    /// Changes each time a model is forgotten.
+    pub(crate) fn generation(&self) -> u64 {
+        self.forgotten.load(Ordering::Acquire)
+    }
+
+    /// Forget models no longer served here: whether any was.
+    pub(crate) fn retain(&self, keep: impl Fn(&Key) -> bool) -> bool {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let before = files.len();
+        files.retain(|k, _| keep(k));
+        let forgot = files.len() != before;
+        drop(files);
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
+        if forgot {
+            self.forgotten.fetch_add(1, Ordering::Release);
+        }
+        forgot
     }
 }

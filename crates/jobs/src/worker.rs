@@ -129,6 +129,12 @@ pub(crate) struct Slot {
     threads: usize,
     models: HashMap<Key, Model>,
     pub(crate) metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// The served models this node keeps, and which of them this slot
+    /// loaded as of which of their changes: one no longer kept is
+    /// unloaded before the next work.
+    served: Arc<crate::slots::ServedFiles>,
+    served_seen: u64,
+    served_here: HashSet<Key>,
 }
 
 /// Models one slot keeps loaded (jobs' and served models together).
@@ -146,7 +152,7 @@ impl Slot {
             let m = Model::load(bytes, self.threads).map_err(|e| format!("model {}: {e}", key.0))?;
             self.metrics.model_load.observe(loading.elapsed().as_secs_f64());
             if self.models.len() >= MODELS_PER_SLOT {
-                self.models.clear();
+                self.clear_models();
             }
             tracing::info!(model = %key.0, version = key.1, "model loaded");
             self.models.insert(key.clone(), m);
@@ -154,9 +160,53 @@ impl Slot {
         self.models.get_mut(key).ok_or_else(|| "model cache".to_string())
     }
 
+    fn new(jobs: &Jobs) -> Slot {
+        Slot {
+            threads: jobs.config.threads,
+            models: HashMap::new(),
+            metrics: jobs.metrics.clone(),
+            served: jobs.served.clone(),
+            served_seen: 0,
+            served_here: HashSet::new(),
+        }
+    }
+
     /// Drop every loaded model (a panic may have left one half-changed).
     pub(crate) fn clear_models(&mut self) {
         self.models.clear();
+        for key in std::mem::take(&mut self.served_here) {
+            self.served_slots(&key).dec();
+        }
+    }
+
+    fn served_slots(&self, key: &Key) -> prometheus_client::metrics::gauge::Gauge {
+        let label = crate::metrics::ModelFileLabel { model: key.0.clone() };
+        self.metrics.served_slots.get_or_create(&label).clone()
+    }
+
+    /// Note that `key` is loaded here as a served model.
+    pub(crate) fn serving(&mut self, key: &Key) {
+        if !self.served_here.contains(key) {
+            self.served_here.insert(key.clone());
+            self.served_slots(key).inc();
+        }
+    }
+
+    /// Unload the served models this node no longer keeps (the leader
+    /// placed them elsewhere, or they are no longer served).
+    fn forget_unserved(&mut self) {
+        let now = self.served.generation();
+        if now == self.served_seen {
+            return;
+        }
+        self.served_seen = now;
+        let gone: Vec<Key> = self.served_here.extract_if(|k| !self.served.is_kept(k)).collect();
+        for key in gone {
+            self.served_slots(&key).dec();
+            if self.models.remove(&key).is_some() {
+                tracing::info!(model = %key.0, version = key.1, "served model unloaded");
+            }
+        }
     }
 
     /// Load a served model ahead of its requests; count this slot in.
@@ -164,11 +214,12 @@ impl Slot {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model_for(key, bytes).map(|_| ())));
         match ran {
             Ok(Ok(())) => {
+                self.serving(key);
                 loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Ok(Err(e)) => tracing::warn!(model = %key.0, error = %e, "could not load a served model"),
             Err(panic) => {
-                self.models.clear();
+                self.clear_models();
                 tracing::error!(panic = %crate::panic_text(panic.as_ref()), "loading a served model panicked");
             }
         }
@@ -181,7 +232,7 @@ impl Slot {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "could not load a model ahead of its queries"),
             Err(panic) => {
-                self.models.clear();
+                self.clear_models();
                 tracing::error!(panic = %crate::panic_text(panic.as_ref()), "loading a model panicked");
             }
         }
@@ -201,7 +252,7 @@ impl Slot {
             Ok(Ok(())) => {}
             Ok(Err(e)) => result.error = e,
             Err(panic) => {
-                self.models.clear();
+                self.clear_models();
                 let why = crate::panic_text(panic.as_ref());
                 tracing::error!(job = %t.job, start = t.start, panic = %why, "a query panicked the worker slot");
                 result = v1::QueryResult {
@@ -369,16 +420,18 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     let (res_tx, mut res_rx) = mpsc::unbounded_channel::<v1::QueryResult>();
     let mut _running = None;
     let mut exec = if idunno_net::simulated() {
-        Exec::Inline(Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() })
+        Exec::Inline(Slot::new(&jobs))
     } else {
         let queue = Arc::new(SlotQueue::default());
         for i in 0..slots {
             let mine = queue.clone();
             let tx = res_tx.clone();
-            let mut slot = Slot { threads: jobs.config.threads, models: HashMap::new(), metrics: jobs.metrics.clone() };
+            let mut slot = Slot::new(&jobs);
             let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
                 lower_priority();
-                while let Some(work) = mine.next() {
+                let mut nudged = 0;
+                while let Some(work) = mine.next(&mut nudged) {
+                    slot.forget_unserved();
                     match work {
                         SlotWork::Query(task) => {
                             if tx.send(slot.run(&task)).is_err() {
@@ -388,6 +441,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                         SlotWork::Warm(task) => slot.warm(&task),
                         SlotWork::WarmServed(key, bytes, loaded) => slot.warm_served(&key, &bytes, &loaded),
                         SlotWork::Infer(w) => slot.infer(w),
+                        SlotWork::Nudge => {}
                     }
                 }
             });
@@ -557,14 +611,26 @@ async fn warm(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mu
     warm_served(jobs, fetched, warmed, exec, slots).await;
 }
 
-/// Fetch the file of every served model and have every slot load it; the
-/// model counts as ready here once one slot has.
+/// Fetch the file of every served model the leader placed here and have
+/// every slot load it; the model counts as ready here once one slot has.
+/// A model no longer placed here is forgotten (and the slots unload it).
 async fn warm_served(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, exec: &mut Exec, slots: usize) {
     let Exec::Threads(queue) = exec else { return };
     let state = jobs.coordinator.local_state();
-    let served = &state.state.serving.models;
-    let keys: HashSet<Key> = served.values().map(|s| (s.spec.model.clone(), s.spec.model_version)).collect();
-    jobs.served.retain(|k| keys.contains(k));
+    let keys: HashSet<Key> = state
+        .state
+        .serving
+        .models
+        .values()
+        .filter(|s| s.placed.contains(&jobs.id))
+        .map(|s| (s.spec.model.clone(), s.spec.model_version))
+        .collect();
+    if jobs.served.retain(|k| keys.contains(k)) {
+        queue.nudge();
+    }
+    for gone in warmed.served.extract_if(|k| !keys.contains(k)) {
+        fetched.models.remove(&gone);
+    }
     for key in keys {
         if warmed.served.contains(&key) || warmed.failed.get(&key).is_some_and(|t| t.elapsed() < WARM_RETRY) {
             continue;
@@ -588,7 +654,6 @@ async fn warm_served(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, ex
         }
         warmed.served.insert(key);
     }
-    warmed.served.retain(|k| served.values().any(|s| s.spec.model == k.0 && s.spec.model_version == k.1));
 }
 
 /// The served models this node has loaded, at the version the state names.

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Serialize;
 
 pub mod fair;
+pub mod place;
 
 pub type WorkerId = u64;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{
     AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace,
-    NodeCommand, ServeCommand, TrainCommand, TrainingTable, Trainings,
+    NodeCommand, ServeCommand, ServeSpec, Served, ServingTable, TrainCommand, TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
@@ -127,6 +127,40 @@ impl From<&JobTable> for JobTableV3 {
     }
 }
 
+/// The served models as format 4 of the binary state holds them: before
+/// placement (each model then loaded by every worker, as it is now when
+/// it asks for 0 workers).
+#[derive(Deserialize, serde::Serialize)]
+pub struct ServingTableV4 {
+    models: BTreeMap<String, ServedV4>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct ServedV4 {
+    spec: ServeSpec,
+    ready: Vec<u64>,
+}
+
+impl From<ServingTableV4> for ServingTable {
+    fn from(v: ServingTableV4) -> Self {
+        let models = v.models.into_iter().map(|(name, s)| {
+            // The ready workers stand until the leader places the model.
+            let placed = s.ready.clone();
+            (name, Served { spec: s.spec, ready: s.ready, workers: 0, placed })
+        });
+        ServingTable { models: models.collect() }
+    }
+}
+
+impl From<&ServingTable> for ServingTableV4 {
+    /// (What an older release would have written: for tests.)
+    fn from(t: &ServingTable) -> Self {
+        let models =
+            t.models.iter().map(|(name, s)| (name.clone(), ServedV4 { spec: s.spec.clone(), ready: s.ready.clone() }));
+        ServingTableV4 { models: models.collect() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,10 +255,12 @@ mod tests {
                     weight: 1,
                     added_ms: 1,
                 },
+                workers: 2,
             }
             .into(),
             ServeCommand::RemoveServed { name: "m".into() }.into(),
             ServeCommand::SetServeReady { ready: [("m".to_string(), vec![1, 2])].into() }.into(),
+            ServeCommand::SetServePlacement { placed: [("m".to_string(), vec![1, 2])].into() }.into(),
         ];
         assert_eq!(commands.len(), ALL_OPS.len(), "a command of every op");
         for c in commands {

@@ -1,10 +1,10 @@
 //! Models served online (`idunno serve add`): answered by any node over
 //! the Open Inference Protocol. The table holds what every node needs to
 //! answer a request the same way — the model file and version, the
-//! batching and queue limits, the tensors the model takes and gives — and
-//! which workers have it loaded and take its requests (the leader's
-//! placement, as the workers report their loads). Requests themselves
-//! never go through here.
+//! batching and queue limits, the tensors the model takes and gives —,
+//! which workers the leader placed it on (they load it), and which of
+//! them have it loaded and take its requests. Requests themselves never
+//! go through here.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +25,8 @@ pub const MAX_SERVE_BATCH: u32 = 4096;
 pub const MAX_SERVE_DELAY_MS: u32 = 10_000;
 pub const MAX_SERVE_QUEUE: u32 = 1_000_000;
 pub const MAX_WEIGHT: u32 = 1_000;
+/// The most workers a served model may ask for (0 asks for every one).
+pub const MAX_SERVE_WORKERS: u32 = 4096;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServingTable {
@@ -35,8 +37,14 @@ pub struct ServingTable {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
     pub spec: ServeSpec,
-    /// Workers that have the model loaded and take its requests, sorted.
+    /// Placed workers that have the model loaded and take its requests,
+    /// sorted.
     pub ready: Vec<u64>,
+    /// How many workers should load it: 0 for every live one.
+    pub workers: u32,
+    /// The workers the leader placed it on, sorted: they load it, the
+    /// others do not.
+    pub placed: Vec<u64>,
 }
 
 /// One input or output of a served model, as the protocol names it:
@@ -77,6 +85,9 @@ pub struct ServeSpec {
 pub enum ServeCommand {
     AddServed {
         spec: ServeSpec,
+        /// How many workers load it (0, or absent: every live one).
+        #[serde(default)]
+        workers: u32,
     },
     RemoveServed {
         name: String,
@@ -86,10 +97,27 @@ pub enum ServeCommand {
     SetServeReady {
         ready: BTreeMap<String, Vec<u64>>,
     },
+    /// The leader's placement of the models it names (the others keep
+    /// theirs). Names no longer served are ignored.
+    SetServePlacement {
+        placed: BTreeMap<String, Vec<u64>>,
+    },
 }
 
 impl ServeCommand {
-    pub const OPS: &[&str] = &["add_served", "remove_served", "set_serve_ready"];
+    pub const OPS: &[&str] = &["add_served", "remove_served", "set_serve_ready", "set_serve_placement"];
+}
+
+/// Sorted, distinct worker ids (0 is no worker).
+fn worker_set(mut workers: Vec<u64>) -> Vec<u64> {
+    workers.sort_unstable();
+    workers.dedup();
+    workers.retain(|w| *w != 0);
+    workers
+}
+
+fn is_worker_set(workers: &[u64]) -> bool {
+    workers.windows(2).all(|w| w[0] < w[1]) && !workers.contains(&0)
 }
 
 fn bad(why: String) -> Refusal {
@@ -160,15 +188,21 @@ impl ServeSpec {
 impl ServingTable {
     pub fn apply(&mut self, cmd: ServeCommand) -> Applied {
         match cmd {
-            ServeCommand::AddServed { spec } => {
+            ServeCommand::AddServed { spec, workers } => {
                 spec.check()?;
+                if workers > MAX_SERVE_WORKERS {
+                    return Err(bad(format!(
+                        "workers must be at most {MAX_SERVE_WORKERS} (0: every one), not {workers}"
+                    )));
+                }
                 if self.models.contains_key(&spec.name) {
                     return Err(Refusal::ServedExists { name: spec.name });
                 }
                 if self.models.len() >= MAX_SERVED {
                     return Err(bad(format!("{MAX_SERVED} models are served already")));
                 }
-                self.models.insert(spec.name.clone(), Served { spec, ready: Vec::new() });
+                let served = Served { spec, ready: Vec::new(), workers, placed: Vec::new() };
+                self.models.insert(served.spec.name.clone(), served);
                 Ok(Reply::Done)
             }
             ServeCommand::RemoveServed { name } => match self.models.remove(&name) {
@@ -177,11 +211,15 @@ impl ServingTable {
             },
             ServeCommand::SetServeReady { ready } => {
                 for (name, served) in &mut self.models {
-                    let mut workers = ready.get(name).cloned().unwrap_or_default();
-                    workers.sort_unstable();
-                    workers.dedup();
-                    workers.retain(|w| *w != 0);
-                    served.ready = workers;
+                    served.ready = worker_set(ready.get(name).cloned().unwrap_or_default());
+                }
+                Ok(Reply::Done)
+            }
+            ServeCommand::SetServePlacement { placed } => {
+                for (name, workers) in placed {
+                    if let Some(served) = self.models.get_mut(&name) {
+                        served.placed = worker_set(workers);
+                    }
                 }
                 Ok(Reply::Done)
             }
@@ -197,8 +235,14 @@ impl ServingTable {
                 return Err(format!("served model {name} is filed as {}", s.spec.name));
             }
             s.spec.check().map_err(|e| format!("served model {name}: {e}"))?;
-            if s.ready.windows(2).any(|w| w[0] >= w[1]) || s.ready.contains(&0) {
+            if !is_worker_set(&s.ready) {
                 return Err(format!("served model {name}: ready workers {:?} not sorted and distinct", s.ready));
+            }
+            if !is_worker_set(&s.placed) {
+                return Err(format!("served model {name}: placed workers {:?} not sorted and distinct", s.placed));
+            }
+            if s.workers > MAX_SERVE_WORKERS {
+                return Err(format!("served model {name} asks for {} workers", s.workers));
             }
         }
         Ok(())
@@ -228,14 +272,21 @@ mod tests {
     #[test]
     fn served_models_are_added_once_made_ready_and_removed() {
         let mut t = ServingTable::default();
-        t.apply(ServeCommand::AddServed { spec: spec("m") }).unwrap();
-        let again = t.apply(ServeCommand::AddServed { spec: spec("m") });
+        t.apply(ServeCommand::AddServed { spec: spec("m"), workers: 2 }).unwrap();
+        assert_eq!((t.models["m"].workers, t.models["m"].placed.len()), (2, 0));
+        let again = t.apply(ServeCommand::AddServed { spec: spec("m"), workers: 0 });
         assert_eq!(again, Err(Refusal::ServedExists { name: "m".into() }));
         t.apply(ServeCommand::SetServeReady {
             ready: [("m".into(), vec![3, 1, 3, 0]), ("gone".into(), vec![2])].into(),
         })
         .unwrap();
         assert_eq!(t.models["m"].ready, vec![1, 3]);
+        assert!(!t.models.contains_key("gone"));
+        t.apply(ServeCommand::SetServePlacement {
+            placed: [("m".into(), vec![4, 0, 2, 4]), ("gone".into(), vec![1])].into(),
+        })
+        .unwrap();
+        assert_eq!(t.models["m"].placed, vec![2, 4]);
         assert!(!t.models.contains_key("gone"));
         t.check().unwrap();
         t.apply(ServeCommand::RemoveServed { name: "m".into() }).unwrap();
@@ -271,8 +322,10 @@ mod tests {
                 "not a shape",
             ),
         ];
+        let too_many = t.apply(ServeCommand::AddServed { spec: spec("x"), workers: MAX_SERVE_WORKERS + 1 });
+        assert!(too_many.unwrap_err().to_string().contains("workers must be at most"));
         for (s, want) in cases {
-            let e = t.apply(ServeCommand::AddServed { spec: s }).unwrap_err().to_string();
+            let e = t.apply(ServeCommand::AddServed { spec: s, workers: 0 }).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should say {want:?}");
             assert!(t.models.is_empty());
         }
