@@ -80,8 +80,17 @@ fn case(name: &str, c: &idunno_bench::Cluster, token: &str, runs: usize) {
         max(&fcp)
     );
     let http = &c.node(2).http;
-    let paths =
-        ["/", "/api/status", "/api/members", "/api/jobs", "/api/files", "/api/events", "/api/history", "/metrics"];
+    let paths = [
+        "/",
+        "/api/status",
+        "/api/members",
+        "/api/jobs",
+        "/api/files",
+        "/api/serve",
+        "/api/events",
+        "/api/history",
+        "/metrics",
+    ];
     let times: Vec<String> = paths
         .iter()
         .map(|p| {

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, http_token, https_get, kill9, scrape, value, wait_for};
@@ -208,49 +207,22 @@ fn a_kill_an_election_and_a_repair_are_on_every_nodes_timeline_and_on_the_dashbo
     assert_eq!(code, 401, "/metrics without a token");
 
     // The dashboard, in a real browser.
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = common::chromium() else {
         println!("SKIPPED the dashboard part: no chromium (scripts/setup installs it as root)");
         return;
     };
     let via = live(&c)[0];
     let token = http_token(common::bin(), &c.node(via).rpc);
     let url = format!("https://{}/?token={token}", c.node(via).http);
-    let dom = dump_dom(&chromium, &url);
+    let dom = common::dump_dom(&chromium, &url);
     for job in ["small", "large"] {
         assert!(dom.contains(&format!("data-job=\"{job}\"")), "the jobs table lists {job}");
     }
-    let rates = cells(&dom, "num rate");
+    let rates = common::cells(&dom, "num rate");
     assert!(rates.iter().filter(|r| r.parse::<f64>().is_ok_and(|v| v > 0.0)).count() >= 2, "non-zero rates: {rates:?}");
     assert!(dom.contains("data-kind=\"member_dead\""), "the kill is on the timeline");
     assert!(dom.contains("class=\"mark mark-member_dead\""), "the kill is marked on the charts");
     assert!(dom.contains("data-kind=\"leader_elected\""), "the election is on the timeline");
     let paint = dom.split("data-first-contentful-paint-ms=\"").nth(1).and_then(|r| r.split('"').next());
     println!("the dashboard's first contentful paint, as Chromium timed it: {} ms", paint.unwrap_or("?"));
-}
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|name| {
-        let out = Command::new("which").arg(name).output().ok()?;
-        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-}
-
-/// The page's DOM after its script has run for a few seconds.
-fn dump_dom(chromium: &std::path::Path, url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=8000", "--dump-dom", url])
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(dom.contains("<main>"), "chromium printed no page: {}", String::from_utf8_lossy(&out.stderr));
-    dom
-}
-
-/// The texts of the table cells of class `class`.
-fn cells(dom: &str, class: &str) -> Vec<String> {
-    let open = format!("<td class=\"{class}\">");
-    dom.split(&open).skip(1).filter_map(|rest| rest.split("</td>").next()).map(str::to_string).collect()
 }

@@ -225,6 +225,22 @@ fn served_models_answer_any_node_over_v2_as_a_local_run_does() {
     assert_eq!(bad, Some(3.0), "the three bad requests to effnet");
     let ready = common::value(&common::scrape(&c, 3, &token), "idunno_serve_ready_workers", &[("model", "effnet")]);
     assert!(ready >= Some(1.0), "{ready:?}");
+    // The dashboard, in a real browser: both models, effnet's requests
+    // over the cluster, minilm's two workers.
+    if let Some(chromium) = common::chromium() {
+        let dom = common::dump_dom(&chromium, &format!("https://{}/?token={token}", c.node(1).http));
+        let row = |model: &str| {
+            let at = format!("data-model=\"{model}\"");
+            dom.split(&at).nth(1).and_then(|r| r.split("</tr>").next()).unwrap_or_default().to_string()
+        };
+        let requests = common::cells(&row("effnet"), "num serve-requests");
+        assert!(requests.first().and_then(|r| r.parse::<u64>().ok()) >= Some(2), "effnet's requests: {requests:?}");
+        let shown = common::cells(&row("minilm"), "serve-workers");
+        let want = on.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        assert_eq!(shown, vec![want], "minilm's workers on the dashboard");
+    } else {
+        println!("SKIPPED the dashboard part: no chromium (scripts/setup installs it as root)");
+    }
     // Removed: no longer answered, and unloaded where it was.
     ok(&c, 1, &["serve", "remove", "minilm"]);
     let gone = wait_for(Duration::from_secs(10), || get(3, "/v2/models/minilm").0 == 404);

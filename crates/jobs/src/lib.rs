@@ -156,6 +156,12 @@ impl Jobs {
         served::infer(self, batch, Some(timeout)).await
     }
 
+    /// `serve status`: every served model with the figures of every node
+    /// that answered (the dashboard's `/api/serve`).
+    pub async fn serve_status(self: &Arc<Self>) -> serde_json::Value {
+        served::status(self).await
+    }
+
     fn serve_figures(&self) -> serde_json::Value {
         self.serve_figures.get().map_or_else(|| serde_json::json!({}), |f| f())
     }

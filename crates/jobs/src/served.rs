@@ -162,6 +162,10 @@ pub(crate) async fn add(jobs: &Jobs, req: v1::ServeAddRequest) -> Result<idunno_
 /// hook, [`Jobs::on_serve_figures`]).
 pub(crate) async fn status(jobs: &Arc<Jobs>) -> serde_json::Value {
     use serde_json::{Value, json};
+    if jobs.coordinator.local_state().state.serving.models.is_empty() {
+        // Nothing to ask the other nodes about.
+        return Value::Array(Vec::new());
+    }
     let members: Vec<(u64, String)> = jobs
         .membership
         .view()

@@ -48,7 +48,14 @@ pub struct Web {
     pub metrics_public: bool,
     /// The Open Inference Protocol under `/v2`.
     pub serving: Arc<idunno_serve::Serving>,
+    /// `/api/serve` asks every node for its figures: at most once a
+    /// second, whatever the number of viewers.
+    pub jobs: Arc<idunno_jobs::Jobs>,
+    pub serve_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
+
+/// How long an `/api/serve` answer is reused.
+const SERVE_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The dashboard: one page, its script and styles inline, no external
 /// fetch (built into the binary).
@@ -63,6 +70,7 @@ pub fn router(web: Web) -> Router {
         .route("/api/members", get(members))
         .route("/api/jobs", get(jobs))
         .route("/api/files", get(files))
+        .route("/api/serve", get(serve_status))
         .route("/api/events", get(events))
         .route("/api/history", get(history))
         .with_state(web)
@@ -78,6 +86,7 @@ async fn api_index() -> &'static str {
      GET /api/members           every member as this node sees it\n\
      GET /api/jobs              every job's status, assignments and fairness (as `job status --json`)\n\
      GET /api/files             SDFS files: versions, replicas, under-replicated\n\
+     GET /api/serve             served models: rates, latencies, queues, placement (as `serve status --json`)\n\
      GET /api/events?after=N    the cluster's timeline after event N (as `idunno events --json`)\n\
      GET /api/history?after_ms=T  per-second samples of rates, latencies and training curves\n\
      GET /metrics               Prometheus metrics\n"
@@ -106,6 +115,18 @@ async fn jobs(State(w): State<Web>) -> Json<Value> {
     let jobs = idunno_jobs::status::status(&data.state, None, now).unwrap_or_else(|| json!([]));
     let assignments = idunno_jobs::status::assignments_explained(&data.state, now);
     Json(json!({ "jobs": jobs, "assignments": assignments }))
+}
+
+async fn serve_status(State(w): State<Web>) -> Json<Value> {
+    let mut cache = w.serve_cache.lock().await;
+    if let Some((at, doc)) = cache.as_ref()
+        && at.elapsed() < SERVE_CACHE
+    {
+        return Json(doc.clone());
+    }
+    let doc = w.jobs.serve_status().await;
+    *cache = Some((std::time::Instant::now(), doc.clone()));
+    Json(doc)
 }
 
 /// At most this many files in one answer (the rest are counted).

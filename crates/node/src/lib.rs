@@ -268,6 +268,8 @@ impl Node {
                 replicas: config.sdfs.replicas,
                 metrics_public: config.metrics_public,
                 serving,
+                jobs: jobs_layer.clone(),
+                serve_cache: Default::default(),
             };
             let serve = http::serve(http, web, keys.clone(), refused.clone(), shutdown.child_token());
             tasks.push(("http", tokio::spawn(serve)));

@@ -162,3 +162,31 @@ pub fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]
         }
     })
 }
+
+/// Debian's chromium, when installed.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    ["chromium", "chromium-browser"].iter().find_map(|name| {
+        let out = std::process::Command::new("which").arg(name).output().ok()?;
+        out.status.success().then(|| std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+}
+
+/// The page's DOM after its script has run for a few seconds.
+pub fn dump_dom(chromium: &std::path::Path, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=8000", "--dump-dom", url])
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(dom.contains("<main>"), "chromium printed no page: {}", String::from_utf8_lossy(&out.stderr));
+    dom
+}
+
+/// The texts of the table cells of class `class`.
+pub fn cells(dom: &str, class: &str) -> Vec<String> {
+    let open = format!("<td class=\"{class}\">");
+    dom.split(&open).skip(1).filter_map(|rest| rest.split("</td>").next()).map(str::to_string).collect()
+}
