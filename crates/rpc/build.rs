@@ -5,13 +5,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
-    // File bytes as `bytes::Bytes`: a chunk fanned out to four replicas is
-    // shared, not copied.
+    // File bytes and tensors as `bytes::Bytes`: a chunk fanned out to four
+    // replicas, or a request's tensor on its way to a worker, is shared,
+    // not copied.
     config.bytes([
         ".idunno.v1.Chunk.data",
         ".idunno.v1.PutMessage.data",
         ".idunno.v1.GetMessage.data",
         ".idunno.v1.QueryResult.outputs",
+        ".idunno.v1.RawTensor.data",
         ".inference.ModelInferRequest.raw_input_contents",
         ".inference.ModelInferResponse.raw_output_contents",
     ]);

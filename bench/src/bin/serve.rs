@@ -7,7 +7,12 @@
 //!
 //! 1. **Throughput / bare**: a one-node cluster (one slot, one thread)
 //!    answering two requests kept in flight over HTTP (binary extension),
-//!    against bare ONNX Runtime in this process on the same batches.
+//!    against bare ONNX Runtime in this process on the same batches. The
+//!    one-node figures (1 and 2) are taken in rounds that alternate with
+//!    bare's (`--rounds`, bare first in even rounds, last in odd ones):
+//!    this machine's speed drifts by 30% over minutes, so each round is
+//!    compared with bare's in the same round, and the table gives the
+//!    median of the rounds' ratios and differences.
 //! 2. **Added p50 latency** at one request in flight, over HTTP, against
 //!    bare's p50; and on tiny-add over gRPC and HTTP, where the model costs
 //!    nothing and what is measured is the serving path.
@@ -29,7 +34,8 @@
 //! HTTP and gRPC on loopback), as Ray Serve does.
 //!
 //! `cargo run --release -p idunno-bench --bin serve -- --seconds 20`
-//! (`--no-ray` for idunno and bare ONNX Runtime alone)
+//! (`--no-ray` for idunno and bare ONNX Runtime alone, `--one-node` for
+//! the one-node figures alone)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,9 +58,17 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
+    /// The one-node figures alternate with bare ONNX Runtime in this many
+    /// rounds (the machine's speed drifts: each round's figures are
+    /// compared with bare's in the same round).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Seconds of load after the kill.
     #[arg(long, default_value_t = 12.0)]
     fault_tail: f64,
+    /// Only the one-node figures (throughput, latency, memory).
+    #[arg(long)]
+    one_node: bool,
     /// Skip Ray Serve.
     #[arg(long)]
     no_ray: bool,
@@ -91,24 +105,33 @@ fn batches(set: &Tensor, batch: usize, count: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// Bare ONNX Runtime in this process, one batch after another:
-/// (queries/s, p50 ms).
-fn bare(model: &str, input: &[Tensor], seconds: f64) -> (f64, f64) {
-    let mut m = OnnxModel::load(&std::fs::read(asset(model)).expect("model"), 1).expect("load");
-    let warm = Instant::now();
-    let mut i = 0;
-    while warm.elapsed() < Duration::from_secs(2) || i < 2 {
-        std::hint::black_box(m.run(std::slice::from_ref(&input[i % input.len()])).expect("run"));
-        i += 1;
+/// Bare ONNX Runtime in this process, one batch after another, the
+/// model loaded once and warmed.
+struct Bare(OnnxModel);
+
+impl Bare {
+    fn new(model: &str, input: &[Tensor]) -> Bare {
+        let mut m = OnnxModel::load(&std::fs::read(asset(model)).expect("model"), 1).expect("load");
+        let warm = Instant::now();
+        let mut i = 0;
+        while warm.elapsed() < Duration::from_secs(2) || i < 2 {
+            std::hint::black_box(m.run(std::slice::from_ref(&input[i % input.len()])).expect("run"));
+            i += 1;
+        }
+        Bare(m)
     }
-    let mut lat = Vec::new();
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < seconds {
-        let t = Instant::now();
-        std::hint::black_box(m.run(std::slice::from_ref(&input[lat.len() % input.len()])).expect("run"));
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+
+    /// (queries/s, p50 ms) over `seconds`.
+    fn run(&mut self, input: &[Tensor], seconds: f64) -> (f64, f64) {
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < seconds {
+            let t = Instant::now();
+            std::hint::black_box(self.0.run(std::slice::from_ref(&input[lat.len() % input.len()])).expect("run"));
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        (lat.len() as f64 / t0.elapsed().as_secs_f64(), median(&lat))
     }
-    (lat.len() as f64 / t0.elapsed().as_secs_f64(), median(&lat))
 }
 
 /// A served model's request, ready to send either way.
@@ -368,15 +391,53 @@ fn recovery(seen: &Seen, pre_rate: f64, kill: f64, stop: f64) -> Option<Option<f
     first_low.map(|_| None)
 }
 
-/// What idunno measured.
-#[derive(Default)]
-struct Ours {
+/// One round of the one-node figures, idunno's beside bare's.
+#[derive(Default, Debug)]
+struct Round {
+    bare_qps: f64,
+    bare_p50_ms: f64,
+    bare_tiny_p50_ms: f64,
     qps: f64,
-    p50_ms: f64,
     one_p50_ms: f64,
     one_grpc_p50_ms: f64,
     tiny_grpc_p50_ms: f64,
     tiny_http_p50_ms: f64,
+    /// At one request in flight over HTTP, from the node's `/metrics`: the
+    /// mean time from a request's arrival (its body read and decoded) to
+    /// its answer, and the worker slot's mean time per batch.
+    node_ms: f64,
+    slot_ms: f64,
+}
+
+/// From the node's `/metrics` so far: its worker slots' time on served
+/// batches and the batches, and the requests' time from arrival to answer
+/// and the requests (seconds and counts).
+async fn node_times(http: &str) -> [f64; 4] {
+    let Ok((200, text)) = http_get(http, "/metrics").await else { return [f64::NAN; 4] };
+    let sum = |metric: &str| -> f64 {
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    [
+        sum("idunno_worker_served_busy_seconds_total"),
+        sum("idunno_worker_served_batches_total"),
+        sum("idunno_serve_request_duration_seconds_sum"),
+        sum("idunno_serve_request_duration_seconds_count"),
+    ]
+}
+
+/// The median over the rounds of `f`.
+fn over(rounds: &[Round], f: impl Fn(&Round) -> f64) -> f64 {
+    median(&rounds.iter().map(f).collect::<Vec<_>>())
+}
+
+/// What idunno measured.
+#[derive(Default)]
+struct Ours {
+    rounds: Vec<Round>,
     idle_rss_mib: f64,
     kill_failed: usize,
     kill_errors: Vec<String>,
@@ -390,34 +451,65 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
     let s = args.seconds;
     let mut o = Ours::default();
 
-    eprintln!("idunno: one node, one slot, one thread");
+    eprintln!("idunno: one node, one slot, one thread, in {} rounds beside bare ONNX Runtime", args.rounds);
     let c = cluster_insecure(1, "[worker]\nslots = 1\nthreads = 1\n");
     let input = serve(&c, "effnet", EFFNET, BATCH, 1).await;
     let reqs: Vec<Req> = effnet.iter().map(|t| Req::new("effnet", &input, t)).collect();
-    let http = c.node(1).http.clone();
+    let tiny_input = serve(&c, "tiny", TINY, 1, 1).await;
+    let tiny_reqs: Vec<Req> = tiny.iter().map(|t| Req::new("tiny", &tiny_input, t)).collect();
+    let (http, rpc) = (c.node(1).http.clone(), c.node(1).rpc.clone());
+    let mut bare = tokio::task::block_in_place(|| (Bare::new(EFFNET, effnet), Bare::new(TINY, tiny)));
     load(Proto::Http, &http, &reqs, 2, 2.0).await;
-    let seen = load(Proto::Http, &http, &reqs, 2, s).await;
-    assert!(seen.failed.is_empty(), "failed requests: {:?}", &seen.failed[..seen.failed.len().min(3)]);
-    (o.qps, o.p50_ms) = (seen.rate(0.0, s), seen.p50_ms(0.0, s));
-    eprintln!("  2 in flight: {:.2} requests/s, p50 {:.2} ms", o.qps, o.p50_ms);
-    let seen = load(Proto::Http, &http, &reqs, 1, s).await;
-    o.one_p50_ms = seen.p50_ms(0.0, s);
-    let seen = load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, s / 2.0).await;
-    o.one_grpc_p50_ms = seen.p50_ms(0.0, s / 2.0);
-    eprintln!("  1 in flight: p50 {:.2} ms HTTP, {:.2} ms gRPC", o.one_p50_ms, o.one_grpc_p50_ms);
+    load(Proto::Grpc, &rpc, &tiny_reqs, 1, 1.0).await;
+    let r = s / args.rounds.max(1) as f64;
+    for k in 0..args.rounds.max(1) {
+        let mut round = Round::default();
+        let mut run_bare = |round: &mut Round| {
+            tokio::task::block_in_place(|| {
+                (round.bare_qps, round.bare_p50_ms) = bare.0.run(effnet, r);
+                round.bare_tiny_p50_ms = bare.1.run(tiny, r / 2.0).1;
+            })
+        };
+        // Bare first in even rounds, last in odd ones.
+        if k % 2 == 0 {
+            run_bare(&mut round);
+        }
+        let seen = load(Proto::Http, &http, &reqs, 2, r).await;
+        assert!(seen.failed.is_empty(), "failed requests: {:?}", &seen.failed[..seen.failed.len().min(3)]);
+        round.qps = seen.rate(0.0, r);
+        let before = node_times(&http).await;
+        round.one_p50_ms = load(Proto::Http, &http, &reqs, 1, r).await.p50_ms(0.0, r);
+        let after = node_times(&http).await;
+        let mean_ms = |k: usize| (after[k] - before[k]) * 1000.0 / (after[k + 1] - before[k + 1]);
+        (round.slot_ms, round.node_ms) = (mean_ms(0), mean_ms(2));
+        round.one_grpc_p50_ms = load(Proto::Grpc, &rpc, &reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
+        round.tiny_grpc_p50_ms = load(Proto::Grpc, &rpc, &tiny_reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
+        round.tiny_http_p50_ms = load(Proto::Http, &http, &tiny_reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
+        if k % 2 == 1 {
+            run_bare(&mut round);
+        }
+        eprintln!(
+            "  round {k}: bare {:.2} q/s p50 {:.2} ms, tiny {:.4} ms | 2 in flight {:.2} q/s; 1 in flight p50 {:.2} ms HTTP (means: at the node {:.2} ms, the slot {:.2} ms), {:.2} ms gRPC; tiny {:.3} ms gRPC, {:.3} ms HTTP",
+            round.bare_qps,
+            round.bare_p50_ms,
+            round.bare_tiny_p50_ms,
+            round.qps,
+            round.one_p50_ms,
+            round.node_ms,
+            round.slot_ms,
+            round.one_grpc_p50_ms,
+            round.tiny_grpc_p50_ms,
+            round.tiny_http_p50_ms
+        );
+        o.rounds.push(round);
+    }
     // Idle after the load, as the peer script measures Ray's processes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     o.idle_rss_mib = rss_mib(c.node(1).pid).unwrap_or(f64::NAN);
-
-    let input = serve(&c, "tiny", TINY, 1, 1).await;
-    let reqs: Vec<Req> = tiny.iter().map(|t| Req::new("tiny", &input, t)).collect();
-    load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, 2.0).await;
-    let seen = load(Proto::Grpc, &c.node(1).rpc, &reqs, 1, s / 2.0).await;
-    o.tiny_grpc_p50_ms = seen.p50_ms(0.0, s / 2.0);
-    let seen = load(Proto::Http, &http, &reqs, 1, s / 2.0).await;
-    o.tiny_http_p50_ms = seen.p50_ms(0.0, s / 2.0);
-    eprintln!("  tiny-add, 1 in flight: p50 {:.3} ms gRPC, {:.3} ms HTTP", o.tiny_grpc_p50_ms, o.tiny_http_p50_ms);
     drop(c);
+    if args.one_node {
+        return o;
+    }
 
     eprintln!("idunno: two models of 4x the cost, one node, two slots");
     let c = cluster_insecure(1, "[worker]\nslots = 2\nthreads = 1\n");
@@ -500,7 +592,7 @@ struct Theirs {
 }
 
 fn theirs(args: &Args) -> Option<Theirs> {
-    if args.no_ray {
+    if args.no_ray || args.one_node {
         return None;
     }
     let script = args
@@ -581,13 +673,10 @@ fn main() {
     let xs = idunno_ml::read_array(&std::fs::read(asset(TINY_X)).expect("tiny inputs")).expect("tiny inputs");
     let tiny = batches(&xs, 1, 8);
 
-    eprintln!("bare ONNX Runtime (this process, one thread)");
-    let (bare_qps, bare_p50) = bare(EFFNET, &effnet, args.seconds);
-    let (_, tiny_p50) = bare(TINY, &tiny, args.seconds / 2.0);
-    eprintln!("  EfficientNet b8: {bare_qps:.2} q/s, p50 {bare_p50:.2} ms; tiny-add b1: p50 {tiny_p50:.4} ms");
-
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let o = rt.block_on(ours(&args, &effnet, &tiny));
+    let rs = &o.rounds;
+    let (bare_qps, bare_p50) = (over(rs, |r| r.bare_qps), over(rs, |r| r.bare_p50_ms));
     let t = theirs(&args);
 
     let main = t.as_ref().and_then(|t| t.main.as_ref());
@@ -602,13 +691,13 @@ fn main() {
     println!("| figure | idunno | Ray Serve 2.60 | target |");
     println!("|---|---|---|---|");
     println!(
-        "| bare ONNX Runtime, EfficientNet-Lite0 b8: q/s, p50 | {bare_qps:.2} q/s, {bare_p50:.2} ms (Rust) | {} | |",
+        "| bare ONNX Runtime, EfficientNet-Lite0 b8: q/s, p50 (median of the rounds) | {bare_qps:.2} q/s, {bare_p50:.2} ms (Rust) | {} | |",
         ray_a.map_or_else(na, |a| format!("{:.2} q/s, {:.2} ms (Python)", f(&a["qps"]), f(&a["p50_ms"])))
     );
     println!(
-        "| throughput / bare, 2 in flight | {:.3} ({:.2} q/s) | {} | ≥ 0.95 |",
-        o.qps / bare_qps,
-        o.qps,
+        "| throughput / bare, 2 in flight (median of the rounds' ratios) | {:.3} ({:.2} q/s) | {} | ≥ 0.95 |",
+        over(rs, |r| r.qps / r.bare_qps),
+        over(rs, |r| r.qps),
         ray_b.zip(ray_a).map_or_else(na, |(b, a)| format!(
             "{:.3} ({:.2} q/s)",
             f(&b["qps"]) / f(&a["qps"]),
@@ -616,17 +705,17 @@ fn main() {
         ))
     );
     println!(
-        "| added p50, 1 in flight | {:+.2} ms HTTP, {:+.2} ms gRPC | {} | ≤ 1 ms HTTP |",
-        o.one_p50_ms - bare_p50,
-        o.one_grpc_p50_ms - bare_p50,
+        "| added p50, 1 in flight (median of the rounds' differences) | {:+.2} ms HTTP, {:+.2} ms gRPC | {} | ≤ 1 ms HTTP |",
+        over(rs, |r| r.one_p50_ms - r.bare_p50_ms),
+        over(rs, |r| r.one_grpc_p50_ms - r.bare_p50_ms),
         ray_b
             .zip(ray_a)
             .map_or_else(na, |(b, a)| format!("{:+.2} ms", f(&b["one_in_flight"]["p50_ms"]) - f(&a["p50_ms"])))
     );
     println!(
         "| tiny-add b1: added p50, 1 in flight | {:+.3} ms gRPC, {:+.3} ms HTTP | {} | ≤ 0.3 ms gRPC |",
-        o.tiny_grpc_p50_ms - tiny_p50,
-        o.tiny_http_p50_ms - tiny_p50,
+        over(rs, |r| r.tiny_grpc_p50_ms - r.bare_tiny_p50_ms),
+        over(rs, |r| r.tiny_http_p50_ms - r.bare_tiny_p50_ms),
         tiny_ray
             .map_or_else(na, |v| format!("{:+.3} ms", f(&v["phases"]["B"]["p50_ms"]) - f(&v["phases"]["A"]["p50_ms"])))
     );

@@ -165,7 +165,8 @@ pub(crate) fn from_raw(t: v1::RawTensor) -> Result<(String, Tensor), String> {
             t.data.len()
         ));
     }
-    Ok((t.name, Tensor { dtype: d, shape, data: t.data.to_vec() }))
+    // (No copy when the caller's bytes are this tensor's alone.)
+    Ok((t.name, Tensor { dtype: d, shape, data: Vec::from(t.data) }))
 }
 
 pub(crate) fn to_raw(name: String, t: Tensor) -> v1::RawTensor {

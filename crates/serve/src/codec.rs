@@ -9,6 +9,7 @@
 //! Every byte is the client's: sizes are checked against the body before
 //! anything is allocated, and every refusal names what is wrong.
 
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 /// The protocol's element types that idunno runs.
@@ -68,7 +69,9 @@ pub struct Tensor {
     pub name: String,
     pub datatype: Datatype,
     pub shape: Vec<u64>,
-    pub data: Vec<u8>,
+    /// Little-endian elements; a slice of the request's body when they
+    /// came as binary data (not copied).
+    pub data: Bytes,
 }
 
 impl Tensor {
@@ -122,7 +125,7 @@ pub const MAX_RANK: usize = 16;
 /// Read a REST inference request. `header_len` is the value of
 /// `Inference-Header-Content-Length`, when the body carries raw tensors
 /// after its JSON part.
-pub fn parse_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, ProtocolError> {
+pub fn parse_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRequest, ProtocolError> {
     let json_len = header_len.unwrap_or(body.len());
     if json_len > body.len() {
         return err(format!(
@@ -130,7 +133,7 @@ pub fn parse_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequ
             body.len()
         ));
     }
-    let (head, mut raw) = body.split_at(json_len);
+    let (head, mut raw) = (&body[..json_len], body.slice(json_len..));
     let doc: Value =
         serde_json::from_slice(head).map_err(|e| ProtocolError(format!("the request is not JSON: {e}")))?;
     let doc = doc.as_object().ok_or_else(|| ProtocolError("the request must be a JSON object".into()))?;
@@ -202,7 +205,7 @@ fn string(o: &Map<String, Value>, key: &str, of: &str) -> Result<String, Protoco
     }
 }
 
-fn input_tensor(v: &Value, raw: &mut &[u8]) -> Result<Tensor, ProtocolError> {
+fn input_tensor(v: &Value, raw: &mut Bytes) -> Result<Tensor, ProtocolError> {
     let o = v.as_object().ok_or_else(|| ProtocolError("each input must be an object".into()))?;
     let name = string(o, "name", "an input")?;
     let dt = string(o, "datatype", &format!("input {name}"))?;
@@ -243,13 +246,11 @@ fn input_tensor(v: &Value, raw: &mut &[u8]) -> Result<Tensor, ProtocolError> {
                     raw.len()
                 ));
             }
-            let (mine, rest) = raw.split_at(size);
-            *raw = rest;
-            mine.to_vec()
+            raw.split_to(size)
         }
         None => {
             let data = o.get("data").ok_or_else(|| ProtocolError(format!("input {name} has no \"data\"")))?;
-            json_elements(&name, datatype, data, bytes)?
+            json_elements(&name, datatype, data, bytes)?.into()
         }
     };
     if data.len() != bytes {
@@ -369,16 +370,16 @@ mod tests {
     #[test]
     fn json_and_binary_inputs_read_the_same() {
         let json = br#"{"id":"7","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#;
-        let a = parse_request(json, None).unwrap();
+        let a = parse_request(&Bytes::from_static(json), None).unwrap();
         assert_eq!(a.id, "7");
         assert_eq!(a.inputs[0].data, f32s(&[1.0, 2.0, 3.5, 4.0]));
         let head = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
         let mut body = head.to_vec();
         body.extend(f32s(&[1.0, 2.0, 3.5, 4.0]));
-        let b = parse_request(&body, Some(head.len())).unwrap();
+        let b = parse_request(&body.into(), Some(head.len())).unwrap();
         assert_eq!(b.inputs, a.inputs);
         assert_eq!(b.outputs, vec![Requested { name: "y".into(), binary: true }]);
-        let c = parse_request(br#"{"inputs":[{"name":"t","shape":[3],"datatype":"INT64","data":[1,-2,3]}],"parameters":{"binary_data_output":true,"timeout":5000}}"#, None).unwrap();
+        let c = parse_request(&Bytes::from_static(br#"{"inputs":[{"name":"t","shape":[3],"datatype":"INT64","data":[1,-2,3]}],"parameters":{"binary_data_output":true,"timeout":5000}}"#), None).unwrap();
         assert!(c.binary_outputs);
         assert_eq!(c.timeout_us, Some(5000));
         assert_eq!(c.inputs[0].data, [1i64, -2, 3].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
@@ -417,14 +418,14 @@ mod tests {
             (br#"{"inputs":[{"shape":[1],"datatype":"FP32","data":[1]}]}"#, None, "no \"name\""),
         ];
         for (body, head, want) in cases {
-            let e = parse_request(body, *head).unwrap_err().to_string();
+            let e = parse_request(&Bytes::copy_from_slice(body), *head).unwrap_err().to_string();
             assert!(e.contains(want), "{} -> {e:?}, wanted {want:?}", String::from_utf8_lossy(body));
         }
         // Binary data beyond what the inputs take.
         let head = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
         let mut body = head.to_vec();
         body.extend([0u8; 8]);
-        let e = parse_request(&body, Some(head.len())).unwrap_err().to_string();
+        let e = parse_request(&body.into(), Some(head.len())).unwrap_err().to_string();
         assert!(e.contains("4 bytes of binary data after the inputs"), "{e}");
     }
 
@@ -435,8 +436,18 @@ mod tests {
             model_version: "3".into(),
             id: "q".into(),
             outputs: vec![
-                Tensor { name: "y".into(), datatype: Datatype::F32, shape: vec![1, 2], data: f32s(&[0.5, -1.0]) },
-                Tensor { name: "c".into(), datatype: Datatype::I64, shape: vec![1], data: 7i64.to_le_bytes().to_vec() },
+                Tensor {
+                    name: "y".into(),
+                    datatype: Datatype::F32,
+                    shape: vec![1, 2],
+                    data: f32s(&[0.5, -1.0]).into(),
+                },
+                Tensor {
+                    name: "c".into(),
+                    datatype: Datatype::I64,
+                    shape: vec![1],
+                    data: 7i64.to_le_bytes().to_vec().into(),
+                },
             ],
         };
         let (body, head) = encode_response(&r, |n| n == "y");

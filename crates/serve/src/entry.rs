@@ -486,16 +486,22 @@ fn stack(batch: &[Queued<Request>]) -> Vec<v1::RawTensor> {
         .map(|i| {
             let t0 = &first.req.inputs[i];
             let mut shape = t0.shape.clone();
-            let mut data = Vec::with_capacity(batch.iter().map(|q| q.req.inputs[i].data.len()).sum());
-            for q in batch {
-                data.extend_from_slice(&q.req.inputs[i].data);
-            }
+            // One request's rows go as they are (shared, not copied).
+            let data = if batch.len() == 1 {
+                t0.data.clone()
+            } else {
+                let mut data = Vec::with_capacity(batch.iter().map(|q| q.req.inputs[i].data.len()).sum());
+                for q in batch {
+                    data.extend_from_slice(&q.req.inputs[i].data);
+                }
+                data.into()
+            };
             if batch.len() > 1
                 && let Some(d) = shape.first_mut()
             {
                 *d = batch.iter().map(|q| q.rows).sum();
             }
-            v1::RawTensor { name: t0.name.clone(), datatype: t0.datatype.name().to_string(), shape, data: data.into() }
+            v1::RawTensor { name: t0.name.clone(), datatype: t0.datatype.name().to_string(), shape, data }
         })
         .collect()
 }
@@ -508,7 +514,7 @@ fn split(outputs: Vec<v1::RawTensor>, rows: &[u64]) -> Result<Vec<Vec<Tensor>>, 
     for o in outputs {
         let datatype = Datatype::parse(&o.datatype).ok_or_else(|| format!("output {} is {}", o.name, o.datatype))?;
         if rows.len() == 1 {
-            per[0].push(Tensor { name: o.name, datatype, shape: o.shape, data: o.data.to_vec() });
+            per[0].push(Tensor { name: o.name, datatype, shape: o.shape, data: o.data });
             continue;
         }
         if o.shape.first() != Some(&total) || total == 0 {
@@ -523,7 +529,7 @@ fn split(outputs: Vec<v1::RawTensor>, rows: &[u64]) -> Result<Vec<Vec<Tensor>>, 
             let n = *r as usize * row_bytes;
             let mut shape = o.shape.clone();
             shape[0] = *r;
-            per[i].push(Tensor { name: o.name.clone(), datatype, shape, data: o.data[at..at + n].to_vec() });
+            per[i].push(Tensor { name: o.name.clone(), datatype, shape, data: o.data.slice(at..at + n) });
             at += n;
         }
     }
@@ -540,7 +546,7 @@ mod tests {
 
     fn t(name: &str, dt: Datatype, shape: &[u64]) -> Tensor {
         let n = Tensor::elements(shape).unwrap() as usize * dt.size();
-        Tensor { name: name.into(), datatype: dt, shape: shape.to_vec(), data: vec![1; n] }
+        Tensor { name: name.into(), datatype: dt, shape: shape.to_vec(), data: vec![1; n].into() }
     }
 
     #[test]

@@ -104,8 +104,8 @@ fn request(r: ModelInferRequest) -> Result<InferRequest, Status> {
             .and_then(|n| n.checked_mul(dt.size() as u64))
             .ok_or_else(|| bad(format!("input {name}: shape {shape:?} is too large")))?;
         let data = match r.raw_input_contents.get(i) {
-            Some(raw) => raw.to_vec(),
-            None => from_contents(&name, dt, &contents.unwrap_or_default())?,
+            Some(raw) => raw.clone(),
+            None => from_contents(&name, dt, &contents.unwrap_or_default())?.into(),
         };
         if data.len() as u64 != bytes {
             return Err(bad(format!(
