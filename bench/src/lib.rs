@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use idunno_rpc::v1;
+
+/// The JSON API paths an open dashboard polls every second (events and
+/// history with `?after=`, which these leave out).
+pub const DASHBOARD_API: &[&str] =
+    &["/api/status", "/api/members", "/api/jobs", "/api/files", "/api/serve", "/api/events", "/api/history"];
+
 pub use idunno_testkit::{Cluster, kill9};
 
 /// The `idunno` binary built next to this benchmark (same target folder

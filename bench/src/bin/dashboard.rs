@@ -80,17 +80,8 @@ fn case(name: &str, c: &idunno_bench::Cluster, token: &str, runs: usize) {
         max(&fcp)
     );
     let http = &c.node(2).http;
-    let paths = [
-        "/",
-        "/api/status",
-        "/api/members",
-        "/api/jobs",
-        "/api/files",
-        "/api/serve",
-        "/api/events",
-        "/api/history",
-        "/metrics",
-    ];
+    let paths: Vec<&str> =
+        ["/"].into_iter().chain(idunno_bench::DASHBOARD_API.iter().copied()).chain(["/metrics"]).collect();
     let times: Vec<String> = paths
         .iter()
         .map(|p| {

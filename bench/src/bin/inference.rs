@@ -244,15 +244,7 @@ fn scrape_cost(case: &Case, seconds: f64, rounds: usize) {
         (busy - idle).max(0.0) * 1000.0 / 300.0
     };
     let metrics_ms = cpu_ms_per(&["/metrics"]);
-    let dashboard_ms = cpu_ms_per(&[
-        "/api/status",
-        "/api/members",
-        "/api/jobs",
-        "/api/files",
-        "/api/serve",
-        "/api/events",
-        "/api/history",
-    ]);
+    let dashboard_ms = cpu_ms_per(idunno_bench::DASHBOARD_API);
     let fmt = |v: &[f64]| v.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ");
     println!(
         "{:<24} unwatched {:.0}..{:.0} q/s  /metrics every 1 s: median ratio {:.3} ({})  dashboard open: median ratio {:.3} ({})",
