@@ -237,8 +237,8 @@ pub(crate) fn num(v: &Value, digits: usize) -> String {
 
 fn print_status(doc: &Value) {
     let mut t = table(&[
-        "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "P50", "P90", "P95", "P99",
-        "ACCURACY", "WORKERS",
+        "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "VAR ms²", "P50", "P90", "P95",
+        "P99", "ACCURACY", "WORKERS",
     ]);
     let (train, infer): (Vec<&Value>, Vec<&Value>) =
         doc.as_array().into_iter().flatten().partition(|j| j["kind"].as_str() == Some("train"));
@@ -254,6 +254,7 @@ fn print_status(doc: &Value) {
             j["inputs_done"].to_string(),
             num(&l["avg"], 2),
             num(&l["std"], 2),
+            num(&l["var"], 2),
             num(&l["median"], 2),
             num(&l["p90"], 2),
             num(&l["p95"], 2),

@@ -115,7 +115,10 @@ fn efficientnet_job_runs_across_the_workers_and_classifies_the_photos() {
         l["p95"].as_f64().unwrap(),
         l["p99"].as_f64().unwrap(),
     );
-    assert!(avg > 0.0 && l["std"].as_f64().unwrap() >= 0.0, "{st}");
+    let (std, var) = (l["std"].as_f64().unwrap(), l["var"].as_f64().unwrap());
+    assert!(avg > 0.0 && std > 0.0, "{st}");
+    // The variance is the deviation squared (each rounded to µs, ms²).
+    assert!((var - std * std).abs() <= 0.01 * var + 0.002 * std + 1e-3, "var {var}, std {std}");
     assert!(0.0 < med && med <= p90 && p90 <= p95 && p95 <= p99, "{st}");
     // The labelled photos are recognised (the assets step checked the model
     // on them): accuracy counts only photos with a known class.

@@ -226,7 +226,7 @@ pub(crate) async fn status(jobs: &Arc<Jobs>) -> serde_json::Value {
             "request_rate": ((recent as f64 / window_s) * 100.0).round() / 100.0,
             "requests": requests,
             "errors": errors,
-            "latency_ms": {"avg": r3(l.avg), "std": r3(l.std), "median": r3(l.median), "p90": r3(l.p90), "p95": r3(l.p95), "p99": r3(l.p99)},
+            "latency_ms": {"avg": r3(l.avg), "std": r3(l.std), "var": r3(l.var), "median": r3(l.median), "p90": r3(l.p90), "p95": r3(l.p95), "p99": r3(l.p99)},
             "queue": queue,
             "avg_batch": if batches == 0 { 0.0 } else { ((rows as f64 / batches as f64) * 100.0).round() / 100.0 },
             "workers": served.ready,

@@ -31,7 +31,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
         "queries_done": p.queries_done,
         "inputs_done": p.inputs_done,
         "latency_ms": {
-            "avg": round3(l.avg), "std": round3(l.std), "median": round3(l.median),
+            "avg": round3(l.avg), "std": round3(l.std), "var": round3(l.var), "median": round3(l.median),
             "p90": round3(l.p90), "p95": round3(l.p95), "p99": round3(l.p99),
         },
         "accuracy": accuracy,

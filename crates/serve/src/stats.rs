@@ -48,6 +48,7 @@ pub struct ModelFigures {
 pub struct LatencyMs {
     pub avg: f64,
     pub std: f64,
+    pub var: f64,
     pub median: f64,
     pub p90: f64,
     pub p95: f64,
@@ -61,6 +62,7 @@ impl From<LatencySummary> for LatencyMs {
         LatencyMs {
             avg: ms(l.avg),
             std: ms(l.std),
+            var: ms(l.var),
             median: ms(l.median),
             p90: ms(l.p90),
             p95: ms(l.p95),

@@ -23,7 +23,11 @@ pub struct Histogram {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub avg: f64,
+    /// Standard deviation (ms) and variance (ms²) over every recorded
+    /// time: exact, from the count, sum and sum of squares.
     pub std: f64,
+    #[serde(default)]
+    pub var: f64,
     pub median: f64,
     pub p90: f64,
     pub p95: f64,
@@ -140,6 +144,7 @@ impl Histogram {
         LatencySummary {
             avg: mean / 1000.0,
             std: var.sqrt() / 1000.0,
+            var: var / 1e6,
             median: ms(self.quantile(0.5)),
             p90: ms(self.quantile(0.9)),
             p95: ms(self.quantile(0.95)),
@@ -161,6 +166,22 @@ mod tests {
         assert_eq!(h.cumulative(&[10, 100, 1_000, 10_000, 100_000]), vec![0, 2, 4, 5, 6]);
         assert_eq!(h.cumulative(&[]), Vec::<u64>::new());
         assert_eq!(*h.cumulative(&[u64::MAX]).last().unwrap(), h.count);
+    }
+
+    #[test]
+    fn deviation_and_variance_are_exact_over_the_recorded_times() {
+        let times = [1_250u64, 980, 3_300, 1_010, 77_000, 1_499, 2_003];
+        let mut h = Histogram::default();
+        for us in times {
+            h.record(us);
+        }
+        let ms: Vec<f64> = times.iter().map(|us| *us as f64 / 1000.0).collect();
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let var = ms.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / ms.len() as f64;
+        let l = h.summary();
+        assert!((l.avg - mean).abs() < 1e-9, "{l:?}");
+        assert!((l.var - var).abs() < 1e-6 * var, "variance {} against {var}", l.var);
+        assert!((l.std * l.std - l.var).abs() < 1e-6 * var, "{l:?}");
     }
 
     #[test]
