@@ -203,8 +203,9 @@ impl Slot {
 
     fn try_infer(&mut self, w: &InferWork) -> Result<(Vec<(String, Tensor)>, u64), InferError> {
         self.model_for(&w.key, &w.model).map_err(InferError::Worker)?;
+        // (Counted as this slot's served model once loaded.)
         self.serving(&w.key);
-        let model = self.model_for(&w.key, &w.model).map_err(InferError::Worker)?;
+        let model = self.loaded(&w.key).map_err(InferError::Worker)?;
         let started = Instant::now();
         let outputs = model.run(&w.inputs).map_err(|e| match e {
             // What the inputs caused: the same on any worker.

@@ -157,6 +157,11 @@ impl Slot {
             tracing::info!(model = %key.0, version = key.1, "model loaded");
             self.models.insert(key.clone(), m);
         }
+        self.loaded(key)
+    }
+
+    /// The model of `key`, already loaded in this slot.
+    pub(crate) fn loaded(&mut self, key: &Key) -> Result<&mut Model, String> {
         self.models.get_mut(key).ok_or_else(|| "model cache".to_string())
     }
 
