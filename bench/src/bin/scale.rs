@@ -433,6 +433,8 @@ fn grown_state(files: usize) -> idunno_state::ClusterState {
                     latency_us: 900 + q * 37,
                     labeled: 8,
                     correct: 7,
+                    loss_count: 8,
+                    loss_micro: 8 * 310_000,
                 })
                 .collect();
             let file = FileRef { name: format!("{job}.results.{:012}-ab", k * 8 + 1), version: 1 };

@@ -376,8 +376,9 @@ impl Story {
     async fn summary(&self, node: &str) -> Result<(), CliError> {
         let doc = self.status_json(node).await?;
         for j in doc.as_array().into_iter().flatten().filter(|j| j["kind"] != "train") {
+            let l = &j["latency_ms"];
             println!(
-                "  {}: {} queries, {} inputs, accuracy {}",
+                "  {}: {} queries, {} inputs, accuracy {}, mean loss {}; {} ms per query (std {} ms, variance {} ms²)",
                 j["job"].as_str().unwrap_or(""),
                 j["queries_done"],
                 j["inputs_done"],
@@ -385,7 +386,11 @@ impl Story {
                     format!("{:.0}% (photos with a known class)", a * 100.0)
                 } else {
                     format!("{:.2}%", a * 100.0)
-                })
+                }),
+                crate::job::num(&j["loss"], 4),
+                crate::job::num(&l["avg"], 2),
+                crate::job::num(&l["std"], 2),
+                crate::job::num(&l["var"], 2),
             );
         }
         let ch = idunno_rpc::connect_channel(node, Duration::from_secs(10)).await?;

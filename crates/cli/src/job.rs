@@ -238,7 +238,7 @@ pub(crate) fn num(v: &Value, digits: usize) -> String {
 fn print_status(doc: &Value) {
     let mut t = table(&[
         "JOB", "STATE", "BATCH", "RATE q/s", "QUERIES", "INPUTS", "AVG ms", "STD", "VAR ms²", "P50", "P90", "P95",
-        "P99", "ACCURACY", "WORKERS",
+        "P99", "ACCURACY", "LOSS", "WORKERS",
     ]);
     let (train, infer): (Vec<&Value>, Vec<&Value>) =
         doc.as_array().into_iter().flatten().partition(|j| j["kind"].as_str() == Some("train"));
@@ -260,6 +260,7 @@ fn print_status(doc: &Value) {
             num(&l["p95"], 2),
             num(&l["p99"], 2),
             acc,
+            num(&j["loss"], 4),
             list(&j["workers"]),
         ]);
     }

@@ -37,6 +37,12 @@ fn demo_tells_the_whole_story() {
     assert_eq!(rows.len(), 14, "{text}");
     assert!(rows[0].contains("coffee.png") && rows[0].contains("967"), "{}", rows[0]);
     assert!(text.contains("accuracy 100%"), "{text}");
+    // The photos' mean loss (EfficientNet is sure of them) and the
+    // processing time's variance.
+    let photos = text.lines().find(|l| l.starts_with("  photos: ")).unwrap_or_else(|| panic!("no photos line: {text}"));
+    let loss: f64 = photos.split("mean loss ").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    assert!(loss > 0.0 && loss < 1.0, "{photos}");
+    assert!(photos.contains("ms²)"), "{photos}");
     // The cluster trained an MNIST classifier, and serving it scores what
     // training measured.
     let line = text.lines().find(|l| l.contains("served: ")).unwrap_or_else(|| panic!("no served accuracy: {text}"));

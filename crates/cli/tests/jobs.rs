@@ -253,6 +253,17 @@ fn kill_mid_job(kill_leader: bool, workers: usize, batch: u32, passes: u64) {
         let want = labels[r["input"].as_u64().unwrap() as usize];
         assert!(want < 0 || r["output"] == want, "{r}");
     }
+    // The mean loss over whole passes is that of one pass: NumPy's on the
+    // model's probabilities from ONNX Runtime in Python.
+    if let Some(python) = common::numpy_python() {
+        let [model, x, y] =
+            ["models/efficientnet-lite0.onnx", "datasets/photos/photos.npy", "datasets/photos/photos-labels.npy"]
+                .map(|p| asset(p).to_str().unwrap().to_string());
+        let doc = common::numpy_stats(&python, &["model-loss", &model, &x, &y]);
+        assert_eq!(doc["count"].as_u64(), Some(6), "{doc}");
+        let (want, got) = (doc["loss"].as_f64().unwrap(), st["loss"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-4 * want + 1e-5, "loss {got}, NumPy {want}");
+    }
 }
 
 #[test]

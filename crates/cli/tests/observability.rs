@@ -87,6 +87,12 @@ fn metrics_agree_with_job_status_and_show_a_death() {
             assert_eq!(value(&s, "idunno_job_state", &[("job", job), ("state", "done")]), Some(1.0));
             let batch = st["batch_size"].as_f64();
             assert_eq!(value(&s, "idunno_job_batch_size", &l), batch);
+            // The variance in s² (the status rounds its ms² to 0.001).
+            let var = value(&s, "idunno_job_query_duration_variance_seconds_squared", &l).unwrap() * 1e6;
+            let want = st["latency_ms"]["var"].as_f64().unwrap();
+            assert!((var - want).abs() <= 0.0005 + 1e-9 * want, "variance {var} ms², status {want}");
+            // No labels, no loss.
+            assert_eq!(value(&s, "idunno_job_loss_inputs_total", &l), Some(0.0), "node {id}, {job}");
         }
         // Per-node series: summed over the nodes, every counted query ran
         // on some worker (a query run twice counts twice here).

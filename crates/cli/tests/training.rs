@@ -130,6 +130,12 @@ fn two_workers_train_an_mlp_whose_served_model_scores_what_training_reported() {
     assert_eq!(s["inputs_done"], 10000);
     let served = s["accuracy"].as_f64().unwrap();
     assert!((served - trained).abs() < 1e-9, "served accuracy {served}, training reported {trained}");
+    // The served model gives logits: the job's loss is their softmax
+    // cross-entropy, which training measured on the same set (candle, f32,
+    // to 4 decimals).
+    let test_loss = doc["history"][0]["test"]["loss"].as_f64().unwrap();
+    let loss = s["loss"].as_f64().unwrap();
+    assert!((loss - test_loss).abs() <= 1e-3 * test_loss + 1e-4, "served loss {loss}, training measured {test_loss}");
 }
 
 /// A worker killed in the middle of the epoch — the one that is also rank

@@ -328,11 +328,11 @@ pub struct SmData {
 /// changes the format can be planned (every node upgraded before any
 /// writes the new one).
 const STATE_MAGIC: &[u8] = b"IDSTATE";
-/// 5: where served models are placed; 4: served models (`serving`), and
-/// assignment notes with each worker's share of the queries and its
-/// slots; 3: the draining nodes (`nodes`); 2: the timeline (`events`). 1
-/// to 4 are still read.
-const STATE_FORMAT: u8 = 5;
+/// 6: each job's loss; 5: where served models are placed; 4: served
+/// models (`serving`), and assignment notes with each worker's share of
+/// the queries and its slots; 3: the draining nodes (`nodes`); 2: the
+/// timeline (`events`). 1 to 5 are still read.
+const STATE_FORMAT: u8 = 6;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -362,6 +362,9 @@ impl SmData {
                 }
                 Some((4, body)) => {
                     postcard::from_bytes::<SmDataV4>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
+                Some((5, body)) => {
+                    postcard::from_bytes::<SmDataV5>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
                 }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
@@ -460,7 +463,7 @@ struct SmDataV4 {
 #[derive(Deserialize)]
 struct ClusterStateV4 {
     namespace: idunno_state::Namespace,
-    inference: idunno_state::JobTable,
+    inference: idunno_state::JobTableV5,
     training: idunno_state::TrainingTable,
     events: idunno_state::EventLog,
     nodes: idunno_state::NodeTable,
@@ -470,7 +473,34 @@ struct ClusterStateV4 {
 impl From<SmDataV4> for SmData {
     fn from(v: SmDataV4) -> Self {
         let ClusterStateV4 { namespace, inference, training, events, nodes, serving } = v.state;
+        let inference = inference.into();
         let state = ClusterState { namespace, inference, training, events, nodes, serving: serving.into() };
+        SmData { last_applied: v.last_applied, membership: v.membership, state }
+    }
+}
+
+/// A state in format 5: before each job's loss.
+#[derive(Deserialize)]
+struct SmDataV5 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    state: ClusterStateV5,
+}
+
+#[derive(Deserialize)]
+struct ClusterStateV5 {
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTableV5,
+    training: idunno_state::TrainingTable,
+    events: idunno_state::EventLog,
+    nodes: idunno_state::NodeTable,
+    serving: idunno_state::ServingTable,
+}
+
+impl From<SmDataV5> for SmData {
+    fn from(v: SmDataV5) -> Self {
+        let ClusterStateV5 { namespace, inference, training, events, nodes, serving } = v.state;
+        let state = ClusterState { namespace, inference: inference.into(), training, events, nodes, serving };
         SmData { last_applied: v.last_applied, membership: v.membership, state }
     }
 }

@@ -79,7 +79,7 @@ fn every_domain() -> idunno_coordinator::store::SmData {
             "samples": 100, "passes": 2, "output": "vector", "transpose": [1, 0], "input_files": [{"name": "f", "version": 1}]}}),
         json!({"op": "set_job_state", "job": "j", "state": "running", "now_ms": 2}),
         json!({"op": "complete_queries", "job": "j", "expect_done": 0, "now_ms": 3,
-            "queries": [{"start": 0, "len": 4, "latency_us": 1500, "labeled": 4, "correct": 3}],
+            "queries": [{"start": 0, "len": 4, "latency_us": 1500, "labeled": 4, "correct": 3, "loss_count": 4, "loss_micro": 2_500_000}],
             "segment": {"file": {"name": "j.results.1", "version": 1}, "first_query": 1, "queries": 1, "rows": 4, "bytes": 200, "last_pass": 0}}),
         json!({"op": "set_assignments", "assignments": {"j": [1, 2]},
             "notes": {"j": {"cost_us": 10, "predicted_mqps": 5, "shares_permille": [[1, 500]],
@@ -145,8 +145,17 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
         data.state.inference.assignment_notes.values().any(|n| !n.slots.is_empty()),
         "a note names its workers' slots"
     );
+    assert_eq!(data.state.inference.jobs["j"].progress.loss(), Some(0.625), "a job has a loss");
     let old_notes = idunno_state::JobTableV3::from(&data.state.inference);
-    let mut without_shares = data.state.clone();
+    let mut without_loss = data.state.clone();
+    let names: Vec<String> = without_loss.inference.jobs.keys().cloned().collect();
+    for n in &names {
+        if let Some(j) = without_loss.inference.jobs.get_mut(n) {
+            (j.progress.loss_count, j.progress.loss_micro) = (0, 0);
+        }
+    }
+    let old_jobs = idunno_state::JobTableV5::from(&data.state.inference);
+    let mut without_shares = without_loss.clone();
     for n in without_shares.inference.assignment_notes.values_mut() {
         n.queries_permille.clear();
         n.slots.clear();
@@ -186,19 +195,24 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     // each model on every worker, placed where it was ready.
     assert!(data.state.serving.models["m"].placed != data.state.serving.models["m"].ready, "placed apart from ready");
     let old_serving = idunno_state::ServingTableV4::from(&s.serving);
-    let old = (&data.last_applied, &data.membership, &s.namespace, &s.inference, &s.training, &s.events, &s.nodes);
+    let old = (&data.last_applied, &data.membership, &s.namespace, &old_jobs, &s.training, &s.events, &s.nodes);
     let mut v4 = b"IDSTATE\x04".to_vec();
     v4.extend(postcard::to_allocvec(&(old, &old_serving)).unwrap());
-    let mut unplaced = data.state.clone();
+    let mut unplaced = without_loss.clone();
     for m in unplaced.serving.models.values_mut() {
         (m.workers, m.placed) = (0, m.ready.clone());
     }
     assert_eq!(SmData::decode(&v4).unwrap().state, unplaced);
 
+    // Format 5, written before the jobs' loss, is read without it.
+    let mut v5 = b"IDSTATE\x05".to_vec();
+    v5.extend(postcard::to_allocvec(&(old, &s.serving)).unwrap());
+    assert_eq!(SmData::decode(&v5).unwrap().state, without_loss);
+
     // A format from a newer release is refused by name, not misread.
     let mut newer = bytes.clone();
-    newer[7] = 6;
+    newer[7] = 7;
     let e = SmData::decode(&newer).err().unwrap();
-    assert!(e.contains("format 6") && e.contains("upgrade"), "{e}");
+    assert!(e.contains("format 7") && e.contains("upgrade"), "{e}");
     assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
 }

@@ -179,6 +179,10 @@ impl QueryFlow {
                     latency_us: r.latency_us,
                     labeled: r.labeled,
                     correct: r.correct,
+                    loss_count: r.loss_count,
+                    // In millionths, for a state every replica adds up
+                    // alike (`as` saturates, and NaN becomes 0).
+                    loss_micro: (r.loss_sum.max(0.0) * 1e6).round() as u64,
                 };
                 self.pending.entry(r.job).or_default().push(Pending { query, done, layout, outputs: r.outputs });
             }

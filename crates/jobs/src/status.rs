@@ -35,6 +35,7 @@ pub fn job_status(state: &ClusterState, name: &str, job: &Job, now_ms: u64) -> V
             "p90": round3(l.p90), "p95": round3(l.p95), "p99": round3(l.p99),
         },
         "accuracy": accuracy,
+        "loss": p.loss().map(|x| (x * 1e6).round() / 1e6),
         "workers": state.inference.assignments.get(name).cloned().unwrap_or_default(),
         "cost_ms": note.cost_us.map(|c| c as f64 / 1000.0),
         "predicted_rate": note.predicted_mqps.map(|r| r as f64 / 1000.0),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use idunno_ml::Model;
 use idunno_ml::onnx::fit;
-use idunno_ml::{Tensor, read_array};
+use idunno_ml::{Tensor, read_array, scoring};
 use idunno_rpc::{JobsClient, Limited, v1};
 use idunno_sdfs::Sdfs;
 use idunno_state::JobState;
@@ -333,11 +333,17 @@ impl Slot {
             }
             let class = match &ints {
                 Some(i) if per_row == 1 => i[k],
-                _ => argmax(row) as i64,
+                _ => scoring::argmax(row) as i64,
             };
             if let Some(label) = labels.as_ref().and_then(|l| l.get(k)).filter(|l| **l >= 0) {
                 out.labeled += 1;
                 out.correct += u64::from(class == *label);
+                // A class index per input (an integer output) has no loss.
+                let loss = usize::try_from(*label).ok().filter(|_| ints.is_none() && per_row > 1);
+                if let Some(loss) = loss.and_then(|l| scoring::cross_entropy(row, l)) {
+                    out.loss_count += 1;
+                    out.loss_sum += loss;
+                }
             }
             outputs.extend_from_slice(&class.to_le_bytes());
         }
@@ -369,16 +375,6 @@ fn lower_priority() {
             tracing::debug!("could not lower the worker thread's priority");
         }
     }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// How many of `results`, from the front, fit in `budget` bytes (at least

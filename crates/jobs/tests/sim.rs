@@ -147,7 +147,15 @@ impl Sim {
         let expect_done = self.state.inference.jobs["j"].progress.queries_done;
         let queries: Vec<DoneQuery> = items
             .iter()
-            .map(|q| DoneQuery { start: q.start, len: q.len, latency_us: 1000, labeled: 0, correct: 0 })
+            .map(|q| DoneQuery {
+                start: q.start,
+                len: q.len,
+                latency_us: 1000,
+                labeled: 0,
+                correct: 0,
+                loss_count: 0,
+                loss_micro: 0,
+            })
             .collect();
         let cmd =
             JobCommand::CompleteQueries { job: "j".into(), expect_done, queries, now_ms: self.now, segment: None };

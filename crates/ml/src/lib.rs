@@ -9,6 +9,7 @@ pub mod idx;
 pub mod limits;
 pub mod npy;
 pub mod onnx;
+pub mod scoring;
 pub mod shapes;
 mod tensor;
 pub mod trained;

@@ -111,7 +111,7 @@ mod tests {
     use idunno_state::{DoneQuery, JobCommand, JobSpec};
 
     fn done(st: &mut ClusterState, expect: u64, latency_us: u64, now_ms: u64) {
-        let q = DoneQuery { start: expect, len: 1, latency_us, labeled: 1, correct: 1 };
+        let q = DoneQuery { start: expect, len: 1, latency_us, labeled: 1, correct: 1, loss_count: 0, loss_micro: 0 };
         let cmd = JobCommand::CompleteQueries {
             job: "j".into(),
             expect_done: expect,

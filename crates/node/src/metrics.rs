@@ -246,6 +246,27 @@ fn jobs(enc: &mut DescriptorEncoder, st: &ClusterState) -> std::fmt::Result {
     )?;
     family(
         enc,
+        "job_loss_inputs",
+        "Labeled inputs with a cross-entropy loss (a classifier's output rows)",
+        Counter,
+        per(&|j| Value::Int(j.progress.loss_count)),
+    )?;
+    family(
+        enc,
+        "job_loss",
+        "Sum of the cross-entropy losses of the job_loss_inputs (the mean loss is their ratio)",
+        Counter,
+        per(&|j| Value::Float(j.progress.loss_micro as f64 / 1e6)),
+    )?;
+    family(
+        enc,
+        "job_query_duration_variance_seconds_squared",
+        "Variance of the processing time of the job's counted queries (C2), exact",
+        Gauge,
+        per(&|j| Value::Float(j.progress.latency.summary().var / 1e6)),
+    )?;
+    family(
+        enc,
         "job_query_rate",
         "Queries per second over the last 10 s (C1)",
         Gauge,

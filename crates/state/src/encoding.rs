@@ -10,8 +10,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, JobCommand, JobTable, Jobs, Namespace,
-    NodeCommand, ServeCommand, ServeSpec, Served, ServingTable, TrainCommand, TrainingTable, Trainings,
+    AssignmentNote, ClusterState, Command, EventCommand, FileCommand, Files, Histogram, Job, JobCommand, JobProgress,
+    JobResults, JobSpec, JobState, JobTable, Jobs, Namespace, NodeCommand, ServeCommand, ServeSpec, Served,
+    ServingTable, TrainCommand, TrainingTable, Trainings,
 };
 
 /// Every op, for the error that names an unknown one.
@@ -83,13 +84,122 @@ impl From<FlatClusterState> for ClusterState {
     }
 }
 
-/// The job table as formats 1 to 3 of the binary state hold it (their
-/// fields are positional): assignment notes without each worker's share
-/// of the queries and its slots.
+/// The jobs as formats 1 to 5 of the binary state hold them (their
+/// fields are positional): progress without the loss.
+type JobsV5 = imbl::OrdMap<String, JobV5>;
+
+#[derive(Clone, Deserialize, serde::Serialize)]
+struct JobV5 {
+    spec: JobSpec,
+    state: JobState,
+    progress: JobProgressV5,
+    results: JobResults,
+}
+
+#[derive(Clone, Deserialize, serde::Serialize)]
+struct JobProgressV5 {
+    queries_done: u64,
+    inputs_done: u64,
+    pass: u64,
+    done: Vec<(u64, u64)>,
+    labeled: u64,
+    correct: u64,
+    latency: Histogram,
+    recent: BTreeMap<u64, u64>,
+    started_at_ms: u64,
+    error: Option<String>,
+}
+
+fn jobs_from_v5(jobs: JobsV5) -> Jobs {
+    jobs.into_iter()
+        .map(|(name, j)| {
+            let JobProgressV5 {
+                queries_done,
+                inputs_done,
+                pass,
+                done,
+                labeled,
+                correct,
+                latency,
+                recent,
+                started_at_ms,
+                error,
+            } = j.progress;
+            let progress = JobProgress {
+                queries_done,
+                inputs_done,
+                pass,
+                done,
+                labeled,
+                correct,
+                latency,
+                recent,
+                started_at_ms,
+                error,
+                loss_count: 0,
+                loss_micro: 0,
+            };
+            (name, Job { spec: j.spec, state: j.state, progress, results: j.results })
+        })
+        .collect()
+}
+
+/// (What an older release would have written: for tests.)
+fn jobs_to_v5(jobs: &Jobs) -> JobsV5 {
+    jobs.iter()
+        .map(|(name, j)| {
+            let p = j.progress.clone();
+            let progress = JobProgressV5 {
+                queries_done: p.queries_done,
+                inputs_done: p.inputs_done,
+                pass: p.pass,
+                done: p.done,
+                labeled: p.labeled,
+                correct: p.correct,
+                latency: p.latency,
+                recent: p.recent,
+                started_at_ms: p.started_at_ms,
+                error: p.error,
+            };
+            (name.clone(), JobV5 { spec: j.spec.clone(), state: j.state, progress, results: j.results.clone() })
+        })
+        .collect()
+}
+
+/// The job table as formats 4 and 5 of the binary state hold it: jobs
+/// without their loss.
+#[derive(Deserialize, serde::Serialize)]
+pub struct JobTableV5 {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
+    jobs: JobsV5,
+    assignments: BTreeMap<String, Vec<u64>>,
+    assignment_notes: BTreeMap<String, AssignmentNote>,
+}
+
+impl From<JobTableV5> for JobTable {
+    fn from(v: JobTableV5) -> Self {
+        JobTable { jobs: jobs_from_v5(v.jobs), assignments: v.assignments, assignment_notes: v.assignment_notes }
+    }
+}
+
+impl From<&JobTable> for JobTableV5 {
+    /// (What an older release would have written: for tests.)
+    fn from(t: &JobTable) -> Self {
+        JobTableV5 {
+            jobs: jobs_to_v5(&t.jobs),
+            assignments: t.assignments.clone(),
+            assignment_notes: t.assignment_notes.clone(),
+        }
+    }
+}
+
+/// The job table as formats 1 to 3 of the binary state hold it:
+/// assignment notes without each worker's share of the queries and its
+/// slots, and jobs without their loss.
 #[derive(Deserialize, serde::Serialize)]
 pub struct JobTableV3 {
     #[serde(deserialize_with = "crate::bounded::ordmap")]
-    jobs: Jobs,
+    jobs: JobsV5,
     assignments: BTreeMap<String, Vec<u64>>,
     assignment_notes: BTreeMap<String, AssignmentNoteV3>,
 }
@@ -107,7 +217,7 @@ impl From<JobTableV3> for JobTable {
             let AssignmentNoteV3 { cost_us, predicted_mqps, shares_permille } = n;
             (job, AssignmentNote { cost_us, predicted_mqps, shares_permille, ..Default::default() })
         });
-        JobTable { jobs: v.jobs, assignments: v.assignments, assignment_notes: notes.collect() }
+        JobTable { jobs: jobs_from_v5(v.jobs), assignments: v.assignments, assignment_notes: notes.collect() }
     }
 }
 
@@ -123,7 +233,7 @@ impl From<&JobTable> for JobTableV3 {
             };
             (job.clone(), old)
         });
-        JobTableV3 { jobs: t.jobs.clone(), assignments: t.assignments.clone(), assignment_notes: notes.collect() }
+        JobTableV3 { jobs: jobs_to_v5(&t.jobs), assignments: t.assignments.clone(), assignment_notes: notes.collect() }
     }
 }
 
@@ -201,7 +311,15 @@ mod tests {
             JobCommand::CompleteQueries {
                 job: job(),
                 expect_done: 0,
-                queries: vec![DoneQuery { start: 0, len: 1, latency_us: 1, labeled: 0, correct: 0 }],
+                queries: vec![DoneQuery {
+                    start: 0,
+                    len: 1,
+                    latency_us: 1,
+                    labeled: 0,
+                    correct: 0,
+                    loss_count: 0,
+                    loss_micro: 0,
+                }],
                 now_ms: 1,
                 segment: None,
             }

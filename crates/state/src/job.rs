@@ -131,6 +131,13 @@ pub struct JobProgress {
     /// Why the job failed (cleared when it runs again).
     #[serde(default)]
     pub error: Option<String>,
+    /// Labelled inputs that had a cross-entropy loss (a classifier's
+    /// output rows), and the sum of their losses in millionths: the mean
+    /// loss is [`JobProgress::loss`].
+    #[serde(default)]
+    pub loss_count: u64,
+    #[serde(default)]
+    pub loss_micro: u64,
 }
 
 /// The window of the query rate (SPEC: queries/s over the last 10 s).
@@ -159,6 +166,11 @@ impl JobProgress {
 
     /// Queries per second over the last [`RATE_WINDOW_MS`] before `now_ms`
     /// (or since the job started, if that is more recent).
+    /// The mean cross-entropy loss of the counted inputs that have one.
+    pub fn loss(&self) -> Option<f64> {
+        (self.loss_count > 0).then(|| self.loss_micro as f64 / 1e6 / self.loss_count as f64)
+    }
+
     pub fn query_rate(&self, now_ms: u64) -> f64 {
         let from_slot = now_ms.saturating_sub(RATE_WINDOW_MS) / RATE_SLOT_MS;
         let n: u64 = self.recent.range(from_slot + 1..).map(|(_, c)| c).sum();
@@ -180,6 +192,12 @@ pub struct DoneQuery {
     /// Inputs with a label, and how many were predicted right.
     pub labeled: u64,
     pub correct: u64,
+    /// Labelled inputs with a loss, and the sum of their losses in
+    /// millionths.
+    #[serde(default)]
+    pub loss_count: u64,
+    #[serde(default)]
+    pub loss_micro: u64,
 }
 
 /// What the scheduler measured and predicted for a job when it last

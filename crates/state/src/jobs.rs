@@ -278,6 +278,9 @@ impl JobTable {
             let labeled = q.labeled.min(q.len);
             p.labeled += labeled;
             p.correct += q.correct.min(labeled);
+            let scored = q.loss_count.min(labeled);
+            p.loss_count += scored;
+            p.loss_micro = p.loss_micro.saturating_add(if scored > 0 { q.loss_micro } else { 0 });
             p.latency.record(q.latency_us);
         }
         let slot = now_ms / RATE_SLOT_MS;
@@ -310,7 +313,7 @@ impl JobTable {
             if p.done.last().is_some_and(|&(_, e)| e > end) {
                 return Err(format!("job {name}: done ranges beyond the job's passes"));
             }
-            if p.correct > p.labeled || p.latency.count > p.queries_done {
+            if p.correct > p.labeled || p.loss_count > p.labeled || p.latency.count > p.queries_done {
                 return Err(format!("job {name}: counts disagree"));
             }
             let segs = &j.results.segments;

@@ -153,7 +153,15 @@ fn commands_and_replies_round_trip_as_json() {
     let c = JobCommand::CompleteQueries {
         job: "j".into(),
         expect_done: 3,
-        queries: vec![DoneQuery { start: 1, len: 2, latency_us: 3, labeled: 4, correct: 5 }],
+        queries: vec![DoneQuery {
+            start: 1,
+            len: 2,
+            latency_us: 3,
+            labeled: 4,
+            correct: 5,
+            loss_count: 6,
+            loss_micro: 7,
+        }],
         now_ms: 6,
         segment: Some(seg("j.results.000000000004-00", 4, 1, 2, 0)),
     };
@@ -179,7 +187,17 @@ fn sized_job(name: &str, samples: u64, passes: Option<u64>) -> Command {
 }
 
 fn q(start: u64, len: u64) -> DoneQuery {
-    DoneQuery { start, len, latency_us: 1000 * (start + 1), labeled: len, correct: len / 2 }
+    // Every input has a loss of 0.25 + start.
+    let loss_micro = len * (250_000 + 1_000_000 * start);
+    DoneQuery {
+        start,
+        len,
+        latency_us: 1000 * (start + 1),
+        labeled: len,
+        correct: len / 2,
+        loss_count: len,
+        loss_micro,
+    }
 }
 
 fn complete(expect_done: u64, queries: Vec<DoneQuery>, now_ms: u64) -> Command {
@@ -265,7 +283,15 @@ fn result_segments_join_with_their_count_and_leave_by_compaction() {
 
 #[test]
 fn a_workers_counts_cannot_wrap_or_exceed_its_inputs() {
-    let wild = DoneQuery { start: 0, len: 4, latency_us: u64::MAX, labeled: u64::MAX, correct: u64::MAX };
+    let wild = DoneQuery {
+        start: 0,
+        len: 4,
+        latency_us: u64::MAX,
+        labeled: u64::MAX,
+        correct: u64::MAX,
+        loss_count: u64::MAX,
+        loss_micro: u64::MAX,
+    };
     let st = run(vec![
         (sized_job("j", 10, None), Ok(Reply::Done)),
         (JobCommand::SetJobState { job: "j".into(), state: JobState::Running, now_ms: 1 }.into(), Ok(Reply::Done)),
@@ -276,8 +302,9 @@ fn a_workers_counts_cannot_wrap_or_exceed_its_inputs() {
         ),
     ]);
     let p = &st.inference.jobs["j"].progress;
-    assert_eq!((p.labeled, p.correct), (8, 8));
+    assert_eq!((p.labeled, p.correct, p.loss_count), (8, 8, 8));
     assert_eq!(p.latency.sum_us, u64::MAX, "saturated, not wrapped");
+    assert_eq!(p.loss_micro, u64::MAX, "saturated, not wrapped");
 }
 
 #[test]
@@ -309,6 +336,10 @@ fn each_query_counts_once_and_passes_end_the_job() {
     assert_eq!(p.done, [(0, 20)]);
     assert_eq!((p.labeled, p.correct), (20, 2 + 2 + 1 + 1 + 3));
     assert_eq!(p.latency.count, 5);
+    // The mean loss over the counted inputs only (refused queries add
+    // nothing): 4 at 0.25, 4 at 4.25, 3 at 10.25, 2 at 8.25, 7 at 13.25.
+    let want = (4.0 * 0.25 + 4.0 * 4.25 + 3.0 * 10.25 + 2.0 * 8.25 + 7.0 * 13.25) / 20.0;
+    assert!((p.loss().unwrap() - want).abs() < 1e-9, "{:?} vs {want}", p.loss());
 }
 
 #[test]

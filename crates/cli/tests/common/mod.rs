@@ -190,3 +190,23 @@ pub fn cells(dom: &str, class: &str) -> Vec<String> {
     let open = format!("<td class=\"{class}\">");
     dom.split(&open).skip(1).filter_map(|rest| rest.split("</td>").next()).map(str::to_string).collect()
 }
+
+/// The assets' virtualenv's python (NumPy and ONNX Runtime, for figures
+/// to check ours against), or `None` with the reason printed when
+/// `scripts/assets` has not built it.
+pub fn numpy_python() -> Option<std::path::PathBuf> {
+    let python = idunno_ml::onnx::assets_dir().join("venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    eprintln!("NOTE: skipped: {} is missing (scripts/assets builds it)", python.display());
+    None
+}
+
+/// Run `tests/clients/numpy_stats.py` with these arguments: its JSON.
+pub fn numpy_stats(python: &Path, args: &[&str]) -> Value {
+    let script = format!("{}/tests/clients/numpy_stats.py", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python).arg(script).args(args).output().expect("run python");
+    assert!(out.status.success(), "numpy_stats.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("numpy_stats.py prints JSON")
+}
