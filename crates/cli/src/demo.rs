@@ -49,6 +49,13 @@ const ASSETS: &[&str] = &[
     "lib/libonnxruntime.so.1.31.1",
 ];
 
+/// Wait a full rate window, so that the rates and the prediction shown
+/// next are those of the cluster as it is now, not a mix with before.
+async fn steady() {
+    println!("(rates and costs are over the last 10 s: waiting 11 s)");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+}
+
 fn say(what: &str) {
     println!("\n== {what}");
 }
@@ -219,8 +226,7 @@ impl Story {
             }
         }
         println!("its first query was counted {} after `job start`", secs(first_query));
-        println!("(rates are over the last 10 s: waiting 11 s)");
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        steady().await;
         let (ratio, share) = self.show_rates(&first).await?;
 
         let leader = self.leader(&first).await.ok_or_else(|| CliError::failed("no coordinator leader"))?;
@@ -234,6 +240,7 @@ impl Story {
             secs(detected),
             secs(workers_back)
         );
+        steady().await;
         self.show_rates(&via).await?;
 
         say(&format!("kill -9 the coordinator leader (node {leader})"));
@@ -243,6 +250,7 @@ impl Story {
             secs(elected),
             secs(leader_back)
         );
+        steady().await;
         self.show_rates(&via).await?;
         crate::member::run(MemberCommand::List, Some(via.clone()), self.out).await?;
 
@@ -303,6 +311,14 @@ impl Story {
         let ratio = (rates.len() > 1 && min > 0.0).then(|| max / min - 1.0);
         if let Some(r) = ratio {
             println!("query rates {rates:?}: max/min - 1 = {r:.3} (SPEC: within 0.2)");
+        }
+        // C5: what the fair split predicted against what it did.
+        let measured = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+        if let Some(p) = jobs.iter().find_map(|j| j["predicted_rate"].as_f64()).filter(|_| measured > 0.0) {
+            println!(
+                "predicted {p:.1} q/s per job, measured {measured:.1}: predicted/measured - 1 = {:.3}",
+                p / measured - 1.0
+            );
         }
         let share = jobs.iter().find(|j| j["job"] == "photos").and_then(|j| {
             let shares: Vec<f64> = j["worker_shares"].as_object()?.values().filter_map(Value::as_f64).collect();

@@ -1,6 +1,7 @@
 //! `idunno job …`: inference jobs (SPEC §5, §10). Tables for people; with
 //! `--json` the documents of the scripting contract.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -140,8 +141,17 @@ pub async fn run(cmd: JobCommand, node: Option<String>, out: Output) -> Result<(
             println!(
                 "Each free worker slot takes the next query of the job with the fewest queries handed out, so query\n\
                  rates come out equal, a costlier job holds more of the workers' time, and a worker with more slots or\n\
-                 faster ones runs more of every job's queries (predicted: Σ over workers of slots / Σ its cost per query)."
+                 faster ones runs more of every job's queries. Predicted: Σ over workers of slots / Σ its cost per\n\
+                 query over the last 10 s, with every slot always busy (right after a change it lags by that window)."
             );
+            if let Some(b) = mean_slot_busy(&doc).filter(|b| *b < 0.85) {
+                println!(
+                    "The slots were busy {:.0}% of the time: the workers are not what limits these rates (their slots\n\
+                     wait for queries, which cost less to run than to hand out and count), so the measured rate is\n\
+                     below the prediction.",
+                    b * 100.0
+                );
+            }
             Ok(())
         }
         JobCommand::Results { job, out: file } => {
@@ -191,7 +201,22 @@ fn worker_line(a: &Value, w: &Value) -> String {
         (Some(t), None) => line.push_str(&format!(": {:.0}% of its time", t * 100.0)),
         _ => {}
     }
+    if let Some(b) = a["worker_slots_busy"][&key].as_f64() {
+        line.push_str(&format!("; slots busy {:.0}%", b * 100.0));
+    }
     line
+}
+
+/// The mean share of their slots' time the workers of these assignments
+/// spent running queries, if any was measured.
+fn mean_slot_busy(doc: &Value) -> Option<f64> {
+    let mut busy: BTreeMap<String, f64> = BTreeMap::new();
+    for a in doc.as_object().into_iter().flatten().map(|(_, a)| a) {
+        for (w, b) in a["worker_slots_busy"].as_object().into_iter().flatten() {
+            busy.extend(b.as_f64().map(|b| (w.clone(), b)));
+        }
+    }
+    (!busy.is_empty()).then(|| busy.values().sum::<f64>() / busy.len() as f64)
 }
 
 /// Rows as SPEC's JSON array, one row per line, written as they go

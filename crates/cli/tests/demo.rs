@@ -32,6 +32,15 @@ fn demo_tells_the_whole_story() {
         let line = text.lines().find(|l| l.starts_with(n)).unwrap_or_else(|| panic!("no measurement {n}: {text}"));
         assert!(!line.contains("not seen"), "{line}");
     }
+    // C5: in steady state (a full window after each change) the fair
+    // split's prediction is the measured rate, within 15%.
+    let errors: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("predicted/measured - 1 = ").nth(1))
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 3, "before the kills, after the workers', after the leader's: {text}");
+    assert!(errors.iter().all(|e| e.abs() <= 0.15), "predicted/measured - 1: {errors:?}\n{text}");
     // One class per photo, the espresso first.
     let rows: Vec<&str> = text.lines().filter(|l| l.contains(" class ")).collect();
     assert_eq!(rows.len(), 14, "{text}");

@@ -83,7 +83,7 @@ fn every_domain() -> idunno_coordinator::store::SmData {
             "segment": {"file": {"name": "j.results.1", "version": 1}, "first_query": 1, "queries": 1, "rows": 4, "bytes": 200, "last_pass": 0}}),
         json!({"op": "set_assignments", "assignments": {"j": [1, 2]},
             "notes": {"j": {"cost_us": 10, "predicted_mqps": 5, "shares_permille": [[1, 500]],
-                "queries_permille": [[1, 400], [2, 600]], "slots": [[1, 1], [2, 2]]}}}),
+                "queries_permille": [[1, 400], [2, 600]], "slots": [[1, 1], [2, 2]], "busy_permille": [[1, 950], [2, 900]]}}}),
         json!({"op": "add_training", "now_ms": 5, "spec": {"name": "t", "arch": "mlp", "inputs": {"name": "x", "version": 1},
             "labels": {"name": "y", "version": 1}, "test_inputs": null, "test_labels": null, "samples": 1000, "classes": 10,
             "epochs": 2, "batch_size": 100, "workers": 2, "lr": "0.001", "seed": 1, "checkpoint_every": 4, "out": "m"}}),
@@ -154,6 +154,11 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
             (j.progress.loss_count, j.progress.loss_micro) = (0, 0);
         }
     }
+    // (Nor the workers' busy time in the notes.)
+    assert!(data.state.inference.assignment_notes.values().any(|n| !n.busy_permille.is_empty()));
+    for n in without_loss.inference.assignment_notes.values_mut() {
+        n.busy_permille.clear();
+    }
     let old_jobs = idunno_state::JobTableV5::from(&data.state.inference);
     let mut without_shares = without_loss.clone();
     for n in without_shares.inference.assignment_notes.values_mut() {
@@ -204,7 +209,8 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     }
     assert_eq!(SmData::decode(&v4).unwrap().state, unplaced);
 
-    // Format 5, written before the jobs' loss, is read without it.
+    // Format 5, written before the jobs' loss and the workers' busy time,
+    // is read without them.
     let mut v5 = b"IDSTATE\x05".to_vec();
     v5.extend(postcard::to_allocvec(&(old, &s.serving)).unwrap());
     assert_eq!(SmData::decode(&v5).unwrap().state, without_loss);

@@ -350,6 +350,7 @@ fn assignment_table(
                 shares_permille: s.shares.iter().map(|(w, f)| (*w, coarse(*f))).collect(),
                 queries_permille: s.query_shares.iter().map(|(w, f)| (*w, coarse(*f))).collect(),
                 slots: s.slots.iter().map(|(w, n)| (*w, *n as u32)).collect(),
+                busy_permille: s.slot_busy.iter().map(|(w, f)| (*w, coarse(*f))).collect(),
             },
         );
     }

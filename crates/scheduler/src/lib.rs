@@ -201,6 +201,9 @@ pub struct Dispatcher {
     /// (when, processing time µs), oldest first. What `explain` measures
     /// shares from.
     served: BTreeMap<(WorkerId, String), VecDeque<(u64, u64)>>,
+    /// When each worker's first report reached this dispatcher: a worker
+    /// seen for less than [`SHARE_WINDOW_MS`] was busy over that time only.
+    first_report: BTreeMap<WorkerId, u64>,
 }
 
 /// The window over which workers' time shares are measured.
@@ -208,7 +211,13 @@ pub const SHARE_WINDOW_MS: u64 = 10_000;
 
 impl Dispatcher {
     pub fn new(config: DispatcherConfig) -> Dispatcher {
-        Dispatcher { config, jobs: BTreeMap::new(), order: BTreeSet::new(), served: BTreeMap::new() }
+        Dispatcher {
+            config,
+            jobs: BTreeMap::new(),
+            order: BTreeSet::new(),
+            served: BTreeMap::new(),
+            first_report: BTreeMap::new(),
+        }
     }
 
     /// Follow the replicated state: jobs that stopped are dropped with
@@ -255,6 +264,7 @@ impl Dispatcher {
             v.retain(|(t, _)| t + SHARE_WINDOW_MS > now_ms);
         }
         self.served.retain(|(w, j), v| !v.is_empty() && workers.contains_key(w) && self.jobs.contains_key(j));
+        self.first_report.retain(|w, _| workers.contains_key(w));
         let mut busy: BTreeMap<WorkerId, u64> = BTreeMap::new();
         let mut counted: BTreeMap<&str, usize> = BTreeMap::new();
         for ((w, j), v) in &self.served {
@@ -293,6 +303,16 @@ impl Dispatcher {
                 shares = workers.keys().map(|w| (*w, 0.0)).collect();
             }
             let slots = shares.keys().filter_map(|w| Some((*w, *workers.get(w)?))).collect();
+            // How much of its slots' time each worker spent on any job's
+            // queries: the prediction assumes all of it.
+            let slot_busy = shares
+                .keys()
+                .filter_map(|w| {
+                    let seen = now_ms.saturating_sub(*self.first_report.get(w)?).min(SHARE_WINDOW_MS).max(1);
+                    let capacity_us = seen as f64 * 1000.0 * workers.get(w).copied().unwrap_or(1).max(1) as f64;
+                    Some((*w, (busy.get(w).copied().unwrap_or(0) as f64 / capacity_us).min(1.0)))
+                })
+                .collect();
             let (predicted_rate, worker_share) =
                 predicted.jobs.get(name).map_or((None, None), |p| (Some(p.rate), Some(p.workers)));
             out.insert(
@@ -302,6 +322,7 @@ impl Dispatcher {
                     shares,
                     query_shares,
                     slots,
+                    slot_busy,
                     predicted_rate,
                     worker_share,
                 },
@@ -362,6 +383,9 @@ impl Dispatcher {
         q.pending.insert(query.start, query.len);
         let l = latency_us as f64;
         q.cost_us = Some(q.cost_us.map_or(l, |c| 0.9 * c + 0.1 * l));
+        // The report's processing time ended when it arrived; its start
+        // counts as the worker's first moment seen.
+        self.first_report.entry(worker).or_insert(now_ms.saturating_sub(latency_us / 1000));
         let served = self.served.entry((worker, query.job.clone())).or_default();
         served.push_back((now_ms, latency_us));
         while served.front().is_some_and(|(t, _)| t + SHARE_WINDOW_MS <= now_ms) {
@@ -468,6 +492,11 @@ pub struct JobShare {
     pub query_shares: BTreeMap<WorkerId, f64>,
     /// The query slots of the workers in `shares`.
     pub slots: BTreeMap<WorkerId, usize>,
+    /// Worker → the share of its slots' time spent running queries of any
+    /// job (last 10 s, or since its first report if later). [`plan`]
+    /// assumes every slot always busy: where they are not, the workers are
+    /// not what limits the rate.
+    pub slot_busy: BTreeMap<WorkerId, f64>,
     /// The query rate [`plan`] predicts (queries/s).
     pub predicted_rate: Option<f64>,
     /// How many worker slots' worth of time the job should take.

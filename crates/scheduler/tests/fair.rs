@@ -109,6 +109,37 @@ fn jobs_of_four_times_the_cost_get_equal_query_rates() {
     assert_eq!(shares["big"].cost_ms, Some(40.0));
     let predicted = shares["big"].predicted_rate.unwrap();
     assert!((predicted - 100.0).abs() < 1.0, "{predicted}");
+    // Every slot ran queries all the time: the prediction's premise held.
+    let mut busy = shares["big"].slot_busy.clone();
+    busy.extend(shares["small"].slot_busy.clone());
+    assert_eq!(busy.len(), 5, "{busy:?}");
+    assert!(busy.values().all(|b| *b > 0.97), "{busy:?}");
+}
+
+/// A worker whose slot waits between queries (handing out and counting
+/// them costs more than running them) is busy only part of the time: the
+/// prediction, which assumes busy slots, is above what it does by that
+/// part, and the share says so.
+#[test]
+fn slots_that_wait_for_work_show_how_busy_they_were() {
+    let mut d = Dispatcher::new(DispatcherConfig::default());
+    d.sync(&[looping("a", 1)]);
+    // 10 ms per query, one query every 40 ms, for 12 s.
+    let mut now = 0;
+    let mut done = 0u64;
+    while now < 12_000 {
+        let q = d.take(1, 1, now).pop().unwrap();
+        now += 40;
+        assert_eq!(d.report(1, &q, 10_000, now), Report::Accepted);
+        done += 1;
+    }
+    let shares = d.explain(&[(1, 1)].into(), now);
+    let busy = shares["a"].slot_busy[&1];
+    assert!((busy - 0.25).abs() < 0.02, "busy {busy}");
+    let predicted = shares["a"].predicted_rate.unwrap();
+    assert!((predicted - 100.0).abs() < 1.0, "{predicted}");
+    let measured = done as f64 / 12.0;
+    assert!((predicted * busy / measured - 1.0).abs() < 0.05, "{predicted} × {busy} against {measured}");
 }
 
 #[test]

@@ -167,29 +167,57 @@ fn jobs_to_v5(jobs: &Jobs) -> JobsV5 {
 }
 
 /// The job table as formats 4 and 5 of the binary state hold it: jobs
-/// without their loss.
+/// without their loss, notes without the workers' busy time.
 #[derive(Deserialize, serde::Serialize)]
 pub struct JobTableV5 {
     #[serde(deserialize_with = "crate::bounded::ordmap")]
     jobs: JobsV5,
     assignments: BTreeMap<String, Vec<u64>>,
-    assignment_notes: BTreeMap<String, AssignmentNote>,
+    assignment_notes: BTreeMap<String, AssignmentNoteV5>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct AssignmentNoteV5 {
+    cost_us: Option<u64>,
+    predicted_mqps: Option<u64>,
+    shares_permille: Vec<(u64, u32)>,
+    queries_permille: Vec<(u64, u32)>,
+    slots: Vec<(u64, u32)>,
 }
 
 impl From<JobTableV5> for JobTable {
     fn from(v: JobTableV5) -> Self {
-        JobTable { jobs: jobs_from_v5(v.jobs), assignments: v.assignments, assignment_notes: v.assignment_notes }
+        let notes = v.assignment_notes.into_iter().map(|(job, n)| {
+            let AssignmentNoteV5 { cost_us, predicted_mqps, shares_permille, queries_permille, slots } = n;
+            let note = AssignmentNote {
+                cost_us,
+                predicted_mqps,
+                shares_permille,
+                queries_permille,
+                slots,
+                busy_permille: vec![],
+            };
+            (job, note)
+        });
+        JobTable { jobs: jobs_from_v5(v.jobs), assignments: v.assignments, assignment_notes: notes.collect() }
     }
 }
 
 impl From<&JobTable> for JobTableV5 {
     /// (What an older release would have written: for tests.)
     fn from(t: &JobTable) -> Self {
-        JobTableV5 {
-            jobs: jobs_to_v5(&t.jobs),
-            assignments: t.assignments.clone(),
-            assignment_notes: t.assignment_notes.clone(),
-        }
+        let notes = t.assignment_notes.iter().map(|(job, n)| {
+            let n = n.clone();
+            let old = AssignmentNoteV5 {
+                cost_us: n.cost_us,
+                predicted_mqps: n.predicted_mqps,
+                shares_permille: n.shares_permille,
+                queries_permille: n.queries_permille,
+                slots: n.slots,
+            };
+            (job.clone(), old)
+        });
+        JobTableV5 { jobs: jobs_to_v5(&t.jobs), assignments: t.assignments.clone(), assignment_notes: notes.collect() }
     }
 }
 

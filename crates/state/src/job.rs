@@ -219,4 +219,8 @@ pub struct AssignmentNote {
     /// (worker, its query slots) for the workers above.
     #[serde(default)]
     pub slots: Vec<(u64, u32)>,
+    /// (worker, thousandths of its slots' time spent running queries of
+    /// any job in the last 10 s): the prediction assumes all of it.
+    #[serde(default)]
+    pub busy_permille: Vec<(u64, u32)>,
 }

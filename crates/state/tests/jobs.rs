@@ -136,6 +136,7 @@ fn commands_and_replies_round_trip_as_json() {
         shares_permille: vec![(1, 500), (2, 500)],
         queries_permille: vec![(1, 350), (2, 650)],
         slots: vec![(1, 1), (2, 2)],
+        busy_permille: vec![(1, 950), (2, 900)],
     };
     let c = JobCommand::SetAssignments {
         assignments: [("j".to_string(), vec![1, 2])].into(),
