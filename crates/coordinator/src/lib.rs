@@ -314,8 +314,12 @@ impl Coordinator {
             if applied >= index {
                 return Ok((self.local_state(), leader));
             }
-            if tokio::time::timeout_at(give_up, state.changed()).await.is_err() {
-                return Err(CoordError::Behind { index, applied });
+            match tokio::time::timeout_at(give_up, state.changed()).await {
+                Ok(Ok(())) => {}
+                Err(_) => return Err(CoordError::Behind { index, applied }),
+                // The state machine is gone (Raft stopped): nothing will
+                // change again, and waiting on it would spin.
+                Ok(Err(_)) => return Err(CoordError::Stopped("the state machine stopped".into())),
             }
         }
     }
@@ -354,7 +358,8 @@ impl Coordinator {
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = view.changed() => {}
+                        // (A membership that stopped would wake this at once, forever.)
+                        r = view.changed() => if r.is_err() { return },
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }

@@ -178,7 +178,8 @@ impl Sdfs {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = view.changed() => {}
+                        // (A membership that stopped would wake this at once, forever.)
+                        r = view.changed() => if r.is_err() { return },
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     if last_forget.elapsed() >= Duration::from_millis(me.config.gc_every_ms) {

@@ -124,8 +124,9 @@ async fn lead(jobs: Arc<Jobs>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = state_rx.changed() => {}
-            _ = members_rx.changed() => {}
+            // A closed watch would wake this at once, forever.
+            r = state_rx.changed() => if r.is_err() { return },
+            r = members_rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

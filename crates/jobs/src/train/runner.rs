@@ -90,7 +90,11 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                 members.values().for_each(|(_, t)| t.cancel());
                 return;
             }
-            _ = state_rx.changed() => {}
+            // A closed watch would wake this at once, forever.
+            r = state_rx.changed() => if r.is_err() {
+                members.values().for_each(|(_, t)| t.cancel());
+                return;
+            },
             Some(e) = end_rx.recv() => { ended.insert(e); }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
