@@ -98,6 +98,9 @@ fn main() -> ExitCode {
     };
     let is_node = matches!(cli.command, Command::Node(_));
     init_logging(is_node);
+    if is_node {
+        idunno_node::limit_malloc_arenas();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

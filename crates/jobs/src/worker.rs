@@ -156,6 +156,7 @@ impl Slot {
             }
             tracing::info!(model = %key.0, version = key.1, "model loaded");
             self.models.insert(key.clone(), m);
+            give_back_freed_memory();
         }
         self.loaded(key)
     }
@@ -350,6 +351,18 @@ impl Slot {
         out.output_width = width;
         out.outputs = outputs.into();
         Ok(())
+    }
+}
+
+/// Return the memory the allocator holds freed to the system. Loading a
+/// model frees as much as the session keeps (the parsed graph, copies of
+/// the weights); glibc keeps freed memory in its arenas until told.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes the
+    // allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
