@@ -396,3 +396,25 @@ fn bad_jobs_are_refused_and_change_nothing() {
     assert_eq!(before["state"]["inference"]["jobs"], after["state"]["inference"]["jobs"], "no job created or changed");
     assert!(after["state"]["inference"]["jobs"].as_object().unwrap().is_empty());
 }
+
+/// A worker's caches are bounded by bytes: with room for less than the
+/// model and the photos together, the job still runs every query right,
+/// and what the worker keeps fetched stays within the budget plus the
+/// one file a query needs now.
+#[test]
+fn caches_bounded_by_bytes_still_run_every_query() {
+    let c = Cluster::up(common::bin(), 1, Some("[worker]\ncache_mb = 20\n"));
+    put_photos(&c);
+    start_photo_job(&c, "tight", 7, Some(2), true);
+    let st = wait_until(&c, "tight", Duration::from_secs(120), "done", |s| s["state"] == "done");
+    assert_eq!((st["queries_done"].as_u64(), st["inputs_done"].as_u64()), (Some(4), Some(28)), "{st}");
+    assert_eq!(st["accuracy"].as_f64(), Some(1.0), "{st}");
+    let token = common::http_token(common::bin(), &c.node(1).rpc);
+    let s = common::scrape(&c, 1, &token);
+    let kept: f64 = ["inputs", "models"]
+        .iter()
+        .map(|k| common::value(&s, "idunno_worker_cache_bytes", &[("kind", k)]).unwrap_or(0.0))
+        .sum();
+    // EfficientNet's file is 18.5 MB, the photos 8.4 MB: both never fit.
+    assert!(kept > 0.0 && kept <= 20.0 * 1024.0 * 1024.0, "{kept} bytes kept");
+}

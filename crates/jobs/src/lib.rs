@@ -22,6 +22,7 @@
 mod compact;
 mod flow;
 mod leader;
+mod lru;
 pub mod metrics;
 pub mod results;
 mod served;
@@ -59,21 +60,33 @@ pub struct WorkerConfig {
     /// replaced by a later pass) is kept for readers that started before,
     /// before the leader deletes it.
     pub segment_grace_ms: u64,
+    /// MiB of input sets and model files the worker keeps fetched, and
+    /// of model files each slot keeps loaded (the least recently used go
+    /// first; one bigger than this is still kept while it is used).
+    pub cache_mb: u64,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000, segment_grace_ms: 60_000 }
+        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000, segment_grace_ms: 60_000, cache_mb: 256 }
     }
 }
 
 impl WorkerConfig {
+    /// [`WorkerConfig::cache_mb`] in bytes.
+    pub(crate) fn cache_bytes(&self) -> usize {
+        usize::try_from(self.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.slots == 0 || self.threads == 0 {
             return Err("worker.slots and worker.threads must be at least 1".into());
         }
         if self.flush_ms == 0 || self.lease_ms == 0 {
             return Err("worker.flush_ms and worker.lease_ms must be at least 1".into());
+        }
+        if self.cache_mb == 0 || self.cache_mb > 1 << 30 {
+            return Err(format!("worker.cache_mb must be from 1 to {}, not {}", 1u64 << 30, self.cache_mb));
         }
         Ok(())
     }
@@ -102,6 +115,8 @@ pub struct Jobs {
     slot_queue: std::sync::Mutex<Option<Arc<slots::SlotQueue>>>,
     /// Served models' files at hand, and which the slots have loaded.
     served: Arc<slots::ServedFiles>,
+    /// How many of this node's slots hold each model loaded.
+    loaded_models: Arc<worker::LoadedModels>,
     /// This node's figures of the served models' requests (the serving
     /// layer sets it).
     serve_figures: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
@@ -136,6 +151,7 @@ impl Jobs {
             held: Default::default(),
             slot_queue: Default::default(),
             served: Default::default(),
+            loaded_models: Default::default(),
             serve_figures: Default::default(),
         })
     }

@@ -22,66 +22,118 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::lru::ByteLru;
 use crate::slots::{SlotQueue, SlotWork, job_flow};
 use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
 pub(crate) type Key = (String, u64);
 
 /// Input sets, labels and model files fetched from SDFS, shared by the
-/// slots of this node. Only the async task fills it, so a slot thread
-/// never waits on the network.
-#[derive(Default)]
+/// slots of this node, bounded by bytes (`[worker] cache_mb`; the least
+/// recently used go first). Only the async task fills it, so a slot
+/// thread never waits on the network.
 struct Fetched {
-    arrays: HashMap<Key, Arc<Tensor>>,
-    models: HashMap<Key, Arc<Vec<u8>>>,
+    cache: ByteLru<(Kind, Key), Cached>,
+    /// A model file every slot has loaded is not kept: its bytes would
+    /// only sit beside the sessions made from them.
+    loaded: Arc<LoadedModels>,
+    slots: usize,
+}
+
+/// How many of this node's slots hold each model loaded.
+#[derive(Default)]
+pub(crate) struct LoadedModels(std::sync::Mutex<HashMap<Key, usize>>);
+
+impl LoadedModels {
+    fn count(&self, key: &Key) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+    }
+
+    fn add(&self, key: &Key) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default() += 1;
+    }
+
+    fn remove(&self, key: &Key) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(key);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Array,
+    Model,
+}
+
+enum Cached {
+    Array(Arc<Tensor>),
+    Model(Arc<Vec<u8>>),
 }
 
 impl Fetched {
+    fn new(budget: usize, loaded: Arc<LoadedModels>, slots: usize) -> Fetched {
+        Fetched { cache: ByteLru::new(budget), loaded, slots: slots.max(1) }
+    }
+
     /// Tell `/metrics` how much the caches hold.
     fn measure(&self, m: &crate::metrics::WorkerMetrics) {
-        let inputs: usize = self.arrays.values().map(|t| t.data.len()).sum();
-        let models: usize = self.models.values().map(|b| b.len()).sum();
+        let (mut inputs, mut models) = (0, 0);
+        for (v, size) in self.cache.values() {
+            match v {
+                Cached::Array(_) => inputs += size,
+                Cached::Model(_) => models += size,
+            }
+        }
         let set = |kind, n: usize| m.cache_bytes.get_or_create(&crate::metrics::CacheLabel { kind }).set(n as i64);
         set("inputs", inputs);
         set("models", models);
     }
 
     async fn array(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
-        let key = (f.name.clone(), f.version);
-        if let Some(t) = self.arrays.get(&key) {
+        let key = (Kind::Array, (f.name.clone(), f.version));
+        if let Some(Cached::Array(t)) = self.cache.get(&key) {
             return Ok(t.clone());
         }
         let (_, bytes) =
             sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading {} v{}: {e}", f.name, f.version))?;
         let t = Arc::new(read_array(&bytes).map_err(|e| format!("{}: {e}", f.name))?);
-        // Input sets of jobs long gone should not pile up.
-        if self.arrays.len() >= 16 {
-            self.arrays.clear();
-        }
-        self.arrays.insert(key, t.clone());
+        drop(bytes);
+        self.cache.insert(key, Cached::Array(t.clone()), t.data.len());
         Ok(t)
     }
 
     async fn model(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
-        let key = (f.name.clone(), f.version);
-        if let Some(m) = self.models.get(&key) {
+        let key = (Kind::Model, (f.name.clone(), f.version));
+        if let Some(Cached::Model(m)) = self.cache.get(&key) {
             return Ok(m.clone());
         }
         let (_, bytes) =
             sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
-        if self.models.len() >= 4 {
-            self.models.clear();
-        }
         let bytes = Arc::new(bytes);
-        self.models.insert(key, bytes.clone());
+        self.cache.insert(key, Cached::Model(bytes.clone()), bytes.len());
         Ok(bytes)
+    }
+
+    fn forget_model(&mut self, key: &Key) {
+        self.cache.remove(&(Kind::Model, key.clone()));
     }
 
     /// Everything `task` needs, or the reason it cannot run.
     async fn prepare(&mut self, sdfs: &Arc<Sdfs>, task: v1::QueryTask) -> Result<Prepared, v1::QueryResult> {
         let fetched = async {
             let model_ref = task.model.clone().ok_or("query without a model")?;
-            let model = self.model(sdfs, &model_ref).await?;
+            let key = (model_ref.name.clone(), model_ref.version);
+            let model = if self.loaded.count(&key) >= self.slots {
+                self.forget_model(&key);
+                None
+            } else {
+                Some(self.model(sdfs, &model_ref).await?)
+            };
             let mut inputs = Vec::with_capacity(task.inputs.len());
             for f in &task.inputs {
                 inputs.push(self.array(sdfs, f).await?);
@@ -115,7 +167,8 @@ impl Fetched {
 pub(crate) struct Prepared {
     task: v1::QueryTask,
     key: Key,
-    model: Arc<Vec<u8>>,
+    /// The model file, unless every slot had the model loaded.
+    model: Option<Arc<Vec<u8>>>,
     inputs: Vec<Arc<Tensor>>,
     labels: Option<Arc<Tensor>>,
     /// Only load the model: a job was added or started, and its first
@@ -124,10 +177,11 @@ pub(crate) struct Prepared {
 }
 
 /// One slot: its own loaded models (an ONNX Runtime session is not shared
-/// between threads that run at once).
+/// between threads that run at once), bounded by their files' bytes
+/// (`[worker] cache_mb`; a session holds about as much as its file).
 pub(crate) struct Slot {
     threads: usize,
-    models: HashMap<Key, Model>,
+    models: ByteLru<Key, Model>,
     pub(crate) metrics: Arc<crate::metrics::WorkerMetrics>,
     /// The served models this node keeps, and which of them this slot
     /// loaded as of which of their changes: one no longer kept is
@@ -135,27 +189,32 @@ pub(crate) struct Slot {
     served: Arc<crate::slots::ServedFiles>,
     served_seen: u64,
     served_here: HashSet<Key>,
+    loaded: Arc<LoadedModels>,
 }
-
-/// Models one slot keeps loaded (jobs' and served models together).
-const MODELS_PER_SLOT: usize = 8;
 
 impl Slot {
     fn model(&mut self, p: &Prepared) -> Result<&mut Model, String> {
-        self.model_for(&p.key, &p.model)
+        match &p.model {
+            Some(bytes) => self.model_for(&p.key, bytes),
+            None => self.loaded(&p.key),
+        }
     }
 
     /// The model of `key`, loaded from `bytes` if this slot has not yet.
     pub(crate) fn model_for(&mut self, key: &Key, bytes: &[u8]) -> Result<&mut Model, String> {
-        if !self.models.contains_key(key) {
+        if !self.models.contains(key) {
             let loading = Instant::now();
             let m = Model::load(bytes, self.threads).map_err(|e| format!("model {}: {e}", key.0))?;
             self.metrics.model_load.observe(loading.elapsed().as_secs_f64());
-            if self.models.len() >= MODELS_PER_SLOT {
-                self.clear_models();
-            }
             tracing::info!(model = %key.0, version = key.1, "model loaded");
-            self.models.insert(key.clone(), m);
+            self.loaded.add(key);
+            for (gone, _) in self.models.insert(key.clone(), m, bytes.len()) {
+                tracing::info!(model = %gone.0, version = gone.1, "model unloaded to make room");
+                self.loaded.remove(&gone);
+                if self.served_here.remove(&gone) {
+                    self.served_slots(&gone).dec();
+                }
+            }
             give_back_freed_memory();
         }
         self.loaded(key)
@@ -163,22 +222,24 @@ impl Slot {
 
     /// The model of `key`, already loaded in this slot.
     pub(crate) fn loaded(&mut self, key: &Key) -> Result<&mut Model, String> {
-        self.models.get_mut(key).ok_or_else(|| "model cache".to_string())
+        self.models.get(key).ok_or_else(|| "model cache".to_string())
     }
 
     fn new(jobs: &Jobs) -> Slot {
         Slot {
             threads: jobs.config.threads,
-            models: HashMap::new(),
+            models: ByteLru::new(jobs.config.cache_bytes()),
             metrics: jobs.metrics.clone(),
             served: jobs.served.clone(),
             served_seen: 0,
             served_here: HashSet::new(),
+            loaded: jobs.loaded_models.clone(),
         }
     }
 
     /// Drop every loaded model (a panic may have left one half-changed).
     pub(crate) fn clear_models(&mut self) {
+        self.models.keys().for_each(|k| self.loaded.remove(k));
         self.models.clear();
         for key in std::mem::take(&mut self.served_here) {
             self.served_slots(&key).dec();
@@ -210,6 +271,7 @@ impl Slot {
         for key in gone {
             self.served_slots(&key).dec();
             if self.models.remove(&key).is_some() {
+                self.loaded.remove(&key);
                 tracing::info!(model = %key.0, version = key.1, "served model unloaded");
             }
         }
@@ -252,6 +314,13 @@ impl Slot {
         let t = &p.task;
         let mut result =
             v1::QueryResult { job: t.job.clone(), pass: t.pass, start: t.start, len: t.len, ..Default::default() };
+        if p.model.is_none() && !self.models.contains(&p.key) {
+            // Unloaded since the query was prepared without its file: it
+            // runs again, with the file fetched.
+            result.error = format!("model {} was unloaded here meanwhile", p.key.0);
+            result.transient = true;
+            return result;
+        }
         let busy = Instant::now();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_run(p, &mut result)));
         match ran {
@@ -470,7 +539,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         Exec::Threads(queue)
     };
     drop(res_tx);
-    let mut fetched = Fetched::default();
+    let mut fetched = Fetched::new(jobs.config.cache_bytes(), jobs.loaded_models.clone(), slots);
 
     let depth = 2 * slots;
     // Set when this node could not fetch a query's files: it hands the
@@ -643,7 +712,7 @@ async fn warm_served(jobs: &Jobs, fetched: &mut Fetched, warmed: &mut Warmed, ex
         queue.nudge();
     }
     for gone in warmed.served.extract_if(|k| !keys.contains(k)) {
-        fetched.models.remove(&gone);
+        fetched.forget_model(&gone);
     }
     for key in keys {
         if warmed.served.contains(&key) || warmed.failed.get(&key).is_some_and(|t| t.elapsed() < WARM_RETRY) {
