@@ -31,6 +31,10 @@ pub enum FsCommand {
         local: PathBuf,
         #[arg(long, default_value_t = 0)]
         version: u64,
+        /// Only bytes START to END (END excluded; either may be left out:
+        /// `100:`, `:4096`), read from the chunks that hold them.
+        #[arg(long, value_name = "START:END", value_parser = parse_range)]
+        range: Option<ByteRange>,
     },
     /// Delete every version of NAME.
     Delete { name: String },
@@ -99,14 +103,29 @@ async fn node_addr(node: Option<String>) -> Result<Option<String>, CliError> {
 pub async fn run(cmd: FsCommand, node: Option<String>, out: Output) -> Result<(), CliError> {
     match cmd {
         FsCommand::Put { local, name } => put(&local, &name, node, out).await,
-        FsCommand::Get { name, local, version } => {
-            let h = get(&name, version, &local, node, out).await?;
+        FsCommand::Get { name, local, version, range } => {
+            let h = get(&name, version, range, &local, node, out).await?;
             if out.json {
-                return out.json(
-                    &json!({"name": name, "version": h.version, "size": h.size, "blake3": h.blake3, "local": local}),
-                );
+                let mut doc =
+                    json!({"name": name, "version": h.version, "size": h.size, "blake3": h.blake3, "local": local});
+                if range.is_some() {
+                    doc["range"] = json!({"start": h.start, "end": h.end});
+                }
+                return out.json(&doc);
             }
-            println!("{} version {} ({} bytes) -> {}", name, h.version, h.size, local.display());
+            match range {
+                Some(_) => println!(
+                    "{} version {} bytes {}:{} ({} of {} bytes) -> {}",
+                    name,
+                    h.version,
+                    h.start,
+                    h.end,
+                    h.end - h.start,
+                    h.size,
+                    local.display()
+                ),
+                None => println!("{} version {} ({} bytes) -> {}", name, h.version, h.size, local.display()),
+            }
             Ok(())
         }
         FsCommand::Delete { name } => {
@@ -269,26 +288,48 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Stream `name`@`version` into `w`, verifying size and BLAKE3.
+/// `START:END` of `fs get --range`: either end may be left out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ByteRange {
+    start: u64,
+    end: Option<u64>,
+}
+
+fn parse_range(s: &str) -> Result<ByteRange, String> {
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?} is not START:END"))?;
+    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| format!("{t:?} in {s:?} is not a byte offset"));
+    let start = if a.trim().is_empty() { 0 } else { num(a)? };
+    let end = if b.trim().is_empty() { None } else { Some(num(b)?) };
+    if end.is_some_and(|e| e < start) {
+        return Err(format!("range {s} ends before it starts"));
+    }
+    Ok(ByteRange { start, end })
+}
+
+/// Stream `name`@`version` (or a range of it) into `w`, verifying size
+/// and BLAKE3 (a range: its size; the node verified its chunks).
 async fn fetch(
     name: &str,
     version: u64,
+    range: Option<ByteRange>,
     addr: &str,
     w: &mut tokio::fs::File,
     out: Output,
 ) -> Result<v1::GetHeader, CliError> {
-    let mut stream = client(addr)
-        .await?
-        .get(v1::GetRequest { name: name.to_string(), version })
-        .await
-        .map_err(|s| RpcError::from_status(addr, s))?
-        .into_inner();
+    let req = v1::GetRequest {
+        name: name.to_string(),
+        version,
+        start: range.map(|r| r.start),
+        end: range.and_then(|r| r.end),
+    };
+    let mut stream = client(addr).await?.get(req).await.map_err(|s| RpcError::from_status(addr, s))?.into_inner();
     let what = format!("reading {name}");
     let header = match next_within(&mut stream, &what).await.map_err(|s| RpcError::from_status(addr, s))? {
         Some(v1::GetMessage { part: Some(get_message::Part::Header(h)) }) => h,
         _ => return Err(CliError::failed("the node sent no header")),
     };
-    let pb = bar(header.size, out);
+    let expected = if range.is_some() { header.end.saturating_sub(header.start) } else { header.size };
+    let pb = bar(expected, out);
     let mut hasher = blake3::Hasher::new();
     let mut got = 0u64;
     while let Some(msg) = next_within(&mut stream, &what).await.map_err(|s| RpcError::from_status(addr, s))? {
@@ -300,10 +341,11 @@ async fn fetch(
         }
     }
     pb.finish_and_clear();
-    if got != header.size || hasher.finalize().to_hex().as_str() != header.blake3 {
+    let whole_ok = range.is_some() || hasher.finalize().to_hex().as_str() == header.blake3;
+    if got != expected || !whole_ok {
         return Err(CliError::failed(format!(
-            "{name} version {}: received {got} of {} bytes or a wrong checksum; nothing written",
-            header.version, header.size
+            "{name} version {}: received {got} of {expected} bytes or a wrong checksum; nothing written",
+            header.version
         )));
     }
     Ok(header)
@@ -312,6 +354,7 @@ async fn fetch(
 async fn get(
     name: &str,
     version: u64,
+    range: Option<ByteRange>,
     local: &Path,
     node: Option<String>,
     out: Output,
@@ -321,7 +364,7 @@ async fn get(
     let mut f = tokio::fs::File::create(&partial.path)
         .await
         .map_err(|e| CliError::bad_input(format!("cannot write {}: {e}", local.display())))?;
-    let h = fetch(name, version, &addr, &mut f, out).await?;
+    let h = fetch(name, version, range, &addr, &mut f, out).await?;
     f.sync_all().await.map_err(|e| CliError::failed(format!("writing {}: {e}", local.display())))?;
     tokio::fs::rename(&partial.path, local)
         .await
@@ -358,7 +401,7 @@ async fn versions(name: &str, count: usize, local: &Path, node: Option<String>, 
         let (size, hash) = v_meta.unwrap_or_default();
         let delim = format!("==> idunno: {name} version {v} ({size} bytes, blake3 {hash}) <==\n");
         f.write_all(delim.as_bytes()).await.map_err(|e| CliError::failed(e.to_string()))?;
-        fetch(name, *v, &addr, &mut f, out).await?;
+        fetch(name, *v, None, &addr, &mut f, out).await?;
         f.write_all(b"\n").await.map_err(|e| CliError::failed(e.to_string()))?;
         done.push(*v);
     }

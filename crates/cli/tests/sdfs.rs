@@ -247,6 +247,72 @@ fn a_flipped_byte_in_a_replica_is_caught_and_the_right_bytes_served() {
     assert_eq!(restored.ok(), Some(hash(&src)), "the bad node holds a good copy again");
 }
 
+/// `fs get --range` through a holder (read from its own disk) and through
+/// a node that holds nothing (read from the holders), across chunk
+/// boundaries; a corrupt chunk, and a holder whose chunk checksums were
+/// forged, are passed over for a good holder, and the bytes are right.
+#[test]
+fn ranges_are_read_from_their_chunks_verified() {
+    const MIB: usize = 1 << 20;
+    let c = up(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let len = 3 * MIB + 1000;
+    let src = make_file(tmp.path(), "src", len, 23);
+    let bytes = std::fs::read(&src).unwrap();
+    let put = fs_json(&c, 1, &["put", s(&src), "ranged"]);
+    let holders: Vec<u64> = put["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+    let outsider = (1..=5).find(|id| !holders.contains(id)).unwrap();
+    let get = |via: u64, range: &str| -> Vec<u8> {
+        let dst = tmp.path().join("dst");
+        let doc = fs_json(&c, via, &["get", "ranged", s(&dst), "--range", range]);
+        assert_eq!(doc["size"], len as u64, "{doc}");
+        let got = std::fs::read(&dst).unwrap();
+        assert_eq!(doc["range"]["end"].as_u64().unwrap() - doc["range"]["start"].as_u64().unwrap(), got.len() as u64);
+        got
+    };
+    let cases: [(&str, usize, usize); 8] = [
+        ("0:10", 0, 10),
+        ("1048571:1048581", MIB - 5, MIB + 5),
+        ("1048575:3145729", MIB - 1, 3 * MIB + 1),
+        ("3146727:", 3 * MIB + 999, len),
+        (":", 0, len),
+        ("2097152:2097152", 2 * MIB, 2 * MIB),
+        (":1048576", 0, MIB),
+        ("3145728:3146728", 3 * MIB, len),
+    ];
+    // The first holder the outsider asks has checksums that are not the
+    // file's and a corrupt chunk 2: it is passed over for the next.
+    let blob = put["blake3"].as_str().unwrap();
+    let path = c.data_dir(holders[0]).join("sdfs/blobs").join(blob);
+    let mut corrupt = std::fs::read(&path).unwrap();
+    corrupt[2 * MIB + 3] ^= 0x01;
+    std::fs::write(&path, &corrupt).unwrap();
+    let sums = c.data_dir(holders[0]).join("sdfs/blobs").join(format!("{blob}.chunks"));
+    let text = std::fs::read_to_string(&sums).unwrap();
+    // Chunk 1's checksum (in the range read): were the forged list not
+    // checked against the file's BLAKE3, every good holder's chunk 1
+    // would fail against it and the read with them.
+    let at = text.match_indices("\"blake3\":\"").nth(1).unwrap().0 + 10;
+    std::fs::write(&sums, format!("{}00000000{}", &text[..at], &text[at + 8..])).unwrap();
+    assert!(get(outsider, "2097000:2097500") == bytes[2_097_000..2_097_500]);
+    assert!(get(holders[0], "2097000:2097500") == bytes[2_097_000..2_097_500]);
+    // The bad copy is gone from that holder's disk.
+    assert!(std::fs::read(&path).map_or(true, |now| now != corrupt), "the corrupt replica is still on disk");
+
+    for via in [holders[1], outsider] {
+        for (range, a, b) in cases {
+            assert!(get(via, range) == bytes[a..b], "range {range} via node {via}");
+        }
+    }
+    // A range beyond the file is refused, and names the file's size.
+    let out = fs(&c, outsider, &["get", "ranged", s(&tmp.path().join("x")), "--range", "10:99999999"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{len} bytes")));
+    let out = fs(&c, outsider, &["get", "ranged", s(&tmp.path().join("x")), "--range", "9:3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!tmp.path().join("x").exists(), "a refused get leaves no file");
+}
+
 #[test]
 fn garbage_is_collected_on_every_replica() {
     let config = "[sdfs]\ngc_grace_ms = 500\ngc_every_ms = 300\n";

@@ -147,7 +147,7 @@ fn outsiders_are_refused_and_change_nothing() {
         denied(idunno_rpc::RaftClient::new(ch.clone()).append_entries(append).await.map(|_| ()).err().ok_or(()));
         let work = v1::WorkRequest { worker: 9, want: 1, ..Default::default() };
         denied(idunno_rpc::JobsClient::new(ch.clone()).work(work).await.map(|_| ()).err().ok_or(()));
-        let read = v1::ReadBlobRequest { blake3: "00".repeat(32), offset: 0 };
+        let read = v1::ReadBlobRequest { blake3: "00".repeat(32), offset: 0, limit: 0 };
         denied(idunno_rpc::SdfsClient::new(ch.clone()).read_blob(read).await.map(|_| ()).err().ok_or(()));
 
         // Node credentials (a holder of the secret, or a bug): a term 2^32

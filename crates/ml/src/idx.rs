@@ -2,14 +2,16 @@
 //! the number of dimensions, each dimension as a big-endian u32, then the
 //! elements, big-endian.
 
-use crate::limits::data_bytes;
+use crate::layout::{Layout, check_length};
 use crate::{DType, FormatError, Tensor};
 
 fn bad(why: impl Into<String>) -> FormatError {
     FormatError::Malformed { expected: "an IDX file", why: why.into() }
 }
 
-pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
+/// The layout of an IDX file of `file_size` bytes from its first bytes
+/// (at most 1,024 are needed).
+pub fn layout(bytes: &[u8], file_size: u64) -> Result<Layout, FormatError> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("it does not start with two zero bytes"));
     }
@@ -27,16 +29,14 @@ pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
     let dims = bytes.get(4..dims_end).ok_or_else(|| bad(format!("it ends inside its {ndims} dimensions")))?;
     let shape: Vec<usize> =
         dims.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let data = bytes.get(dims_end..).unwrap_or_default();
+    let data_start = dims_end as u64;
     // Checked before anything is allocated: the declared size must be
     // the size present.
-    let expected = data_bytes("an IDX file", &shape, dtype.size())?;
-    if data.len() != expected {
-        return Err(FormatError::Length { what: "IDX", expected, actual: data.len() });
-    }
-    let mut data = data.to_vec();
-    for el in data.chunks_exact_mut(dtype.size()) {
-        el.reverse(); // big-endian on disk, little-endian in a Tensor
-    }
-    Ok(Tensor { dtype, shape, data })
+    check_length("IDX", "an IDX file", &shape, dtype, data_start, file_size)?;
+    // Big-endian on disk, little-endian in a Tensor.
+    Ok(Layout { dtype, shape, data_start, big_endian: true })
+}
+
+pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
+    layout(bytes, bytes.len() as u64)?.decode_all(bytes)
 }

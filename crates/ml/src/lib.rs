@@ -1,11 +1,13 @@
 //! The ML layer of idunno: the input and label formats jobs read from SDFS
 //! — NumPy `.npy` arrays and IDX files (MNIST's format) — parsed into
 //! [`Tensor`]s with errors that name what is wrong (`npy`, `idx`: pure
-//! functions over bytes), ONNX models run on ONNX Runtime (`onnx`), and
+//! functions over bytes; `layout`: where any rows of a file are, from its
+//! header alone, so large sets are read by range), ONNX models run on ONNX Runtime (`onnx`), and
 //! the models the cluster trains itself on candle (`trained`). [`Model`]
 //! is what a worker serves: either kind, told apart by the file's bytes.
 
 pub mod idx;
+pub mod layout;
 pub mod limits;
 pub mod npy;
 pub mod onnx;
@@ -32,16 +34,7 @@ pub enum FormatError {
 
 /// Read an array in either format, telling them apart by their first bytes.
 pub fn read_array(bytes: &[u8]) -> Result<Tensor, FormatError> {
-    if bytes.starts_with(npy::MAGIC) {
-        npy::read(bytes)
-    } else if bytes.len() >= 4 && bytes[0] == 0 && bytes[1] == 0 {
-        idx::read(bytes)
-    } else {
-        Err(FormatError::Malformed {
-            expected: "an .npy or IDX array",
-            why: format!("it starts with {:02x?}", &bytes[..bytes.len().min(6)]),
-        })
-    }
+    layout::layout(bytes, bytes.len() as u64)?.decode_all(bytes)
 }
 
 /// A model an inference job serves: an ONNX file, or a model the cluster

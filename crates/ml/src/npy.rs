@@ -2,7 +2,8 @@
 //! header naming dtype, memory order and shape, then the raw elements.
 //! C order only; either byte order (big-endian data is swapped).
 
-use crate::limits::{MAX_NPY_HEADER, data_bytes};
+use crate::layout::{Layout, check_length};
+use crate::limits::MAX_NPY_HEADER;
 use crate::{DType, FormatError, Tensor};
 
 pub const MAGIC: &[u8] = b"\x93NUMPY";
@@ -66,7 +67,9 @@ fn shape(s: &str) -> Result<Vec<usize>, FormatError> {
         .collect()
 }
 
-pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
+/// The layout of an `.npy` file of `file_size` bytes from its first
+/// bytes ([`crate::layout::HEADER_BYTES`] are always enough).
+pub fn layout(bytes: &[u8], file_size: u64) -> Result<Layout, FormatError> {
     if !bytes.starts_with(MAGIC) {
         return Err(bad("it does not start with \\x93NUMPY"));
     }
@@ -83,27 +86,22 @@ pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
     }
     let header_bytes = bytes.get(start..start + header_len).ok_or_else(|| bad("it ends inside the header"))?;
     let header = std::str::from_utf8(header_bytes).map_err(|_| bad("the header is not text"))?;
-    let (dt, swap) = dtype(field(header, "descr")?)?;
+    let (dtype, big_endian) = dtype(field(header, "descr")?)?;
     match field(header, "fortran_order")? {
         "False" => {}
         "True" => return Err(FormatError::Unsupported { what: "npy memory order", value: "Fortran".into() }),
         other => return Err(bad(format!("fortran_order is {other}"))),
     }
     let shape = shape(field(header, "shape")?)?;
-    let data = bytes.get(start + header_len..).unwrap_or_default();
+    let data_start = (start + header_len) as u64;
     // Checked before anything is allocated: the declared size must be
     // the size present.
-    let expected = data_bytes("an .npy file", &shape, dt.size())?;
-    if data.len() != expected {
-        return Err(FormatError::Length { what: "npy", expected, actual: data.len() });
-    }
-    let mut data = data.to_vec();
-    if swap {
-        for el in data.chunks_exact_mut(dt.size()) {
-            el.reverse();
-        }
-    }
-    Ok(Tensor { dtype: dt, shape, data })
+    check_length("npy", "an .npy file", &shape, dtype, data_start, file_size)?;
+    Ok(Layout { dtype, shape, data_start, big_endian })
+}
+
+pub fn read(bytes: &[u8]) -> Result<Tensor, FormatError> {
+    layout(bytes, bytes.len() as u64)?.decode_all(bytes)
 }
 
 /// Encode as `.npy` version 1.0 (little-endian, C order).

@@ -26,6 +26,7 @@ pub const NODE_ONLY: &[&str] = &[
     "/idunno.v1.Coordinator/ReadIndex",
     "/idunno.v1.Sdfs/WriteBlob",
     "/idunno.v1.Sdfs/ReadBlob",
+    "/idunno.v1.Sdfs/BlobChunks",
     "/idunno.v1.Sdfs/FetchBlob",
     "/idunno.v1.Jobs/Work",
     "/idunno.v1.Jobs/Infer",

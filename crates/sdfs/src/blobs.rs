@@ -54,6 +54,76 @@ pub fn root_from_cvs(cvs: &[[u8; 32]]) -> blake3::Hash {
     merge_subtrees_root(&subtree(&cvs[..k]), &subtree(&cvs[k..]), Mode::Hash)
 }
 
+/// What every chunk of a blob must hash to, trusted because it was
+/// derived from the blob's name: chaining values from any holder are
+/// accepted only if they merge into the blob's BLAKE3. A range of the
+/// blob is then verified chunk by chunk, without reading the rest.
+#[derive(Clone, Debug)]
+pub struct ChunkSums {
+    size: u64,
+    root: blake3::Hash,
+    cvs: Vec<[u8; 32]>,
+}
+
+impl ChunkSums {
+    /// Chunks of a blob of `size` bytes.
+    pub fn count_for(size: u64) -> u64 {
+        size.div_ceil(CHUNK as u64)
+    }
+
+    /// The sums of blob `hash` of `size` bytes, from chaining values said
+    /// to be its chunks' (unchecked: from a disk or another node). A blob
+    /// of one chunk needs none: that chunk hashes to the blob's name.
+    pub fn verified(hash: &str, size: u64, cvs: Vec<[u8; 32]>) -> Result<ChunkSums, BlobError> {
+        let root = blake3::Hash::from_hex(hash).map_err(|_| BlobError::Missing(hash.to_string()))?;
+        let n = Self::count_for(size);
+        let corrupt = || BlobError::Corrupt { hash: hash.to_string(), chunk: 0 };
+        if n >= 2 && (cvs.len() as u64 != n || root_from_cvs(&cvs) != root) {
+            return Err(corrupt());
+        }
+        Ok(ChunkSums { size, root, cvs: if n >= 2 { cvs } else { Vec::new() } })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Chunks in the blob.
+    pub fn count(&self) -> u64 {
+        Self::count_for(self.size)
+    }
+
+    /// Where chunk `index` starts, and its length.
+    pub fn span(&self, index: u64) -> (u64, usize) {
+        let start = index * CHUNK as u64;
+        (start, self.size.saturating_sub(start).min(CHUNK as u64) as usize)
+    }
+
+    /// The chunks holding bytes `start..end`.
+    pub fn covering(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        if start >= end {
+            return 0..0;
+        }
+        start / CHUNK as u64..end.min(self.size).div_ceil(CHUNK as u64)
+    }
+
+    /// Whether `data` is chunk `index` of the blob.
+    pub fn check(&self, index: u64, data: &[u8]) -> bool {
+        if data.len() != self.span(index).1 {
+            return false;
+        }
+        match self.cvs.get(index as usize) {
+            Some(cv) => chunk_cv(index, data) == *cv,
+            None => index == 0 && self.count() == 1 && blake3::hash(data) == self.root,
+        }
+    }
+
+    /// Bytes these sums take in memory.
+    pub fn bytes(&self) -> usize {
+        self.cvs.len() * 32 + std::mem::size_of::<Self>()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("no blob {0} on this node")]
@@ -155,6 +225,41 @@ impl BlobStore {
         }
         file.seek(SeekFrom::Start(start)).await.map_err(io(&path))?;
         Ok(BlobReader { hash: hash.to_string(), file, sums, chunk, skip: (offset - start) as usize, path })
+    }
+
+    /// The chaining values of blob `hash`'s chunks, as this node's
+    /// checksum file gives them (to be checked: [`ChunkSums::verified`]).
+    pub async fn chunk_cvs(&self, hash: &str) -> Result<Vec<[u8; 32]>, BlobError> {
+        if !self.has(hash) {
+            return Err(BlobError::Missing(hash.to_string()));
+        }
+        let sums_path = self.sums_path(hash);
+        let text = tokio::fs::read(&sums_path).await.map_err(io(&sums_path))?;
+        let corrupt = || BlobError::Corrupt { hash: hash.to_string(), chunk: 0 };
+        let sums: Vec<ChunkSum> = serde_json::from_slice(&text).map_err(|_| corrupt())?;
+        sums.iter().map(|s| blake3::Hash::from_hex(&s.blake3).map(|h| *h.as_bytes()).map_err(|_| corrupt())).collect()
+    }
+
+    /// Chunk `index` of blob `hash`, checked against `sums`.
+    pub async fn read_chunk(&self, hash: &str, sums: &ChunkSums, index: u64) -> Result<Bytes, BlobError> {
+        if !self.has(hash) {
+            return Err(BlobError::Missing(hash.to_string()));
+        }
+        let (start, len) = sums.span(index);
+        let path = self.blob_path(hash);
+        let mut file = File::open(&path).await.map_err(io(&path))?;
+        file.seek(SeekFrom::Start(start)).await.map_err(io(&path))?;
+        let mut buf = vec![0u8; len];
+        let corrupt = BlobError::Corrupt { hash: hash.to_string(), chunk: index as usize };
+        match file.read_exact(&mut buf).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(corrupt),
+            Err(e) => return Err(io(&path)(e)),
+        }
+        if !sums.check(index, &buf) {
+            return Err(corrupt);
+        }
+        Ok(Bytes::from(buf))
     }
 
     /// Every blob held here, with its size.
@@ -409,6 +514,30 @@ mod tests {
             }
         }
         assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    }
+
+    /// Chunk checksums are believed only if they merge into the blob's
+    /// name; then each chunk is checked alone, and a range maps to the
+    /// chunks that hold it.
+    #[test]
+    fn chunk_sums_are_checked_against_the_name_and_check_each_chunk() {
+        let d = data(2 * CHUNK + 10);
+        let hash = blake3::hash(&d).to_hex().to_string();
+        let cvs: Vec<[u8; 32]> = d.chunks(CHUNK).enumerate().map(|(i, c)| chunk_cv(i as u64, c)).collect();
+        let sums = ChunkSums::verified(&hash, d.len() as u64, cvs.clone()).unwrap();
+        assert!(sums.check(2, &d[2 * CHUNK..]));
+        assert!(!sums.check(1, &d[..CHUNK]), "chunk 0's bytes are not chunk 1");
+        assert_eq!(sums.covering(CHUNK as u64 - 1, CHUNK as u64 + 1), 0..2);
+        assert_eq!(sums.covering(5, 5), 0..0);
+        assert_eq!(sums.covering(2 * CHUNK as u64, u64::MAX), 2..3);
+        let mut forged = cvs.clone();
+        forged[1][0] ^= 1;
+        assert!(ChunkSums::verified(&hash, d.len() as u64, forged).is_err());
+        assert!(ChunkSums::verified(&hash, d.len() as u64, cvs[..2].to_vec()).is_err());
+        // One chunk: checked against the name itself.
+        let small = &d[..100];
+        let one = ChunkSums::verified(blake3::hash(small).to_hex().as_str(), 100, Vec::new()).unwrap();
+        assert!(one.check(0, small) && !one.check(0, &d[1..101]));
     }
 
     fn tmp_is_empty(root: &Path) -> bool {

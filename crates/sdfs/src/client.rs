@@ -34,7 +34,10 @@ pub async fn get(addr: &str, name: &str, version: u64) -> Result<(u64, Vec<u8>),
 /// size.
 pub struct Download {
     pub version: u64,
+    /// The version's size.
     pub size: u64,
+    /// The bytes being sent (all of them unless a range was asked for).
+    pub range: std::ops::Range<u64>,
     addr: String,
     what: String,
     stream: tonic::Streaming<v1::GetMessage>,
@@ -43,18 +46,33 @@ pub struct Download {
 /// Start reading a version of `name` (0: the newest) through the node at
 /// `addr`; the version and size are known once this returns.
 pub async fn open(addr: &str, name: &str, version: u64) -> Result<Download, RpcError> {
+    open_request(addr, v1::GetRequest { name: name.to_string(), version, start: None, end: None }).await
+}
+
+/// Start reading bytes `start..end` (`end` absent: to the end) of a
+/// version of `name` (0: the newest) through the node at `addr`: only
+/// the chunks that hold them are read, each verified.
+pub async fn open_range(
+    addr: &str,
+    name: &str,
+    version: u64,
+    start: u64,
+    end: Option<u64>,
+) -> Result<Download, RpcError> {
+    open_request(addr, v1::GetRequest { name: name.to_string(), version, start: Some(start), end }).await
+}
+
+async fn open_request(addr: &str, req: v1::GetRequest) -> Result<Download, RpcError> {
+    let name = req.name.clone();
+    let ranged = req.start.is_some() || req.end.is_some();
     let status = |s| RpcError::from_status(addr, s);
-    let mut stream = client(addr, limits::UNARY_DEADLINE)
-        .await?
-        .get(v1::GetRequest { name: name.to_string(), version })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let mut stream = client(addr, limits::UNARY_DEADLINE).await?.get(req).await.map_err(status)?.into_inner();
     let what = format!("reading {name}");
     // The service sends its header first.
     while let Some(msg) = limits::next_within(&mut stream, &what).await.map_err(status)? {
         if let Some(get_message::Part::Header(h)) = msg.part {
-            return Ok(Download { version: h.version, size: h.size, addr: addr.to_string(), what, stream });
+            let range = if ranged { h.start..h.end } else { 0..h.size };
+            return Ok(Download { version: h.version, size: h.size, range, addr: addr.to_string(), what, stream });
         }
     }
     Err(RpcError::from_status(addr, tonic::Status::data_loss(format!("{what}: the reply had no header"))))

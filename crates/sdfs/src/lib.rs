@@ -41,7 +41,7 @@ use idunno_state::{EventKind, FileCommand};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-pub use crate::blobs::{BlobError, BlobStore};
+pub use crate::blobs::{BlobError, BlobStore, ChunkSums};
 pub use crate::error::SdfsError;
 pub use crate::read::{Download, LIST_PAGE, LIST_PAGE_MAX, Listed};
 pub use crate::write::Stored;
@@ -111,6 +111,43 @@ pub struct Sdfs {
     peers: Mutex<HashMap<String, SdfsClient<Channel>>>,
     /// What this node did, for `/metrics`.
     pub metrics: metrics::SdfsMetrics,
+    /// Verified chunk checksums of the versions read by range lately.
+    sums_cache: SumsCache,
+}
+
+/// Chunk checksums kept for range reads, by blob, bounded by bytes (32
+/// bytes a chunk: the default holds those of 2 TiB of files); the least
+/// recently used go first.
+struct SumsCache {
+    entries: Mutex<HashMap<String, (Arc<blobs::ChunkSums>, u64)>>,
+    tick: std::sync::atomic::AtomicU64,
+    budget: usize,
+}
+
+impl Default for SumsCache {
+    fn default() -> Self {
+        SumsCache { entries: Mutex::default(), tick: Default::default(), budget: 64 << 20 }
+    }
+}
+
+impl SumsCache {
+    fn get(&self, hash: &str) -> Option<Arc<blobs::ChunkSums>> {
+        let now = self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.get_mut(hash)?;
+        e.1 = now;
+        Some(e.0.clone())
+    }
+
+    fn insert(&self, hash: String, sums: Arc<blobs::ChunkSums>) {
+        let now = self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(hash, (sums, now));
+        while m.values().map(|(s, _)| s.bytes()).sum::<usize>() > self.budget && m.len() > 1 {
+            let oldest = m.iter().min_by_key(|(_, (_, t))| *t).map(|(h, _)| h.clone());
+            oldest.map(|h| m.remove(&h));
+        }
+    }
 }
 
 /// The versions last said to be under-replicated, and when.
@@ -133,7 +170,16 @@ impl Sdfs {
         membership: MembershipHandle,
     ) -> Sdfs {
         let metrics = metrics::SdfsMetrics::default();
-        Sdfs { store, me, config, coordinator, membership, peers: Mutex::new(HashMap::new()), metrics }
+        Sdfs {
+            store,
+            me,
+            config,
+            coordinator,
+            membership,
+            peers: Mutex::new(HashMap::new()),
+            metrics,
+            sums_cache: SumsCache::default(),
+        }
     }
 
     /// Live members (alive or suspect) by id, with their RPC address.

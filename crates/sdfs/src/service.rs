@@ -67,9 +67,20 @@ impl idunno_rpc::Sdfs for SdfsService {
 
     async fn get(&self, req: Request<v1::GetRequest>) -> Result<Response<GetStream>, Status> {
         let req = req.into_inner();
-        let d = self.0.open(&req.name, req.version).await?;
+        let d = if req.start.is_some() || req.end.is_some() {
+            self.0.open_range(&req.name, req.version, req.start.unwrap_or(0), req.end).await?
+        } else {
+            self.0.open(&req.name, req.version).await?
+        };
         let v = d.version.clone();
-        let header = v1::GetHeader { name: req.name, version: v.version, size: v.size, blake3: v.blake3 };
+        let header = v1::GetHeader {
+            name: req.name,
+            version: v.version,
+            size: v.size,
+            blake3: v.blake3,
+            start: d.range.start,
+            end: d.range.end,
+        };
         let first = tokio_stream::once(Ok(v1::GetMessage { part: Some(get_message::Part::Header(header)) }));
         let rest = d.into_stream().map(|piece| match piece {
             Ok(data) => Ok(v1::GetMessage { part: Some(get_message::Part::Data(data)) }),
@@ -144,6 +155,17 @@ impl idunno_rpc::Sdfs for SdfsService {
         Ok(Response::new(v1::WriteBlobReply { blake3: req.blake3, size }))
     }
 
+    async fn blob_chunks(&self, req: Request<v1::BlobChunksRequest>) -> Result<Response<v1::BlobChunksReply>, Status> {
+        /// Checksums per reply: 8 MiB, well within a message.
+        const PAGE: u64 = 1 << 18;
+        let req = req.into_inner();
+        let cvs = self.0.store.chunk_cvs(&req.blake3).await.map_err(blob_status)?;
+        let count = if req.count == 0 { PAGE } else { req.count.min(PAGE) };
+        let from = req.first.min(cvs.len() as u64) as usize;
+        let to = (req.first.saturating_add(count)).min(cvs.len() as u64) as usize;
+        Ok(Response::new(v1::BlobChunksReply { cvs: cvs[from..to].concat(), chunks: cvs.len() as u64 }))
+    }
+
     type ReadBlobStream = ChunkStream;
 
     async fn read_blob(&self, req: Request<v1::ReadBlobRequest>) -> Result<Response<ChunkStream>, Status> {
@@ -151,10 +173,13 @@ impl idunno_rpc::Sdfs for SdfsService {
         let mut r = self.0.store.reader(&req.blake3, req.offset).await.map_err(blob_status)?;
         let (tx, rx) = mpsc::channel(4);
         let sdfs = self.0.clone();
+        let mut left = if req.limit == 0 { u64::MAX } else { req.limit };
         tokio::spawn(async move {
-            loop {
+            while left > 0 {
                 match r.next().await {
-                    Ok(Some(data)) => {
+                    Ok(Some(mut data)) => {
+                        data.truncate(data.len().min(left.try_into().unwrap_or(usize::MAX)));
+                        left -= data.len() as u64;
                         // A reader that takes nothing for a while is gone.
                         let sent =
                             tokio::time::timeout(STREAM_IDLE, tx.send(Ok(v1::Chunk { data, ..Default::default() })));
