@@ -418,3 +418,74 @@ fn caches_bounded_by_bytes_still_run_every_query() {
     // EfficientNet's file is 18.5 MB, the photos 8.4 MB: both never fit.
     assert!(kept > 0.0 && kept <= 20.0 * 1024.0 * 1024.0, "{kept} bytes kept");
 }
+
+/// A job reads only its queries' rows: over an input set of 13 chunks
+/// (big-endian `.npy`) with IDX labels, on 5 nodes (one holds no copy and
+/// reads every row from the others), through a 1 MiB cache, with queries
+/// that straddle chunk boundaries, every input is scored against its own
+/// label: the accuracy is exactly the share of labels left right.
+#[test]
+fn rows_are_read_by_range_and_each_meets_its_own_label() {
+    const N: usize = 200_000;
+    let c = Cluster::up(common::bin(), 5, Some("[worker]\ncache_mb = 1\n"));
+    let tmp = tempfile::tempdir().unwrap();
+    // Row i is zero but for a 1.0 at i % 16: tiny-add (x + 1) makes i % 16
+    // its class.
+    let mut header = format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({N}, 16), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut x = b"\x93NUMPY\x01\x00".to_vec();
+    x.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    x.extend_from_slice(header.as_bytes());
+    for i in 0..N {
+        for k in 0..16 {
+            x.extend_from_slice(&(if k == i % 16 { 1.0f32 } else { 0.0 }).to_be_bytes());
+        }
+    }
+    // Labels as IDX int32: right, but for every 7th input.
+    let mut y = vec![0, 0, 0x0C, 1];
+    y.extend_from_slice(&(N as u32).to_be_bytes());
+    let mut wrong = 0;
+    for i in 0..N {
+        let label = if i % 7 == 0 { (i + 1) % 16 } else { i % 16 };
+        wrong += usize::from(i % 7 == 0);
+        y.extend_from_slice(&(label as i32).to_be_bytes());
+    }
+    let (xp, yp) = (tmp.path().join("x.npy"), tmp.path().join("y.idx"));
+    std::fs::write(&xp, &x).unwrap();
+    std::fs::write(&yp, &y).unwrap();
+    put(&c, "models/tiny-add.onnx", "models/tiny.onnx");
+    ok(&c, 1, &["fs", "put", xp.to_str().unwrap(), "data/rows.npy"]);
+    ok(&c, 1, &["fs", "put", yp.to_str().unwrap(), "data/rows.idx"]);
+    let add = [
+        "job",
+        "add",
+        "rows",
+        "--model",
+        "models/tiny.onnx",
+        "--inputs",
+        "data/rows.npy",
+        "--labels",
+        "data/rows.idx",
+        "--batch-size",
+        "300",
+        "--passes",
+        "1",
+    ];
+    ok(&c, 1, &add);
+    ok(&c, 1, &["job", "start", "rows"]);
+    let st = wait_until(&c, "rows", Duration::from_secs(180), "done", |s| s["state"] == "done");
+    assert_eq!(st["inputs_done"].as_u64(), Some(N as u64), "{st}");
+    let want = (N - wrong) as f64 / N as f64;
+    assert!((st["accuracy"].as_f64().unwrap() - want).abs() < 1e-5, "accuracy {} != {want}: {st}", st["accuracy"]);
+    // The node without a copy read its rows from the others.
+    let ls = ok(&c, 1, &["fs", "ls", "data/rows.npy"]);
+    let holders: Vec<u64> =
+        ls["versions"][0]["replicas"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    let outsider = (1..=5).find(|id| !holders.contains(id)).unwrap();
+    let token = common::http_token(common::bin(), &c.node(outsider).rpc);
+    let ran = common::value(&common::scrape(&c, outsider, &token), "idunno_worker_inputs_total", &[("job", "rows")]);
+    assert!(ran.is_some_and(|n| n > 0.0), "node {outsider} (no copy) ran {ran:?} inputs");
+}

@@ -60,15 +60,27 @@ pub struct WorkerConfig {
     /// replaced by a later pass) is kept for readers that started before,
     /// before the leader deletes it.
     pub segment_grace_ms: u64,
-    /// MiB of input sets and model files the worker keeps fetched, and
-    /// of model files each slot keeps loaded (the least recently used go
-    /// first; one bigger than this is still kept while it is used).
+    /// MiB of SDFS data the worker keeps fetched: chunks of input sets
+    /// and labels, and model files (the least recently used go first; a
+    /// query's own data is kept while it needs it).
     pub cache_mb: u64,
+    /// MiB of models each slot keeps loaded, counted by their files'
+    /// sizes (a session holds about as much; the least recently used are
+    /// unloaded; one bigger than this is still kept while it is used).
+    pub models_mb: u64,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { slots: 1, threads: 1, flush_ms: 200, lease_ms: 30_000, segment_grace_ms: 60_000, cache_mb: 256 }
+        WorkerConfig {
+            slots: 1,
+            threads: 1,
+            flush_ms: 200,
+            lease_ms: 30_000,
+            segment_grace_ms: 60_000,
+            cache_mb: 128,
+            models_mb: 256,
+        }
     }
 }
 
@@ -78,6 +90,11 @@ impl WorkerConfig {
         usize::try_from(self.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
+    /// [`WorkerConfig::models_mb`] in bytes.
+    pub(crate) fn models_bytes(&self) -> usize {
+        usize::try_from(self.models_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.slots == 0 || self.threads == 0 {
             return Err("worker.slots and worker.threads must be at least 1".into());
@@ -85,8 +102,10 @@ impl WorkerConfig {
         if self.flush_ms == 0 || self.lease_ms == 0 {
             return Err("worker.flush_ms and worker.lease_ms must be at least 1".into());
         }
-        if self.cache_mb == 0 || self.cache_mb > 1 << 30 {
-            return Err(format!("worker.cache_mb must be from 1 to {}, not {}", 1u64 << 30, self.cache_mb));
+        for (name, mb) in [("cache_mb", self.cache_mb), ("models_mb", self.models_mb)] {
+            if mb == 0 || mb > 1 << 30 {
+                return Err(format!("worker.{name} must be from 1 to {}, not {mb}", 1u64 << 30));
+            }
         }
         Ok(())
     }

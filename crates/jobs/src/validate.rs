@@ -3,8 +3,8 @@
 //! Every refusal names the file and, for shapes, both shapes.
 
 use idunno_ml::Model;
+use idunno_ml::layout::Layout;
 use idunno_ml::onnx::{Signature, check_fit};
-use idunno_ml::read_array;
 use idunno_rpc::v1;
 use idunno_state::{ClusterState, FileRef, JobSpec, MAX_BATCH_SIZE, OutputKind};
 use tonic::Status;
@@ -27,6 +27,16 @@ async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> 
         .await
         .map(|(_, b)| b)
         .map_err(|e| Status::unavailable(format!("reading {name} from SDFS: {e}")))
+}
+
+/// Where the rows of array file `name` are: read from its header alone,
+/// however large the file.
+pub(crate) async fn layout(jobs: &Jobs, name: &str, version: u64) -> Result<Layout, Status> {
+    let unavailable = |e: idunno_sdfs::SdfsError| Status::unavailable(format!("reading {name} from SDFS: {e}"));
+    let v = jobs.sdfs.find(name, version).await.map_err(unavailable)?;
+    let head = v.size.min(idunno_ml::layout::HEADER_BYTES as u64);
+    let prefix = jobs.sdfs.read_range(name, &v, 0, head).await.map_err(unavailable)?;
+    idunno_ml::layout::layout(&prefix, v.size).map_err(|e| Status::invalid_argument(format!("{name}: {e}")))
 }
 
 /// The largest batch whose outputs fit in the worker's results budget, if
@@ -159,8 +169,7 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
     for (sig, file) in sigs.iter().zip(files) {
         let file = file.ok_or_else(|| Status::invalid_argument(format!("no input file for {}", sig.name)))?;
         let version = latest(state, &file, "input set")?;
-        let bytes = read(jobs, &file, version).await?;
-        let t = read_array(&bytes).map_err(|e| Status::invalid_argument(format!("{file}: {e}")))?;
+        let t = layout(jobs, &file, version).await?;
         if t.shape.is_empty() {
             return Err(Status::invalid_argument(format!("{file} is a scalar, not an input set")));
         }
@@ -196,8 +205,7 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
         (None, 0)
     } else {
         let version = latest(state, &req.labels, "labels")?;
-        let bytes = read(jobs, &req.labels, version).await?;
-        let t = read_array(&bytes).map_err(|e| Status::invalid_argument(format!("{}: {e}", req.labels)))?;
+        let t = layout(jobs, &req.labels, version).await?;
         let ok_shape = t.shape == [samples as usize] || t.shape == [samples as usize, 1];
         if !ok_shape {
             return Err(Status::invalid_argument(format!(

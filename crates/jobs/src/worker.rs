@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idunno_ml::Model;
+use idunno_ml::layout::Layout;
 use idunno_ml::onnx::fit;
-use idunno_ml::{Tensor, read_array, scoring};
+use idunno_ml::{Tensor, scoring};
 use idunno_rpc::{JobsClient, Limited, v1};
 use idunno_sdfs::Sdfs;
-use idunno_state::JobState;
+use idunno_state::{FileVersion, JobState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -28,17 +29,29 @@ use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
 pub(crate) type Key = (String, u64);
 
-/// Input sets, labels and model files fetched from SDFS, shared by the
-/// slots of this node, bounded by bytes (`[worker] cache_mb`; the least
-/// recently used go first). Only the async task fills it, so a slot
+/// What a worker keeps of SDFS files, shared by the slots of this node,
+/// bounded by bytes (`[worker] cache_mb`; the least recently used go
+/// first): the 1 MiB chunks of input sets and labels that queries read
+/// (a query fetches only the chunks that hold its rows, and a few after
+/// them), and model files. Only the async task fills it, so a slot
 /// thread never waits on the network.
 struct Fetched {
     cache: ByteLru<(Kind, Key), Cached>,
+    /// Where the rows of each input set are (its header, parsed once), and
+    /// the version it is (holders, checksum).
+    layouts: HashMap<Key, (FileVersion, Layout)>,
     /// A model file every slot has loaded is not kept: its bytes would
     /// only sit beside the sessions made from them.
     loaded: Arc<LoadedModels>,
     slots: usize,
 }
+
+/// Input-set layouts kept at most (a few hundred bytes each).
+const LAYOUTS: usize = 4096;
+
+/// Chunks read past the last one a query needs, in the same request:
+/// the worker's next queries over the same rows usually need them.
+const READ_AHEAD: u64 = 4;
 
 /// How many of this node's slots hold each model loaded.
 #[derive(Default)]
@@ -66,18 +79,19 @@ impl LoadedModels {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
-    Array,
+    /// A chunk of an input set or labels, keyed by (BLAKE3, index).
+    Chunk,
     Model,
 }
 
 enum Cached {
-    Array(Arc<Tensor>),
+    Chunk(bytes::Bytes),
     Model(Arc<Vec<u8>>),
 }
 
 impl Fetched {
     fn new(budget: usize, loaded: Arc<LoadedModels>, slots: usize) -> Fetched {
-        Fetched { cache: ByteLru::new(budget), loaded, slots: slots.max(1) }
+        Fetched { cache: ByteLru::new(budget), layouts: HashMap::new(), loaded, slots: slots.max(1) }
     }
 
     /// Tell `/metrics` how much the caches hold.
@@ -85,7 +99,7 @@ impl Fetched {
         let (mut inputs, mut models) = (0, 0);
         for (v, size) in self.cache.values() {
             match v {
-                Cached::Array(_) => inputs += size,
+                Cached::Chunk(_) => inputs += size,
                 Cached::Model(_) => models += size,
             }
         }
@@ -94,17 +108,82 @@ impl Fetched {
         set("models", models);
     }
 
-    async fn array(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Tensor>, String> {
-        let key = (Kind::Array, (f.name.clone(), f.version));
-        if let Some(Cached::Array(t)) = self.cache.get(&key) {
-            return Ok(t.clone());
+    /// The version `f` is and where its rows are: from the header, read
+    /// once.
+    async fn layout(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<(FileVersion, Layout), String> {
+        let key = (f.name.clone(), f.version);
+        if let Some(l) = self.layouts.get(&key) {
+            return Ok(l.clone());
         }
-        let (_, bytes) =
-            sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading {} v{}: {e}", f.name, f.version))?;
-        let t = Arc::new(read_array(&bytes).map_err(|e| format!("{}: {e}", f.name))?);
-        drop(bytes);
-        self.cache.insert(key, Cached::Array(t.clone()), t.data.len());
-        Ok(t)
+        let what = |e: &dyn std::fmt::Display| format!("reading {} v{}: {e}", f.name, f.version);
+        let v = sdfs.find(&f.name, f.version).await.map_err(|e| what(&e))?;
+        let head = v.size.min(idunno_ml::layout::HEADER_BYTES as u64);
+        let prefix = sdfs.read_range(&f.name, &v, 0, head).await.map_err(|e| what(&e))?;
+        let layout = idunno_ml::layout::layout(&prefix, v.size).map_err(|e| format!("{}: {e}", f.name))?;
+        if self.layouts.len() >= LAYOUTS {
+            self.layouts.clear();
+        }
+        self.layouts.insert(key, (v.clone(), layout.clone()));
+        Ok((v, layout))
+    }
+
+    /// Rows `start .. start + len` of the input set (or labels) `f`,
+    /// from the chunks that hold them.
+    async fn rows(
+        &mut self,
+        sdfs: &Arc<Sdfs>,
+        f: &v1::FileVersionRef,
+        start: usize,
+        len: usize,
+    ) -> Result<Tensor, String> {
+        let (v, layout) = self.layout(sdfs, f).await?;
+        if start.saturating_add(len) > layout.samples() {
+            return Err(format!("inputs {start}..{} beyond {} of {} samples", start + len, f.name, layout.samples()));
+        }
+        let bytes = layout.byte_range(start..start + len);
+        let what = |e: &dyn std::fmt::Display| format!("reading {} v{}: {e}", f.name, f.version);
+        let sums = sdfs.chunk_sums(&f.name, &v).await.map_err(|e| what(&e))?;
+        let chunks = sums.covering(bytes.start, bytes.end);
+        let key = |i: u64| (Kind::Chunk, (v.blake3.clone(), i));
+        let mut have: Vec<Option<bytes::Bytes>> = chunks
+            .clone()
+            .map(|i| match self.cache.get(&key(i)) {
+                Some(Cached::Chunk(b)) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = have.iter().position(Option::is_none) {
+            // One request from the first chunk missing to the last needed,
+            // and a few after it.
+            let from = chunks.start + first as u64;
+            let to = (chunks.end + READ_AHEAD).min(sums.count());
+            let to = (from + 1..to).find(|i| *i >= chunks.end && self.cache.contains(&key(*i))).unwrap_or(to);
+            let read = sdfs.read_chunks(&f.name, &v, from..to).await;
+            let read = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    // The holders may have changed since: ask again next time.
+                    self.layouts.remove(&(f.name.clone(), f.version));
+                    return Err(what(&e));
+                }
+            };
+            for (i, chunk) in (from..to).zip(read) {
+                if i < chunks.end {
+                    have[(i - chunks.start) as usize] = Some(chunk.clone());
+                }
+                let size = chunk.len();
+                self.cache.insert(key(i), Cached::Chunk(chunk), size);
+            }
+        }
+        let mut data = Vec::with_capacity((bytes.end - bytes.start) as usize);
+        for (i, chunk) in chunks.zip(have) {
+            let chunk = chunk.ok_or_else(|| what(&"a chunk went missing"))?;
+            let (at, clen) = sums.span(i);
+            let from = bytes.start.saturating_sub(at).min(clen as u64) as usize;
+            let to = (bytes.end - at).min(clen as u64) as usize;
+            data.extend_from_slice(&chunk[from..to]);
+        }
+        layout.decode(len, data).map_err(|e| format!("{}: {e}", f.name))
     }
 
     async fn model(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
@@ -134,12 +213,13 @@ impl Fetched {
             } else {
                 Some(self.model(sdfs, &model_ref).await?)
             };
+            let (start, len) = (task.first_input as usize, task.len as usize);
             let mut inputs = Vec::with_capacity(task.inputs.len());
             for f in &task.inputs {
-                inputs.push(self.array(sdfs, f).await?);
+                inputs.push(Arc::new(self.rows(sdfs, f, start, len).await?));
             }
             let labels = match &task.labels {
-                Some(f) => Some(self.array(sdfs, f).await?),
+                Some(f) => Some(Arc::new(self.rows(sdfs, f, start, len).await?)),
                 None => None,
             };
             Ok::<_, String>((model_ref, model, inputs, labels))
@@ -169,6 +249,7 @@ pub(crate) struct Prepared {
     key: Key,
     /// The model file, unless every slot had the model loaded.
     model: Option<Arc<Vec<u8>>>,
+    /// The query's rows of each input set, and of the labels.
     inputs: Vec<Arc<Tensor>>,
     labels: Option<Arc<Tensor>>,
     /// Only load the model: a job was added or started, and its first
@@ -178,7 +259,7 @@ pub(crate) struct Prepared {
 
 /// One slot: its own loaded models (an ONNX Runtime session is not shared
 /// between threads that run at once), bounded by their files' bytes
-/// (`[worker] cache_mb`; a session holds about as much as its file).
+/// (`[worker] models_mb`; a session holds about as much as its file).
 pub(crate) struct Slot {
     threads: usize,
     models: ByteLru<Key, Model>,
@@ -228,7 +309,7 @@ impl Slot {
     fn new(jobs: &Jobs) -> Slot {
         Slot {
             threads: jobs.config.threads,
-            models: ByteLru::new(jobs.config.cache_bytes()),
+            models: ByteLru::new(jobs.config.models_bytes()),
             metrics: jobs.metrics.clone(),
             served: jobs.served.clone(),
             served_seen: 0,
@@ -351,7 +432,7 @@ impl Slot {
             panic!("injected by IDUNNO_TEST_PANIC_JOB for job {}", t.job);
         }
         let (sets, labels) = (&p.inputs, &p.labels);
-        let (start, len) = (t.first_input as usize, t.len as usize);
+        let len = t.len as usize;
         let model = self.model(p)?;
         // Processing time: the batch from input rows to outputs (a model
         // loaded for the first query does not count).
@@ -359,10 +440,7 @@ impl Slot {
         let sigs = model.inputs().to_vec();
         let mut batch = Vec::with_capacity(sets.len());
         for (sig, set) in sigs.iter().zip(sets) {
-            if start + len > set.samples() {
-                return Err(format!("inputs {start}..{} beyond the input set of {}", start + len, set.samples()));
-            }
-            let rows = set.rows(start, len);
+            let rows = set.rows(0, len);
             let rows = if t.transpose.is_empty() {
                 rows
             } else {
@@ -380,7 +458,7 @@ impl Slot {
         }
         let values = first.to_f32();
         let ints = (first.dtype != idunno_ml::DType::F32).then(|| first.to_i64());
-        let labels = labels.as_ref().map(|l| l.rows(start, len).to_i64());
+        let labels = labels.as_ref().map(|l| l.to_i64());
         let vector = t.output == "vector";
         let width = if vector { u32::try_from(per_row).map_err(|_| "an output row too wide")? } else { 0 };
         let layout = crate::results::Layout::from_width(width)?;
