@@ -419,6 +419,53 @@ fn caches_bounded_by_bytes_still_run_every_query() {
     assert!(kept > 0.0 && kept <= 20.0 * 1024.0 * 1024.0, "{kept} bytes kept");
 }
 
+/// Row `i` of the one-hot test set: zero but for a 1.0 at `i % width`;
+/// tiny-add (`x + 1`) makes `i % 16` its class.
+fn one_hot_npy(rows: std::ops::Range<usize>, width: usize, big_endian: bool) -> Vec<u8> {
+    let order = if big_endian { '>' } else { '<' };
+    let mut header = format!("{{'descr': '{order}f4', 'fortran_order': False, 'shape': ({}, {width}), }}", rows.len());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut x = b"\x93NUMPY\x01\x00".to_vec();
+    x.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    x.extend_from_slice(header.as_bytes());
+    for i in rows {
+        for k in 0..width {
+            let v: f32 = if k == i % width { 1.0 } else { 0.0 };
+            x.extend_from_slice(&if big_endian { v.to_be_bytes() } else { v.to_le_bytes() });
+        }
+    }
+    x
+}
+
+/// The label of row `i` of the one-hot set: its class, but for every 7th.
+fn one_hot_label(i: usize) -> i64 {
+    (if i % 7 == 0 { (i + 1) % 16 } else { i % 16 }) as i64
+}
+
+/// The share of rows `0..n` whose label is their class.
+fn one_hot_accuracy(n: usize) -> f64 {
+    (0..n).filter(|i| one_hot_label(*i) == (*i % 16) as i64).count() as f64 / n as f64
+}
+
+/// Labels of rows `rows` as IDX int32.
+fn one_hot_labels_idx(rows: std::ops::Range<usize>) -> Vec<u8> {
+    let mut y = vec![0, 0, 0x0C, 1];
+    y.extend_from_slice(&(rows.len() as u32).to_be_bytes());
+    for i in rows {
+        y.extend_from_slice(&(one_hot_label(i) as i32).to_be_bytes());
+    }
+    y
+}
+
+fn put_bytes(c: &Cluster, dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let local = dir.join(name.replace('/', "_"));
+    std::fs::write(&local, bytes).unwrap();
+    ok(c, 1, &["fs", "put", local.to_str().unwrap(), name]);
+}
+
 /// A job reads only its queries' rows: over an input set of 13 chunks
 /// (big-endian `.npy`) with IDX labels, on 5 nodes (one holds no copy and
 /// reads every row from the others), through a 1 MiB cache, with queries
@@ -429,36 +476,9 @@ fn rows_are_read_by_range_and_each_meets_its_own_label() {
     const N: usize = 200_000;
     let c = Cluster::up(common::bin(), 5, Some("[worker]\ncache_mb = 1\n"));
     let tmp = tempfile::tempdir().unwrap();
-    // Row i is zero but for a 1.0 at i % 16: tiny-add (x + 1) makes i % 16
-    // its class.
-    let mut header = format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({N}, 16), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut x = b"\x93NUMPY\x01\x00".to_vec();
-    x.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    x.extend_from_slice(header.as_bytes());
-    for i in 0..N {
-        for k in 0..16 {
-            x.extend_from_slice(&(if k == i % 16 { 1.0f32 } else { 0.0 }).to_be_bytes());
-        }
-    }
-    // Labels as IDX int32: right, but for every 7th input.
-    let mut y = vec![0, 0, 0x0C, 1];
-    y.extend_from_slice(&(N as u32).to_be_bytes());
-    let mut wrong = 0;
-    for i in 0..N {
-        let label = if i % 7 == 0 { (i + 1) % 16 } else { i % 16 };
-        wrong += usize::from(i % 7 == 0);
-        y.extend_from_slice(&(label as i32).to_be_bytes());
-    }
-    let (xp, yp) = (tmp.path().join("x.npy"), tmp.path().join("y.idx"));
-    std::fs::write(&xp, &x).unwrap();
-    std::fs::write(&yp, &y).unwrap();
     put(&c, "models/tiny-add.onnx", "models/tiny.onnx");
-    ok(&c, 1, &["fs", "put", xp.to_str().unwrap(), "data/rows.npy"]);
-    ok(&c, 1, &["fs", "put", yp.to_str().unwrap(), "data/rows.idx"]);
+    put_bytes(&c, tmp.path(), "data/rows.npy", &one_hot_npy(0..N, 16, true));
+    put_bytes(&c, tmp.path(), "data/rows.idx", &one_hot_labels_idx(0..N));
     let add = [
         "job",
         "add",
@@ -478,7 +498,7 @@ fn rows_are_read_by_range_and_each_meets_its_own_label() {
     ok(&c, 1, &["job", "start", "rows"]);
     let st = wait_until(&c, "rows", Duration::from_secs(180), "done", |s| s["state"] == "done");
     assert_eq!(st["inputs_done"].as_u64(), Some(N as u64), "{st}");
-    let want = (N - wrong) as f64 / N as f64;
+    let want = one_hot_accuracy(N);
     assert!((st["accuracy"].as_f64().unwrap() - want).abs() < 1e-5, "accuracy {} != {want}: {st}", st["accuracy"]);
     // The node without a copy read its rows from the others.
     let ls = ok(&c, 1, &["fs", "ls", "data/rows.npy"]);
@@ -488,4 +508,92 @@ fn rows_are_read_by_range_and_each_meets_its_own_label() {
     let token = common::http_token(common::bin(), &c.node(outsider).rpc);
     let ran = common::value(&common::scrape(&c, outsider, &token), "idunno_worker_inputs_total", &[("job", "rows")]);
     assert!(ran.is_some_and(|n| n > 0.0), "node {outsider} (no copy) ran {ran:?} inputs");
+}
+
+/// An input set in shards (a name pattern; one shard empty) with labels
+/// in other shards (a `.shards` list, not in name order): refused at
+/// `job add` when a shard is missing or holds other samples, changing
+/// nothing; run, with two workers killed mid-job, every input counted
+/// once and scored against its own label.
+#[test]
+fn sharded_sets_are_checked_at_add_and_every_input_counted_once() {
+    const N: usize = 150_000;
+    let c = up(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    put(&c, "models/tiny-add.onnx", "models/tiny.onnx");
+    for (k, rows) in [0..40_000, 40_000..40_000, 40_000..95_000, 95_000..N].into_iter().enumerate() {
+        put_bytes(&c, dir, &format!("data/sh/x-{k:02}.npy"), &one_hot_npy(rows, 16, k % 2 == 1));
+    }
+    let labels = |rows: std::ops::Range<usize>| {
+        let n = rows.len();
+        idunno_ml::npy::write(&idunno_ml::Tensor::from_i64(vec![n], &rows.map(one_hot_label).collect::<Vec<_>>()))
+    };
+    put_bytes(&c, dir, "data/sh/y-b.npy", &labels(0..100_000));
+    put_bytes(&c, dir, "data/sh/y-a.npy", &labels(100_000..N));
+    put_bytes(&c, dir, "data/sh/y.shards", b"# labels, in order\ndata/sh/y-b.npy\n\ndata/sh/y-a.npy\n");
+
+    // Refused: a shard of other samples, a listed shard not in SDFS, a
+    // pattern that matches nothing, labels that do not add up.
+    put_bytes(&c, dir, "data/bad/x-00.npy", &one_hot_npy(0..10, 16, false));
+    put_bytes(&c, dir, "data/bad/x-01.npy", &one_hot_npy(0..10, 8, false));
+    put_bytes(&c, dir, "data/bad/y.shards", b"data/sh/y-b.npy\ndata/sh/y-gone.npy\n");
+    let refused = |inputs: &str, labels: &str, why: &[&str]| {
+        let args = [
+            "job",
+            "add",
+            "bad",
+            "--model",
+            "models/tiny.onnx",
+            "--inputs",
+            inputs,
+            "--labels",
+            labels,
+            "--batch-size",
+            "50",
+        ];
+        let out = idunno(&c, 2, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{inputs} {labels}: {err}");
+        for w in why {
+            assert!(err.contains(w), "{inputs} {labels}: {err:?} does not say {w:?}");
+        }
+    };
+    refused("data/bad/x-*.npy", "data/sh/y.shards", &["shard data/bad/x-01.npy", "[8]", "[16]"]);
+    refused("data/sh/x-*.npy", "data/bad/y.shards", &["data/sh/y-gone.npy", "not in SDFS"]);
+    refused("data/none-*.npy", "data/sh/y.shards", &["matches no file"]);
+    refused("data/sh/x-*.npy", "data/sh/y-b.npy", &["[100000]", "150000"]);
+    assert_eq!(ok(&c, 1, &["job", "status"]), serde_json::json!([]), "a refused job changes nothing");
+
+    let add = [
+        "job",
+        "add",
+        "sharded",
+        "--model",
+        "models/tiny.onnx",
+        "--inputs",
+        "data/sh/x-*.npy",
+        "--labels",
+        "data/sh/y.shards",
+        "--batch-size",
+        "50",
+        "--passes",
+        "6",
+    ];
+    ok(&c, 1, &add);
+    ok(&c, 1, &["job", "start", "sharded"]);
+    let per_pass = N.div_ceil(50) as u64;
+    let st =
+        wait_until(&c, "sharded", Duration::from_secs(120), "progress", |s| s["queries_done"].as_u64() >= Some(1500));
+    assert_ne!(st["state"], "done", "the job ended before workers could be killed: {st}");
+    let leader = ok(&c, 1, &["status"])["leader"].as_u64().unwrap();
+    let victims: Vec<u64> = (2..=5).rev().filter(|id| *id != leader).take(2).collect();
+    for v in &victims {
+        kill9(c.node(*v).pid);
+    }
+    let st = wait_until(&c, "sharded", Duration::from_secs(240), "done", |s| s["state"] == "done");
+    assert_eq!(st["queries_done"].as_u64(), Some(6 * per_pass), "every query counted once: {st}");
+    assert_eq!(st["inputs_done"].as_u64(), Some(6 * N as u64), "{st}");
+    let want = one_hot_accuracy(N);
+    assert!((st["accuracy"].as_f64().unwrap() - want).abs() < 1e-5, "accuracy {} != {want}: {st}", st["accuracy"]);
 }

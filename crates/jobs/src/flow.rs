@@ -374,12 +374,21 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
     } else {
         spec.input_files.iter().map(|f| file_ref(&f.name, f.version)).collect()
     };
+    let first_input = q.first_input(spec.samples);
+    let mut pieces = Vec::new();
+    let shards = spec.input_shards.iter().enumerate().map(|(i, s)| (i as u32, false, s));
+    for (input, labels, shards) in shards.chain(std::iter::once((0, true, &spec.label_shards))) {
+        for (k, first_row, rows) in idunno_state::shard_pieces(shards, first_input, q.len) {
+            let file = Some(file_ref(&shards[k].name, shards[k].version));
+            pieces.push(v1::InputPiece { input, labels, file, first_row, rows });
+        }
+    }
     v1::QueryTask {
         job: q.job.clone(),
         pass: q.pass,
         start: q.start,
         len: q.len,
-        first_input: q.first_input(spec.samples),
+        first_input,
         model: Some(file_ref(&spec.model, spec.model_version)),
         inputs,
         labels: spec.labels.as_ref().map(|l| file_ref(l, spec.labels_version)),
@@ -388,6 +397,7 @@ pub(crate) fn task(job: &Job, q: &Query) -> v1::QueryTask {
             idunno_state::OutputKind::Vector => "vector".into(),
         },
         transpose: spec.transpose.clone(),
+        pieces,
     }
 }
 

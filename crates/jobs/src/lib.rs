@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod results;
 mod served;
 pub mod service;
+pub mod shards;
 mod slots;
 pub mod status;
 pub mod train;

@@ -165,11 +165,13 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
     }
     let perm: Vec<usize> = req.transpose.iter().map(|p| *p as usize).collect();
     let mut input_files = Vec::new();
+    let mut input_shards = Vec::new();
     let mut samples: Option<(u64, String)> = None;
     for (sig, file) in sigs.iter().zip(files) {
         let file = file.ok_or_else(|| Status::invalid_argument(format!("no input file for {}", sig.name)))?;
-        let version = latest(state, &file, "input set")?;
-        let t = layout(jobs, &file, version).await?;
+        let set = crate::shards::resolve(jobs, state, &file, "input set").await?;
+        let (version, t) = (set.version, set.layout);
+        input_shards.push(set.shards);
         if t.shape.is_empty() {
             return Err(Status::invalid_argument(format!("{file} is a scalar, not an input set")));
         }
@@ -201,11 +203,11 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
         return Err(Status::invalid_argument("the input set is empty"));
     }
 
-    let (labels, labels_version) = if req.labels.is_empty() {
-        (None, 0)
+    let (labels, labels_version, label_shards) = if req.labels.is_empty() {
+        (None, 0, Vec::new())
     } else {
-        let version = latest(state, &req.labels, "labels")?;
-        let t = layout(jobs, &req.labels, version).await?;
+        let set = crate::shards::resolve(jobs, state, &req.labels, "labels").await?;
+        let (version, t) = (set.version, set.layout);
         let ok_shape = t.shape == [samples as usize] || t.shape == [samples as usize, 1];
         if !ok_shape {
             return Err(Status::invalid_argument(format!(
@@ -216,8 +218,11 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
         if matches!(t.dtype, idunno_ml::DType::F32 | idunno_ml::DType::F64) {
             return Err(Status::invalid_argument(format!("labels {} are {}; expected integers", req.labels, t.dtype)));
         }
-        (Some(req.labels.clone()), version)
+        (Some(req.labels.clone()), version, set.shards)
     };
+    if input_shards.iter().all(Vec::is_empty) {
+        input_shards.clear();
+    }
 
     let spec = JobSpec {
         name,
@@ -233,6 +238,8 @@ pub(crate) async fn add_job(jobs: &Jobs, req: v1::AddJobRequest) -> Result<JobSp
         output,
         max_batch: max_batch.unwrap_or(0),
         transpose: req.transpose,
+        input_shards,
+        label_shards,
     };
     Ok(spec)
 }

@@ -127,6 +127,57 @@ impl Fetched {
         Ok((v, layout))
     }
 
+    /// The task's rows of model input `input` (`None`: of the labels):
+    /// from `f` at the task's first input, or from the shards the task
+    /// names, joined in order.
+    async fn set_rows(
+        &mut self,
+        sdfs: &Arc<Sdfs>,
+        task: &v1::QueryTask,
+        f: &v1::FileVersionRef,
+        input: Option<u32>,
+    ) -> Result<Tensor, String> {
+        let mine = |p: &&v1::InputPiece| match input {
+            Some(i) => !p.labels && p.input == i,
+            None => p.labels,
+        };
+        let pieces: Vec<&v1::InputPiece> = task.pieces.iter().filter(mine).collect();
+        if task.len == 0 {
+            // Only the model is wanted (loading it ahead of the queries).
+            return Ok(Tensor { dtype: idunno_ml::DType::F32, shape: vec![0], data: Vec::new() });
+        }
+        if pieces.is_empty() {
+            return self.rows(sdfs, f, task.first_input as usize, task.len as usize).await;
+        }
+        let mut joined: Option<Tensor> = None;
+        for p in pieces {
+            let file = p.file.as_ref().ok_or("a piece of a query's rows without its file")?;
+            let t = self.rows(sdfs, file, p.first_row as usize, p.rows as usize).await?;
+            match &mut joined {
+                None => joined = Some(t),
+                Some(j) if j.dtype == t.dtype && j.sample_shape() == t.sample_shape() => {
+                    j.data.extend_from_slice(&t.data);
+                    j.shape[0] += t.samples();
+                }
+                Some(j) => {
+                    return Err(format!(
+                        "shard {} has samples {:?} of {}, the shards before it {:?} of {}",
+                        file.name,
+                        t.sample_shape(),
+                        t.dtype,
+                        j.sample_shape(),
+                        j.dtype
+                    ));
+                }
+            }
+        }
+        let t = joined.ok_or("a query without rows")?;
+        if t.samples() != task.len as usize {
+            return Err(format!("the shards hold {} of the query's {} rows", t.samples(), task.len));
+        }
+        Ok(t)
+    }
+
     /// Rows `start .. start + len` of the input set (or labels) `f`,
     /// from the chunks that hold them.
     async fn rows(
@@ -213,13 +264,12 @@ impl Fetched {
             } else {
                 Some(self.model(sdfs, &model_ref).await?)
             };
-            let (start, len) = (task.first_input as usize, task.len as usize);
             let mut inputs = Vec::with_capacity(task.inputs.len());
-            for f in &task.inputs {
-                inputs.push(Arc::new(self.rows(sdfs, f, start, len).await?));
+            for (i, f) in task.inputs.iter().enumerate() {
+                inputs.push(Arc::new(self.set_rows(sdfs, &task, f, Some(i as u32)).await?));
             }
             let labels = match &task.labels {
-                Some(f) => Some(Arc::new(self.rows(sdfs, f, start, len).await?)),
+                Some(f) => Some(Arc::new(self.set_rows(sdfs, &task, f, None).await?)),
                 None => None,
             };
             Ok::<_, String>((model_ref, model, inputs, labels))

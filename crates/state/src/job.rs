@@ -47,6 +47,44 @@ pub struct JobSpec {
     /// guessed.
     #[serde(default)]
     pub transpose: Vec<u32>,
+    /// For each model input (as `input_files`) given as several shards —
+    /// a name pattern, or a `.shards` list — its shards in order, versions
+    /// pinned; empty for an input given as one file (and for every input
+    /// of a job without shards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_shards: Vec<Vec<Shard>>,
+    /// The labels' shards, if they were given as several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_shards: Vec<Shard>,
+}
+
+/// One file of a sharded input set: `samples` consecutive samples of the
+/// set, following the shards before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    pub name: String,
+    pub version: u64,
+    pub samples: u64,
+}
+
+/// The shards holding samples `first .. first + len` of a set cut into
+/// `shards`: (shard index, its first sample wanted, how many), in order.
+/// Samples past the last shard are left out.
+pub fn shard_pieces(shards: &[Shard], first: u64, len: u64) -> Vec<(usize, u64, u64)> {
+    let mut out = Vec::new();
+    let (mut at, end) = (0u64, first.saturating_add(len));
+    for (i, s) in shards.iter().enumerate() {
+        let next = at.saturating_add(s.samples);
+        let (from, to) = (first.max(at), end.min(next));
+        if from < to {
+            out.push((i, from - at, to - from));
+        }
+        if next >= end {
+            break;
+        }
+        at = next;
+    }
+    out
 }
 
 impl JobSpec {
@@ -223,4 +261,21 @@ pub struct AssignmentNote {
     /// any job in the last 10 s): the prediction assumes all of it.
     #[serde(default)]
     pub busy_permille: Vec<(u64, u32)>,
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn samples_map_to_the_shards_that_hold_them() {
+        let s = |samples| Shard { name: String::new(), version: 1, samples };
+        let shards = [s(10), s(0), s(5), s(10)];
+        assert_eq!(shard_pieces(&shards, 0, 4), vec![(0, 0, 4)]);
+        assert_eq!(shard_pieces(&shards, 8, 10), vec![(0, 8, 2), (2, 0, 5), (3, 0, 3)]);
+        assert_eq!(shard_pieces(&shards, 15, 10), vec![(3, 0, 10)]);
+        assert_eq!(shard_pieces(&shards, 20, 10), vec![(3, 5, 5)], "past the end is left out");
+        assert!(shard_pieces(&shards, 25, 3).is_empty());
+        assert!(shard_pieces(&shards, 3, 0).is_empty());
+    }
 }

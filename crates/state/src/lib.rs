@@ -43,7 +43,10 @@ pub use events::{
 };
 pub use files::{FileCommand, FileEntry, FileVersion, Files, Namespace};
 pub use histogram::{Histogram, LatencySummary};
-pub use job::{AssignmentNote, DoneQuery, FileRef, Job, JobProgress, JobSpec, JobState, OutputKind, RATE_WINDOW_MS};
+pub use job::{
+    AssignmentNote, DoneQuery, FileRef, Job, JobProgress, JobSpec, JobState, OutputKind, RATE_WINDOW_MS, Shard,
+    shard_pieces,
+};
 pub use jobs::{JobCommand, JobTable, Jobs};
 pub use nodes::{Drain, MAX_DRAINING, NodeCommand, NodeTable};
 pub use reply::{Applied, Refusal, Reply};
