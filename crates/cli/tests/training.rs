@@ -138,6 +138,30 @@ fn two_workers_train_an_mlp_whose_served_model_scores_what_training_reported() {
     assert!((loss - test_loss).abs() <= 1e-3 * test_loss + 1e-4, "served loss {loss}, training measured {test_loss}");
 }
 
+/// A training set larger than a member may hold (here, by a test hook,
+/// anything over 1 MiB) is read by range as training goes, in block
+/// order, and the MLP learns MNIST as well.
+#[test]
+fn a_set_read_by_range_trains_as_well() {
+    let env = [("IDUNNO_TEST_TRAIN_IN_MEMORY_MAX", "1048576")];
+    let c = Cluster::up_with_env(common::bin(), 3, Some("[worker]\ncache_mb = 16\n"), &env);
+    put_mnist(&c);
+    let doc = ok(&c, 1, &train_args("ranged", "64", "models/ranged-mlp"));
+    assert_eq!(doc["state"], "done", "{doc:#}");
+    assert_eq!(doc["step"], 938);
+    let trained = doc["test_accuracy"].as_f64().unwrap();
+    assert!(trained > 0.9, "test accuracy {trained}");
+    // The members read chunks of the set, within their 16 MiB.
+    let held: Vec<f64> = (1..=3)
+        .filter_map(|id| {
+            let token = common::http_token(common::bin(), &c.node(id).rpc);
+            common::value(&common::scrape(&c, id, &token), "idunno_worker_cache_bytes", &[("kind", "training")])
+        })
+        .collect();
+    assert!(held.iter().any(|b| *b > 0.0), "no member read by range: {held:?}");
+    assert!(held.iter().all(|b| *b <= 16.0 * 1048576.0), "{held:?}");
+}
+
 /// A worker killed in the middle of the epoch — the one that is also rank
 /// 0 and the coordinator leader — and the training goes on: a new group
 /// of the survivors resumes from the last checkpoint, the new leader

@@ -25,6 +25,7 @@ mod leader;
 mod lru;
 pub mod metrics;
 pub mod results;
+mod rows;
 mod served;
 pub mod service;
 pub mod shards;
@@ -125,6 +126,9 @@ pub struct Jobs {
     /// data sets its members share.
     reducer: train::reduce::Reducer,
     train_data: tokio::sync::Mutex<train::runner::DataCache>,
+    /// Samples of training sets too large to hold, read by range
+    /// (`[worker] cache_mb` of chunks).
+    train_rows: tokio::sync::Mutex<rows::RowReader>,
     /// What this node's worker and trainer did, for `/metrics`.
     pub metrics: Arc<metrics::WorkerMetrics>,
     pub train_metrics: metrics::TrainMetrics,
@@ -157,6 +161,7 @@ impl Jobs {
         config: WorkerConfig,
     ) -> Arc<Jobs> {
         let leader = leader::Leader::new(&config);
+        let train_rows = tokio::sync::Mutex::new(rows::RowReader::new(config.cache_bytes()));
         Arc::new(Jobs {
             id,
             coordinator,
@@ -166,6 +171,7 @@ impl Jobs {
             leader,
             reducer: Default::default(),
             train_data: Default::default(),
+            train_rows,
             metrics: Default::default(),
             train_metrics: Default::default(),
             held: Default::default(),

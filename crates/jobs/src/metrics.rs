@@ -37,7 +37,8 @@ pub struct ModelFileLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabel {
-    /// `inputs` (input sets and labels) or `models` (model files).
+    /// `inputs` (chunks of input sets and labels), `models` (model files)
+    /// or `training` (chunks of training sets read by range).
     pub kind: &'static str,
 }
 

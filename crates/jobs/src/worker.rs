@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idunno_ml::Model;
-use idunno_ml::layout::Layout;
 use idunno_ml::onnx::fit;
 use idunno_ml::{Tensor, scoring};
 use idunno_rpc::{JobsClient, Limited, v1};
 use idunno_sdfs::Sdfs;
-use idunno_state::{FileVersion, JobState};
+use idunno_state::JobState;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::lru::ByteLru;
+use crate::rows::RowReader;
 use crate::slots::{SlotQueue, SlotWork, job_flow};
 use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
@@ -36,18 +36,15 @@ pub(crate) type Key = (String, u64);
 /// them), and model files. Only the async task fills it, so a slot
 /// thread never waits on the network.
 struct Fetched {
-    cache: ByteLru<(Kind, Key), Cached>,
-    /// Where the rows of each input set are (its header, parsed once), and
-    /// the version it is (holders, checksum).
-    layouts: HashMap<Key, (FileVersion, Layout)>,
+    /// Model files, by name and version.
+    cache: ByteLru<Key, Arc<Vec<u8>>>,
+    /// Chunks of input sets and labels, and where their rows are.
+    rows: RowReader,
     /// A model file every slot has loaded is not kept: its bytes would
     /// only sit beside the sessions made from them.
     loaded: Arc<LoadedModels>,
     slots: usize,
 }
-
-/// Input-set layouts kept at most (a few hundred bytes each).
-const LAYOUTS: usize = 4096;
 
 /// Chunks read past the last one a query needs, in the same request:
 /// the worker's next queries over the same rows usually need them.
@@ -77,54 +74,17 @@ impl LoadedModels {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    /// A chunk of an input set or labels, keyed by (BLAKE3, index).
-    Chunk,
-    Model,
-}
-
-enum Cached {
-    Chunk(bytes::Bytes),
-    Model(Arc<Vec<u8>>),
-}
-
 impl Fetched {
     fn new(budget: usize, loaded: Arc<LoadedModels>, slots: usize) -> Fetched {
-        Fetched { cache: ByteLru::new(budget), layouts: HashMap::new(), loaded, slots: slots.max(1) }
+        Fetched { cache: ByteLru::new(budget), rows: RowReader::new(budget), loaded, slots: slots.max(1) }
     }
 
     /// Tell `/metrics` how much the caches hold.
     fn measure(&self, m: &crate::metrics::WorkerMetrics) {
-        let (mut inputs, mut models) = (0, 0);
-        for (v, size) in self.cache.values() {
-            match v {
-                Cached::Chunk(_) => inputs += size,
-                Cached::Model(_) => models += size,
-            }
-        }
+        let models: usize = self.cache.values().map(|(_, size)| size).sum();
         let set = |kind, n: usize| m.cache_bytes.get_or_create(&crate::metrics::CacheLabel { kind }).set(n as i64);
-        set("inputs", inputs);
+        set("inputs", self.rows.bytes());
         set("models", models);
-    }
-
-    /// The version `f` is and where its rows are: from the header, read
-    /// once.
-    async fn layout(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<(FileVersion, Layout), String> {
-        let key = (f.name.clone(), f.version);
-        if let Some(l) = self.layouts.get(&key) {
-            return Ok(l.clone());
-        }
-        let what = |e: &dyn std::fmt::Display| format!("reading {} v{}: {e}", f.name, f.version);
-        let v = sdfs.find(&f.name, f.version).await.map_err(|e| what(&e))?;
-        let head = v.size.min(idunno_ml::layout::HEADER_BYTES as u64);
-        let prefix = sdfs.read_range(&f.name, &v, 0, head).await.map_err(|e| what(&e))?;
-        let layout = idunno_ml::layout::layout(&prefix, v.size).map_err(|e| format!("{}: {e}", f.name))?;
-        if self.layouts.len() >= LAYOUTS {
-            self.layouts.clear();
-        }
-        self.layouts.insert(key, (v.clone(), layout.clone()));
-        Ok((v, layout))
     }
 
     /// The task's rows of model input `input` (`None`: of the labels):
@@ -147,12 +107,14 @@ impl Fetched {
             return Ok(Tensor { dtype: idunno_ml::DType::F32, shape: vec![0], data: Vec::new() });
         }
         if pieces.is_empty() {
-            return self.rows(sdfs, f, task.first_input as usize, task.len as usize).await;
+            let (start, len) = (task.first_input as usize, task.len as usize);
+            return self.rows.rows(sdfs, &f.name, f.version, start, len, READ_AHEAD).await;
         }
         let mut joined: Option<Tensor> = None;
         for p in pieces {
             let file = p.file.as_ref().ok_or("a piece of a query's rows without its file")?;
-            let t = self.rows(sdfs, file, p.first_row as usize, p.rows as usize).await?;
+            let (start, len) = (p.first_row as usize, p.rows as usize);
+            let t = self.rows.rows(sdfs, &file.name, file.version, start, len, READ_AHEAD).await?;
             match &mut joined {
                 None => joined = Some(t),
                 Some(j) if j.dtype == t.dtype && j.sample_shape() == t.sample_shape() => {
@@ -178,79 +140,20 @@ impl Fetched {
         Ok(t)
     }
 
-    /// Rows `start .. start + len` of the input set (or labels) `f`,
-    /// from the chunks that hold them.
-    async fn rows(
-        &mut self,
-        sdfs: &Arc<Sdfs>,
-        f: &v1::FileVersionRef,
-        start: usize,
-        len: usize,
-    ) -> Result<Tensor, String> {
-        let (v, layout) = self.layout(sdfs, f).await?;
-        if start.saturating_add(len) > layout.samples() {
-            return Err(format!("inputs {start}..{} beyond {} of {} samples", start + len, f.name, layout.samples()));
-        }
-        let bytes = layout.byte_range(start..start + len);
-        let what = |e: &dyn std::fmt::Display| format!("reading {} v{}: {e}", f.name, f.version);
-        let sums = sdfs.chunk_sums(&f.name, &v).await.map_err(|e| what(&e))?;
-        let chunks = sums.covering(bytes.start, bytes.end);
-        let key = |i: u64| (Kind::Chunk, (v.blake3.clone(), i));
-        let mut have: Vec<Option<bytes::Bytes>> = chunks
-            .clone()
-            .map(|i| match self.cache.get(&key(i)) {
-                Some(Cached::Chunk(b)) => Some(b.clone()),
-                _ => None,
-            })
-            .collect();
-        if let Some(first) = have.iter().position(Option::is_none) {
-            // One request from the first chunk missing to the last needed,
-            // and a few after it.
-            let from = chunks.start + first as u64;
-            let to = (chunks.end + READ_AHEAD).min(sums.count());
-            let to = (from + 1..to).find(|i| *i >= chunks.end && self.cache.contains(&key(*i))).unwrap_or(to);
-            let read = sdfs.read_chunks(&f.name, &v, from..to).await;
-            let read = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    // The holders may have changed since: ask again next time.
-                    self.layouts.remove(&(f.name.clone(), f.version));
-                    return Err(what(&e));
-                }
-            };
-            for (i, chunk) in (from..to).zip(read) {
-                if i < chunks.end {
-                    have[(i - chunks.start) as usize] = Some(chunk.clone());
-                }
-                let size = chunk.len();
-                self.cache.insert(key(i), Cached::Chunk(chunk), size);
-            }
-        }
-        let mut data = Vec::with_capacity((bytes.end - bytes.start) as usize);
-        for (i, chunk) in chunks.zip(have) {
-            let chunk = chunk.ok_or_else(|| what(&"a chunk went missing"))?;
-            let (at, clen) = sums.span(i);
-            let from = bytes.start.saturating_sub(at).min(clen as u64) as usize;
-            let to = (bytes.end - at).min(clen as u64) as usize;
-            data.extend_from_slice(&chunk[from..to]);
-        }
-        layout.decode(len, data).map_err(|e| format!("{}: {e}", f.name))
-    }
-
     async fn model(&mut self, sdfs: &Arc<Sdfs>, f: &v1::FileVersionRef) -> Result<Arc<Vec<u8>>, String> {
-        let key = (Kind::Model, (f.name.clone(), f.version));
-        if let Some(Cached::Model(m)) = self.cache.get(&key) {
+        let key = (f.name.clone(), f.version);
+        if let Some(m) = self.cache.get(&key) {
             return Ok(m.clone());
         }
         let (_, bytes) =
             sdfs.get(&f.name, f.version).await.map_err(|e| format!("reading model {} v{}: {e}", f.name, f.version))?;
         let bytes = Arc::new(bytes);
-        self.cache.insert(key, Cached::Model(bytes.clone()), bytes.len());
+        self.cache.insert(key, bytes.clone(), bytes.len());
         Ok(bytes)
     }
 
     fn forget_model(&mut self, key: &Key) {
-        self.cache.remove(&(Kind::Model, key.clone()));
+        self.cache.remove(key);
     }
 
     /// Everything `task` needs, or the reason it cannot run.

@@ -341,17 +341,26 @@ impl Net {
                 break;
             }
             let idx: Vec<u32> = (start as u32..stop as u32).collect();
-            let (x, y) = data.gather(&idx);
-            let mut dims = vec![y.len()];
-            dims.extend(&self.shape.sample);
-            let xt = CTensor::from_slice(&x, dims.as_slice(), &Device::Cpu).map_err(err)?;
-            let yt = CTensor::from_slice(&y, y.len(), &Device::Cpu).map_err(err)?;
-            let logits = self.forward(&xt).map_err(err)?.detach();
-            let l = candle_nn::loss::cross_entropy(&logits, &yt).map_err(err)?.to_scalar::<f32>().map_err(err)?;
-            loss += f64::from(l) * y.len() as f64;
-            right += correct(&logits, &y)?;
+            let (x, y) = data.gather(&idx)?;
+            let (l, r) = self.evaluate_batch(&x, &y)?;
+            loss += l;
+            right += r;
         }
         Ok((loss, right))
+    }
+
+    /// Loss sum and correct predictions of samples `x` labelled `y`.
+    pub fn evaluate_batch(&self, x: &[f32], y: &[u32]) -> Result<(f64, u64), String> {
+        if y.is_empty() {
+            return Ok((0.0, 0));
+        }
+        let mut dims = vec![y.len()];
+        dims.extend(&self.shape.sample);
+        let xt = CTensor::from_slice(x, dims.as_slice(), &Device::Cpu).map_err(err)?;
+        let yt = CTensor::from_slice(y, y.len(), &Device::Cpu).map_err(err)?;
+        let logits = self.forward(&xt).map_err(err)?.detach();
+        let l = candle_nn::loss::cross_entropy(&logits, &yt).map_err(err)?.to_scalar::<f32>().map_err(err)?;
+        Ok((f64::from(l) * y.len() as f64, correct(&logits, y)?))
     }
 
     /// Logits for raw samples, `[n, classes]` row-major.
@@ -595,7 +604,9 @@ impl ServedModel {
 /// Samples and labels as training reads them: the samples as they are in
 /// the file (converted to f32 a batch at a time), labels as class indices.
 pub struct DataSet {
-    inputs: Tensor,
+    /// The samples, when the set is held in memory; `None` when they are
+    /// read by range as training goes (a set too large to hold).
+    inputs: Option<Tensor>,
     pub y: Vec<u32>,
     pub sample: Vec<usize>,
     pub dtype: DType,
@@ -604,10 +615,24 @@ pub struct DataSet {
 impl DataSet {
     /// Inputs and labels parsed from `.npy`/IDX, checked against each other.
     pub fn new(inputs: Tensor, labels: &Tensor, inputs_name: &str, labels_name: &str) -> Result<DataSet, String> {
-        if inputs.shape.len() < 2 {
-            return Err(format!("{inputs_name} has shape {:?}: not a set of samples", inputs.shape));
+        let mut d = DataSet::ranged(&inputs.shape, inputs.dtype, labels, inputs_name, labels_name)?;
+        d.inputs = Some(inputs);
+        Ok(d)
+    }
+
+    /// Labels in memory, the samples (of `shape`, `dtype`) left where they
+    /// are: the caller reads them by range.
+    pub fn ranged(
+        shape: &[usize],
+        dtype: DType,
+        labels: &Tensor,
+        inputs_name: &str,
+        labels_name: &str,
+    ) -> Result<DataSet, String> {
+        if shape.len() < 2 {
+            return Err(format!("{inputs_name} has shape {shape:?}: not a set of samples"));
         }
-        let n = inputs.samples();
+        let n = shape[0];
         if labels.samples() != n || labels.shape.len() > 2 || labels.shape.get(1).is_some_and(|d| *d != 1) {
             return Err(format!(
                 "{inputs_name} has {n} samples but {labels_name} has shape {:?} (one label per sample is needed)",
@@ -621,9 +646,13 @@ impl DataSet {
         if let Some(bad) = raw.iter().find(|l| **l < 0 || **l > 1_000_000) {
             return Err(format!("{labels_name} holds the label {bad}; labels are class indices 0, 1, 2, …"));
         }
-        let sample = inputs.sample_shape().to_vec();
-        let dtype = inputs.dtype;
-        Ok(DataSet { inputs, y: raw.into_iter().map(|l| l as u32).collect(), sample, dtype })
+        let sample = shape[1..].to_vec();
+        Ok(DataSet { inputs: None, y: raw.into_iter().map(|l| l as u32).collect(), sample, dtype })
+    }
+
+    /// Whether the samples are in memory (else they are read by range).
+    pub fn in_memory(&self) -> bool {
+        self.inputs.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -639,15 +668,16 @@ impl DataSet {
     }
 
     /// The samples at `idx`, gathered: (inputs as f32, labels).
-    pub fn gather(&self, idx: &[u32]) -> (Vec<f32>, Vec<u32>) {
+    pub fn gather(&self, idx: &[u32]) -> Result<(Vec<f32>, Vec<u32>), String> {
+        let inputs = self.inputs.as_ref().ok_or("this set's samples are read by range, not held")?;
         let per: usize = self.sample.iter().product();
         let mut x = Vec::with_capacity(idx.len() * per);
         let mut y = Vec::with_capacity(idx.len());
         for &i in idx {
-            x.extend(self.inputs.rows(i as usize, 1).to_f32());
+            x.extend(inputs.rows(i as usize, 1).to_f32());
             y.push(self.y[i as usize]);
         }
-        (x, y)
+        Ok((x, y))
     }
 }
 
@@ -660,6 +690,33 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
         let r = (rng.next() + 1.0) / 2.0;
         let j = ((r * (i + 1) as f32) as usize).min(i);
         order.swap(i, j);
+    }
+    order
+}
+
+/// The order of the samples in epoch `epoch` when they are read by range:
+/// blocks of `block` consecutive samples (what one chunk of the file
+/// holds) in a seeded shuffled order, and the samples of every `window`
+/// consecutive blocks of that order shuffled among themselves. A step
+/// then reads a few blocks, not a chunk per sample; the same on every
+/// worker.
+pub fn epoch_order_blocked(n: usize, block: usize, window: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    let block = block.max(1);
+    let blocks = epoch_order(n.div_ceil(block), seed, epoch);
+    let mut order = Vec::with_capacity(n);
+    for (w, group) in blocks.chunks(window.max(1)).enumerate() {
+        let mut rows: Vec<u32> = group
+            .iter()
+            .flat_map(|b| (*b as usize * block) as u32..(((*b as usize + 1) * block).min(n)) as u32)
+            .collect();
+        let mut rng =
+            Rng(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (w as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        for i in (1..rows.len()).rev() {
+            let r = (rng.next() + 1.0) / 2.0;
+            let j = ((r * (i + 1) as f32) as usize).min(i);
+            rows.swap(i, j);
+        }
+        order.extend(rows);
     }
     order
 }
@@ -688,7 +745,13 @@ pub struct Trainer {
     /// Steps done (the next step to run).
     pub step: u64,
     order: Option<(u64, Vec<u32>)>,
+    /// Samples per block of a set read by range (0: the set is held, and
+    /// every epoch is a full shuffle): see [`epoch_order_blocked`].
+    block: usize,
 }
+
+/// Blocks whose samples are shuffled together, for a set read by range.
+pub const ORDER_WINDOW: usize = 16;
 
 impl Trainer {
     pub fn new(
@@ -701,26 +764,38 @@ impl Trainer {
         let net = Net::init(shape, seed)?;
         let params = net.params()?;
         let adam = Adam::new(lr, params.len());
-        Ok(Trainer { net, adam, params, data, batch: batch.max(1), seed, step: 0, order: None })
+        Ok(Trainer { net, adam, params, data, batch: batch.max(1), seed, step: 0, order: None, block: 0 })
     }
 
     /// Go on from a checkpoint (its optimizer state and step included).
     pub fn resume(c: Checkpoint, data: std::sync::Arc<DataSet>, batch: usize, seed: u64) -> Result<Trainer, String> {
         let net = Net::from_flat(c.shape, &c.params)?;
-        Ok(Trainer { net, adam: c.adam, params: c.params, data, batch: batch.max(1), seed, step: c.step, order: None })
+        let (step, batch) = (c.step, batch.max(1));
+        Ok(Trainer { net, adam: c.adam, params: c.params, data, batch, seed, step, order: None, block: 0 })
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
         self.data.len().div_ceil(self.batch) as u64
     }
 
+    /// Order the samples by blocks of `block` (a set read by range).
+    pub fn order_by_blocks(&mut self, block: usize) {
+        self.block = block;
+        self.order = None;
+    }
+
     /// The samples of step `self.step`'s batch that rank `rank` of `world`
     /// computes, and the batch's size.
-    fn shard_of_step(&mut self, rank: usize, world: usize) -> (Vec<u32>, usize) {
+    pub fn shard_of_step(&mut self, rank: usize, world: usize) -> (Vec<u32>, usize) {
         let spe = self.steps_per_epoch().max(1);
         let epoch = self.step / spe;
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            self.order = Some((epoch, epoch_order(self.data.len(), self.seed, epoch)));
+            let n = self.data.len();
+            let order = match self.block {
+                0 => epoch_order(n, self.seed, epoch),
+                b => epoch_order_blocked(n, b, ORDER_WINDOW, self.seed, epoch),
+            };
+            self.order = Some((epoch, order));
         }
         let order = self.order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
         let at = ((self.step % spe) as usize) * self.batch;
@@ -731,11 +806,17 @@ impl Trainer {
     /// This rank's gradients for the current step.
     pub fn shard_grads(&mut self, rank: usize, world: usize) -> Result<ShardGrads, String> {
         let (idx, batch) = self.shard_of_step(rank, world);
-        let (x, y) = self.data.gather(&idx);
+        let (x, y) = self.data.gather(&idx)?;
+        self.shard_grads_on(&x, &y, batch)
+    }
+
+    /// The gradients of samples `x` labelled `y`, a shard of a batch of
+    /// `batch` (gathered by the caller: a set read by range).
+    pub fn shard_grads_on(&self, x: &[f32], y: &[u32], batch: usize) -> Result<ShardGrads, String> {
         if y.is_empty() {
             return Ok(ShardGrads { grads: vec![0.0; self.params.len()], loss_sum: 0.0, correct: 0, count: 0 });
         }
-        self.net.shard_grads(&x, &y, batch)
+        self.net.shard_grads(x, y, batch)
     }
 
     /// Apply the batch gradient (the sum over all shards) and move on.
@@ -792,6 +873,25 @@ mod tests {
         assert_eq!(s, (0..1000).collect::<Vec<u32>>());
         assert_ne!(a, b);
         assert_eq!(a, epoch_order(1000, 7, 0));
+    }
+
+    #[test]
+    fn blocked_orders_are_permutations_that_keep_to_few_blocks() {
+        let (n, block) = (10_007, 100);
+        let a = epoch_order_blocked(n, block, 4, 7, 0);
+        let mut s = a.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..n as u32).collect::<Vec<u32>>());
+        assert_ne!(a, epoch_order_blocked(n, block, 4, 7, 1));
+        assert_eq!(a, epoch_order_blocked(n, block, 4, 7, 0));
+        // Any 400 consecutive samples of the order come from at most 8
+        // blocks (two windows of 4).
+        for w in a.chunks(400) {
+            let mut blocks: Vec<u32> = w.iter().map(|i| i / block as u32).collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            assert!(blocks.len() <= 8, "{} blocks", blocks.len());
+        }
     }
 
     /// Gradients of shards sum to the gradient of the whole batch: what

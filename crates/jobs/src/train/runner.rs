@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use idunno_ml::read_array;
 use idunno_ml::trained::{Arch, Checkpoint, DataSet, Shape, Trainer, shard};
 use idunno_rpc::{JobsClient, Limited, v1};
-use idunno_sdfs::Sdfs;
 use idunno_state::{FileRef, JobState, Refusal, Score, TrainCommand, TrainReport, Training};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -38,8 +37,26 @@ const FIRST_ROUND_WAIT: Duration = Duration::from_secs(28);
 /// Rank 0 reports progress at least this often between checkpoints.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// Read and parse a pinned inputs/labels pair.
-async fn data_set(sdfs: &Arc<Sdfs>, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
+/// A training set (its inputs file) up to this size is held in memory on
+/// every member, and every epoch is a full shuffle; a larger one is read
+/// by range as training goes, in a block order
+/// ([`idunno_ml::trained::epoch_order_blocked`]). A constant, not a node
+/// setting: every member must take the same order.
+pub const IN_MEMORY_MAX: u64 = 256 << 20;
+
+/// [`IN_MEMORY_MAX`], or `IDUNNO_TEST_TRAIN_IN_MEMORY_MAX` (a test hook:
+/// a test cluster sets it on every node, so that MNIST is read by range).
+fn in_memory_max() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("IDUNNO_TEST_TRAIN_IN_MEMORY_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(IN_MEMORY_MAX)
+    })
+}
+
+/// Read and parse a pinned inputs/labels pair: the inputs whole if they
+/// are small enough ([`IN_MEMORY_MAX`]), else only their header.
+async fn data_set(jobs: &Jobs, inputs: &FileRef, labels: &FileRef) -> Result<DataSet, String> {
+    let sdfs = &jobs.sdfs;
     let read = |f: FileRef| async move {
         let (_, bytes) = sdfs
             .get(&f.name, f.version)
@@ -49,11 +66,15 @@ async fn data_set(sdfs: &Arc<Sdfs>, inputs: &FileRef, labels: &FileRef) -> Resul
             .await
             .map_err(|e| e.to_string())?
     };
-    let x = read(inputs.clone()).await?;
+    let size = sdfs.find(&inputs.name, inputs.version).await.map_err(|e| format!("{}: {e}", inputs.name))?.size;
     let y = read(labels.clone()).await?;
+    if size > in_memory_max() {
+        let (_, layout) = jobs.train_rows.lock().await.layout(sdfs, &inputs.name, inputs.version).await?;
+        return DataSet::ranged(&layout.shape, layout.dtype, &y, &inputs.name, &labels.name);
+    }
+    let x = read(inputs.clone()).await?;
     DataSet::new(x, &y, &inputs.name, &labels.name)
 }
-
 /// Data sets fetched for training, shared by this node's members.
 #[derive(Default)]
 pub(crate) struct DataCache {
@@ -67,7 +88,7 @@ impl DataCache {
         if let Some(d) = cache.sets.get(&key) {
             return Ok(d.clone());
         }
-        let d = Arc::new(data_set(&jobs.sdfs, inputs, labels).await?);
+        let d = Arc::new(data_set(jobs, inputs, labels).await?);
         if cache.sets.len() >= 4 {
             cache.sets.clear();
         }
@@ -285,6 +306,10 @@ impl Member<'_> {
             None => Trainer::new(shape, data.clone(), batch, lr, spec.seed).map_err(Stop::Failed)?,
         };
 
+        if !data.in_memory() {
+            let row_bytes = data.sample.iter().product::<usize>().max(1) * data.dtype.size();
+            trainer.order_by_blocks((idunno_sdfs::blobs::CHUNK / row_bytes).max(1));
+        }
         let spe = trainer.steps_per_epoch().max(1);
         let total = spe * u64::from(spec.epochs);
         let (rank, world) = (self.rank, self.world);
@@ -296,8 +321,18 @@ impl Member<'_> {
         while trainer.step < total {
             let step = trainer.step;
             let t0 = Instant::now();
+            let rows = if data.in_memory() {
+                None
+            } else {
+                let (idx, batch) = trainer.shard_of_step(rank, world);
+                let x = self.gather(&spec.inputs, &idx).await?;
+                Some((x, idx.iter().map(|i| data.y[*i as usize]).collect::<Vec<u32>>(), batch))
+            };
             let (t, g) = compute(&self.pool, move || {
-                let g = trainer.shard_grads(rank, world);
+                let g = match rows {
+                    None => trainer.shard_grads(rank, world),
+                    Some((x, y, batch)) => trainer.shard_grads_on(x.as_slice(), y.as_slice(), batch),
+                };
                 (trainer, g)
             })
             .await?;
@@ -329,14 +364,35 @@ impl Member<'_> {
             let mut test_score = None;
             if epoch_end && let Some(test) = &test {
                 let range = shard(test.len(), rank, world);
-                let (net_trainer, set, r) = (trainer, test.clone(), range);
-                let (t, eval) = compute(&self.pool, move || {
-                    let e = net_trainer.net.evaluate(&set, r);
-                    (net_trainer, e)
-                })
-                .await?;
-                trainer = t;
-                let (loss, right) = eval.map_err(Stop::Failed)?;
+                let (loss, right) = if test.in_memory() {
+                    let (net_trainer, set, r) = (trainer, test.clone(), range);
+                    let (t, eval) = compute(&self.pool, move || {
+                        let e = net_trainer.net.evaluate(&set, r);
+                        (net_trainer, e)
+                    })
+                    .await?;
+                    trainer = t;
+                    eval.map_err(Stop::Failed)?
+                } else {
+                    let (mut loss, mut right) = (0.0, 0);
+                    let files = spec.test_inputs.clone().unwrap_or_default();
+                    for start in range.clone().step_by(1000) {
+                        let stop = (start + 1000).min(range.end);
+                        let idx: Vec<u32> = (start as u32..stop as u32).collect();
+                        let x = self.gather(&files, &idx).await?;
+                        let y: Vec<u32> = test.y[start..stop].to_vec();
+                        let (t, eval) = compute(&self.pool, move || {
+                            let e = trainer.net.evaluate_batch(&x, &y);
+                            (trainer, e)
+                        })
+                        .await?;
+                        trainer = t;
+                        let (l, r) = eval.map_err(Stop::Failed)?;
+                        loss += l;
+                        right += r;
+                    }
+                    (loss, right)
+                };
                 let sum = self.reduce(2 * step + 1, vec![loss as f32, right as f32, 0.0]).await?;
                 let count = test.len() as f32;
                 test_score = Some(score(f64::from(sum[0]), sum[1], count));
@@ -374,6 +430,20 @@ impl Member<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Samples `idx` of `f` as f32, read by range (retrying, as every
+    /// fetch of training data).
+    async fn gather(&self, f: &FileRef, idx: &[u32]) -> Result<Vec<f32>, Stop> {
+        let jobs = self.jobs;
+        self.fetch("training samples", || async {
+            let mut rows = jobs.train_rows.lock().await;
+            let x = rows.gather(&jobs.sdfs, &f.name, f.version, idx).await.map(|t| t.to_f32());
+            let label = crate::metrics::CacheLabel { kind: "training" };
+            jobs.metrics.cache_bytes.get_or_create(&label).set(rows.bytes() as i64);
+            x
+        })
+        .await
     }
 
     /// One all-reduce round: local on rank 0, an RPC to rank 0 elsewhere.

@@ -1,0 +1,176 @@
+//! bench/bigdata: inference jobs over input sets far larger than what a
+//! node should hold, on 3 nodes. For each model and set size, a fresh
+//! cluster stores the set (an `.npy` written here, streamed: this process
+//! never holds it either), runs a looping job over it for `--seconds`
+//! after a warm-up, and samples every node's resident memory throughout.
+//! Printed per case: each node's RSS when idle (fresh, before anything was
+//! stored) and its peak while the job ran, the peak above idle (target ≤
+//! 400 MB whatever the set's size), and queries/s against the same job
+//! over the smallest set of the run (target ≥ 0.9).
+//!
+//! `cargo run --release -p idunno-bench --bin bigdata -- --sizes-mb 100,1000,5000`
+//! `cargo run --release -p idunno-bench --bin bigdata -- --only tiny --sizes-mb 100,1000 --seconds 20`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use idunno_bench::{cli_json, cluster, rss_mib};
+
+#[derive(Parser)]
+struct Args {
+    /// Input set sizes, in MB (10^6 bytes), smallest first: the first is
+    /// the baseline of the queries/s ratio.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    sizes_mb: Vec<u64>,
+    /// Seconds the job is measured for, after a warm-up of a quarter of it.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Only the models whose name contains this (tiny, efficientnet).
+    #[arg(long)]
+    only: Option<String>,
+    /// Where the generated sets are written (each is deleted after use).
+    #[arg(long, default_value = "/var/tmp")]
+    scratch: PathBuf,
+    /// A node config for every node (TOML), e.g. to set `[worker] cache_mb`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+struct Model {
+    name: &'static str,
+    file: &'static str,
+    /// One sample's shape (f32).
+    sample: &'static [usize],
+    batch: u32,
+}
+
+const MODELS: &[Model] = &[
+    Model { name: "tiny", file: "models/tiny-add.onnx", sample: &[16], batch: 1000 },
+    Model { name: "efficientnet", file: "models/efficientnet-lite0.onnx", sample: &[3, 224, 224], batch: 8 },
+];
+
+/// Write an `.npy` of `rows` samples of `sample` f32 values (a cheap
+/// pseudo-random sequence), a block at a time.
+fn write_set(path: &Path, rows: usize, sample: &[usize]) -> std::io::Result<u64> {
+    let dims: Vec<String> = std::iter::once(rows).chain(sample.iter().copied()).map(|d| d.to_string()).collect();
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
+    f.write_all(b"\x93NUMPY\x01\x00")?;
+    f.write_all(&(header.len() as u16).to_le_bytes())?;
+    f.write_all(header.as_bytes())?;
+    let per_row: usize = sample.iter().product();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = Vec::with_capacity(4 << 20);
+    let total = rows * per_row;
+    let mut done = 0;
+    while done < total {
+        block.clear();
+        let n = (total - done).min(1 << 20);
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            block.extend_from_slice(&(((x >> 40) as f32) / (1u64 << 24) as f32 - 0.5).to_le_bytes());
+        }
+        f.write_all(&block)?;
+        done += n;
+    }
+    f.flush()?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+struct Measured {
+    idle: Vec<f64>,
+    peak: Vec<f64>,
+    rate: f64,
+}
+
+fn run_case(args: &Args, m: &Model, size_mb: u64) -> Measured {
+    let row_bytes = 4 * m.sample.iter().product::<usize>();
+    let rows = ((size_mb * 1_000_000) as usize / row_bytes).max(m.batch as usize);
+    let path = args.scratch.join(format!("idunno-bigdata-{}-{size_mb}.npy", m.name));
+    let t = Instant::now();
+    let bytes = write_set(&path, rows, m.sample).expect("writing the set");
+    println!("  {} MB set: {rows} rows, {bytes} bytes, written in {:.1} s", size_mb, t.elapsed().as_secs_f64());
+    let config = args.config.as_ref().map(|p| std::fs::read_to_string(p).expect("config"));
+    let c = cluster(3, config.as_deref());
+    let pids: Vec<u32> = c.nodes.iter().map(|n| n.pid).collect();
+    let idle: Vec<f64> = pids.iter().map(|p| rss_mib(*p).unwrap_or(0.0)).collect();
+    let peak = Arc::new(std::sync::Mutex::new(idle.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pids) = (peak.clone(), stop.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut p = peak.lock().unwrap();
+                for (i, pid) in pids.iter().enumerate() {
+                    p[i] = p[i].max(rss_mib(*pid).unwrap_or(0.0));
+                }
+                drop(p);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let asset = idunno_ml::onnx::assets_dir().join(m.file);
+    cli_json(&c, &["fs", "put", asset.to_str().unwrap(), "m.onnx"]);
+    let t = Instant::now();
+    cli_json(&c, &["fs", "put", path.to_str().unwrap(), "big.npy"]);
+    println!("  stored in SDFS in {:.1} s", t.elapsed().as_secs_f64());
+    let _ = std::fs::remove_file(&path);
+    let after_put = peak.lock().unwrap().clone();
+    let batch = m.batch.to_string();
+    // One class per input: what the leader keeps of the results stays
+    // small beside the inputs (a vector per input would be the size of the
+    // inputs again, and results are not what this measures).
+    let add =
+        ["job", "add", "big", "--model", "m.onnx", "--inputs", "big.npy", "--batch-size", &batch, "--output", "class"];
+    cli_json(&c, &add);
+    cli_json(&c, &["job", "start", "big"]);
+    let done = || cli_json(&c, &["job", "status", "big"])[0]["queries_done"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs_f64(args.seconds / 4.0));
+    let (t0, q0) = (Instant::now(), done());
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    let (t1, q1) = (Instant::now(), done());
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let peak = peak.lock().unwrap().clone();
+    let rate = (q1 - q0) as f64 / (t1 - t0).as_secs_f64();
+    println!(
+        "  peak RSS MiB while storing: {}",
+        after_put.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" / ")
+    );
+    Measured { idle, peak, rate }
+}
+
+fn main() {
+    let args = Args::parse();
+    idunno_bench::use_secret(Some(idunno_auth::Role::Client));
+    for m in MODELS.iter().filter(|m| args.only.as_ref().is_none_or(|o| m.name.contains(o.as_str()))) {
+        println!("== {} (batch {}, samples {:?} f32), 3 nodes", m.name, m.batch, m.sample);
+        let mut base: Option<f64> = None;
+        for size in &args.sizes_mb {
+            let r = run_case(&args, m, *size);
+            let base_rate = *base.get_or_insert(r.rate);
+            let above: Vec<f64> = r.peak.iter().zip(&r.idle).map(|(p, i)| p - i).collect();
+            let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / ");
+            println!(
+                "  {size} MB: {:.1} queries/s ({:.2} of the {} MB set); RSS idle {} MiB, peak {} MiB, peak above idle {} MiB (max {:.0}, target <= 400 MB = 381 MiB)",
+                r.rate,
+                r.rate / base_rate,
+                args.sizes_mb[0],
+                fmt(&r.idle),
+                fmt(&r.peak),
+                fmt(&above),
+                above.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+    }
+}
