@@ -8,7 +8,11 @@
 //! 400 MB whatever the set's size), and queries/s against the same job
 //! over the smallest set of the run (target ≥ 0.9).
 //!
-//! `cargo run --release -p idunno-bench --bin bigdata -- --sizes-mb 100,1000,5000`
+//! With `--train-mb N`, also a training (MLP, 3 workers) over N MB of
+//! MNIST-sized images (28×28 bytes, IDX) for `--seconds`: every member's
+//! peak RSS (target ≤ 500 MB) and steps/s.
+//!
+//! `cargo run --release -p idunno-bench --bin bigdata -- --sizes-mb 100,1000,5000 --train-mb 3000`
 //! `cargo run --release -p idunno-bench --bin bigdata -- --only tiny --sizes-mb 100,1000 --seconds 20`
 
 use std::io::Write;
@@ -38,6 +42,9 @@ struct Args {
     /// A node config for every node (TOML), e.g. to set `[worker] cache_mb`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// MB of images for the training case (0: none).
+    #[arg(long, default_value_t = 0)]
+    train_mb: u64,
 }
 
 struct Model {
@@ -150,9 +157,105 @@ fn run_case(args: &Args, m: &Model, size_mb: u64) -> Measured {
     Measured { idle, peak, rate }
 }
 
+/// Write `n` 28×28 images (IDX, bytes) and their labels (IDX, bytes:
+/// a class from the image, so there is something to learn).
+fn write_images(images: &Path, labels: &Path, n: usize) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(images)?);
+    let mut l = std::io::BufWriter::new(std::fs::File::create(labels)?);
+    f.write_all(&[0, 0, 0x08, 3])?;
+    for d in [n as u32, 28, 28] {
+        f.write_all(&d.to_be_bytes())?;
+    }
+    l.write_all(&[0, 0, 0x08, 1])?;
+    l.write_all(&(n as u32).to_be_bytes())?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut img = [0u8; 784];
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let class = (x % 10) as usize;
+        for (i, p) in img.iter_mut().enumerate() {
+            // A bright band whose row is the class, over noise.
+            *p = if i / 28 == 2 * class + 4 { 200 } else { ((x >> (i % 48)) & 0x3f) as u8 };
+        }
+        f.write_all(&img)?;
+        l.write_all(&[class as u8])?;
+    }
+    f.flush()?;
+    l.flush()
+}
+
+fn train_case(args: &Args) {
+    let n = (args.train_mb * 1_000_000 / 784) as usize;
+    let (images, labels) =
+        (args.scratch.join("idunno-bigdata-images.idx"), args.scratch.join("idunno-bigdata-labels.idx"));
+    let t = Instant::now();
+    write_images(&images, &labels, n).expect("writing the images");
+    println!("== training: {} MB of images, {n} samples, written in {:.1} s", args.train_mb, t.elapsed().as_secs_f64());
+    let config = args.config.as_ref().map(|p| std::fs::read_to_string(p).expect("config"));
+    let c = cluster(3, config.as_deref());
+    let pids: Vec<u32> = c.nodes.iter().map(|n| n.pid).collect();
+    let idle: Vec<f64> = pids.iter().map(|p| rss_mib(*p).unwrap_or(0.0)).collect();
+    cli_json(&c, &["fs", "put", images.to_str().unwrap(), "train/images"]);
+    cli_json(&c, &["fs", "put", labels.to_str().unwrap(), "train/labels"]);
+    let _ = std::fs::remove_file(&images);
+    let _ = std::fs::remove_file(&labels);
+    let mut peak = pids.iter().map(|p| rss_mib(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
+    let train = [
+        "train",
+        "big",
+        "--arch",
+        "mlp",
+        "--inputs",
+        "train/images",
+        "--labels",
+        "train/labels",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--workers",
+        "3",
+        "--out",
+        "models/big",
+        "--detach",
+    ];
+    cli_json(&c, &train);
+    let step = || cli_json(&c, &["job", "status", "big"])[0]["step"].as_u64().unwrap_or(0);
+    let sample = |peak: &mut Vec<f64>, secs: f64| {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until {
+            for (i, pid) in pids.iter().enumerate() {
+                peak[i] = peak[i].max(rss_mib(*pid).unwrap_or(0.0));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    sample(&mut peak, args.seconds / 4.0);
+    let (t0, s0) = (Instant::now(), step());
+    sample(&mut peak, args.seconds);
+    let (t1, s1) = (Instant::now(), step());
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / ");
+    let state = cli_json(&c, &["job", "status", "big"]);
+    println!(
+        "  {:.2} steps/s (batch 256, {} of {} steps done, state {}); RSS idle {} MiB, peak {} MiB (max {:.0}, target <= 500 MB = 477 MiB)",
+        (s1 - s0) as f64 / (t1 - t0).as_secs_f64(),
+        s1,
+        n.div_ceil(256),
+        state[0]["state"],
+        fmt(&idle),
+        fmt(&peak),
+        peak.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
 fn main() {
     let args = Args::parse();
     idunno_bench::use_secret(Some(idunno_auth::Role::Client));
+    if args.train_mb > 0 {
+        train_case(&args);
+    }
     for m in MODELS.iter().filter(|m| args.only.as_ref().is_none_or(|o| m.name.contains(o.as_str()))) {
         println!("== {} (batch {}, samples {:?} f32), 3 nodes", m.name, m.batch, m.sample);
         let mut base: Option<f64> = None;

@@ -29,6 +29,19 @@ pub async fn run(node: Option<String>, out: Output) -> Result<(), CliError> {
     t.add_row(vec!["applied index".to_string(), opt(doc.applied_index)]);
     t.add_row(vec!["members alive".to_string(), doc.members_alive.to_string()]);
     t.add_row(vec!["jobs running".to_string(), doc.jobs_running.to_string()]);
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1 << 20));
+    let c = &doc.caches;
+    t.add_row(vec![
+        "caches".to_string(),
+        format!(
+            "inputs {}, models {}, training {} (each at most {}); loaded models at most {} per slot",
+            mib(c.inputs),
+            mib(c.models),
+            mib(c.training),
+            mib(c.limit),
+            mib(c.models_limit)
+        ),
+    ]);
     t.add_row(vec![
         "version".to_string(),
         format!("{} (protocol {}, data format {})", doc.version, doc.protocol, doc.data_format),

@@ -508,6 +508,11 @@ fn rows_are_read_by_range_and_each_meets_its_own_label() {
     let token = common::http_token(common::bin(), &c.node(outsider).rpc);
     let ran = common::value(&common::scrape(&c, outsider, &token), "idunno_worker_inputs_total", &[("job", "rows")]);
     assert!(ran.is_some_and(|n| n > 0.0), "node {outsider} (no copy) ran {ran:?} inputs");
+    // `status` says what its cache holds, within its 1 MiB.
+    let caches = ok(&c, outsider, &["status"])["caches"].clone();
+    assert_eq!(caches["limit"].as_u64(), Some(1 << 20), "{caches}");
+    let held = caches["inputs"].as_u64().unwrap();
+    assert!(held > 0 && held <= 1 << 20, "{caches}");
 }
 
 /// An input set in shards (a name pattern; one shard empty) with labels

@@ -153,6 +153,18 @@ impl Jobs {
         self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// What this node's caches hold, and their bounds (for `status`).
+    pub fn caches(&self) -> idunno_rpc::v1::Caches {
+        let held = |kind| self.metrics.cache_bytes.get_or_create(&metrics::CacheLabel { kind }).get().max(0) as u64;
+        idunno_rpc::v1::Caches {
+            inputs: held("inputs"),
+            models: held("models"),
+            training: held("training"),
+            limit: self.config.cache_bytes() as u64,
+            models_limit: self.config.models_bytes() as u64,
+        }
+    }
+
     pub fn new(
         id: u64,
         coordinator: Arc<Coordinator>,

@@ -212,6 +212,7 @@ impl Node {
             keys: keys.clone(),
             refused: refused.clone(),
             protocol: config.wire_protocol.unwrap_or(idunno_membership::PROTOCOL),
+            jobs: jobs.clone(),
         };
         // Unary calls are bounded by a deadline, bulk transfers by their
         // progress (idunno_rpc::limits).

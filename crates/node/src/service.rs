@@ -27,6 +27,8 @@ pub struct Shared {
     pub refused: Arc<std::sync::atomic::AtomicU64>,
     /// The wire protocol this node speaks.
     pub protocol: u8,
+    /// The jobs layer (what its caches hold).
+    pub jobs: Arc<idunno_jobs::Jobs>,
 }
 
 impl Shared {
@@ -104,6 +106,7 @@ impl Shared {
             }),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
+            caches: Some(self.jobs.caches()),
             security: Some(v1::Security {
                 secured: self.keys.is_some(),
                 refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),

@@ -75,6 +75,17 @@ pub struct StatusJson {
     /// The wire protocol the node speaks and its data folder's format.
     pub protocol: u32,
     pub data_format: u32,
+    /// Bytes the node's caches hold, and their bounds.
+    pub caches: CachesJson,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CachesJson {
+    pub inputs: u64,
+    pub models: u64,
+    pub training: u64,
+    pub limit: u64,
+    pub models_limit: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -122,6 +133,17 @@ impl From<&v1::StatusReply> for StatusJson {
                 .unwrap_or_default(),
             protocol: s.protocol,
             data_format: s.data_format,
+            caches: s
+                .caches
+                .as_ref()
+                .map(|c| CachesJson {
+                    inputs: c.inputs,
+                    models: c.models,
+                    training: c.training,
+                    limit: c.limit,
+                    models_limit: c.models_limit,
+                })
+                .unwrap_or_default(),
         }
     }
 }
