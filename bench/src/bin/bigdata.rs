@@ -63,16 +63,9 @@ const MODELS: &[Model] = &[
 /// Write an `.npy` of `rows` samples of `sample` f32 values (a cheap
 /// pseudo-random sequence), a block at a time.
 fn write_set(path: &Path, rows: usize, sample: &[usize]) -> std::io::Result<u64> {
-    let dims: Vec<String> = std::iter::once(rows).chain(sample.iter().copied()).map(|d| d.to_string()).collect();
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
+    let shape: Vec<usize> = std::iter::once(rows).chain(sample.iter().copied()).collect();
     let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(header.len() as u16).to_le_bytes())?;
-    f.write_all(header.as_bytes())?;
+    f.write_all(&idunno_ml::npy::header("<f4", &shape))?;
     let per_row: usize = sample.iter().product();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut block = Vec::with_capacity(4 << 20);

@@ -422,15 +422,8 @@ fn caches_bounded_by_bytes_still_run_every_query() {
 /// Row `i` of the one-hot test set: zero but for a 1.0 at `i % width`;
 /// tiny-add (`x + 1`) makes `i % 16` its class.
 fn one_hot_npy(rows: std::ops::Range<usize>, width: usize, big_endian: bool) -> Vec<u8> {
-    let order = if big_endian { '>' } else { '<' };
-    let mut header = format!("{{'descr': '{order}f4', 'fortran_order': False, 'shape': ({}, {width}), }}", rows.len());
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut x = b"\x93NUMPY\x01\x00".to_vec();
-    x.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    x.extend_from_slice(header.as_bytes());
+    let descr = if big_endian { ">f4" } else { "<f4" };
+    let mut x = idunno_ml::npy::header(descr, &[rows.len(), width]);
     for i in rows {
         for k in 0..width {
             let v: f32 = if k == i % width { 1.0 } else { 0.0 };

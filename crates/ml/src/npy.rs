@@ -115,7 +115,16 @@ pub fn write(t: &Tensor) -> Vec<u8> {
         DType::F32 => "<f4",
         DType::F64 => "<f8",
     };
-    let dims: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+    let mut out = header(descr, &t.shape);
+    out.extend_from_slice(&t.data);
+    out
+}
+
+/// The start of an `.npy` version 1.0 file of C-order elements `descr`
+/// (`<f4`, `>i8`, …) and `shape`: what precedes the elements, for a
+/// writer that streams them.
+pub fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape = match dims.len() {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
@@ -126,11 +135,10 @@ pub fn write(t: &Tensor) -> Vec<u8> {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + t.data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&t.data);
     out
 }
