@@ -332,7 +332,7 @@ const STATE_MAGIC: &[u8] = b"IDSTATE";
 /// models (`serving`), and assignment notes with each worker's share of
 /// the queries and its slots; 3: the draining nodes (`nodes`); 2: the
 /// timeline (`events`). 1 to 5 are still read.
-const STATE_FORMAT: u8 = 6;
+const STATE_FORMAT: u8 = 7;
 
 impl SmData {
     /// The state's bytes in a snapshot: [`STATE_MAGIC`], the format, then
@@ -365,6 +365,9 @@ impl SmData {
                 }
                 Some((5, body)) => {
                     postcard::from_bytes::<SmDataV5>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
+                }
+                Some((6, body)) => {
+                    postcard::from_bytes::<SmDataV6>(body).map(SmData::from).map_err(|e| format!("the state: {e}"))
                 }
                 Some((format, _)) => {
                     Err(format!("the state is in format {format}; this node reads format {STATE_FORMAT} (upgrade it)"))
@@ -500,6 +503,32 @@ struct ClusterStateV5 {
 impl From<SmDataV5> for SmData {
     fn from(v: SmDataV5) -> Self {
         let ClusterStateV5 { namespace, inference, training, events, nodes, serving } = v.state;
+        let state = ClusterState { namespace, inference: inference.into(), training, events, nodes, serving };
+        SmData { last_applied: v.last_applied, membership: v.membership, state }
+    }
+}
+
+/// A state in format 6: before sharded input sets.
+#[derive(Deserialize)]
+struct SmDataV6 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    state: ClusterStateV6,
+}
+
+#[derive(Deserialize)]
+struct ClusterStateV6 {
+    namespace: idunno_state::Namespace,
+    inference: idunno_state::JobTableV6,
+    training: idunno_state::TrainingTable,
+    events: idunno_state::EventLog,
+    nodes: idunno_state::NodeTable,
+    serving: idunno_state::ServingTable,
+}
+
+impl From<SmDataV6> for SmData {
+    fn from(v: SmDataV6) -> Self {
+        let ClusterStateV6 { namespace, inference, training, events, nodes, serving } = v.state;
         let state = ClusterState { namespace, inference: inference.into(), training, events, nodes, serving };
         SmData { last_applied: v.last_applied, membership: v.membership, state }
     }

@@ -76,7 +76,9 @@ fn every_domain() -> idunno_coordinator::store::SmData {
         json!({"op": "commit_file_version", "name": "gone", "size": 3, "blake3": "cd", "replicas": [3], "keep": 5, "now_ms": 1}),
         json!({"op": "delete_file", "name": "gone", "now_ms": 2}),
         json!({"op": "add_job", "spec": {"name": "j", "model": "m", "inputs": "f", "labels": "l", "batch_size": 4,
-            "samples": 100, "passes": 2, "output": "vector", "transpose": [1, 0], "input_files": [{"name": "f", "version": 1}]}}),
+            "samples": 100, "passes": 2, "output": "vector", "transpose": [1, 0], "input_files": [{"name": "f", "version": 1}],
+            "input_shards": [[{"name": "f-0", "version": 1, "samples": 60}, {"name": "f-1", "version": 2, "samples": 40}]],
+            "label_shards": [{"name": "l-0", "version": 1, "samples": 100}]}}),
         json!({"op": "set_job_state", "job": "j", "state": "running", "now_ms": 2}),
         json!({"op": "complete_queries", "job": "j", "expect_done": 0, "now_ms": 3,
             "queries": [{"start": 0, "len": 4, "latency_us": 1500, "labeled": 4, "correct": 3, "loss_count": 4, "loss_micro": 2_500_000}],
@@ -107,6 +109,19 @@ fn every_domain() -> idunno_coordinator::store::SmData {
         membership: openraft::StoredMembership::new(None, membership),
         state,
     }
+}
+
+/// `state` with every job's shards forgotten (what formats before 7 hold).
+fn without_unsharded(state: &idunno_state::ClusterState) -> idunno_state::ClusterState {
+    let mut s = state.clone();
+    let names: Vec<String> = s.inference.jobs.keys().cloned().collect();
+    for n in &names {
+        if let Some(j) = s.inference.jobs.get_mut(n) {
+            j.spec.input_shards.clear();
+            j.spec.label_shards.clear();
+        }
+    }
+    s
 }
 
 #[test]
@@ -147,7 +162,8 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     );
     assert_eq!(data.state.inference.jobs["j"].progress.loss(), Some(0.625), "a job has a loss");
     let old_notes = idunno_state::JobTableV3::from(&data.state.inference);
-    let mut without_loss = data.state.clone();
+    // (Formats 1 to 6 hold no shards either.)
+    let mut without_loss = without_unsharded(&data.state);
     let names: Vec<String> = without_loss.inference.jobs.keys().cloned().collect();
     for n in &names {
         if let Some(j) = without_loss.inference.jobs.get_mut(n) {
@@ -215,10 +231,18 @@ fn snapshots_hold_the_state_in_binary_and_read_the_older_json() {
     v5.extend(postcard::to_allocvec(&(old, &s.serving)).unwrap());
     assert_eq!(SmData::decode(&v5).unwrap().state, without_loss);
 
+    // Format 6, written before sharded input sets, is read without shards.
+    assert!(!data.state.inference.jobs["j"].spec.input_shards.is_empty(), "a job has shards");
+    let old_specs = idunno_state::JobTableV6::from(&data.state.inference);
+    let old = (&data.last_applied, &data.membership, &s.namespace, &old_specs, &s.training, &s.events, &s.nodes);
+    let mut v6 = b"IDSTATE\x06".to_vec();
+    v6.extend(postcard::to_allocvec(&(old, &s.serving)).unwrap());
+    assert_eq!(SmData::decode(&v6).unwrap().state, without_unsharded(&data.state));
+
     // A format from a newer release is refused by name, not misread.
     let mut newer = bytes.clone();
-    newer[7] = 7;
+    newer[7] = 8;
     let e = SmData::decode(&newer).err().unwrap();
-    assert!(e.contains("format 7") && e.contains("upgrade"), "{e}");
+    assert!(e.contains("format 8") && e.contains("upgrade"), "{e}");
     assert!(SmData::decode(b"IDSTATE").err().unwrap().contains("ends inside its header"));
 }

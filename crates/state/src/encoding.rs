@@ -84,13 +84,138 @@ impl From<FlatClusterState> for ClusterState {
     }
 }
 
+/// A job's definition as formats 1 to 6 of the binary state hold it
+/// (fields are positional): before sharded input sets.
+#[derive(Clone, Deserialize, serde::Serialize)]
+struct JobSpecV6 {
+    name: String,
+    model: String,
+    model_version: u64,
+    inputs: String,
+    input_files: Vec<crate::FileRef>,
+    labels: Option<String>,
+    labels_version: u64,
+    batch_size: u32,
+    samples: u64,
+    passes: Option<u64>,
+    output: crate::OutputKind,
+    max_batch: u32,
+    transpose: Vec<u32>,
+}
+
+impl From<JobSpecV6> for JobSpec {
+    fn from(v: JobSpecV6) -> Self {
+        let JobSpecV6 {
+            name,
+            model,
+            model_version,
+            inputs,
+            input_files,
+            labels,
+            labels_version,
+            batch_size,
+            samples,
+            passes,
+            output,
+            max_batch,
+            transpose,
+        } = v;
+        JobSpec {
+            name,
+            model,
+            model_version,
+            inputs,
+            input_files,
+            labels,
+            labels_version,
+            batch_size,
+            samples,
+            passes,
+            output,
+            max_batch,
+            transpose,
+            input_shards: Vec::new(),
+            label_shards: Vec::new(),
+        }
+    }
+}
+
+impl From<&JobSpec> for JobSpecV6 {
+    /// (What an older release would have written: for tests.)
+    fn from(s: &JobSpec) -> Self {
+        let s = s.clone();
+        JobSpecV6 {
+            name: s.name,
+            model: s.model,
+            model_version: s.model_version,
+            inputs: s.inputs,
+            input_files: s.input_files,
+            labels: s.labels,
+            labels_version: s.labels_version,
+            batch_size: s.batch_size,
+            samples: s.samples,
+            passes: s.passes,
+            output: s.output,
+            max_batch: s.max_batch,
+            transpose: s.transpose,
+        }
+    }
+}
+
+/// The job table as format 6 of the binary state holds it: job
+/// definitions without shards.
+#[derive(Deserialize, serde::Serialize)]
+pub struct JobTableV6 {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
+    jobs: imbl::OrdMap<String, JobV6>,
+    assignments: BTreeMap<String, Vec<u64>>,
+    assignment_notes: BTreeMap<String, AssignmentNote>,
+}
+
+#[derive(Clone, Deserialize, serde::Serialize)]
+struct JobV6 {
+    spec: JobSpecV6,
+    state: JobState,
+    progress: JobProgress,
+    results: JobResults,
+}
+
+impl From<JobTableV6> for JobTable {
+    fn from(v: JobTableV6) -> Self {
+        let jobs = v.jobs.into_iter().map(|(name, j)| {
+            (name, Job { spec: j.spec.into(), state: j.state, progress: j.progress, results: j.results })
+        });
+        JobTable { jobs: jobs.collect(), assignments: v.assignments, assignment_notes: v.assignment_notes }
+    }
+}
+
+impl From<&JobTable> for JobTableV6 {
+    /// (What an older release would have written: for tests.)
+    fn from(t: &JobTable) -> Self {
+        let jobs = t.jobs.iter().map(|(name, j)| {
+            let job = JobV6 {
+                spec: (&j.spec).into(),
+                state: j.state,
+                progress: j.progress.clone(),
+                results: j.results.clone(),
+            };
+            (name.clone(), job)
+        });
+        JobTableV6 {
+            jobs: jobs.collect(),
+            assignments: t.assignments.clone(),
+            assignment_notes: t.assignment_notes.clone(),
+        }
+    }
+}
+
 /// The jobs as formats 1 to 5 of the binary state hold them (their
 /// fields are positional): progress without the loss.
 type JobsV5 = imbl::OrdMap<String, JobV5>;
 
 #[derive(Clone, Deserialize, serde::Serialize)]
 struct JobV5 {
-    spec: JobSpec,
+    spec: JobSpecV6,
     state: JobState,
     progress: JobProgressV5,
     results: JobResults,
@@ -139,7 +264,7 @@ fn jobs_from_v5(jobs: JobsV5) -> Jobs {
                 loss_count: 0,
                 loss_micro: 0,
             };
-            (name, Job { spec: j.spec, state: j.state, progress, results: j.results })
+            (name, Job { spec: j.spec.into(), state: j.state, progress, results: j.results })
         })
         .collect()
 }
@@ -161,7 +286,7 @@ fn jobs_to_v5(jobs: &Jobs) -> JobsV5 {
                 started_at_ms: p.started_at_ms,
                 error: p.error,
             };
-            (name.clone(), JobV5 { spec: j.spec.clone(), state: j.state, progress, results: j.results.clone() })
+            (name.clone(), JobV5 { spec: (&j.spec).into(), state: j.state, progress, results: j.results.clone() })
         })
         .collect()
 }

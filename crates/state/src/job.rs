@@ -51,10 +51,10 @@ pub struct JobSpec {
     /// a name pattern, or a `.shards` list — its shards in order, versions
     /// pinned; empty for an input given as one file (and for every input
     /// of a job without shards).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub input_shards: Vec<Vec<Shard>>,
     /// The labels' shards, if they were given as several.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub label_shards: Vec<Shard>,
 }
 

@@ -37,7 +37,7 @@ mod serving;
 mod training;
 mod trainings;
 
-pub use encoding::{FlatClusterState, JobTableV3, JobTableV5, ServingTableV4};
+pub use encoding::{FlatClusterState, JobTableV3, JobTableV5, JobTableV6, ServingTableV4};
 pub use events::{
     EVENTS_KEPT, Event, EventCommand, EventKind, EventLog, MAX_DETAIL_BYTES, MAX_EVENTS_PER_COMMAND, NewEvent,
 };
