@@ -10,7 +10,7 @@ use idunno_state::{ClusterState, Shard};
 use tonic::Status;
 
 use crate::Jobs;
-use crate::validate::{latest, layout};
+use crate::validate::{latest, layout, pinned};
 
 /// Shards one input set may have.
 pub const MAX_SHARDS: usize = 10_000;
@@ -88,14 +88,14 @@ async fn files(jobs: &Jobs, state: &ClusterState, name: &str, what: &str) -> Res
     if !name.ends_with(".shards") {
         return Ok(vec![(name.to_string(), version)]);
     }
-    let v = jobs.sdfs.find(name, version).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let v = pinned(state, name, version)?;
     if v.size > MAX_LIST_BYTES {
         return Err(Status::invalid_argument(format!(
             "{name} is {} bytes; a .shards list may take at most {MAX_LIST_BYTES}",
             v.size
         )));
     }
-    let bytes = jobs.sdfs.read_range(name, &v, 0, v.size).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let bytes = jobs.sdfs.read_range(name, v, 0, v.size).await.map_err(|e| Status::unavailable(e.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|_| Status::invalid_argument(format!("{name} is not text")))?;
     let listed = parse_list(&text);
     if listed.is_empty() {
@@ -124,12 +124,12 @@ pub(crate) async fn resolve(jobs: &Jobs, state: &ClusterState, name: &str, what:
     let sharded = found.len() > 1 || is_pattern(name) || name.ends_with(".shards");
     if !sharded {
         let (file, version) = &found[0];
-        return Ok(Set { version: *version, shards: Vec::new(), layout: layout(jobs, file, *version).await? });
+        return Ok(Set { version: *version, shards: Vec::new(), layout: layout(jobs, state, file, *version).await? });
     }
     let mut whole: Option<(String, Layout)> = None;
     let mut shards = Vec::with_capacity(found.len());
     for (file, version) in found {
-        let l = layout(jobs, &file, version).await?;
+        let l = layout(jobs, state, &file, version).await?;
         if l.shape.is_empty() {
             return Err(Status::invalid_argument(format!("shard {file} of {name} is a scalar, not samples")));
         }

@@ -6,7 +6,7 @@ use idunno_ml::Model;
 use idunno_ml::layout::Layout;
 use idunno_ml::onnx::{Signature, check_fit};
 use idunno_rpc::v1;
-use idunno_state::{ClusterState, FileRef, JobSpec, MAX_BATCH_SIZE, OutputKind};
+use idunno_state::{ClusterState, FileRef, FileVersion, JobSpec, MAX_BATCH_SIZE, OutputKind};
 use tonic::Status;
 
 use crate::Jobs;
@@ -31,12 +31,25 @@ async fn read(jobs: &Jobs, name: &str, version: u64) -> Result<Vec<u8>, Status> 
 
 /// Where the rows of array file `name` are: read from its header alone,
 /// however large the file.
-pub(crate) async fn layout(jobs: &Jobs, name: &str, version: u64) -> Result<Layout, Status> {
-    let unavailable = |e: idunno_sdfs::SdfsError| Status::unavailable(format!("reading {name} from SDFS: {e}"));
-    let v = jobs.sdfs.find(name, version).await.map_err(unavailable)?;
+pub(crate) async fn layout(jobs: &Jobs, state: &ClusterState, name: &str, version: u64) -> Result<Layout, Status> {
+    let v = pinned(state, name, version)?;
     let head = v.size.min(idunno_ml::layout::HEADER_BYTES as u64);
-    let prefix = jobs.sdfs.read_range(name, &v, 0, head).await.map_err(unavailable)?;
+    let prefix = jobs
+        .sdfs
+        .read_range(name, v, 0, head)
+        .await
+        .map_err(|e| Status::unavailable(format!("reading {name} from SDFS: {e}")))?;
     idunno_ml::layout::layout(&prefix, v.size).map_err(|e| Status::invalid_argument(format!("{name}: {e}")))
+}
+
+/// Version `version` of `name` as the state read for this request has it
+/// (no second round trip to the leader per file).
+pub(crate) fn pinned<'a>(state: &'a ClusterState, name: &str, version: u64) -> Result<&'a FileVersion, Status> {
+    let versions = state.namespace.files.get(name).map(|f| f.versions.as_slice()).unwrap_or_default();
+    versions
+        .iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| Status::not_found(format!("{name} has no version {version} in SDFS")))
 }
 
 /// The largest batch whose outputs fit in the worker's results budget, if
