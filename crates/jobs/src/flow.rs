@@ -98,6 +98,12 @@ pub(crate) struct QueryFlow {
     slots: BTreeMap<u64, usize>,
     /// The served models each worker has loaded, as its last call said.
     serving: BTreeMap<u64, BTreeSet<String>>,
+    /// Bytes of results held for `pending` and for the flush under way
+    /// ([`held_bytes`]), and the most this leader holds before it hands
+    /// out no more queries.
+    held: usize,
+    in_flush: usize,
+    max_held: usize,
 }
 
 /// More slots than any worker is believed to have (a bound on what a
@@ -105,7 +111,7 @@ pub(crate) struct QueryFlow {
 const MAX_SLOTS: usize = 1024;
 
 impl QueryFlow {
-    pub(crate) fn new(lease_ms: u64) -> QueryFlow {
+    pub(crate) fn new(lease_ms: u64, max_held: usize) -> QueryFlow {
         QueryFlow {
             dispatcher: Dispatcher::new(DispatcherConfig { lease_ms }),
             running: BTreeMap::new(),
@@ -115,6 +121,9 @@ impl QueryFlow {
             gone_seen: BTreeSet::new(),
             slots: BTreeMap::new(),
             serving: BTreeMap::new(),
+            held: 0,
+            in_flush: 0,
+            max_held,
         }
     }
 
@@ -184,7 +193,9 @@ impl QueryFlow {
                     // alike (`as` saturates, and NaN becomes 0).
                     loss_micro: (r.loss_sum.max(0.0) * 1e6).round() as u64,
                 };
-                self.pending.entry(r.job).or_default().push(Pending { query, done, layout, outputs: r.outputs });
+                let p = Pending { query, done, layout, outputs: r.outputs };
+                self.held += held_bytes(&p);
+                self.pending.entry(r.job).or_default().push(p);
             }
         }
         accepted
@@ -213,7 +224,13 @@ impl QueryFlow {
     }
 
     /// Up to `want` queries for `worker`, described for it.
+    /// Nothing while the results waiting to be written reach the bound:
+    /// the leader's memory is bounded by its configuration, not by how
+    /// much faster than SDFS takes them the workers produce results.
     pub(crate) fn take(&mut self, worker: u64, want: usize, now_ms: u64) -> Vec<v1::QueryTask> {
+        if self.throttled() {
+            return Vec::new();
+        }
         let queries = self.dispatcher.take(worker, want, now_ms);
         queries.into_iter().filter_map(|q| Some(task(self.running.get(&q.job)?, &q))).collect()
     }
@@ -282,7 +299,20 @@ impl QueryFlow {
 
     /// Every job's accepted reports, to flush.
     pub(crate) fn take_pending(&mut self) -> BTreeMap<String, Vec<Pending>> {
+        self.in_flush += std::mem::take(&mut self.held);
         std::mem::take(&mut self.pending)
+    }
+
+    /// The flush under way came back (its reports that did not count come
+    /// through [`QueryFlow::unflushed`]).
+    pub(crate) fn flush_returned(&mut self) {
+        self.in_flush = 0;
+    }
+
+    /// Whether the results held (waiting for a flush, or in the one under
+    /// way) have reached the bound.
+    pub(crate) fn throttled(&self) -> bool {
+        self.held + self.in_flush >= self.max_held
     }
 
     /// A flush of `job` that did not count: its reports wait for the next
@@ -290,6 +320,7 @@ impl QueryFlow {
     pub(crate) fn unflushed(&mut self, job: String, why: Unflushed) {
         match why {
             Unflushed::Retry(_, items) => {
+                self.held += items.iter().map(held_bytes).sum::<usize>();
                 let slot = self.pending.entry(job).or_default();
                 let newer = std::mem::take(slot);
                 *slot = items;
@@ -298,6 +329,13 @@ impl QueryFlow {
             Unflushed::Drop(_, queries) => self.dispatcher.abandon(&queries),
         }
     }
+}
+
+/// Bytes a pending report holds until its flush is done: its outputs,
+/// and the segment rows a flush copies them into (query, pass and input
+/// numbers, then the output).
+fn held_bytes(p: &Pending) -> usize {
+    p.outputs.len() * 2 + usize::try_from(p.query.len).unwrap_or(usize::MAX / 2).saturating_mul(24)
 }
 
 /// One job's reports as a segment to write, against the job as the state
@@ -446,10 +484,38 @@ mod tests {
     }
 
     fn flow_with(jobs: &[Job], workers: &[u64]) -> QueryFlow {
-        let mut flow = QueryFlow::new(10_000);
+        let mut flow = QueryFlow::new(10_000, usize::MAX);
         let members: Vec<(u64, bool)> = workers.iter().map(|w| (*w, true)).collect();
         assert!(flow.observe(running(jobs), &members, NOW).wake, "a new job is new work");
         flow
+    }
+
+    #[test]
+    fn results_waiting_to_be_written_stop_the_handing_out_at_their_bound() {
+        // A query of 10 inputs holds 400 bytes: 80 of outputs (classes),
+        // as many again in its segment, and 24 per row.
+        let mut flow = QueryFlow::new(10_000, 800);
+        let members = [(2, true)];
+        assert!(flow.observe(running(&[job("j", 100, 10)]), &members, NOW).wake);
+        let tasks = flow.take(2, 3, NOW);
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(flow.report(2, tasks[..2].iter().map(ok).collect(), NOW), 2);
+        assert!(flow.throttled());
+        assert!(flow.take(2, 3, NOW).is_empty(), "800 bytes held: nothing more until a flush");
+        // The last lease still delivers.
+        assert_eq!(flow.report(2, vec![ok(&tasks[2])], NOW), 1);
+        // Taken for a flush, still held until it comes back.
+        let pending = flow.take_pending();
+        assert!(flow.take(2, 1, NOW).is_empty());
+        flow.flush_returned();
+        assert!(!flow.throttled());
+        assert_eq!(flow.take(2, 1, NOW).len(), 1);
+        // A flush that could not write hands its reports back: held again.
+        let items = pending["j"].clone();
+        flow.unflushed("j".into(), Unflushed::Retry("no replica".into(), items));
+        assert!(flow.throttled());
+        assert!(flow.take(2, 1, NOW).is_empty());
+        flow.check().unwrap();
     }
 
     #[test]

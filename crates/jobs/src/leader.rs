@@ -65,6 +65,9 @@ pub(crate) struct Leader {
     /// Woken when there may be new work for long-polling workers.
     work: Notify,
     lease_ms: u64,
+    /// Bytes of results waiting to be written at which no more queries
+    /// are handed out (`[worker] results_mb`).
+    max_held: usize,
     /// The owner checks the lease table after every event once asked to
     /// (the whole-cluster simulation does), keeping the first failure.
     audit: AtomicBool,
@@ -77,6 +80,7 @@ impl Leader {
             calls: Mutex::new(None),
             work: Notify::new(),
             lease_ms: config.lease_ms,
+            max_held: config.results_bytes(),
             audit: AtomicBool::new(false),
             violation: Mutex::new(None),
         }
@@ -182,7 +186,7 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
     let (back_tx, mut back_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write(jobs.clone(), write_rx, back_tx));
     let mut term = Term {
-        flow: QueryFlow::new(leader.lease_ms),
+        flow: QueryFlow::new(leader.lease_ms, leader.max_held),
         writes: write_tx,
         last_flush: Instant::now(),
         last_notes: Instant::now(),
@@ -203,10 +207,16 @@ async fn lead(jobs: &Arc<Jobs>, stop: CancellationToken) {
                 continue;
             }
             Some(unflushed) = back_rx.recv() => {
+                let throttled = term.flow.throttled();
+                term.flow.flush_returned();
                 for (job, why) in unflushed {
                     term.flow.unflushed(job, why);
                 }
                 term.flushing = false;
+                if throttled && !term.flow.throttled() {
+                    // Workers waiting for queries may have them now.
+                    leader.work.notify_waiters();
+                }
                 leader.audit(&term.flow);
                 continue;
             }

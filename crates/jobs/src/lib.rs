@@ -70,6 +70,11 @@ pub struct WorkerConfig {
     /// sizes (a session holds about as much; the least recently used are
     /// unloaded; one bigger than this is still kept while it is used).
     pub models_mb: u64,
+    /// MiB of finished queries' results the coordinator leader holds
+    /// while they wait to be written to SDFS (and in the write under
+    /// way); at this much it hands out no more queries until a write
+    /// frees some, so jobs run at the pace their results are stored.
+    pub results_mb: u64,
 }
 
 impl Default for WorkerConfig {
@@ -82,6 +87,7 @@ impl Default for WorkerConfig {
             segment_grace_ms: 60_000,
             cache_mb: 128,
             models_mb: 256,
+            results_mb: 64,
         }
     }
 }
@@ -90,6 +96,11 @@ impl WorkerConfig {
     /// [`WorkerConfig::cache_mb`] in bytes.
     pub(crate) fn cache_bytes(&self) -> usize {
         usize::try_from(self.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
+    /// [`WorkerConfig::results_mb`] in bytes.
+    pub(crate) fn results_bytes(&self) -> usize {
+        usize::try_from(self.results_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
     /// [`WorkerConfig::models_mb`] in bytes.
@@ -104,7 +115,8 @@ impl WorkerConfig {
         if self.flush_ms == 0 || self.lease_ms == 0 {
             return Err("worker.flush_ms and worker.lease_ms must be at least 1".into());
         }
-        for (name, mb) in [("cache_mb", self.cache_mb), ("models_mb", self.models_mb)] {
+        for (name, mb) in [("cache_mb", self.cache_mb), ("models_mb", self.models_mb), ("results_mb", self.results_mb)]
+        {
             if mb == 0 || mb > 1 << 30 {
                 return Err(format!("worker.{name} must be from 1 to {}, not {mb}", 1u64 << 30));
             }
