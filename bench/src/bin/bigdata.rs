@@ -6,7 +6,8 @@
 //! Printed per case: each node's RSS when idle (fresh, before anything was
 //! stored) and its peak while the job ran, the peak above idle (target ≤
 //! 400 MB whatever the set's size), and queries/s against the same job
-//! over the smallest set of the run (target ≥ 0.9).
+//! over the smallest set of the run (target ≥ 0.9). Every size runs
+//! `--rounds` times in alternating order and the ratio is of the medians.
 //!
 //! With `--train-mb N`, also a training (MLP, 3 workers) over N MB of
 //! MNIST-sized images (28×28 bytes, IDX) for `--seconds`: every member's
@@ -45,6 +46,11 @@ struct Args {
     /// MB of images for the training case (0: none).
     #[arg(long, default_value_t = 0)]
     train_mb: u64,
+    /// Rounds of every size, in alternating order (smallest first, then
+    /// largest first, ...): this machine's speed drifts over minutes, so
+    /// each size's rate is the median of its rounds.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 struct Model {
@@ -250,23 +256,54 @@ fn main() {
         train_case(&args);
     }
     for m in MODELS.iter().filter(|m| args.only.as_ref().is_none_or(|o| m.name.contains(o.as_str()))) {
-        println!("== {} (batch {}, samples {:?} f32), 3 nodes", m.name, m.batch, m.sample);
-        let mut base: Option<f64> = None;
-        for size in &args.sizes_mb {
-            let r = run_case(&args, m, *size);
-            let base_rate = *base.get_or_insert(r.rate);
-            let above: Vec<f64> = r.peak.iter().zip(&r.idle).map(|(p, i)| p - i).collect();
-            let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / ");
+        println!("== {} (batch {}, samples {:?} f32), 3 nodes, {} rounds", m.name, m.batch, m.sample, args.rounds);
+        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / ");
+        // Per size: each round's rate and the largest peak above idle.
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); args.sizes_mb.len()];
+        let mut above_max = vec![0f64; args.sizes_mb.len()];
+        for round in 0..args.rounds.max(1) {
+            let mut order: Vec<usize> = (0..args.sizes_mb.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let size = args.sizes_mb[i];
+                let r = run_case(&args, m, size);
+                let above: Vec<f64> = r.peak.iter().zip(&r.idle).map(|(p, i)| p - i).collect();
+                above_max[i] = above.iter().cloned().fold(above_max[i], f64::max);
+                rates[i].push(r.rate);
+                println!(
+                    "  round {}, {size} MB: {:.1} queries/s; RSS idle {} MiB, peak {} MiB, peak above idle {} MiB (max {:.0}, target <= 400 MB = 381 MiB)",
+                    round + 1,
+                    r.rate,
+                    fmt(&r.idle),
+                    fmt(&r.peak),
+                    fmt(&above),
+                    above.iter().cloned().fold(0.0, f64::max)
+                );
+            }
+        }
+        let base = median(&rates[0]);
+        println!("  {}: median over the rounds", m.name);
+        for (i, size) in args.sizes_mb.iter().enumerate() {
             println!(
-                "  {size} MB: {:.1} queries/s ({:.2} of the {} MB set); RSS idle {} MiB, peak {} MiB, peak above idle {} MiB (max {:.0}, target <= 400 MB = 381 MiB)",
-                r.rate,
-                r.rate / base_rate,
+                "  {size} MB: {:.1} queries/s ({:.2} of the {} MB set; rounds {}); peak above idle at most {:.0} MiB",
+                median(&rates[i]),
+                median(&rates[i]) / base,
                 args.sizes_mb[0],
-                fmt(&r.idle),
-                fmt(&r.peak),
-                fmt(&above),
-                above.iter().cloned().fold(0.0, f64::max)
+                fmt(&rates[i]),
+                above_max[i]
             );
         }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
