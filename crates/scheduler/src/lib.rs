@@ -85,7 +85,14 @@ struct JobQueue {
     /// the search for free work starts (so handing out a query costs
     /// O(log n), not a walk over everything held).
     free_from: u64,
+    /// Where each worker's run goes on: the position after the last
+    /// query it was handed here (see [`JobQueue::next_free_for`]).
+    runs: BTreeMap<WorkerId, u64>,
 }
+
+/// Queries a worker's run may take before another worker starts one of
+/// its own: what a run of one worker covers ahead of it.
+pub const RUN_QUERIES: u64 = 64;
 
 /// The end of the range of `ranges` (start → length) that holds `pos`,
 /// if one does. The ranges are disjoint.
@@ -101,8 +108,15 @@ fn overlaps(ranges: &BTreeMap<u64, u64>, start: u64, end: u64) -> bool {
 
 impl JobQueue {
     fn new(view: JobView, vtime: u64) -> JobQueue {
-        let mut q =
-            JobQueue { view, leased: BTreeMap::new(), pending: BTreeMap::new(), vtime, cost_us: None, free_from: 0 };
+        let mut q = JobQueue {
+            view,
+            leased: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            vtime,
+            cost_us: None,
+            free_from: 0,
+            runs: BTreeMap::new(),
+        };
         q.free_from = q.skip_taken(0);
         q
     }
@@ -147,15 +161,54 @@ impl JobQueue {
     fn next_free(&mut self) -> Option<(u64, u64)> {
         let cursor = self.skip_taken(self.free_from);
         self.free_from = cursor;
+        (cursor < self.view.end()).then(|| self.range_at(cursor))
+    }
+
+    /// The query that starts at the free position `at` (below the end):
+    /// up to `batch_size` positions, within its pass, up to the next
+    /// taken one.
+    fn range_at(&self, at: u64) -> (u64, u64) {
         let samples = self.view.samples.max(1);
         let end = self.view.end();
-        if cursor >= end {
-            return None;
+        let next_taken = self.first_taken_after(at).unwrap_or(u64::MAX);
+        let pass_end = (at / samples + 1) * samples;
+        let len = (self.view.batch_size as u64).min(next_taken - at).min(pass_end - at).min(end - at);
+        (at, len)
+    }
+
+    /// The next free query for `worker`, which runs of consecutive
+    /// queries: right after its last one when that is free, so that the
+    /// chunks of rows it read (and read ahead) serve its next queries,
+    /// instead of every worker reading every chunk for every third
+    /// query. Else the first free query outside the runs other workers
+    /// are on (the [`RUN_QUERIES`] queries after where each goes on), and
+    /// when there is none, the first free query. Only which free query
+    /// is chosen changes: what is free is as before.
+    fn next_free_for(&mut self, worker: WorkerId) -> Option<(u64, u64)> {
+        let first = self.next_free()?;
+        let end = self.view.end();
+        if let Some(&at) = self.runs.get(&worker)
+            && at < end
+            && self.skip_taken(at) == at
+        {
+            return Some(self.range_at(at));
         }
-        let next_taken = self.first_taken_after(cursor).unwrap_or(u64::MAX);
-        let pass_end = (cursor / samples + 1) * samples;
-        let len = (self.view.batch_size as u64).min(next_taken - cursor).min(pass_end - cursor).min(end - cursor);
-        Some((cursor, len))
+        let span = RUN_QUERIES.saturating_mul(self.view.batch_size.max(1) as u64);
+        let mut at = first.0;
+        // Each step moves past one other run, so this ends within as many
+        // steps as there are workers.
+        while let Some(past) = self
+            .runs
+            .iter()
+            .filter(|(w, _)| **w != worker)
+            .find_map(|(_, &r)| (r <= at && at < r.saturating_add(span)).then(|| r.saturating_add(span)))
+        {
+            at = self.skip_taken(past);
+            if at >= end {
+                return Some(first);
+            }
+        }
+        Some(self.range_at(at))
     }
 
     fn first_taken_after(&self, at: u64) -> Option<u64> {
@@ -343,7 +396,7 @@ impl Dispatcher {
             let mut pick = None;
             for (vtime, name) in &self.order {
                 let Some(q) = self.jobs.get_mut(name) else { continue };
-                if let Some(free) = q.next_free() {
+                if let Some(free) = q.next_free_for(worker) {
                     pick = Some((*vtime, name.clone(), free));
                     break;
                 }
@@ -351,6 +404,7 @@ impl Dispatcher {
             let Some((vtime, name, (start, len))) = pick else { break };
             let Some(q) = self.jobs.get_mut(&name) else { break };
             q.leased.insert(start, Lease { len, worker, deadline_ms: now_ms + self.config.lease_ms });
+            q.runs.insert(worker, start + len);
             q.vtime += 1;
             let pass = start / q.view.samples.max(1);
             self.order.remove(&(vtime, name.clone()));
@@ -428,6 +482,7 @@ impl Dispatcher {
             let before = q.leased.len();
             let first = q.leased.iter().find(|(_, l)| l.worker == worker).map(|(&s, _)| s);
             q.leased.retain(|_, l| l.worker != worker);
+            q.runs.remove(&worker);
             n += before - q.leased.len();
             if let Some(s) = first {
                 q.freed(s);
@@ -603,6 +658,67 @@ mod tests {
             cursor = cursor.max(e);
         }
         cursor
+    }
+
+    /// Three workers taking one query at a time, as slots free up: each
+    /// gets runs of consecutive queries (so each reads its own chunks of
+    /// rows), and still every position is handed out exactly once, to
+    /// the last query of the job.
+    #[test]
+    fn workers_take_runs_of_consecutive_queries_and_every_position_once() {
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        let batch = 10u64;
+        let samples = 3 * RUN_QUERIES * batch + 55;
+        let view = JobView { name: "j".into(), samples, passes: Some(1), batch_size: batch as u32, done: vec![] };
+        d.sync(std::slice::from_ref(&view));
+        let mut by_worker: BTreeMap<WorkerId, Vec<Query>> = BTreeMap::new();
+        let mut seen = vec![false; samples as usize];
+        for round in 0.. {
+            let w = 1 + round % 3;
+            let Some(q) = d.take(w, 1, 0).pop() else { break };
+            for p in q.start..q.start + q.len {
+                assert!(!std::mem::replace(&mut seen[p as usize], true), "position {p} handed out twice");
+            }
+            assert_eq!(d.report(w, &q, 1000, 0), Report::Accepted);
+            by_worker.entry(w).or_default().push(q);
+            d.check().unwrap();
+        }
+        assert!(seen.iter().all(|s| *s), "every position handed out");
+        for (w, qs) in &by_worker {
+            // The first RUN_QUERIES / 2 queries of each worker follow one
+            // another: no worker steps into another's run.
+            let first: Vec<u64> = qs.iter().take(RUN_QUERIES as usize / 2).map(|q| q.start).collect();
+            assert!(first.windows(2).all(|p| p[1] == p[0] + batch), "worker {w}: {first:?}");
+        }
+        let starts: BTreeSet<u64> = by_worker.values().map(|qs| qs[0].start).collect();
+        assert_eq!(starts.len(), 3, "three runs in three places: {starts:?}");
+    }
+
+    /// A worker whose run meets work taken by another goes on at the
+    /// first free query outside the others' runs; one that died leaves
+    /// no run behind.
+    #[test]
+    fn a_run_that_meets_taken_work_starts_again_outside_the_others() {
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        let view = JobView { name: "j".into(), samples: 1_000_000, passes: Some(1), batch_size: 10, done: vec![] };
+        d.sync(std::slice::from_ref(&view));
+        let span = RUN_QUERIES * 10;
+        assert_eq!(d.take(1, 1, 0)[0].start, 0);
+        // Worker 2 starts past worker 1's run.
+        assert_eq!(d.take(2, 1, 0)[0].start, 10 + span);
+        // Worker 1 goes on; worker 3 starts past both runs.
+        assert_eq!(d.take(1, 1, 0)[0].start, 10);
+        assert_eq!(d.take(3, 1, 0)[0].start, 20 + 2 * span);
+        // Worker 2 dies: its lease and its run are gone. The next worker
+        // to start a run starts right past worker 1's; worker 1's run
+        // takes up what worker 2 held when it gets there.
+        d.worker_gone(2);
+        assert_eq!(d.take(4, 1, 0)[0].start, 20 + span);
+        for _ in 0..RUN_QUERIES - 1 {
+            d.take(1, 1, 0);
+        }
+        assert_eq!(d.take(1, 1, 0)[0].start, 10 + span, "worker 2's query, by worker 1's run");
+        d.check().unwrap();
     }
 
     /// Random events (a fixed-seed generator), and after each one the
