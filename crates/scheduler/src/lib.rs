@@ -184,16 +184,30 @@ impl JobQueue {
     /// are on (the [`RUN_QUERIES`] queries after where each goes on), and
     /// when there is none, the first free query. Only which free query
     /// is chosen changes: what is free is as before.
+    ///
+    /// Runs stay in the first free query's pass, or go on into the next
+    /// one at its start (as handing out the first free query does when
+    /// a pass is all taken), so queries handed out before a batch size
+    /// change stay near the front. A pass shorter than four runs has
+    /// none: its queries go out first free first, as before runs.
     fn next_free_for(&mut self, worker: WorkerId) -> Option<(u64, u64)> {
         let first = self.next_free()?;
         let end = self.view.end();
+        let samples = self.view.samples.max(1);
+        let span = RUN_QUERIES.saturating_mul(self.view.batch_size.max(1) as u64);
+        if samples / 4 < span {
+            // A pass too short for runs side by side: its rows are few
+            // enough to stay in every worker's cache anyway.
+            return Some(first);
+        }
+        let front = first.0 / samples;
         if let Some(&at) = self.runs.get(&worker)
             && at < end
+            && (at / samples == front || (at / samples == front.saturating_add(1) && at % samples == 0))
             && self.skip_taken(at) == at
         {
             return Some(self.range_at(at));
         }
-        let span = RUN_QUERIES.saturating_mul(self.view.batch_size.max(1) as u64);
         let mut at = first.0;
         // Each step moves past one other run, so this ends within as many
         // steps as there are workers.
@@ -204,7 +218,7 @@ impl JobQueue {
             .find_map(|(_, &r)| (r <= at && at < r.saturating_add(span)).then(|| r.saturating_add(span)))
         {
             at = self.skip_taken(past);
-            if at >= end {
+            if at >= end || at / samples != front {
                 return Some(first);
             }
         }
@@ -668,7 +682,7 @@ mod tests {
     fn workers_take_runs_of_consecutive_queries_and_every_position_once() {
         let mut d = Dispatcher::new(DispatcherConfig::default());
         let batch = 10u64;
-        let samples = 3 * RUN_QUERIES * batch + 55;
+        let samples = 6 * RUN_QUERIES * batch + 55;
         let view = JobView { name: "j".into(), samples, passes: Some(1), batch_size: batch as u32, done: vec![] };
         d.sync(std::slice::from_ref(&view));
         let mut by_worker: BTreeMap<WorkerId, Vec<Query>> = BTreeMap::new();
@@ -692,6 +706,39 @@ mod tests {
         }
         let starts: BTreeSet<u64> = by_worker.values().map(|qs| qs[0].start).collect();
         assert_eq!(starts.len(), 3, "three runs in three places: {starts:?}");
+    }
+
+    /// A looping job over a set of a few runs per pass: runs never take
+    /// a worker passes ahead of the first free query.
+    #[test]
+    fn runs_over_a_looping_set_stay_within_a_pass_of_the_front() {
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        let samples = 4 * RUN_QUERIES * 2 + 88;
+        let view = JobView { name: "j".into(), samples, passes: None, batch_size: 2, done: vec![] };
+        d.sync(std::slice::from_ref(&view));
+        let mut held: Vec<(WorkerId, Query)> = Vec::new();
+        for round in 0..6000u64 {
+            let w = 1 + round % 3;
+            // Each worker holds two queries; the one that finishes is
+            // the oldest of a worker picked in turn.
+            if held.iter().filter(|(x, _)| *x == w).count() >= 2 {
+                let i = held.iter().position(|(x, _)| *x == w).unwrap();
+                let (_, q) = held.remove(i);
+                assert_eq!(d.report(w, &q, 1000, 0), Report::Accepted);
+                let q = d.jobs.get_mut("j").unwrap();
+                let done: Vec<u64> = q.pending.keys().copied().collect();
+                for s in done {
+                    let l = q.pending.remove(&s).unwrap();
+                    q.view.done.push((s, s + l));
+                }
+                q.view.done.sort_unstable();
+            }
+            let front = first_free(&d.jobs["j"]) / samples;
+            for q in d.take(w, 1, 0) {
+                assert!(q.pass <= front + 1, "round {round}: pass {} handed out, front at pass {front}", q.pass);
+                held.push((w, q));
+            }
+        }
     }
 
     /// A worker whose run meets work taken by another goes on at the
