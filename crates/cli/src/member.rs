@@ -22,7 +22,7 @@ pub enum MemberCommand {
     Leave,
     /// Empty a node and stop it: it takes no more work, hands back what it holds, leaves the
     /// voters, waits until its files are held elsewhere, then leaves the group. Returns once it
-    /// has.
+    /// has and the coordinator group has another leader.
     Drain {
         /// The node to drain (its id, as `member list` shows) [default: the node this command
         /// talks to, as in a Kubernetes preStop hook].
@@ -101,6 +101,26 @@ pub async fn run(cmd: MemberCommand, node: Option<String>, out: Output) -> Resul
                     )));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            // A drained leader has stepped down; the others elect a new one
+            // only after their election timeout. The drain is over when the
+            // group has a coordinator again, so the next step of a rolling
+            // restart never starts without one.
+            loop {
+                let status = watcher
+                    .status(v1::StatusRequest {})
+                    .await
+                    .map_err(|s| RpcError::from_status(&via, s))?
+                    .into_inner();
+                if status.leader.is_some_and(|l| l != node_id) {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(CliError::failed(format!(
+                        "node {node_id} stopped, but no other coordinator leader was known after {timeout} s"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             let seconds = started.elapsed().as_secs_f64();
             if out.json {
