@@ -74,4 +74,13 @@ impl Model {
             Model::Trained(m) => m.run(inputs),
         }
     }
+
+    /// Give back the memory kept between runs, for a model going idle
+    /// ([`OnnxModel::release_memory`]; a trained model keeps none).
+    pub fn release_memory(&mut self) -> Result<(), MlError> {
+        match self {
+            Model::Onnx(m) => m.release_memory(),
+            Model::Trained(_) => Ok(()),
+        }
+    }
 }

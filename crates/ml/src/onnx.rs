@@ -117,6 +117,8 @@ pub struct OnnxModel {
     session: Session,
     inputs: Vec<Signature>,
     outputs: Vec<Signature>,
+    /// Whether it ran since its memory was last released.
+    ran: bool,
 }
 
 impl OnnxModel {
@@ -135,7 +137,7 @@ impl OnnxModel {
             .map_err(bad)?;
         let inputs = session.inputs().iter().map(|o| Signature::of(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| Signature::of(o.name(), o.dtype())).collect();
-        Ok(OnnxModel { session, inputs, outputs })
+        Ok(OnnxModel { session, inputs, outputs, ran: false })
     }
 
     pub fn inputs(&self) -> &[Signature] {
@@ -178,6 +180,7 @@ impl OnnxModel {
             }
             values.push((sig.name.clone(), to_value(t)?));
         }
+        self.ran = true;
         let outputs = self.session.run(values).map_err(|e| MlError::Run(e.to_string()))?;
         let mut out = Vec::with_capacity(self.outputs.len());
         for sig in &self.outputs {
@@ -185,6 +188,35 @@ impl OnnxModel {
             out.push(from_value(v)?);
         }
         Ok(out)
+    }
+}
+
+impl OnnxModel {
+    /// Give the memory ONNX Runtime keeps for its runs' intermediate
+    /// tensors (its arena, which only grows) back to the allocator, for a
+    /// model going idle; nothing to do if it has not run since the last
+    /// time. The runtime shrinks its arena only at the end of a run, so
+    /// this runs the model once on a single row of zeros (free dimensions
+    /// taken as 1). The next real run pays for faulting its memory in
+    /// again.
+    pub fn release_memory(&mut self) -> Result<(), MlError> {
+        if !std::mem::take(&mut self.ran) {
+            return Ok(());
+        }
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
+        for sig in &self.inputs {
+            let Some(dtype) = sig.dtype else {
+                return Err(MlError::Run(format!("input {} has an unsupported type", sig.name)));
+            };
+            let shape: Vec<usize> = sig.shape.iter().map(|d| (*d).max(1) as usize).collect();
+            let n = crate::limits::elements(&shape).unwrap_or(0);
+            let zero = Tensor { dtype, shape, data: vec![0; n * dtype.size()] };
+            values.push((sig.name.clone(), to_value(&zero)?));
+        }
+        let mut options = ort::session::RunOptions::new().map_err(|e| MlError::Run(e.to_string()))?;
+        options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(|e| MlError::Run(e.to_string()))?;
+        self.session.run_with_options(values, &options).map_err(|e| MlError::Run(e.to_string()))?;
+        Ok(())
     }
 }
 
