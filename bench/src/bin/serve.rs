@@ -503,8 +503,10 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
         );
         o.rounds.push(round);
     }
-    // Idle after the load, as the peer script measures Ray's processes.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle after the load, as the peer script measures Ray's processes:
+    // past the 3 s after which a node's idle slots give back what their
+    // models keep between runs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     o.idle_rss_mib = rss_mib(c.node(1).pid).unwrap_or(f64::NAN);
     drop(c);
     if args.one_node {

@@ -83,6 +83,11 @@ impl<K: Eq + Hash + Clone, V> ByteLru<K, V> {
         self.entries.values().map(|e| (&e.value, e.size))
     }
 
+    /// Every entry's value, without touching their order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, e)| (k, &mut e.value))
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()

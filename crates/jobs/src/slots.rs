@@ -49,19 +49,71 @@ pub(crate) enum SlotWork {
     Infer(InferWork),
     /// Nothing to run: look at what changed (the served models kept).
     Nudge,
+    /// Every slot has been idle for [`IDLE`] since the last work: give
+    /// back the memory that work left (each slot gets it once).
+    Idle,
 }
 
+/// How long every slot must have been idle before the memory their
+/// work freed is given back: long enough that steady traffic (requests a
+/// second or less apart) never pays for faulting it in again.
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The work waiting for this node's slots.
-#[derive(Default)]
 pub(crate) struct SlotQueue {
-    queue: Mutex<FairQueue<SlotWork>>,
+    queue: Mutex<Waiting>,
     ready: Condvar,
     closed: AtomicBool,
     /// Counts [`SlotQueue::nudge`]s (changed under the queue's lock).
     nudges: AtomicU64,
+    /// See [`IDLE`].
+    idle: std::time::Duration,
+}
+
+impl Default for SlotQueue {
+    fn default() -> SlotQueue {
+        SlotQueue::with_idle(IDLE)
+    }
+}
+
+struct Waiting {
+    work: FairQueue<SlotWork>,
+    /// Slots running a piece of work.
+    running: usize,
+    /// When the last running slot finished (`None`: that idle spell has
+    /// been declared, or there was no work yet).
+    idle_since: Option<Instant>,
+    /// Counts the idle spells declared.
+    spells: u64,
+}
+
+impl Default for Waiting {
+    fn default() -> Waiting {
+        Waiting { work: FairQueue::default(), running: 0, idle_since: None, spells: 0 }
+    }
+}
+
+/// What one slot's loop keeps between [`SlotQueue::next`] calls.
+#[derive(Default)]
+pub(crate) struct SlotCursor {
+    nudged: u64,
+    working: bool,
+    /// The idle spells this slot was told of, or that began before work
+    /// it took since.
+    spells: u64,
 }
 
 impl SlotQueue {
+    pub(crate) fn with_idle(idle: std::time::Duration) -> SlotQueue {
+        SlotQueue {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            closed: AtomicBool::new(false),
+            nudges: AtomicU64::new(0),
+            idle,
+        }
+    }
+
     /// Have every slot look at what changed (each gets one
     /// [`SlotWork::Nudge`], idle or not).
     pub(crate) fn nudge(&self) {
@@ -71,27 +123,53 @@ impl SlotQueue {
     }
 
     pub(crate) fn push(&self, flow: &str, work: SlotWork, size: u64, weight: u32) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(flow, work, size, weight);
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).work.push(flow, work, size, weight);
         self.ready.notify_one();
     }
 
-    /// The next piece of work, waiting for one; `None` once closed.
-    /// `nudged` is the caller's count of nudges seen.
-    pub(crate) fn next(&self, nudged: &mut u64) -> Option<SlotWork> {
+    /// The next piece of work, waiting for one; `None` once closed. The
+    /// caller's previous piece (if any) is over.
+    pub(crate) fn next(&self, cursor: &mut SlotCursor) -> Option<SlotWork> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::take(&mut cursor.working) {
+            q.running = q.running.saturating_sub(1);
+            if q.running == 0 {
+                q.idle_since = Some(Instant::now());
+            }
+        }
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return None;
             }
             let nudges = self.nudges.load(Ordering::Relaxed);
-            if nudges != *nudged {
-                *nudged = nudges;
+            if nudges != cursor.nudged {
+                cursor.nudged = nudges;
                 return Some(SlotWork::Nudge);
             }
-            if let Some((_, work)) = q.pop() {
+            if let Some((_, work)) = q.work.pop() {
+                q.running += 1;
+                q.idle_since = None;
+                cursor.working = true;
+                cursor.spells = q.spells;
                 return Some(work);
             }
-            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            if cursor.spells != q.spells {
+                cursor.spells = q.spells;
+                return Some(SlotWork::Idle);
+            }
+            match q.idle_since.filter(|_| q.running == 0) {
+                Some(since) if since.elapsed() >= self.idle => {
+                    // Declare the spell: every slot hears of it once.
+                    q.idle_since = None;
+                    q.spells += 1;
+                    self.ready.notify_all();
+                }
+                Some(since) => {
+                    let left = self.idle.saturating_sub(since.elapsed());
+                    q = self.ready.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                None => q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner()),
+            }
         }
     }
 
@@ -99,7 +177,7 @@ impl SlotQueue {
     /// worker's failure (their callers send them elsewhere).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        let left = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain();
+        let left = self.queue.lock().unwrap_or_else(|e| e.into_inner()).work.drain();
         for (_, work) in left {
             if let SlotWork::Infer(w) = work {
                 let _ = w.reply.send(Err(InferError::Worker("the worker stopped".into())));
@@ -260,5 +338,76 @@ impl ServedFiles {
             self.forgotten.fetch_add(1, Ordering::Release);
         }
         forgot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn warm(model: &str) -> SlotWork {
+        SlotWork::WarmServed((model.to_string(), 1), Arc::new(Vec::new()), Arc::default())
+    }
+
+    fn is_idle(w: &Option<SlotWork>) -> bool {
+        matches!(w, Some(SlotWork::Idle))
+    }
+
+    /// A slot's thread asking for its next piece of work.
+    fn ask(q: &Arc<SlotQueue>, mut c: SlotCursor) -> std::thread::JoinHandle<(Option<SlotWork>, SlotCursor)> {
+        let q = q.clone();
+        std::thread::spawn(move || (q.next(&mut c), c))
+    }
+
+    #[test]
+    fn every_slot_is_told_once_when_all_have_been_idle_after_work() {
+        let idle = Duration::from_millis(150);
+        let q = Arc::new(SlotQueue::with_idle(idle));
+        let (mut a, mut b) = (SlotCursor::default(), SlotCursor::default());
+        q.push("m", warm("m"), 1, 1);
+        q.push("m", warm("m"), 1, 1);
+        assert!(matches!(q.next(&mut a), Some(SlotWork::WarmServed(..))));
+        assert!(matches!(q.next(&mut b), Some(SlotWork::WarmServed(..))));
+        // `a` is done, `b` still runs: `a` hears nothing, however long.
+        let waiting_a = ask(&q, a);
+        std::thread::sleep(3 * idle);
+        assert!(!waiting_a.is_finished(), "a slot was told idle while another ran");
+        // `b` is done too: after the idle time, both hear of it.
+        let started = Instant::now();
+        let waiting_b = ask(&q, b);
+        let (wb, b) = waiting_b.join().unwrap();
+        let (wa, a) = waiting_a.join().unwrap();
+        assert!(started.elapsed() >= idle, "told after {:?}, before the idle time", started.elapsed());
+        assert!(is_idle(&wa) && is_idle(&wb));
+        // Once only: both wait again until there is work.
+        let (waiting_a, waiting_b) = (ask(&q, a), ask(&q, b));
+        std::thread::sleep(3 * idle);
+        assert!(!waiting_a.is_finished() && !waiting_b.is_finished(), "told of one idle spell twice");
+        q.push("m", warm("m"), 1, 1);
+        q.close();
+        let got = [waiting_a.join().unwrap().0, waiting_b.join().unwrap().0];
+        assert!(!got.iter().any(is_idle));
+    }
+
+    #[test]
+    fn no_idle_before_any_work_and_one_after_each_spell_of_work() {
+        let idle = Duration::from_millis(50);
+        let q = Arc::new(SlotQueue::with_idle(idle));
+        let waiting = ask(&q, SlotCursor::default());
+        std::thread::sleep(6 * idle);
+        assert!(!waiting.is_finished(), "idle with no work done");
+        q.push("m", warm("m"), 1, 1);
+        let (w, mut c) = waiting.join().unwrap();
+        assert!(matches!(w, Some(SlotWork::WarmServed(..))));
+        for spell in 0..2 {
+            let started = Instant::now();
+            assert!(is_idle(&q.next(&mut c)), "spell {spell}");
+            assert!(started.elapsed() >= idle);
+            q.push("m", warm("m"), 1, 1);
+            assert!(matches!(q.next(&mut c), Some(SlotWork::WarmServed(..))), "spell {spell}");
+        }
+        q.close();
+        assert!(q.next(&mut c).is_none());
     }
 }

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::lru::ByteLru;
 use crate::rows::RowReader;
-use crate::slots::{SlotQueue, SlotWork, job_flow};
+use crate::slots::{SlotCursor, SlotQueue, SlotWork, job_flow};
 use crate::{Jobs, RESULTS_BUDGET, RPC_TIMEOUT};
 
 pub(crate) type Key = (String, u64);
@@ -227,6 +227,17 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// The node's slots have all gone idle: give back what the models that
+    /// ran keep between runs, and what the allocator holds freed.
+    pub(crate) fn release_memory(&mut self) {
+        for (key, model) in self.models.values_mut() {
+            if let Err(e) = model.release_memory() {
+                tracing::debug!(model = %key.0, error = %e, "could not release a model's memory");
+            }
+        }
+        give_back_freed_memory();
+    }
+
     fn model(&mut self, p: &Prepared) -> Result<&mut Model, String> {
         match &p.model {
             Some(bytes) => self.model_for(&p.key, bytes),
@@ -543,8 +554,8 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
             let mut slot = Slot::new(&jobs);
             let spawned = std::thread::Builder::new().name(format!("worker-slot-{i}")).spawn(move || {
                 lower_priority();
-                let mut nudged = 0;
-                while let Some(work) = mine.next(&mut nudged) {
+                let mut cursor = SlotCursor::default();
+                while let Some(work) = mine.next(&mut cursor) {
                     slot.forget_unserved();
                     match work {
                         SlotWork::Query(task) => {
@@ -556,6 +567,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>, shutdown: CancellationToken) {
                         SlotWork::WarmServed(key, bytes, loaded) => slot.warm_served(&key, &bytes, &loaded),
                         SlotWork::Infer(w) => slot.infer(w),
                         SlotWork::Nudge => {}
+                        SlotWork::Idle => slot.release_memory(),
                     }
                 }
             });
