@@ -149,12 +149,9 @@ async fn run(s: Arc<Serving>, name: String, version: Option<String>, headers: He
     {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc} is not supported"));
     }
-    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+    let body = match read_body(&headers, body).await {
         Ok(b) => b,
-        Err(_) => {
-            let why = format!("the request body is larger than {} MiB", MAX_BODY >> 20);
-            return error(StatusCode::PAYLOAD_TOO_LARGE, &why);
-        }
+        Err(refused) => return refused,
     };
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
@@ -192,6 +189,31 @@ async fn run(s: Arc<Serving>, name: String, version: Option<String>, headers: He
         }
         Err(e) => error(status_of(&e), &e.to_string()),
     }
+}
+
+/// The body, copied into one buffer as it arrives (sized by its
+/// Content-Length, so no copy is left once its last byte is in), or the
+/// answer that refuses it.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    use tokio_stream::StreamExt;
+    let too_large =
+        || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {} MiB", MAX_BODY >> 20));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("the request body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// (For the gRPC side: the same default deadline.)
