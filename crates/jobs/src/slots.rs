@@ -24,11 +24,26 @@ pub(crate) struct InferWork {
     pub(crate) key: Key,
     pub(crate) model: Arc<Vec<u8>>,
     /// One tensor per model input, in the model's order.
-    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) inputs: Vec<Input>,
     /// The outputs with their names, and the model's run time (µs).
     pub(crate) reply: oneshot::Sender<Result<(Vec<(String, Tensor)>, u64), InferError>>,
     /// When the caller stops waiting: a batch still queued then is not run.
     pub(crate) deadline: Instant,
+}
+
+/// An input of a batch as it came over the wire: checked, and still the
+/// bytes the message arrived in (a request's body, for a batch of one
+/// request that arrived at this node), not a copy.
+pub(crate) struct Input {
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: bytes::Bytes,
+}
+
+impl Input {
+    fn view(&self) -> idunno_ml::TensorView<'_> {
+        idunno_ml::TensorView { dtype: self.dtype, shape: &self.shape, data: &self.data }
+    }
 }
 
 /// Why a batch did not run.
@@ -225,7 +240,7 @@ pub(crate) fn dtype(datatype: &str) -> Option<DType> {
 
 /// A raw tensor from the wire as a tensor, checked: a known datatype and
 /// as many bytes as its shape needs.
-pub(crate) fn from_raw(t: v1::RawTensor) -> Result<(String, Tensor), String> {
+pub(crate) fn from_raw(t: v1::RawTensor) -> Result<(String, Input), String> {
     let d = dtype(&t.datatype).ok_or_else(|| format!("input {}: datatype {} is not supported", t.name, t.datatype))?;
     let shape: Vec<usize> = t
         .shape
@@ -243,8 +258,7 @@ pub(crate) fn from_raw(t: v1::RawTensor) -> Result<(String, Tensor), String> {
             t.data.len()
         ));
     }
-    // (No copy when the caller's bytes are this tensor's alone.)
-    Ok((t.name, Tensor { dtype: d, shape, data: Vec::from(t.data) }))
+    Ok((t.name, Input { dtype: d, shape, data: t.data }))
 }
 
 pub(crate) fn to_raw(name: String, t: Tensor) -> v1::RawTensor {
@@ -285,7 +299,8 @@ impl Slot {
         self.serving(&w.key);
         let model = self.loaded(&w.key).map_err(InferError::Worker)?;
         let started = Instant::now();
-        let outputs = model.run(&w.inputs).map_err(|e| match e {
+        let inputs: Vec<_> = w.inputs.iter().map(Input::view).collect();
+        let outputs = model.run_views(&inputs).map_err(|e| match e {
             // What the inputs caused: the same on any worker.
             MlError::BadInput(why) => InferError::Input(why),
             MlError::Run(_) => InferError::Input(e.to_string()),

@@ -19,7 +19,7 @@ pub mod trained;
 use onnx::{MlError, OnnxModel, Signature};
 use trained::ServedModel;
 
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Tensor, TensorView};
 
 /// A file that is not a valid array, or one of a kind not supported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +72,15 @@ impl Model {
         match self {
             Model::Onnx(m) => m.run(inputs),
             Model::Trained(m) => m.run(inputs),
+        }
+    }
+
+    /// Run one batch read from borrowed tensors (no copy for an ONNX
+    /// model beyond the runtime's own input).
+    pub fn run_views(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>, MlError> {
+        match self {
+            Model::Onnx(m) => m.run_views(inputs),
+            Model::Trained(m) => m.run(&inputs.iter().map(TensorView::to_tensor).collect::<Vec<_>>()),
         }
     }
 

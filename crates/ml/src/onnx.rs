@@ -14,7 +14,7 @@ use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 
 pub use crate::shapes::{check_fit, fit};
-use crate::{DType, Tensor};
+use crate::{DType, Tensor, TensorView};
 
 /// The library file name of the ONNX Runtime build idunno uses.
 pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.31.1";
@@ -150,6 +150,11 @@ impl OnnxModel {
 
     /// Run one batch: one tensor per model input, in the model's order.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlError> {
+        self.run_views(&inputs.iter().map(Tensor::view).collect::<Vec<_>>())
+    }
+
+    /// [`OnnxModel::run`] on borrowed tensors.
+    pub fn run_views(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>, MlError> {
         if inputs.len() != self.inputs.len() {
             let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
             return Err(MlError::BadInput(format!(
@@ -169,7 +174,7 @@ impl OnnxModel {
                     sig.dtype.map_or("an unsupported type".to_string(), |d| d.to_string())
                 )));
             }
-            if !sig.accepts(&t.shape) {
+            if !sig.accepts(t.shape) {
                 let got: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
                 return Err(MlError::BadInput(format!(
                     "input {} has shape {}, the model expects {}",
@@ -211,7 +216,7 @@ impl OnnxModel {
             let shape: Vec<usize> = sig.shape.iter().map(|d| (*d).max(1) as usize).collect();
             let n = crate::limits::elements(&shape).unwrap_or(0);
             let zero = Tensor { dtype, shape, data: vec![0; n * dtype.size()] };
-            values.push((sig.name.clone(), to_value(&zero)?));
+            values.push((sig.name.clone(), to_value(&zero.view())?));
         }
         let mut options = ort::session::RunOptions::new().map_err(|e| MlError::Run(e.to_string()))?;
         options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(|e| MlError::Run(e.to_string()))?;
@@ -220,13 +225,13 @@ impl OnnxModel {
     }
 }
 
-fn to_value(t: &Tensor) -> Result<DynValue, MlError> {
-    let shape = t.shape.clone();
+fn to_value(t: &TensorView<'_>) -> Result<DynValue, MlError> {
+    let shape = t.shape.to_vec();
     let err = |e: ort::Error| MlError::BadInput(e.to_string());
     let v: DynValue = match t.dtype {
         DType::F32 => ort::value::Tensor::from_array((shape, t.to_f32())).map_err(err)?.into_dyn(),
         DType::I64 => ort::value::Tensor::from_array((shape, t.to_i64())).map_err(err)?.into_dyn(),
-        DType::U8 => ort::value::Tensor::from_array((shape, t.data.clone())).map_err(err)?.into_dyn(),
+        DType::U8 => ort::value::Tensor::from_array((shape, t.data.to_vec())).map_err(err)?.into_dyn(),
         other => return Err(MlError::BadInput(format!("{other} inputs are not supported yet"))),
     };
     Ok(v)

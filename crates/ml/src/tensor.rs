@@ -141,9 +141,47 @@ impl Tensor {
         Ok(Tensor { dtype: self.dtype, shape, data })
     }
 
+    /// The tensor, borrowed.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { dtype: self.dtype, shape: &self.shape, data: &self.data }
+    }
+
     /// Every element as f32 (integers are converted, f64 rounded).
     pub fn to_f32(&self) -> Vec<f32> {
-        let d = &self.data;
+        self.view().to_f32()
+    }
+
+    /// Every element as i64 (for labels and token ids; floats truncate).
+    pub fn to_i64(&self) -> Vec<i64> {
+        self.view().to_i64()
+    }
+
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Tensor {
+        Tensor { dtype: DType::F32, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Tensor {
+        Tensor { dtype: DType::I64, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+}
+
+/// A tensor whose shape and bytes are borrowed (from a request's body,
+/// say): what a model reads its inputs from, with no copy to make one.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn to_tensor(&self) -> Tensor {
+        Tensor { dtype: self.dtype, shape: self.shape.to_vec(), data: self.data.to_vec() }
+    }
+
+    /// Every element as f32 (integers are converted, f64 rounded).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let d = self.data;
         match self.dtype {
             DType::U8 => d.iter().map(|b| f32::from(*b)).collect(),
             DType::I8 => d.iter().map(|b| f32::from(*b as i8)).collect(),
@@ -167,14 +205,6 @@ impl Tensor {
             }
             _ => self.to_f32().into_iter().map(|x| x as i64).collect(),
         }
-    }
-
-    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Tensor {
-        Tensor { dtype: DType::F32, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
-    }
-
-    pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Tensor {
-        Tensor { dtype: DType::I64, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }
 }
 
