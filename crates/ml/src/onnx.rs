@@ -214,8 +214,12 @@ impl OnnxModel {
                 return Err(MlError::Run(format!("input {} has an unsupported type", sig.name)));
             };
             let shape: Vec<usize> = sig.shape.iter().map(|d| (*d).max(1) as usize).collect();
-            let n = crate::limits::elements(&shape).unwrap_or(0);
-            let zero = Tensor { dtype, shape, data: vec![0; n * dtype.size()] };
+            // The shape is the model file's: bounded before it sizes a buffer.
+            let bytes = crate::limits::elements(&shape)
+                .filter(|n| *n <= crate::limits::MAX_SAMPLE_ELEMENTS)
+                .and_then(|n| n.checked_mul(dtype.size()))
+                .ok_or_else(|| MlError::Run(format!("input {} of shape {:?} is too large to run", sig.name, shape)))?;
+            let zero = Tensor { dtype, shape, data: vec![0; bytes] };
             values.push((sig.name.clone(), to_value(&zero.view())?));
         }
         let mut options = ort::session::RunOptions::new().map_err(|e| MlError::Run(e.to_string()))?;
