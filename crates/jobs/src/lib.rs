@@ -29,6 +29,7 @@ mod rows;
 mod served;
 pub mod service;
 pub mod shards;
+mod slot;
 mod slots;
 pub mod status;
 pub mod train;

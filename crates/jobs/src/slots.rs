@@ -17,7 +17,8 @@ use idunno_rpc::v1;
 use idunno_scheduler::fair::FairQueue;
 use tokio::sync::oneshot;
 
-use crate::worker::{Key, Prepared, Slot};
+use crate::slot::Slot;
+use crate::worker::{Key, Prepared};
 
 /// A served model's batch on its way to a slot.
 pub(crate) struct InferWork {
