@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 pub use crate::shapes::{check_fit, fit};
 use crate::{DType, Tensor, TensorView};
@@ -164,7 +165,7 @@ impl OnnxModel {
                 inputs.len()
             )));
         }
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (sig, t) in self.inputs.iter().zip(inputs) {
             if sig.dtype != Some(t.dtype) {
                 return Err(MlError::BadInput(format!(
@@ -208,7 +209,7 @@ impl OnnxModel {
         if !std::mem::take(&mut self.ran) {
             return Ok(());
         }
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
+        let mut zeros: Vec<Tensor> = Vec::with_capacity(self.inputs.len());
         for sig in &self.inputs {
             let Some(dtype) = sig.dtype else {
                 return Err(MlError::Run(format!("input {} has an unsupported type", sig.name)));
@@ -219,7 +220,10 @@ impl OnnxModel {
                 .filter(|n| *n <= crate::limits::MAX_SAMPLE_ELEMENTS)
                 .and_then(|n| n.checked_mul(dtype.size()))
                 .ok_or_else(|| MlError::Run(format!("input {} of shape {:?} is too large to run", sig.name, shape)))?;
-            let zero = Tensor { dtype, shape, data: vec![0; bytes] };
+            zeros.push(Tensor { dtype, shape, data: vec![0; bytes] });
+        }
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(zeros.len());
+        for (sig, zero) in self.inputs.iter().zip(&zeros) {
             values.push((sig.name.clone(), to_value(&zero.view())?));
         }
         let mut options = ort::session::RunOptions::new().map_err(|e| MlError::Run(e.to_string()))?;
@@ -229,13 +233,23 @@ impl OnnxModel {
     }
 }
 
-fn to_value(t: &TensorView<'_>) -> Result<DynValue, MlError> {
+/// An input for ONNX Runtime: the view's own bytes where they can be
+/// (a little-endian host and bytes aligned for the element type, as a
+/// request's body and a stacked batch are), else a converted copy.
+fn to_value<'a>(t: &TensorView<'a>) -> Result<SessionInputValue<'a>, MlError> {
     let shape = t.shape.to_vec();
     let err = |e: ort::Error| MlError::BadInput(e.to_string());
-    let v: DynValue = match t.dtype {
-        DType::F32 => ort::value::Tensor::from_array((shape, t.to_f32())).map_err(err)?.into_dyn(),
-        DType::I64 => ort::value::Tensor::from_array((shape, t.to_i64())).map_err(err)?.into_dyn(),
-        DType::U8 => ort::value::Tensor::from_array((shape, t.data.to_vec())).map_err(err)?.into_dyn(),
+    let borrow = cfg!(target_endian = "little");
+    let v: SessionInputValue<'a> = match t.dtype {
+        DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(t.data) {
+            Ok(data) if borrow => TensorRef::from_array_view((shape, data)).map_err(err)?.into_dyn().into(),
+            _ => ort::value::Tensor::from_array((shape, t.to_f32())).map_err(err)?.into_dyn().into(),
+        },
+        DType::I64 => match bytemuck::try_cast_slice::<u8, i64>(t.data) {
+            Ok(data) if borrow => TensorRef::from_array_view((shape, data)).map_err(err)?.into_dyn().into(),
+            _ => ort::value::Tensor::from_array((shape, t.to_i64())).map_err(err)?.into_dyn().into(),
+        },
+        DType::U8 => TensorRef::from_array_view((shape, t.data)).map_err(err)?.into_dyn().into(),
         other => return Err(MlError::BadInput(format!("{other} inputs are not supported yet"))),
     };
     Ok(v)

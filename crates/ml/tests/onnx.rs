@@ -2,7 +2,7 @@
 //! the test command runs first).
 
 use idunno_ml::onnx::{MlError, OnnxModel, assets_dir, load_runtime};
-use idunno_ml::{DType, Tensor};
+use idunno_ml::{DType, Tensor, TensorView};
 
 fn model(name: &str) -> Vec<u8> {
     let p = assets_dir().join("models").join(name);
@@ -51,6 +51,36 @@ fn minilm_embeds_a_batch_like_each_sentence_alone() {
     let second_row = &v[4 * 384..];
     let apart = first_row.iter().zip(second_row).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(apart > 1e-2, "different sentences gave the same output");
+}
+
+/// The same bytes at an odd address (so not read in place: converted)
+/// and at an aligned one (read where they are).
+fn misaligned(t: &Tensor) -> (Vec<u8>, usize) {
+    let mut buf = vec![0u8; t.data.len() + 16];
+    let at = (0..16).find(|i| (buf.as_ptr() as usize + i) % 2 == 1).unwrap();
+    buf[at..at + t.data.len()].copy_from_slice(&t.data);
+    (buf, at)
+}
+
+#[test]
+fn inputs_read_in_place_or_converted_give_the_same_answer() {
+    let mut m = OnnxModel::load(&model("sigmoid.onnx"), 1).unwrap();
+    let v: Vec<f32> = (0..60).map(|i| (i as f32 - 30.0) / 7.0).collect();
+    let x = Tensor::from_f32(vec![3, 4, 5], &v);
+    let (buf, at) = misaligned(&x);
+    let odd = TensorView { dtype: DType::F32, shape: &x.shape, data: &buf[at..at + x.data.len()] };
+    assert_eq!(m.run_views(&[odd]).unwrap(), m.run_views(&[x.view()]).unwrap());
+
+    let mut m = OnnxModel::load(&model("minilm-int8.onnx"), 1).unwrap();
+    let t = ids(&[&[101, 7592, 2088, 102]]);
+    let copies: Vec<(Vec<u8>, usize)> = t.iter().map(misaligned).collect();
+    let odd: Vec<TensorView<'_>> = t
+        .iter()
+        .zip(&copies)
+        .map(|(t, (buf, at))| TensorView { dtype: DType::I64, shape: &t.shape, data: &buf[*at..*at + t.data.len()] })
+        .collect();
+    let aligned: Vec<TensorView<'_>> = t.iter().map(Tensor::view).collect();
+    assert_eq!(m.run_views(&odd).unwrap(), m.run_views(&aligned).unwrap());
 }
 
 #[test]
