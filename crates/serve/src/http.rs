@@ -23,6 +23,10 @@ pub const MAX_BODY: usize = 64 << 20;
 /// The header that says how long the JSON part of a body with raw
 /// tensors is (the binary-data extension).
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Where a body's raw tensors start in memory: a cache line's boundary
+/// (and so their elements' alignment, which a model needs to read them
+/// without a copy).
+const BODY_ALIGN: usize = 64;
 
 pub fn router(serving: Arc<Serving>) -> Router {
     Router::new()
@@ -149,16 +153,16 @@ async fn run(s: Arc<Serving>, name: String, version: Option<String>, headers: He
     {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("Content-Encoding {enc} is not supported"));
     }
-    let body = match read_body(&headers, body).await {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
             Some(n) => Some(n),
             None => return error(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length is not a byte count"),
         },
+    };
+    let body = match read_body(&headers, body, header_len).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let req: InferRequest = match codec::parse_request(&body, header_len) {
         Ok(r) => r,
@@ -193,8 +197,11 @@ async fn run(s: Arc<Serving>, name: String, version: Option<String>, headers: He
 
 /// The body, copied into one buffer as it arrives (sized by its
 /// Content-Length, so no copy is left once its last byte is in), or the
-/// answer that refuses it.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+/// answer that refuses it. Byte `aligned_at` of the body (where the raw
+/// tensors of the binary-data extension start) lands on a
+/// [`BODY_ALIGN`]-byte boundary, so the model reads them where they are.
+async fn read_body(headers: &HeaderMap, body: Body, aligned_at: Option<usize>) -> Result<Bytes, Response> {
+    use bytes::Buf;
     use tokio_stream::StreamExt;
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {} MiB", MAX_BODY >> 20));
@@ -203,7 +210,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(too_large());
     }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) + BODY_ALIGN);
+    if let Some(at) = aligned_at {
+        let pad = (BODY_ALIGN - (buf.as_ptr() as usize).wrapping_add(at) % BODY_ALIGN) % BODY_ALIGN;
+        buf.resize(pad, 0);
+        buf.advance(pad);
+    }
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk =
@@ -219,4 +231,55 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
 /// (For the gRPC side: the same default deadline.)
 pub fn default_deadline() -> Duration {
     crate::entry::DEFAULT_DEADLINE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body in chunks of awkward sizes, as hyper hands them over.
+    fn chunked(bytes: &[u8], sizes: &[usize]) -> Body {
+        let mut parts: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+        let mut at = 0;
+        for n in sizes.iter().cycle() {
+            if at >= bytes.len() {
+                break;
+            }
+            let end = (at + n).min(bytes.len());
+            parts.push(Ok(Bytes::copy_from_slice(&bytes[at..end])));
+            at = end;
+        }
+        Body::from_stream(tokio_stream::iter(parts))
+    }
+
+    fn with_length(n: usize) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, n.to_string().parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_with_its_raw_tensors_on_an_aligned_address() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for header_len in [0, 1, 37, 63, 64, 65, 1000] {
+            for declared in [true, false] {
+                let headers = if declared { with_length(body.len()) } else { HeaderMap::new() };
+                let read = read_body(&headers, chunked(&body, &[1, 999, 8192, 13]), Some(header_len)).await.unwrap();
+                assert_eq!(&read[..], &body[..], "header {header_len}, declared {declared}");
+                if declared {
+                    let at = read[header_len..].as_ptr() as usize;
+                    assert_eq!(at % BODY_ALIGN, 0, "the raw part at {at:#x} after a header of {header_len} bytes");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_before_or_while_it_is_read() {
+        let refused = read_body(&with_length(MAX_BODY + 1), Body::empty(), None).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = vec![0u8; MAX_BODY + 1];
+        let refused = read_body(&HeaderMap::new(), chunked(&body, &[1 << 20]), Some(10)).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }
