@@ -123,14 +123,23 @@ impl Bare {
 
     /// (queries/s, p50 ms) over `seconds`.
     fn run(&mut self, input: &[Tensor], seconds: f64) -> (f64, f64) {
+        let t0 = Instant::now();
+        let lat = self.latencies(input, seconds, 0);
+        (lat.len() as f64 / t0.elapsed().as_secs_f64(), median(&lat))
+    }
+
+    /// Each run's time (ms), one batch after another for `seconds`,
+    /// starting at batch `from`.
+    fn latencies(&mut self, input: &[Tensor], seconds: f64, from: usize) -> Vec<f64> {
         let mut lat = Vec::new();
         let t0 = Instant::now();
         while t0.elapsed().as_secs_f64() < seconds {
             let t = Instant::now();
-            std::hint::black_box(self.0.run(std::slice::from_ref(&input[lat.len() % input.len()])).expect("run"));
+            let batch = &input[(from + lat.len()) % input.len()];
+            std::hint::black_box(self.0.run(std::slice::from_ref(batch)).expect("run"));
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        (lat.len() as f64 / t0.elapsed().as_secs_f64(), median(&lat))
+        lat
     }
 }
 
@@ -209,10 +218,6 @@ impl Seen {
     fn rate(&self, from: f64, to: f64) -> f64 {
         self.between(from, to).len() as f64 / (to - from)
     }
-
-    fn p50_ms(&self, from: f64, to: f64) -> f64 {
-        median(&self.between(from, to).iter().map(|(s, e)| (e - s) * 1000.0).collect::<Vec<_>>())
-    }
 }
 
 /// One HTTP/1.1 connection (kept alive) to a node's HTTP port.
@@ -238,6 +243,11 @@ impl HttpConn {
             self.sender = Some(sender);
         }
         let sender = self.sender.as_mut().expect("connected");
+        // The connection takes a request only once done with the last one.
+        if let Err(e) = sender.ready().await {
+            self.sender = None;
+            return Err(format!("connection: {e}"));
+        }
         let mut req = hyper::Request::builder().method(method).uri(path).header("host", &self.addr);
         if let Some(n) = header_len {
             req = req.header("content-type", "application/octet-stream").header("inference-header-content-length", n);
@@ -260,6 +270,51 @@ async fn http_get(addr: &str, path: &str) -> Result<(u16, Bytes), String> {
     HttpConn { addr: addr.into(), sender: None }.request("GET", path, Bytes::new(), None).await
 }
 
+/// One client's connection to a node, over either protocol, kept
+/// between requests.
+struct Client {
+    proto: Proto,
+    addr: String,
+    http: HttpConn,
+    grpc: Option<GrpcInferenceServiceClient<tonic::transport::Channel>>,
+}
+
+impl Client {
+    fn new(proto: Proto, addr: &str) -> Client {
+        Client { proto, addr: addr.into(), http: HttpConn { addr: addr.into(), sender: None }, grpc: None }
+    }
+
+    /// Send `req` (whose HTTP body is `body`) and wait for its answer.
+    async fn infer(&mut self, req: &Req, body: &(Bytes, usize)) -> Result<(), String> {
+        match self.proto {
+            Proto::Http => {
+                let path = format!("/v2/models/{}/infer", req.model);
+                match self.http.request("POST", &path, body.0.clone(), Some(body.1)).await {
+                    Ok((200, _)) => Ok(()),
+                    Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                    Err(e) => Err(e),
+                }
+            }
+            Proto::Grpc => {
+                if self.grpc.is_none() {
+                    self.grpc = idunno_rpc::connect_channel(&self.addr, Duration::from_secs(5))
+                        .await
+                        .ok()
+                        .map(GrpcInferenceServiceClient::new);
+                }
+                match self.grpc.as_mut() {
+                    Some(c) => c
+                        .model_infer(req.grpc())
+                        .await
+                        .map(drop)
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                    None => Err("could not connect".into()),
+                }
+            }
+        }
+    }
+}
+
 /// Keep `in_flight` of `reqs` (cycled) in flight to `addr` for `seconds`.
 async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usize, seconds: f64) -> Seen {
     let t0 = Instant::now();
@@ -268,39 +323,12 @@ async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usize, seconds:
         let (addr, reqs) = (addr.to_string(), reqs.to_vec());
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
-            let mut http = HttpConn { addr: addr.clone(), sender: None };
-            let mut grpc = None;
-            let path = format!("/v2/models/{}/infer", reqs[0].model);
+            let mut client = Client::new(proto, &addr);
             let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
             let mut i = k;
             while t0.elapsed().as_secs_f64() < seconds {
                 let start = t0.elapsed().as_secs_f64();
-                let result = match proto {
-                    Proto::Http => {
-                        let (body, len) = bodies[i % bodies.len()].clone();
-                        match http.request("POST", &path, body, Some(len)).await {
-                            Ok((200, _)) => Ok(()),
-                            Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Proto::Grpc => {
-                        if grpc.is_none() {
-                            grpc = idunno_rpc::connect_channel(&addr, Duration::from_secs(5))
-                                .await
-                                .ok()
-                                .map(GrpcInferenceServiceClient::new);
-                        }
-                        match grpc.as_mut() {
-                            Some(c) => c
-                                .model_infer(reqs[i % reqs.len()].grpc())
-                                .await
-                                .map(drop)
-                                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
-                            None => Err("could not connect".into()),
-                        }
-                    }
-                };
+                let result = client.infer(&reqs[i % reqs.len()], &bodies[i % bodies.len()]).await;
                 let end = t0.elapsed().as_secs_f64();
                 match result {
                     Ok(()) => seen.ok.push((start, end)),
@@ -322,6 +350,40 @@ async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usize, seconds:
     }
     all.ok.sort_by(|a, b| a.1.total_cmp(&b.1));
     all
+}
+
+/// How long one block of [`beside_bare`] lasts.
+const BLOCK_SECONDS: f64 = 0.5;
+
+/// One request in flight to `addr` and bare ONNX Runtime's runs on the
+/// same batches (`inputs`, the tensors `reqs` were made of), in blocks of [`BLOCK_SECONDS`] that alternate for
+/// `seconds`: each one's latencies (ms), taken over the same stretch of
+/// time, so that a drift in the machine's speed falls on both alike.
+async fn beside_bare(
+    proto: Proto,
+    addr: &str,
+    reqs: &[Req],
+    inputs: &[Tensor],
+    bare: &mut Bare,
+    seconds: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
+    let mut client = Client::new(proto, addr);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed().as_secs_f64() < seconds {
+        theirs.extend(tokio::task::block_in_place(|| bare.latencies(inputs, BLOCK_SECONDS, i)));
+        let block = Instant::now();
+        while block.elapsed().as_secs_f64() < BLOCK_SECONDS {
+            let start = Instant::now();
+            let answer = client.infer(&reqs[i % reqs.len()], &bodies[i % bodies.len()]).await;
+            answer.unwrap_or_else(|e| panic!("a request failed: {e}"));
+            ours.push(start.elapsed().as_secs_f64() * 1000.0);
+            i += 1;
+        }
+    }
+    (ours, theirs)
 }
 
 /// `idunno ARGS --json` through node 1 of an insecure cluster.
@@ -391,22 +453,47 @@ fn recovery(seen: &Seen, pre_rate: f64, kill: f64, stop: f64) -> Option<Option<f
     first_low.map(|_| None)
 }
 
+/// Latencies (ms) at one request in flight and bare ONNX Runtime's over
+/// the same stretch of time ([`beside_bare`]).
+#[derive(Default, Debug)]
+struct Pair {
+    ours: Vec<f64>,
+    bare: Vec<f64>,
+}
+
+impl Pair {
+    fn added_ms(&self) -> f64 {
+        median(&self.ours) - median(&self.bare)
+    }
+
+    fn extend(&mut self, other: &Pair) {
+        self.ours.extend(&other.ours);
+        self.bare.extend(&other.bare);
+    }
+}
+
 /// One round of the one-node figures, idunno's beside bare's.
 #[derive(Default, Debug)]
 struct Round {
     bare_qps: f64,
     bare_p50_ms: f64,
-    bare_tiny_p50_ms: f64,
     qps: f64,
-    one_p50_ms: f64,
-    one_grpc_p50_ms: f64,
-    tiny_grpc_p50_ms: f64,
-    tiny_http_p50_ms: f64,
+    one_http: Pair,
+    one_grpc: Pair,
+    tiny_grpc: Pair,
+    tiny_http: Pair,
     /// At one request in flight over HTTP, from the node's `/metrics`: the
     /// mean time from a request's arrival (its body read and decoded) to
     /// its answer, and the worker slot's mean time per batch.
     node_ms: f64,
     slot_ms: f64,
+}
+
+/// The latencies of one kind over all rounds.
+fn pooled(rounds: &[Round], f: impl Fn(&Round) -> &Pair) -> Pair {
+    let mut all = Pair::default();
+    rounds.iter().for_each(|r| all.extend(f(r)));
+    all
 }
 
 /// From the node's `/metrics` so far: its worker slots' time on served
@@ -465,10 +552,7 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
     for k in 0..args.rounds.max(1) {
         let mut round = Round::default();
         let mut run_bare = |round: &mut Round| {
-            tokio::task::block_in_place(|| {
-                (round.bare_qps, round.bare_p50_ms) = bare.0.run(effnet, r);
-                round.bare_tiny_p50_ms = bare.1.run(tiny, r / 2.0).1;
-            })
+            tokio::task::block_in_place(|| (round.bare_qps, round.bare_p50_ms) = bare.0.run(effnet, r))
         };
         // Bare first in even rounds, last in odd ones.
         if k % 2 == 0 {
@@ -477,29 +561,34 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
         let seen = load(Proto::Http, &http, &reqs, 2, r).await;
         assert!(seen.failed.is_empty(), "failed requests: {:?}", &seen.failed[..seen.failed.len().min(3)]);
         round.qps = seen.rate(0.0, r);
-        let before = node_times(&http).await;
-        round.one_p50_ms = load(Proto::Http, &http, &reqs, 1, r).await.p50_ms(0.0, r);
-        let after = node_times(&http).await;
-        let mean_ms = |k: usize| (after[k] - before[k]) * 1000.0 / (after[k + 1] - before[k + 1]);
-        (round.slot_ms, round.node_ms) = (mean_ms(0), mean_ms(2));
-        round.one_grpc_p50_ms = load(Proto::Grpc, &rpc, &reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
-        round.tiny_grpc_p50_ms = load(Proto::Grpc, &rpc, &tiny_reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
-        round.tiny_http_p50_ms = load(Proto::Http, &http, &tiny_reqs, 1, r / 2.0).await.p50_ms(0.0, r / 2.0);
         if k % 2 == 1 {
             run_bare(&mut round);
         }
+        let before = node_times(&http).await;
+        let (ours, theirs) = beside_bare(Proto::Http, &http, &reqs, effnet, &mut bare.0, r).await;
+        round.one_http = Pair { ours, bare: theirs };
+        let after = node_times(&http).await;
+        let mean_ms = |k: usize| (after[k] - before[k]) * 1000.0 / (after[k + 1] - before[k + 1]);
+        (round.slot_ms, round.node_ms) = (mean_ms(0), mean_ms(2));
+        let (ours, theirs) = beside_bare(Proto::Grpc, &rpc, &reqs, effnet, &mut bare.0, r / 2.0).await;
+        round.one_grpc = Pair { ours, bare: theirs };
+        let (ours, theirs) = beside_bare(Proto::Grpc, &rpc, &tiny_reqs, tiny, &mut bare.1, r / 2.0).await;
+        round.tiny_grpc = Pair { ours, bare: theirs };
+        let (ours, theirs) = beside_bare(Proto::Http, &http, &tiny_reqs, tiny, &mut bare.1, r / 2.0).await;
+        round.tiny_http = Pair { ours, bare: theirs };
         eprintln!(
-            "  round {k}: bare {:.2} q/s p50 {:.2} ms, tiny {:.4} ms | 2 in flight {:.2} q/s; 1 in flight p50 {:.2} ms HTTP (means: at the node {:.2} ms, the slot {:.2} ms), {:.2} ms gRPC; tiny {:.3} ms gRPC, {:.3} ms HTTP",
+            "  round {k}: bare {:.2} q/s p50 {:.2} ms | 2 in flight {:.2} q/s | 1 in flight, beside bare: p50 {:.2} ms HTTP against {:.2} (means: at the node {:.2} ms, the slot {:.2} ms), {:.2} ms gRPC against {:.2}; tiny added {:.3} ms gRPC, {:.3} ms HTTP",
             round.bare_qps,
             round.bare_p50_ms,
-            round.bare_tiny_p50_ms,
             round.qps,
-            round.one_p50_ms,
+            median(&round.one_http.ours),
+            median(&round.one_http.bare),
             round.node_ms,
             round.slot_ms,
-            round.one_grpc_p50_ms,
-            round.tiny_grpc_p50_ms,
-            round.tiny_http_p50_ms
+            median(&round.one_grpc.ours),
+            median(&round.one_grpc.bare),
+            round.tiny_grpc.added_ms(),
+            round.tiny_http.added_ms(),
         );
         o.rounds.push(round);
     }
@@ -707,17 +796,17 @@ fn main() {
         ))
     );
     println!(
-        "| added p50, 1 in flight (median of the rounds' differences) | {:+.2} ms HTTP, {:+.2} ms gRPC | {} | ≤ 1 ms HTTP |",
-        over(rs, |r| r.one_p50_ms - r.bare_p50_ms),
-        over(rs, |r| r.one_grpc_p50_ms - r.bare_p50_ms),
+        "| added p50, 1 in flight (blocks alternating with bare's, all rounds) | {:+.2} ms HTTP, {:+.2} ms gRPC | {} | ≤ 1 ms HTTP |",
+        pooled(rs, |r| &r.one_http).added_ms(),
+        pooled(rs, |r| &r.one_grpc).added_ms(),
         ray_b
             .zip(ray_a)
             .map_or_else(na, |(b, a)| format!("{:+.2} ms", f(&b["one_in_flight"]["p50_ms"]) - f(&a["p50_ms"])))
     );
     println!(
         "| tiny-add b1: added p50, 1 in flight | {:+.3} ms gRPC, {:+.3} ms HTTP | {} | ≤ 0.3 ms gRPC |",
-        over(rs, |r| r.tiny_grpc_p50_ms - r.bare_tiny_p50_ms),
-        over(rs, |r| r.tiny_http_p50_ms - r.bare_tiny_p50_ms),
+        pooled(rs, |r| &r.tiny_grpc).added_ms(),
+        pooled(rs, |r| &r.tiny_http).added_ms(),
         tiny_ray
             .map_or_else(na, |v| format!("{:+.3} ms", f(&v["phases"]["B"]["p50_ms"]) - f(&v["phases"]["A"]["p50_ms"])))
     );
