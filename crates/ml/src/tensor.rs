@@ -157,11 +157,11 @@ impl Tensor {
     }
 
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Tensor {
-        Tensor { dtype: DType::F32, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Tensor { dtype: DType::F32, shape, data: le_bytes(values, |v| v.to_le_bytes()) }
     }
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Tensor {
-        Tensor { dtype: DType::I64, shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Tensor { dtype: DType::I64, shape, data: le_bytes(values, |v| v.to_le_bytes()) }
     }
 }
 
@@ -208,6 +208,16 @@ impl TensorView<'_> {
     }
 }
 
+/// Values as their little-endian bytes: one copy of memory on a
+/// little-endian host (a model's outputs are turned into a tensor so).
+fn le_bytes<T: bytemuck::Pod, const N: usize>(values: &[T], le: impl Fn(&T) -> [u8; N]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(le).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,3 +244,4 @@ mod tests {
         assert!(short.permute_samples(&[0]).is_err());
     }
 }
+
