@@ -38,6 +38,7 @@
 //! the one-node figures alone)
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -220,13 +221,22 @@ impl Seen {
     }
 }
 
-/// One HTTP/1.1 connection (kept alive) to a node's HTTP port.
+type Http1 = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// One HTTP/1.1 connection (kept alive) to a node's HTTP port, driven by
+/// the task that sends on it (as a one-thread client such as Python's
+/// tritonclient is): a request and its answer cross no other thread of
+/// this process.
 struct HttpConn {
     addr: String,
-    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    conn: Option<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, Pin<Box<Http1>>)>,
 }
 
 impl HttpConn {
+    fn new(addr: &str) -> HttpConn {
+        HttpConn { addr: addr.into(), conn: None }
+    }
+
     async fn request(
         &mut self,
         method: &str,
@@ -234,40 +244,40 @@ impl HttpConn {
         body: Bytes,
         header_len: Option<usize>,
     ) -> Result<(u16, Bytes), String> {
-        if self.sender.is_none() {
+        if self.conn.is_none() {
             let stream = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect: {e}"))?;
             let _ = stream.set_nodelay(true);
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            self.sender = Some(sender);
-        }
-        let sender = self.sender.as_mut().expect("connected");
-        // The connection takes a request only once done with the last one.
-        if let Err(e) = sender.ready().await {
-            self.sender = None;
-            return Err(format!("connection: {e}"));
+            self.conn = Some((sender, Box::pin(conn)));
         }
         let mut req = hyper::Request::builder().method(method).uri(path).header("host", &self.addr);
         if let Some(n) = header_len {
             req = req.header("content-type", "application/octet-stream").header("inference-header-content-length", n);
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let answer = match sender.send_request(req).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.sender = None;
-                return Err(format!("send: {e}"));
-            }
+        let (sender, conn) = self.conn.as_mut().expect("connected");
+        let exchange = async {
+            // The connection takes a request only once done with the last one.
+            sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+            let answer = sender.send_request(req).await.map_err(|e| format!("send: {e}"))?;
+            let status = answer.status().as_u16();
+            let body = answer.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>((status, body))
         };
-        let status = answer.status().as_u16();
-        let body = answer.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, body))
+        let result = tokio::select! {
+            r = exchange => r,
+            c = conn.as_mut() => Err(format!("the connection ended: {c:?}")),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
     }
 }
 
 async fn http_get(addr: &str, path: &str) -> Result<(u16, Bytes), String> {
-    HttpConn { addr: addr.into(), sender: None }.request("GET", path, Bytes::new(), None).await
+    HttpConn::new(addr).request("GET", path, Bytes::new(), None).await
 }
 
 /// One client's connection to a node, over either protocol, kept
@@ -281,7 +291,7 @@ struct Client {
 
 impl Client {
     fn new(proto: Proto, addr: &str) -> Client {
-        Client { proto, addr: addr.into(), http: HttpConn { addr: addr.into(), sender: None }, grpc: None }
+        Client { proto, addr: addr.into(), http: HttpConn::new(addr), grpc: None }
     }
 
     /// Send `req` (whose HTTP body is `body`) and wait for its answer.
@@ -352,11 +362,102 @@ async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usize, seconds:
     all
 }
 
+/// The least any server of a model could add on this machine: a thread
+/// of this process that reads each request from a loopback TCP socket,
+/// its tensor straight into one aligned buffer, runs the model (its own
+/// session, as a node has) on those bytes where they landed, and writes
+/// the outputs back; no HTTP, no queue, no other thread. A request is
+/// `head` bytes (standing for HTTP's head and the JSON header) and the
+/// tensor's; an answer, its length (8 bytes) and the first output's bytes.
+struct Ideal {
+    conn: std::net::TcpStream,
+    server: Option<std::thread::JoinHandle<()>>,
+    requests: Vec<Vec<u8>>,
+    answer: Vec<u8>,
+}
+
+impl Ideal {
+    fn start(model: &str, inputs: &[Tensor], head: usize) -> Ideal {
+        use std::io::{Read, Write};
+        let shape = inputs[0].shape.clone();
+        let mut m = OnnxModel::load(&std::fs::read(asset(model)).expect("model"), 1).expect("load");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let _ = conn.set_nodelay(true);
+            let mut head_buf = vec![0u8; head];
+            let mut x = vec![0f32; shape.iter().product()];
+            loop {
+                if conn.read_exact(&mut head_buf).is_err() || conn.read_exact(bytemuck::cast_slice_mut(&mut x)).is_err()
+                {
+                    return;
+                }
+                let view = idunno_ml::TensorView {
+                    dtype: idunno_ml::DType::F32,
+                    shape: &shape,
+                    data: bytemuck::cast_slice(&x),
+                };
+                let out = m.run_views(&[view]).expect("run");
+                let mut answer = (out[0].data.len() as u64).to_le_bytes().to_vec();
+                answer.extend_from_slice(&out[0].data);
+                if conn.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+        });
+        let conn = std::net::TcpStream::connect(addr).expect("connect");
+        let _ = conn.set_nodelay(true);
+        let requests = inputs
+            .iter()
+            .map(|t| {
+                let mut r = vec![0u8; head];
+                r.extend_from_slice(&t.data);
+                r
+            })
+            .collect();
+        let mut ideal = Ideal { conn, server: Some(server), requests, answer: Vec::new() };
+        ideal.latencies(2.0, 0);
+        ideal
+    }
+
+    /// Each exchange's time (ms), one after another for `seconds`,
+    /// starting at request `from`.
+    fn latencies(&mut self, seconds: f64, from: usize) -> Vec<f64> {
+        use std::io::{Read, Write};
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < seconds {
+            let t = Instant::now();
+            let request = &self.requests[(from + lat.len()) % self.requests.len()];
+            self.conn.write_all(request).expect("send");
+            let mut len = [0u8; 8];
+            self.conn.read_exact(&mut len).expect("answer");
+            self.answer.resize(u64::from_le_bytes(len) as usize, 0);
+            self.conn.read_exact(&mut self.answer).expect("answer");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat
+    }
+}
+
+impl Drop for Ideal {
+    fn drop(&mut self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+    }
+}
+
 /// How long one block of [`beside_bare`] lasts.
 const BLOCK_SECONDS: f64 = 0.5;
 
 /// One request in flight to `addr` and bare ONNX Runtime's runs on the
-/// same batches (`inputs`, the tensors `reqs` were made of), in blocks of [`BLOCK_SECONDS`] that alternate for
+/// same batches (`inputs`, the tensors `reqs` were made of), and the
+/// ideal server's exchanges if there is one (the first of each block left
+/// out: it follows the others' runs, which took its model's weights out
+/// of the caches), in blocks of [`BLOCK_SECONDS`] that alternate for
 /// `seconds`: each one's latencies (ms), taken over the same stretch of
 /// time, so that a drift in the machine's speed falls on both alike.
 async fn beside_bare(
@@ -365,25 +466,34 @@ async fn beside_bare(
     reqs: &[Req],
     inputs: &[Tensor],
     bare: &mut Bare,
+    mut ideal: Option<&mut Ideal>,
     seconds: f64,
-) -> (Vec<f64>, Vec<f64>) {
+) -> Pair {
     let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
     let mut client = Client::new(proto, addr);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut pair = Pair::default();
     let t0 = Instant::now();
     let mut i = 0;
     while t0.elapsed().as_secs_f64() < seconds {
-        theirs.extend(tokio::task::block_in_place(|| bare.latencies(inputs, BLOCK_SECONDS, i)));
+        let lat = bare.latencies(inputs, BLOCK_SECONDS, i);
+        pair.bare.extend(lat.into_iter().skip(1));
+        if let Some(ideal) = ideal.as_deref_mut() {
+            let lat = ideal.latencies(BLOCK_SECONDS, i);
+            pair.ideal.extend(lat.into_iter().skip(1));
+        }
         let block = Instant::now();
+        let mut first = true;
         while block.elapsed().as_secs_f64() < BLOCK_SECONDS {
             let start = Instant::now();
             let answer = client.infer(&reqs[i % reqs.len()], &bodies[i % bodies.len()]).await;
             answer.unwrap_or_else(|e| panic!("a request failed: {e}"));
-            ours.push(start.elapsed().as_secs_f64() * 1000.0);
+            if !std::mem::take(&mut first) {
+                pair.ours.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
             i += 1;
         }
     }
-    (ours, theirs)
+    pair
 }
 
 /// `idunno ARGS --json` through node 1 of an insecure cluster.
@@ -459,6 +569,8 @@ fn recovery(seen: &Seen, pre_rate: f64, kill: f64, stop: f64) -> Option<Option<f
 struct Pair {
     ours: Vec<f64>,
     bare: Vec<f64>,
+    /// The ideal server's, where measured ([`Ideal`]).
+    ideal: Vec<f64>,
 }
 
 impl Pair {
@@ -469,6 +581,7 @@ impl Pair {
     fn extend(&mut self, other: &Pair) {
         self.ours.extend(&other.ours);
         self.bare.extend(&other.bare);
+        self.ideal.extend(&other.ideal);
     }
 }
 
@@ -545,15 +658,17 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
     let tiny_input = serve(&c, "tiny", TINY, 1, 1).await;
     let tiny_reqs: Vec<Req> = tiny.iter().map(|t| Req::new("tiny", &tiny_input, t)).collect();
     let (http, rpc) = (c.node(1).http.clone(), c.node(1).rpc.clone());
-    let mut bare = tokio::task::block_in_place(|| (Bare::new(EFFNET, effnet), Bare::new(TINY, tiny)));
+    let mut bare = (Bare::new(EFFNET, effnet), Bare::new(TINY, tiny));
     load(Proto::Http, &http, &reqs, 2, 2.0).await;
     load(Proto::Grpc, &rpc, &tiny_reqs, 1, 1.0).await;
+    // Its requests carry the JSON header and (say) 200 bytes of HTTP head
+    // before the tensor.
+    let head = reqs[0].http().1 + 200;
+    let mut ideal = Ideal::start(EFFNET, effnet, head);
     let r = s / args.rounds.max(1) as f64;
     for k in 0..args.rounds.max(1) {
         let mut round = Round::default();
-        let mut run_bare = |round: &mut Round| {
-            tokio::task::block_in_place(|| (round.bare_qps, round.bare_p50_ms) = bare.0.run(effnet, r))
-        };
+        let mut run_bare = |round: &mut Round| (round.bare_qps, round.bare_p50_ms) = bare.0.run(effnet, r);
         // Bare first in even rounds, last in odd ones.
         if k % 2 == 0 {
             run_bare(&mut round);
@@ -565,19 +680,15 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
             run_bare(&mut round);
         }
         let before = node_times(&http).await;
-        let (ours, theirs) = beside_bare(Proto::Http, &http, &reqs, effnet, &mut bare.0, r).await;
-        round.one_http = Pair { ours, bare: theirs };
+        round.one_http = beside_bare(Proto::Http, &http, &reqs, effnet, &mut bare.0, Some(&mut ideal), r).await;
         let after = node_times(&http).await;
         let mean_ms = |k: usize| (after[k] - before[k]) * 1000.0 / (after[k + 1] - before[k + 1]);
         (round.slot_ms, round.node_ms) = (mean_ms(0), mean_ms(2));
-        let (ours, theirs) = beside_bare(Proto::Grpc, &rpc, &reqs, effnet, &mut bare.0, r / 2.0).await;
-        round.one_grpc = Pair { ours, bare: theirs };
-        let (ours, theirs) = beside_bare(Proto::Grpc, &rpc, &tiny_reqs, tiny, &mut bare.1, r / 2.0).await;
-        round.tiny_grpc = Pair { ours, bare: theirs };
-        let (ours, theirs) = beside_bare(Proto::Http, &http, &tiny_reqs, tiny, &mut bare.1, r / 2.0).await;
-        round.tiny_http = Pair { ours, bare: theirs };
+        round.one_grpc = beside_bare(Proto::Grpc, &rpc, &reqs, effnet, &mut bare.0, None, r / 2.0).await;
+        round.tiny_grpc = beside_bare(Proto::Grpc, &rpc, &tiny_reqs, tiny, &mut bare.1, None, r / 2.0).await;
+        round.tiny_http = beside_bare(Proto::Http, &http, &tiny_reqs, tiny, &mut bare.1, None, r / 2.0).await;
         eprintln!(
-            "  round {k}: bare {:.2} q/s p50 {:.2} ms | 2 in flight {:.2} q/s | 1 in flight, beside bare: p50 {:.2} ms HTTP against {:.2} (means: at the node {:.2} ms, the slot {:.2} ms), {:.2} ms gRPC against {:.2}; tiny added {:.3} ms gRPC, {:.3} ms HTTP",
+            "  round {k}: bare {:.2} q/s p50 {:.2} ms | 2 in flight {:.2} q/s | 1 in flight, beside bare: p50 {:.2} ms HTTP against {:.2} (means: at the node {:.2} ms, the slot {:.2} ms), the ideal server {:.2} ms, {:.2} ms gRPC against {:.2}; tiny added {:.3} ms gRPC, {:.3} ms HTTP",
             round.bare_qps,
             round.bare_p50_ms,
             round.qps,
@@ -585,6 +696,7 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
             median(&round.one_http.bare),
             round.node_ms,
             round.slot_ms,
+            median(&round.one_http.ideal),
             median(&round.one_grpc.ours),
             median(&round.one_grpc.bare),
             round.tiny_grpc.added_ms(),
@@ -764,7 +876,10 @@ fn main() {
     let xs = idunno_ml::read_array(&std::fs::read(asset(TINY_X)).expect("tiny inputs")).expect("tiny inputs");
     let tiny = batches(&xs, 1, 8);
 
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // One thread, as a client such as tritonclient is: a request and its
+    // answer cross no other thread of this process, and bare ONNX Runtime
+    // runs (blocking it) with nothing of the client's in flight.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let o = rt.block_on(ours(&args, &effnet, &tiny));
     let rs = &o.rounds;
     let (bare_qps, bare_p50) = (over(rs, |r| r.bare_qps), over(rs, |r| r.bare_p50_ms));
@@ -802,6 +917,12 @@ fn main() {
         ray_b
             .zip(ray_a)
             .map_or_else(na, |(b, a)| format!("{:+.2} ms", f(&b["one_in_flight"]["p50_ms"]) - f(&a["p50_ms"])))
+    );
+    let one = pooled(rs, |r| &r.one_http);
+    println!(
+        "| the least a server adds, 1 in flight: raw loopback TCP to a thread running the model on the bytes where they land (added p50) | {:+.2} ms; idunno's HTTP above it {:+.2} ms | — | |",
+        median(&one.ideal) - median(&one.bare),
+        median(&one.ours) - median(&one.ideal),
     );
     println!(
         "| tiny-add b1: added p50, 1 in flight | {:+.3} ms gRPC, {:+.3} ms HTTP | {} | ≤ 0.3 ms gRPC |",
