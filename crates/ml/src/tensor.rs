@@ -244,4 +244,3 @@ mod tests {
         assert!(short.permute_samples(&[0]).is_err());
     }
 }
-
