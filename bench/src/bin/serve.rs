@@ -15,7 +15,11 @@
 //!    median of the rounds' ratios and differences.
 //! 2. **Added p50 latency** at one request in flight, over HTTP, against
 //!    bare's p50; and on tiny-add over gRPC and HTTP, where the model costs
-//!    nothing and what is measured is the serving path.
+//!    nothing and what is measured is the serving path. Requests and bare
+//!    runs alternate in blocks of 0.5 s within each round (a one-thread
+//!    client, as tritonclient is), and so does an ideal server of the same
+//!    model ([`Ideal`]: raw loopback TCP, the model run on the bytes where
+//!    they land), which shows what moving a 4.8 MB request costs at all.
 //! 3. **Idle memory**: the node's RSS once it has served the model and
 //!    is idle.
 //! 4. **kill -9 of a worker under load**: three nodes, four requests in
@@ -920,7 +924,7 @@ fn main() {
     );
     let one = pooled(rs, |r| &r.one_http);
     println!(
-        "| the least a server adds, 1 in flight: raw loopback TCP to a thread running the model on the bytes where they land (added p50) | {:+.2} ms; idunno's HTTP above it {:+.2} ms | — | |",
+        "| an ideal server's added p50, 1 in flight (raw loopback TCP to a thread that runs the model on the bytes where they land) | {:+.2} ms (idunno's HTTP {:+.2} ms from it) | — | |",
         median(&one.ideal) - median(&one.bare),
         median(&one.ours) - median(&one.ideal),
     );
