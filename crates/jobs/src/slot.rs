@@ -191,7 +191,7 @@ impl Slot {
             }
         }
         let ok = result.error.is_empty();
-        self.metrics.ran(&t.job, ok, u64::from(t.len), result.latency_us, busy.elapsed().as_secs_f64());
+        self.metrics.ran(&t.job, ok, t.len, result.latency_us, busy.elapsed().as_secs_f64());
         result
     }
 

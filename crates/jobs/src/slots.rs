@@ -92,6 +92,7 @@ impl Default for SlotQueue {
     }
 }
 
+#[derive(Default)]
 struct Waiting {
     work: FairQueue<SlotWork>,
     /// Slots running a piece of work.
@@ -101,12 +102,6 @@ struct Waiting {
     idle_since: Option<Instant>,
     /// Counts the idle spells declared.
     spells: u64,
-}
-
-impl Default for Waiting {
-    fn default() -> Waiting {
-        Waiting { work: FairQueue::default(), running: 0, idle_since: None, spells: 0 }
-    }
 }
 
 /// What one slot's loop keeps between [`SlotQueue::next`] calls.

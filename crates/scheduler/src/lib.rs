@@ -375,7 +375,7 @@ impl Dispatcher {
             let slot_busy = shares
                 .keys()
                 .filter_map(|w| {
-                    let seen = now_ms.saturating_sub(*self.first_report.get(w)?).min(SHARE_WINDOW_MS).max(1);
+                    let seen = now_ms.saturating_sub(*self.first_report.get(w)?).clamp(1, SHARE_WINDOW_MS);
                     let capacity_us = seen as f64 * 1000.0 * workers.get(w).copied().unwrap_or(1).max(1) as f64;
                     Some((*w, (busy.get(w).copied().unwrap_or(0) as f64 / capacity_us).min(1.0)))
                 })

@@ -190,7 +190,7 @@ pub fn parse_request(body: &Bytes, header_len: Option<usize>) -> Result<InferReq
     Ok(InferRequest { id, inputs: tensors, outputs, binary_outputs, timeout_us })
 }
 
-fn parameters<'a>(v: Option<&'a Value>, of: &str) -> Result<Map<String, Value>, ProtocolError> {
+fn parameters(v: Option<&Value>, of: &str) -> Result<Map<String, Value>, ProtocolError> {
     match v {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m.clone()),

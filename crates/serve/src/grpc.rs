@@ -191,7 +191,7 @@ impl GrpcInferenceService for InferenceService {
                 shape: t.shape.iter().map(|d| *d as i64).collect(),
                 ..Default::default()
             });
-            raw.push(t.data.into());
+            raw.push(t.data);
         }
         Ok(Response::new(ModelInferResponse {
             model_name: answer.model_name,
