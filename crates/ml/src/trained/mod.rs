@@ -23,9 +23,16 @@ use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor as CTensor, Var};
 
+use crate::DType;
 use crate::limits;
-use crate::onnx::{MlError, Signature};
-use crate::{DType, Tensor};
+
+mod data;
+mod files;
+
+use data::Rng;
+pub use data::{DataSet, epoch_order, epoch_order_blocked, shard};
+pub use files::{Checkpoint, ServedModel, is_model_file};
+use files::{read_file, write_file};
 
 /// The architectures `idunno train --arch` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,21 +200,6 @@ impl Shape {
 
 fn err(e: candle_core::Error) -> String {
     e.to_string()
-}
-
-/// Deterministic uniform numbers in [-1, 1) (SplitMix64): every worker
-/// initialises the same net from the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 }
 
 /// A net on candle's CPU device: its parameters as `Var`s (autograd
@@ -426,311 +418,6 @@ impl Adam {
     }
 }
 
-/// Everything training needs to go on exactly where it was.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Checkpoint {
-    pub shape: Shape,
-    /// Training steps done (the next step to run).
-    pub step: u64,
-    pub params: Vec<f32>,
-    pub adam: Adam,
-    /// What the trainer wants back on resume besides the net (the running
-    /// epoch's score, say), kept as `note.<key>` metadata.
-    pub notes: std::collections::BTreeMap<String, String>,
-}
-
-impl Checkpoint {
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut extra = vec![
-            ("step".to_string(), self.step.to_string()),
-            ("adam.t".to_string(), self.adam.t.to_string()),
-            ("adam.lr".to_string(), self.adam.lr.to_string()),
-        ];
-        extra.extend(self.notes.iter().map(|(k, v)| (format!("note.{k}"), v.clone())));
-        write_file(&self.shape, "idunno-checkpoint", &self.params, Some((&self.adam, &extra)))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
-        let f = read_file(bytes, "idunno-checkpoint")?;
-        let num = |k: &str| -> Result<String, String> {
-            f.meta.get(k).cloned().ok_or_else(|| format!("not a checkpoint: no {k} in its metadata"))
-        };
-        let step = num("step")?.parse::<u64>().map_err(|e| e.to_string())?;
-        let t = num("adam.t")?.parse::<u64>().map_err(|e| e.to_string())?;
-        let lr = num("adam.lr")?.parse::<f32>().map_err(|e| e.to_string())?;
-        let (m, v) = f.moments.ok_or("not a checkpoint: no optimizer state")?;
-        let notes =
-            f.meta.iter().filter_map(|(k, v)| Some((k.strip_prefix("note.")?.to_string(), v.clone()))).collect();
-        Ok(Checkpoint { shape: f.shape, step, params: f.params, adam: Adam { lr, t, m, v }, notes })
-    }
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn write_file(
-    shape: &Shape,
-    format: &str,
-    params: &[f32],
-    adam: Option<(&Adam, &[(String, String)])>,
-) -> Result<Vec<u8>, String> {
-    let mut meta = shape.metadata();
-    meta.insert("format".into(), format.into());
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut at = 0;
-    for (name, dims, _) in shape.layout() {
-        let n: usize = dims.iter().product();
-        owned.push((name.to_string(), dims, f32_bytes(&params[at..at + n])));
-        at += n;
-    }
-    if let Some((adam, extra)) = adam {
-        owned.push(("adam.m".into(), vec![adam.m.len()], f32_bytes(&adam.m)));
-        owned.push(("adam.v".into(), vec![adam.v.len()], f32_bytes(&adam.v)));
-        for (k, v) in extra {
-            meta.insert(k.clone(), v.clone());
-        }
-    }
-    let mut views = Vec::new();
-    for (name, dims, data) in &owned {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), data)
-            .map_err(|e| e.to_string())?;
-        views.push((name.clone(), view));
-    }
-    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
-}
-
-struct File {
-    shape: Shape,
-    meta: HashMap<String, String>,
-    params: Vec<f32>,
-    moments: Option<(Vec<f32>, Vec<f32>)>,
-}
-
-fn read_file(bytes: &[u8], format: &str) -> Result<File, String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(format) {
-        return Err(format!("not an {format} file (its metadata says format {:?})", meta.get("format")));
-    }
-    let shape = Shape::from_metadata(&meta)?;
-    let floats = |name: &str, dims: Option<&[usize]>| -> Result<Vec<f32>, String> {
-        let t = st.tensor(name).map_err(|_| format!("it has no tensor {name}"))?;
-        if t.dtype() != safetensors::Dtype::F32 || dims.is_some_and(|d| d != t.shape()) {
-            return Err(format!("tensor {name} is {:?} {:?}, expected F32 {dims:?}", t.dtype(), t.shape()));
-        }
-        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-    };
-    // The metadata's shape is believed only as far as the file's bytes
-    // back it: its parameters must be in the file before room is made.
-    let size = shape.size();
-    if size.saturating_mul(4) > bytes.len() {
-        return Err(format!(
-            "its metadata describes a {} of {size} parameters ({} bytes) but the file has {} bytes",
-            shape.arch.name(),
-            size.saturating_mul(4),
-            bytes.len()
-        ));
-    }
-    let mut params = Vec::with_capacity(size);
-    for (name, dims, _) in shape.layout() {
-        params.extend(floats(name, Some(&dims))?);
-    }
-    let moments = match (floats("adam.m", Some(&[params.len()])), floats("adam.v", Some(&[params.len()]))) {
-        (Ok(m), Ok(v)) => Some((m, v)),
-        _ => None,
-    };
-    Ok(File { shape, meta, params, moments })
-}
-
-/// Whether `bytes` look like a model file of this module (safetensors:
-/// a little-endian header length, then a JSON object).
-pub fn is_model_file(bytes: &[u8]) -> bool {
-    bytes.len() > 9 && bytes[8] == b'{' && u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0xff; 8])) < 1 << 24
-}
-
-/// A trained model loaded for serving, with the same surface as an ONNX
-/// model: one input (the raw samples), one output (the logits).
-pub struct ServedModel {
-    net: Net,
-    inputs: Vec<Signature>,
-    outputs: Vec<Signature>,
-    pool: rayon::ThreadPool,
-}
-
-impl ServedModel {
-    pub fn load(bytes: &[u8], threads: usize) -> Result<ServedModel, MlError> {
-        let f = read_file(bytes, "idunno-model").map_err(MlError::BadModel)?;
-        let net = Net::from_flat(f.shape.clone(), &f.params).map_err(MlError::BadModel)?;
-        let mut shape = vec![-1i64];
-        shape.extend(f.shape.sample.iter().map(|d| *d as i64));
-        let inputs = vec![Signature { name: "x".into(), dtype: Some(DType::F32), shape }];
-        let outputs =
-            vec![Signature { name: "logits".into(), dtype: Some(DType::F32), shape: vec![-1, f.shape.classes as i64] }];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build()
-            .map_err(|e| MlError::Run(e.to_string()))?;
-        Ok(ServedModel { net, inputs, outputs, pool })
-    }
-
-    pub fn inputs(&self) -> &[Signature] {
-        &self.inputs
-    }
-
-    pub fn outputs(&self) -> &[Signature] {
-        &self.outputs
-    }
-
-    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlError> {
-        let [x] = inputs else {
-            return Err(MlError::BadInput(format!("the model takes 1 input (x), {} given", inputs.len())));
-        };
-        let per: usize = self.net.shape.sample.iter().product();
-        let n = x.samples();
-        if x.sample_shape().iter().product::<usize>() != per {
-            return Err(MlError::BadInput(format!(
-                "input x has shape {:?}, the model expects samples of {:?}",
-                x.shape, self.net.shape.sample
-            )));
-        }
-        let values = x.to_f32();
-        let logits = self.pool.install(|| self.net.predict(&values, n)).map_err(MlError::Run)?;
-        Ok(vec![Tensor::from_f32(vec![n, self.net.shape.classes], &logits)])
-    }
-}
-
-/// Samples and labels as training reads them: the samples as they are in
-/// the file (converted to f32 a batch at a time), labels as class indices.
-pub struct DataSet {
-    /// The samples, when the set is held in memory; `None` when they are
-    /// read by range as training goes (a set too large to hold).
-    inputs: Option<Tensor>,
-    pub y: Vec<u32>,
-    pub sample: Vec<usize>,
-    pub dtype: DType,
-}
-
-impl DataSet {
-    /// Inputs and labels parsed from `.npy`/IDX, checked against each other.
-    pub fn new(inputs: Tensor, labels: &Tensor, inputs_name: &str, labels_name: &str) -> Result<DataSet, String> {
-        let mut d = DataSet::ranged(&inputs.shape, inputs.dtype, labels, inputs_name, labels_name)?;
-        d.inputs = Some(inputs);
-        Ok(d)
-    }
-
-    /// Labels in memory, the samples (of `shape`, `dtype`) left where they
-    /// are: the caller reads them by range.
-    pub fn ranged(
-        shape: &[usize],
-        dtype: DType,
-        labels: &Tensor,
-        inputs_name: &str,
-        labels_name: &str,
-    ) -> Result<DataSet, String> {
-        if shape.len() < 2 {
-            return Err(format!("{inputs_name} has shape {shape:?}: not a set of samples"));
-        }
-        let n = shape[0];
-        if labels.samples() != n || labels.shape.len() > 2 || labels.shape.get(1).is_some_and(|d| *d != 1) {
-            return Err(format!(
-                "{inputs_name} has {n} samples but {labels_name} has shape {:?} (one label per sample is needed)",
-                labels.shape
-            ));
-        }
-        if matches!(labels.dtype, DType::F32 | DType::F64) {
-            return Err(format!("{labels_name} holds {}; class labels must be integers", labels.dtype));
-        }
-        let raw = labels.to_i64();
-        if let Some(bad) = raw.iter().find(|l| **l < 0 || **l > 1_000_000) {
-            return Err(format!("{labels_name} holds the label {bad}; labels are class indices 0, 1, 2, …"));
-        }
-        let sample = shape[1..].to_vec();
-        Ok(DataSet { inputs: None, y: raw.into_iter().map(|l| l as u32).collect(), sample, dtype })
-    }
-
-    /// Whether the samples are in memory (else they are read by range).
-    pub fn in_memory(&self) -> bool {
-        self.inputs.is_some()
-    }
-
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-
-    pub fn classes(&self) -> usize {
-        self.y.iter().max().map_or(0, |m| *m as usize + 1)
-    }
-
-    /// The samples at `idx`, gathered: (inputs as f32, labels).
-    pub fn gather(&self, idx: &[u32]) -> Result<(Vec<f32>, Vec<u32>), String> {
-        let inputs = self.inputs.as_ref().ok_or("this set's samples are read by range, not held")?;
-        let per: usize = self.sample.iter().product();
-        let mut x = Vec::with_capacity(idx.len() * per);
-        let mut y = Vec::with_capacity(idx.len());
-        for &i in idx {
-            x.extend(inputs.rows(i as usize, 1).to_f32());
-            y.push(self.y[i as usize]);
-        }
-        Ok((x, y))
-    }
-}
-
-/// The order of the samples in epoch `epoch`: a seeded Fisher–Yates
-/// shuffle, the same on every worker.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut rng = Rng(seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
-    for i in (1..n).rev() {
-        let r = (rng.next() + 1.0) / 2.0;
-        let j = ((r * (i + 1) as f32) as usize).min(i);
-        order.swap(i, j);
-    }
-    order
-}
-
-/// The order of the samples in epoch `epoch` when they are read by range:
-/// blocks of `block` consecutive samples (what one chunk of the file
-/// holds) in a seeded shuffled order, and the samples of every `window`
-/// consecutive blocks of that order shuffled among themselves. A step
-/// then reads a few blocks, not a chunk per sample; the same on every
-/// worker.
-pub fn epoch_order_blocked(n: usize, block: usize, window: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    let block = block.max(1);
-    let blocks = epoch_order(n.div_ceil(block), seed, epoch);
-    let mut order = Vec::with_capacity(n);
-    for (w, group) in blocks.chunks(window.max(1)).enumerate() {
-        let mut rows: Vec<u32> = group
-            .iter()
-            .flat_map(|b| (*b as usize * block) as u32..(((*b as usize + 1) * block).min(n)) as u32)
-            .collect();
-        let mut rng =
-            Rng(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (w as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
-        for i in (1..rows.len()).rev() {
-            let r = (rng.next() + 1.0) / 2.0;
-            let j = ((r * (i + 1) as f32) as usize).min(i);
-            rows.swap(i, j);
-        }
-        order.extend(rows);
-    }
-    order
-}
-
-/// Which part of a batch of `batch` samples rank `rank` of `world`
-/// computes: contiguous, sizes differing by at most one.
-pub fn shard(batch: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
-    let world = world.max(1);
-    let base = batch / world;
-    let extra = batch % world;
-    let start = rank * base + rank.min(extra);
-    start..start + base + usize::from(rank < extra)
-}
-
 /// One model replica's training loop state: the net, its optimizer and
 /// the step reached. A single process trains with `world = 1`; a
 /// data-parallel worker computes its shard and applies the sum of all
@@ -844,6 +531,7 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Tensor;
 
     fn toy_shape(arch: Arch) -> Shape {
         Shape::new(arch, &[8, 8], 3, DType::U8).unwrap()
