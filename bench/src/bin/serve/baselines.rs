@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use idunno_bench::median;
 use idunno_ml::Tensor;
 use idunno_ml::onnx::OnnxModel;
@@ -52,19 +51,19 @@ impl Bare {
 /// Latencies (ms) at one request in flight and bare ONNX Runtime's over
 /// the same stretch of time ([`beside_bare`]).
 #[derive(Default, Debug)]
-pub(crate) struct Pair {
+pub(crate) struct Latencies {
     pub(crate) ours: Vec<f64>,
     pub(crate) bare: Vec<f64>,
     /// The ideal server's, where measured ([`Ideal`]).
     pub(crate) ideal: Vec<f64>,
 }
 
-impl Pair {
+impl Latencies {
     pub(crate) fn added_ms(&self) -> f64 {
         median(&self.ours) - median(&self.bare)
     }
 
-    pub(crate) fn extend(&mut self, other: &Pair) {
+    pub(crate) fn extend(&mut self, other: &Latencies) {
         self.ours.extend(&other.ours);
         self.bare.extend(&other.bare);
         self.ideal.extend(&other.ideal);
@@ -177,30 +176,29 @@ pub(crate) async fn beside_bare(
     bare: &mut Bare,
     mut ideal: Option<&mut Ideal>,
     seconds: f64,
-) -> Pair {
-    let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
+) -> Latencies {
     let mut client = Client::new(proto, addr);
-    let mut pair = Pair::default();
+    let mut seen = Latencies::default();
     let t0 = Instant::now();
     let mut i = 0;
     while t0.elapsed().as_secs_f64() < seconds {
         let lat = bare.latencies(inputs, BLOCK_SECONDS, i);
-        pair.bare.extend(lat.into_iter().skip(1));
+        seen.bare.extend(lat.into_iter().skip(1));
         if let Some(ideal) = ideal.as_deref_mut() {
             let lat = ideal.latencies(BLOCK_SECONDS, i);
-            pair.ideal.extend(lat.into_iter().skip(1));
+            seen.ideal.extend(lat.into_iter().skip(1));
         }
         let block = Instant::now();
         let mut first = true;
         while block.elapsed().as_secs_f64() < BLOCK_SECONDS {
             let start = Instant::now();
-            let answer = client.infer(&reqs[i % reqs.len()], &bodies[i % bodies.len()]).await;
+            let answer = client.infer(&reqs[i % reqs.len()]).await;
             answer.unwrap_or_else(|e| panic!("a request failed: {e}"));
             if !std::mem::take(&mut first) {
-                pair.ours.push(start.elapsed().as_secs_f64() * 1000.0);
+                seen.ours.push(start.elapsed().as_secs_f64() * 1000.0);
             }
             i += 1;
         }
     }
-    pair
+    seen
 }

@@ -13,14 +13,17 @@ use idunno_rpc::inference::{ModelInferRequest, model_infer_request::InferInputTe
 use serde_json::json;
 use tokio::net::TcpStream;
 
-/// A served model's request, ready to send either way.
+/// A served model's request, ready to send either way: its HTTP body (the
+/// binary-data extension's JSON header, then the tensor's bytes) is made
+/// once, and the tensor's bytes are a slice of it.
 #[derive(Clone)]
 pub(crate) struct Req {
     model: String,
     input: String,
     dtype: &'static str,
     shape: Vec<i64>,
-    data: Bytes,
+    body: Bytes,
+    header_len: usize,
 }
 
 impl Req {
@@ -29,26 +32,21 @@ impl Req {
             idunno_ml::DType::F32 => "FP32",
             other => panic!("the bench sends FP32 inputs, not {other:?}"),
         };
-        Req {
-            model: model.into(),
-            input: input.into(),
-            dtype,
-            shape: t.shape.iter().map(|d| *d as i64).collect(),
-            data: Bytes::from(t.data.clone()),
-        }
-    }
-
-    /// The binary-data extension's body: the JSON header, then the bytes.
-    pub(crate) fn http(&self) -> (Bytes, usize) {
+        let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
         let header = json!({
-            "inputs": [{"name": self.input, "shape": self.shape, "datatype": self.dtype,
-                        "parameters": {"binary_data_size": self.data.len()}}],
+            "inputs": [{"name": input, "shape": shape, "datatype": dtype,
+                        "parameters": {"binary_data_size": t.data.len()}}],
             "parameters": {"binary_data_output": true},
         });
         let mut body = serde_json::to_vec(&header).expect("json");
-        let len = body.len();
-        body.extend_from_slice(&self.data);
-        (Bytes::from(body), len)
+        let header_len = body.len();
+        body.extend_from_slice(&t.data);
+        Req { model: model.into(), input: input.into(), dtype, shape, body: body.into(), header_len }
+    }
+
+    /// The length of the HTTP body's JSON header.
+    pub(crate) fn header_len(&self) -> usize {
+        self.header_len
     }
 
     pub(crate) fn grpc(&self) -> ModelInferRequest {
@@ -60,7 +58,7 @@ impl Req {
                 shape: self.shape.clone(),
                 ..Default::default()
             }],
-            raw_input_contents: vec![self.data.clone()],
+            raw_input_contents: vec![self.body.slice(self.header_len..)],
             ..Default::default()
         }
     }
@@ -164,12 +162,12 @@ impl Client {
         Client { proto, addr: addr.into(), http: HttpConn::new(addr), grpc: None }
     }
 
-    /// Send `req` (whose HTTP body is `body`) and wait for its answer.
-    pub(crate) async fn infer(&mut self, req: &Req, body: &(Bytes, usize)) -> Result<(), String> {
+    /// Send `req` and wait for its answer.
+    pub(crate) async fn infer(&mut self, req: &Req) -> Result<(), String> {
         match self.proto {
             Proto::Http => {
                 let path = format!("/v2/models/{}/infer", req.model);
-                match self.http.request("POST", &path, body.0.clone(), Some(body.1)).await {
+                match self.http.request("POST", &path, req.body.clone(), Some(req.header_len)).await {
                     Ok((200, _)) => Ok(()),
                     Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
                     Err(e) => Err(e),
@@ -204,11 +202,10 @@ pub(crate) async fn load(proto: Proto, addr: &str, reqs: &[Req], in_flight: usiz
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
             let mut client = Client::new(proto, &addr);
-            let bodies: Vec<(Bytes, usize)> = reqs.iter().map(Req::http).collect();
             let mut i = k;
             while t0.elapsed().as_secs_f64() < seconds {
                 let start = t0.elapsed().as_secs_f64();
-                let result = client.infer(&reqs[i % reqs.len()], &bodies[i % bodies.len()]).await;
+                let result = client.infer(&reqs[i % reqs.len()]).await;
                 let end = t0.elapsed().as_secs_f64();
                 match result {
                     Ok(()) => seen.ok.push((start, end)),

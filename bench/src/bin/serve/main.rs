@@ -53,7 +53,7 @@ use idunno_bench::{Cluster, cluster_insecure, idunno_bin, kill9, median, rss_mib
 use idunno_ml::Tensor;
 use serde_json::Value;
 
-use baselines::{Bare, Ideal, Pair, beside_bare};
+use baselines::{Bare, Ideal, Latencies, beside_bare};
 use client::{Proto, Req, Seen, http_get, load};
 
 #[derive(Parser)]
@@ -181,10 +181,10 @@ struct Round {
     bare_qps: f64,
     bare_p50_ms: f64,
     qps: f64,
-    one_http: Pair,
-    one_grpc: Pair,
-    tiny_grpc: Pair,
-    tiny_http: Pair,
+    one_http: Latencies,
+    one_grpc: Latencies,
+    tiny_grpc: Latencies,
+    tiny_http: Latencies,
     /// At one request in flight over HTTP, from the node's `/metrics`: the
     /// mean time from a request's arrival (its body read and decoded) to
     /// its answer, and the worker slot's mean time per batch.
@@ -193,8 +193,8 @@ struct Round {
 }
 
 /// The latencies of one kind over all rounds.
-fn pooled(rounds: &[Round], f: impl Fn(&Round) -> &Pair) -> Pair {
-    let mut all = Pair::default();
+fn pooled(rounds: &[Round], f: impl Fn(&Round) -> &Latencies) -> Latencies {
+    let mut all = Latencies::default();
     rounds.iter().for_each(|r| all.extend(f(r)));
     all
 }
@@ -253,7 +253,7 @@ async fn ours(args: &Args, effnet: &[Tensor], tiny: &[Tensor]) -> Ours {
     load(Proto::Grpc, &rpc, &tiny_reqs, 1, 1.0).await;
     // Its requests carry the JSON header and (say) 200 bytes of HTTP head
     // before the tensor.
-    let head = reqs[0].http().1 + 200;
+    let head = reqs[0].header_len() + 200;
     let mut ideal = Ideal::start(EFFNET, effnet, head);
     let r = s / args.rounds.max(1) as f64;
     for k in 0..args.rounds.max(1) {
